@@ -1,0 +1,79 @@
+//! Forward mode: `Dual<V>` carries a primal and an optional tangent, both of type `V`.
+
+use super::tensor::Tensor;
+use super::value::{Ctx, Op, Value};
+
+/// A dual number over any algebra `V`: `primal + eps * tangent`, stored as a struct of
+/// arrays so a dual matmul is ordinary matmuls on `V`. A missing tangent (`None`) is an
+/// exact zero and costs nothing.
+#[derive(Clone, Debug)]
+pub struct Dual<V: Value> {
+    /// The value.
+    pub primal: V,
+    /// Its directional derivative, `None` for zero.
+    pub tangent: Option<V>,
+}
+
+impl<V: Value> Dual<V> {
+    /// A dual with the given tangent.
+    pub fn new(primal: V, tangent: V) -> Self {
+        Dual {
+            primal,
+            tangent: Some(tangent),
+        }
+    }
+    /// A dual with zero tangent.
+    pub fn constant_of(primal: V) -> Self {
+        Dual {
+            primal,
+            tangent: None,
+        }
+    }
+    /// The tangent, materialising zeros when it is absent.
+    pub fn tangent_or_zeros(&self) -> V {
+        self.tangent
+            .clone()
+            .unwrap_or_else(|| self.primal.zeros_like())
+    }
+}
+
+impl<V: Value> Value for Dual<V> {
+    type F = V::F;
+
+    fn shape(&self) -> Vec<usize> {
+        self.primal.shape()
+    }
+
+    fn primal(&self) -> Tensor<V::F> {
+        self.primal.primal()
+    }
+
+    fn constant(t: Tensor<V::F>) -> Self {
+        Dual::constant_of(V::constant(t))
+    }
+
+    fn apply<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
+        let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
+        let y = V::apply(op.clone(), &primals);
+        if xs.iter().all(|x| x.tangent.is_none()) {
+            return Dual::constant_of(y);
+        }
+        let ctx = Ctx {
+            xs: primals.iter().map(|&p| Some(p.clone())).collect(),
+            out_shape: y.shape(),
+            y: Some(y.clone()),
+            shapes: primals.iter().map(|p| p.shape()).collect(),
+            needs: xs.iter().map(|x| x.tangent.is_some()).collect(),
+        };
+        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
+        let t = op.jvp(&ctx, &dxs);
+        Dual::new(y, t)
+    }
+
+    fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize)) {
+        self.primal.visit_buffers(f);
+        if let Some(t) = &self.tangent {
+            t.visit_buffers(f);
+        }
+    }
+}

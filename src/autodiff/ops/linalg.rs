@@ -1,0 +1,122 @@
+//! Matrix products through ndarray's gemm (matrixmultiply): 2-D, or batched with equal
+//! batch axes. Transposed operands are passed as strided views, never copied.
+
+use super::super::float::Float;
+use super::super::tensor::Tensor;
+use super::super::value::{Ctx, Op, Saves, Value};
+use super::shape_panic;
+use ndarray::linalg::general_mat_mul;
+use ndarray::parallel::prelude::*;
+use ndarray::{Array3, ArrayView2, Axis, IxDyn};
+
+/// `op_a(a) x op_b(b)`, where `op` transposes the last two axes when its flag is set.
+#[derive(Clone, Copy, Debug)]
+pub struct MatMul {
+    /// Transpose the left operand.
+    pub ta: bool,
+    /// Transpose the right operand.
+    pub tb: bool,
+}
+
+/// Work (multiply-adds) above which a batched product is spread over rayon's threads.
+const PAR_WORK: usize = 1 << 18;
+
+fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
+    if t { v.reversed_axes() } else { v }
+}
+
+impl<F: Float> Op<F> for MatMul {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let (a, b) = (xs[0], xs[1]);
+        let (sa, sb) = (a.shape(), b.shape());
+        let nd = sa.len();
+        if nd < 2 || sb.len() != nd || sa[..nd - 2] != sb[..nd - 2] {
+            shape_panic("matmul", sa, sb);
+        }
+        let (m, k) = if self.ta {
+            (sa[nd - 1], sa[nd - 2])
+        } else {
+            (sa[nd - 2], sa[nd - 1])
+        };
+        let (k2, n) = if self.tb {
+            (sb[nd - 1], sb[nd - 2])
+        } else {
+            (sb[nd - 2], sb[nd - 1])
+        };
+        if k != k2 {
+            shape_panic("matmul", sa, sb);
+        }
+        let batch: usize = sa[..nd - 2].iter().product();
+        let a = a.array().as_standard_layout();
+        let b = b.array().as_standard_layout();
+        let a3 = a
+            .view()
+            .into_shape_with_order((batch, sa[nd - 2], sa[nd - 1]))
+            .expect("contiguous");
+        let b3 = b
+            .view()
+            .into_shape_with_order((batch, sb[nd - 2], sb[nd - 1]))
+            .expect("contiguous");
+        let mut c = Array3::<F>::zeros((batch, m, n));
+        let one = |(mut c, a, b): (ndarray::ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
+            general_mat_mul(
+                F::one(),
+                &op2(a, self.ta),
+                &op2(b, self.tb),
+                F::zero(),
+                &mut c,
+            )
+        };
+        if batch > 1 && batch * m * n * k >= PAR_WORK {
+            c.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .zip(a3.axis_iter(Axis(0)).into_par_iter())
+                .zip(b3.axis_iter(Axis(0)).into_par_iter())
+                .for_each(|((c, a), b)| one((c, a, b)));
+        } else {
+            c.axis_iter_mut(Axis(0))
+                .zip(a3.axis_iter(Axis(0)))
+                .zip(b3.axis_iter(Axis(0)))
+                .for_each(|((c, a), b)| one((c, a, b)));
+        }
+        let mut out = sa[..nd - 2].to_vec();
+        out.extend([m, n]);
+        Tensor::from_array(c.into_shape_with_order(IxDyn(&out)).expect("same size"))
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (a, b) = (ctx.x(0), ctx.x(1));
+        let left = d[0].map(|da| da.matmul_t(b, self.ta, self.tb));
+        let right = d[1].map(|db| a.matmul_t(db, self.ta, self.tb));
+        match (left, right) {
+            (Some(l), Some(r)) => l.add(&r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => unreachable!("jvp called without tangents"),
+        }
+    }
+    /// With `C = op_a(A) op_b(B)`: `dA = dC op_b(B)^T` (transposed back when `ta`), and
+    /// `dB = op_a(A)^T dC` (transposed back when `tb`), each again a flagged matmul.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dc: &V) -> Vec<Option<V>> {
+        let (a, b) = (ctx.x(0), ctx.x(1));
+        let da = ctx.needs(0).then(|| {
+            if self.ta {
+                b.matmul_t(dc, self.tb, true)
+            } else {
+                dc.matmul_t(b, false, !self.tb)
+            }
+        });
+        let db = ctx.needs(1).then(|| {
+            if self.tb {
+                dc.matmul_t(a, true, self.ta)
+            } else {
+                a.matmul_t(dc, !self.ta, false)
+            }
+        });
+        vec![da, db]
+    }
+}

@@ -1,0 +1,206 @@
+//! The function-style front door: `value_and_grad`, `grad`, `vjp`, `jvp`, `hvp`,
+//! `jvp_grad` (gradient and its tangent for several parameter groups in one
+//! forward-over-reverse pass) and the reverse-over-reverse / reverse-over-forward HVPs.
+//!
+//! Every transform is generic over the algebra `V` it runs on, so they compose:
+//! `value_and_grad` with `V = Var<Tensor>` is a recorded backward pass that an outer
+//! `value_and_grad` differentiates again.
+
+use super::dual::Dual;
+use super::params::Params;
+use super::tape::{Tape, Var};
+use super::tensor::Tensor;
+use super::value::Value;
+use crate::error::{Error, Result};
+
+fn ones_like<V: Value>(shape: &[usize]) -> V {
+    V::constant(Tensor::full(shape, <V::F as num_traits::One>::one()))
+}
+
+fn scalar_check(op: &'static str, shape: &[usize]) -> Result<()> {
+    if shape.iter().product::<usize>() != 1 {
+        return Err(Error::Shape {
+            op,
+            lhs: shape.to_vec(),
+            rhs: vec![],
+        });
+    }
+    Ok(())
+}
+
+/// The value of a scalar function and its gradient with respect to `params`.
+///
+/// ```
+/// use datarater::{Params, Tensor, Value, transforms::value_and_grad};
+/// let mut p = Params::new();
+/// p.insert("x", Tensor::<f64>::from_vec(&[2], vec![1.0, 2.0]).unwrap());
+/// let (y, g) = value_and_grad(|q| q["x"].square().sum_all(), &p).unwrap();
+/// assert_eq!(y.item(), 5.0);
+/// assert_eq!(g["x"].to_vec(), vec![2.0, 4.0]);
+/// ```
+pub fn value_and_grad<V: Value>(
+    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+    params: &Params<V>,
+) -> Result<(V, Params<V>)> {
+    let tape = Tape::new();
+    let vars = params.map(|v| tape.var(v.clone()));
+    let y = f(&vars);
+    scalar_check("value_and_grad: output must be a scalar", &y.shape())?;
+    let seed = ones_like::<V>(&y.shape());
+    let wrt: Vec<&Var<V>> = vars.values().collect();
+    let grads = tape.backward(&y, seed, &wrt)?;
+    let out = vars.names().map(str::to_string).zip(grads).collect();
+    Ok((y.into_value(), out))
+}
+
+/// The gradient of a scalar function.
+pub fn grad<V: Value>(
+    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+    params: &Params<V>,
+) -> Result<Params<V>> {
+    value_and_grad(f, params).map(|(_, g)| g)
+}
+
+/// The output of `f` and the vector-Jacobian product `cot^T J`.
+pub fn vjp<V: Value>(
+    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+    params: &Params<V>,
+    cot: &V,
+) -> Result<(V, Params<V>)> {
+    let tape = Tape::new();
+    let vars = params.map(|v| tape.var(v.clone()));
+    let y = f(&vars);
+    let wrt: Vec<&Var<V>> = vars.values().collect();
+    let grads = tape.backward(&y, cot.clone(), &wrt)?;
+    Ok((
+        y.into_value(),
+        vars.names().map(str::to_string).zip(grads).collect(),
+    ))
+}
+
+/// The output of `f` and the Jacobian-vector product `J t`.
+pub fn jvp<V: Value>(
+    f: impl FnOnce(&Params<Dual<V>>) -> Dual<V>,
+    params: &Params<V>,
+    tangent: &Params<V>,
+) -> Result<(V, V)> {
+    let duals = params.zip_map(tangent, |p, t| Dual::new(p.clone(), t.clone()))?;
+    let y = f(&duals);
+    let t = y.tangent_or_zeros();
+    Ok((y.primal, t))
+}
+
+/// Result of [`jvp_grad`]: value, gradient per group, and the gradient's tangent per group.
+#[derive(Clone, Debug)]
+pub struct JvpGrad<V> {
+    /// The function value.
+    pub value: V,
+    /// `grad_k f` for each group `k`.
+    pub grads: Vec<Params<V>>,
+    /// `d/de grad_k f(p + e t)` for each group `k`: with a tangent on group `j` only, this
+    /// is the Hessian block `H_kj t_j` (the HVP for `k = j`, the mixed product otherwise).
+    pub tangents: Vec<Params<V>>,
+}
+
+/// Gradient of a scalar function with respect to several parameter groups, and the
+/// tangent of that gradient along `tangents` (`None` = zero for that group), in ONE
+/// forward-over-reverse pass.
+pub fn jvp_grad<V: Value>(
+    f: impl FnOnce(&[Params<Var<Dual<V>>>]) -> Var<Dual<V>>,
+    groups: &[&Params<V>],
+    tangents: &[Option<&Params<V>>],
+) -> Result<JvpGrad<V>> {
+    if groups.len() != tangents.len() {
+        return Err(Error::Usage(format!(
+            "jvp_grad: {} groups but {} tangents",
+            groups.len(),
+            tangents.len()
+        )));
+    }
+    let tape = Tape::<Dual<V>>::new();
+    let mut vars = Vec::with_capacity(groups.len());
+    for (g, t) in groups.iter().zip(tangents) {
+        vars.push(match t {
+            Some(t) => g.zip_map(*t, |p, t| tape.var(Dual::new(p.clone(), t.clone())))?,
+            None => g.map(|p| tape.var(Dual::constant_of(p.clone()))),
+        });
+    }
+    let y = f(&vars);
+    scalar_check("jvp_grad: output must be a scalar", &y.shape())?;
+    let seed = ones_like::<Dual<V>>(&y.shape());
+    let wrt: Vec<&Var<Dual<V>>> = vars.iter().flat_map(|g| g.values()).collect();
+    let mut flat = tape.backward(&y, seed, &wrt)?.into_iter();
+    let (mut grads, mut tans) = (Vec::new(), Vec::new());
+    for g in &vars {
+        let d: Vec<(String, Dual<V>)> = g
+            .names()
+            .map(|k| (k.to_string(), flat.next().expect("one per var")))
+            .collect();
+        tans.push(
+            d.iter()
+                .map(|(k, d)| (k.clone(), d.tangent_or_zeros()))
+                .collect(),
+        );
+        grads.push(d.into_iter().map(|(k, d)| (k, d.primal)).collect());
+    }
+    Ok(JvpGrad {
+        value: y.into_value().primal,
+        grads,
+        tangents: tans,
+    })
+}
+
+/// Value, gradient and Hessian-vector product `H v`, by forward-over-reverse.
+pub fn hvp<V: Value>(
+    f: impl FnOnce(&Params<Var<Dual<V>>>) -> Var<Dual<V>>,
+    params: &Params<V>,
+    v: &Params<V>,
+) -> Result<(V, Params<V>, Params<V>)> {
+    let r = jvp_grad(|g| f(&g[0]), &[params], &[Some(v)])?;
+    let (g, hv) = (r.grads.into_iter().next(), r.tangents.into_iter().next());
+    Ok((r.value, g.expect("one group"), hv.expect("one group")))
+}
+
+/// `H v` by reverse-over-reverse: the gradient is computed on a tape whose values are
+/// themselves recorded on an outer tape, then `<grad, v>` is differentiated again.
+pub fn hvp_rev_rev<V: Value>(
+    f: impl FnOnce(&Params<Var<Var<V>>>) -> Var<Var<V>>,
+    params: &Params<V>,
+    v: &Params<V>,
+) -> Result<Params<V>> {
+    params.check_like(v)?;
+    let mut inner_err = None;
+    let hv = grad(
+        |p: &Params<Var<V>>| match grad(f, p) {
+            Ok(g) => g
+                .iter()
+                .map(|(k, gk)| gk.mul(&Var::constant_of(v[k].clone())).sum_all())
+                .reduce(|s, t| s.add(&t))
+                .unwrap_or_else(|| Var::scalar(<V::F as num_traits::Zero>::zero())),
+            Err(e) => {
+                inner_err = Some(e);
+                Var::scalar(<V::F as num_traits::Zero>::zero())
+            }
+        },
+        params,
+    )?;
+    inner_err.map_or(Ok(hv), Err)
+}
+
+/// `H v` by reverse-over-forward: the gradient of the directional derivative `J v`.
+pub fn hvp_rev_fwd<V: Value>(
+    f: impl FnOnce(&Params<Dual<Var<V>>>) -> Dual<Var<V>>,
+    params: &Params<V>,
+    v: &Params<V>,
+) -> Result<Params<V>> {
+    params.check_like(v)?;
+    grad(
+        |p: &Params<Var<V>>| {
+            let duals = p
+                .zip_map(v, |x, t| Dual::new(x.clone(), Var::constant_of(t.clone())))
+                .expect("checked");
+            f(&duals).tangent_or_zeros()
+        },
+        params,
+    )
+}

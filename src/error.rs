@@ -1,0 +1,66 @@
+//! Typed errors for everything that takes user input.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure the crate reports instead of panicking.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// Two shapes that an operation needs to agree do not.
+    #[error("{op}: incompatible shapes {lhs:?} and {rhs:?}")]
+    Shape {
+        /// The operation that was given the shapes.
+        op: &'static str,
+        /// The first shape.
+        lhs: Vec<usize>,
+        /// The second shape.
+        rhs: Vec<usize>,
+    },
+    /// An integer index (token, class or row) is out of range.
+    #[error("{op}: index {index} out of range for size {size}")]
+    Index {
+        /// The operation that was given the index.
+        op: &'static str,
+        /// The offending index.
+        index: usize,
+        /// The size of the indexed axis.
+        size: usize,
+    },
+    /// Two parameter groups that must have the same names and shapes do not.
+    #[error("parameter mismatch at `{name}`: {reason}")]
+    Params {
+        /// The parameter name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid config field `{field}`: {reason}")]
+    Config {
+        /// The offending field.
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A non-finite value appeared during a meta-gradient computation.
+    #[error("non-finite {quantity} at inner step {step}")]
+    NonFinite {
+        /// The inner step (0-based) at which the value appeared.
+        step: usize,
+        /// Which quantity was non-finite (e.g. `"meta-gradient"`, `"inner gradient"`).
+        quantity: String,
+    },
+    /// Reading or parsing a file failed.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong, naming the field where applicable.
+        reason: String,
+    },
+    /// A caller used an API in an unsupported way (for example a second backward pass on a tape).
+    #[error("{0}")]
+    Usage(String),
+}
