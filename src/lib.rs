@@ -24,7 +24,10 @@
 
 pub mod alloc;
 pub mod autodiff;
+pub mod curate;
+pub mod data;
 pub mod error;
+pub mod optim;
 pub mod rng;
 
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};

@@ -1,0 +1,1 @@
+//! Curation with a trained rater: batch-level filtering, per-example acceptance, dataset-level discard.

@@ -1,0 +1,1 @@
+//! Corpora, byte-level sequences and corruption generators.
