@@ -54,8 +54,14 @@ impl<V: Value> Value for Dual<V> {
 
     fn apply<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
         let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
+        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
+        if dxs.iter().any(Option::is_some) {
+            if let Some((y, t)) = op.primal_and_tangent(&primals, &dxs) {
+                return Dual::new(y, t);
+            }
+        }
         let y = V::apply(op.clone(), &primals);
-        if xs.iter().all(|x| x.tangent.is_none()) {
+        if dxs.iter().all(Option::is_none) {
             return Dual::constant_of(y);
         }
         let ctx = Ctx {
@@ -65,10 +71,11 @@ impl<V: Value> Value for Dual<V> {
             shapes: primals.iter().map(|p| p.shape()).collect(),
             needs: xs.iter().map(|x| x.tangent.is_some()).collect(),
         };
-        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
         let t = op.jvp(&ctx, &dxs);
         Dual::new(y, t)
     }
+
+    const RECORDED: bool = V::RECORDED;
 
     fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize)) {
         self.primal.visit_buffers(f);

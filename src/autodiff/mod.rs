@@ -7,6 +7,7 @@
 //! (a recorded, differentiable backward pass).
 
 pub mod check;
+pub mod checkpoint;
 pub mod dual;
 pub mod float;
 pub mod ops;
@@ -16,6 +17,7 @@ pub mod tensor;
 pub mod transforms;
 pub mod value;
 
+pub use checkpoint::Block;
 pub use dual::Dual;
 pub use float::Float;
 pub use ops::index::{Indices, Mask};

@@ -2,6 +2,7 @@
 //! handle into it. Each recorded VJP rule runs with `V`'s own ops, so when `V` is itself
 //! a dual or a variable of an outer tape, the backward pass is differentiable.
 
+use super::checkpoint::{Block, Remat};
 use super::tensor::Tensor;
 use super::value::{Ctx, Op, Value};
 use crate::error::{Error, Result};
@@ -257,7 +258,17 @@ impl<V: Value> Value for Var<V> {
         }
     }
 
+    const RECORDED: bool = true;
+
     fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize)) {
         self.value.visit_buffers(f);
+    }
+
+    fn checkpoint<B: Block<V::F>>(block: &B, xs: &[&Self]) -> Self {
+        if V::RECORDED {
+            block.apply(xs)
+        } else {
+            Self::apply(Remat(block.clone()), xs)
+        }
     }
 }

@@ -179,6 +179,8 @@ impl<F: Float> Value for Tensor<F> {
         }
     }
 
+    const RECORDED: bool = false;
+
     fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize)) {
         f(self.0.as_ptr() as usize, self.nbytes());
     }

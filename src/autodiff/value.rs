@@ -1,6 +1,7 @@
 //! The tensor algebra every model is written against, and the `Op` trait that gives
 //! each primitive its forward, JVP and VJP rules in one place.
 
+use super::checkpoint::Block;
 use super::float::Float;
 use super::ops::{
     Scale, Shift,
@@ -108,6 +109,15 @@ pub trait Op<F: Float>: Clone + 'static {
     /// Input cotangents given the output cotangent; entry `i` may be `None` when
     /// `ctx.needs(i)` is false.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>>;
+    /// Output and output tangent in one go, for ops where computing them together is
+    /// cheaper than `forward` then `jvp` (a checkpointed block). `None` = use those two.
+    fn primal_and_tangent<V: Value<F = F>>(
+        &self,
+        _xs: &[&V],
+        _dxs: &[Option<&V>],
+    ) -> Option<(V, V)> {
+        None
+    }
 }
 
 /// The tensor algebra. Implemented by [`Tensor`] (numbers), [`Dual`](super::Dual)
@@ -142,6 +152,15 @@ pub trait Value: Clone + 'static {
     }
     /// Reports each distinct buffer held as `(address, bytes)`.
     fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize));
+    /// True when values of this algebra are themselves recorded on a tape (so
+    /// rematerialising at this level would save nothing).
+    const RECORDED: bool;
+    /// Runs `block` on `xs`. On a tape over unrecorded values this records one node that
+    /// keeps only the inputs and recomputes the inside in the backward sweep; elsewhere
+    /// it just runs the block.
+    fn checkpoint<B: Block<Self::F>>(block: &B, xs: &[&Self]) -> Self {
+        block.apply(xs)
+    }
 
     // ---- convenience -------------------------------------------------------------
 

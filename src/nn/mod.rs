@@ -1,0 +1,52 @@
+//! Models as pure generic functions over the algebra: parameters live in a
+//! [`Params`](crate::Params) group, the forward pass is `fn f<V: Value>(..) -> V`, so the
+//! same code gives values, gradients, JVPs, HVPs and grad-of-grad.
+
+pub mod mlp;
+pub mod transformer;
+
+pub use mlp::{Activation, Mlp};
+pub use transformer::{CausalLm, SequenceScorer, TransformerConfig};
+
+use crate::autodiff::{Float, Params, Tensor, Value};
+use crate::rng::Rng;
+
+/// `x @ w + b` over the last axis of `x` (any leading shape).
+pub fn linear<V: Value>(x: &V, w: &V, b: &V) -> V {
+    let s = x.shape();
+    let (d_in, d_out) = (s[s.len() - 1], w.shape()[1]);
+    let lead: usize = s[..s.len() - 1].iter().product();
+    let y = x.reshape(&[lead, d_in]).matmul(w).add(b);
+    let mut out = s[..s.len() - 1].to_vec();
+    out.push(d_out);
+    y.reshape(&out)
+}
+
+/// Layer norm over the last axis with gain and bias.
+pub fn layer_norm<V: Value>(x: &V, g: &V, b: &V, eps: V::F) -> V {
+    x.layer_norm(eps).mul(g).add(b)
+}
+
+/// A tensor of independent normal draws with standard deviation `std`.
+pub fn normal<F: Float>(rng: &mut Rng, shape: &[usize], std: f64) -> Tensor<F> {
+    let n = shape.iter().product();
+    let data = (0..n).map(|_| F::c(rng.normal() * std)).collect();
+    Tensor::from_vec(shape, data).expect("length matches shape")
+}
+
+pub(crate) fn insert_linear<F: Float>(
+    p: &mut Params<Tensor<F>>,
+    name: &str,
+    rng: &mut Rng,
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+) {
+    p.insert(format!("{name}.w"), normal(rng, &[d_in, d_out], std));
+    p.insert(format!("{name}.b"), Tensor::zeros(&[d_out]));
+}
+
+pub(crate) fn insert_layer_norm<F: Float>(p: &mut Params<Tensor<F>>, name: &str, d: usize) {
+    p.insert(format!("{name}.g"), Tensor::full(&[d], F::one()));
+    p.insert(format!("{name}.b"), Tensor::zeros(&[d]));
+}

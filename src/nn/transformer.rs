@@ -1,0 +1,284 @@
+//! A pre-LN transformer (causal or bidirectional), as generic functions. Each layer is
+//! a checkpointed [`Block`]: on a tape over plain or dual numbers it is recorded as one
+//! node and recomputed in the backward sweep, so a step's working set is one layer's
+//! activations.
+
+use super::{insert_layer_norm, insert_linear, layer_norm, linear, normal};
+use crate::autodiff::{Block, Float, Indices, Mask, Params, Tensor, Value};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Shape of a transformer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransformerConfig {
+    /// Vocabulary size (256 for bytes).
+    pub vocab: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of layers.
+    pub n_layers: usize,
+    /// Attention heads per layer (must divide `d_model`).
+    pub n_heads: usize,
+    /// Hidden width of each MLP (4 x `d_model` is usual).
+    pub d_ff: usize,
+    /// Longest sequence (learned position embeddings).
+    pub max_len: usize,
+    /// Causal (language model) or bidirectional (rater) attention.
+    pub causal: bool,
+}
+
+impl TransformerConfig {
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_len", self.max_len),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config {
+                field,
+                reason: "must be positive".into(),
+            });
+        }
+        if self.d_model % self.n_heads != 0 {
+            return Err(Error::Config {
+                field: "n_heads",
+                reason: format!("{} does not divide d_model {}", self.n_heads, self.d_model),
+            });
+        }
+        Ok(())
+    }
+
+    /// Random initial parameters for the trunk (embeddings, layers, final norm).
+    pub fn init_trunk<F: Float>(&self, rng: &mut Rng) -> Params<Tensor<F>> {
+        let (d, l) = (self.d_model, self.n_layers);
+        let mut p = Params::new();
+        p.insert("tok_emb", normal(rng, &[self.vocab, d], 0.02));
+        p.insert("pos_emb", normal(rng, &[self.max_len, d], 0.02));
+        let std = 1.0 / (d as f64).sqrt();
+        let resid = std / ((2 * l) as f64).sqrt();
+        for i in 0..l {
+            insert_layer_norm(&mut p, &format!("h{i}.ln1"), d);
+            insert_linear(&mut p, &format!("h{i}.attn.qkv"), rng, d, 3 * d, std);
+            insert_linear(&mut p, &format!("h{i}.attn.out"), rng, d, d, resid);
+            insert_layer_norm(&mut p, &format!("h{i}.ln2"), d);
+            insert_linear(&mut p, &format!("h{i}.mlp.fc"), rng, d, self.d_ff, std);
+            insert_linear(
+                &mut p,
+                &format!("h{i}.mlp.proj"),
+                rng,
+                self.d_ff,
+                d,
+                resid / (self.d_ff as f64 / d as f64).sqrt(),
+            );
+        }
+        insert_layer_norm(&mut p, "ln_f", d);
+        p
+    }
+
+    /// Token ids `[batch, seq]` to final-normed hidden states `[batch, seq, d_model]`.
+    pub fn trunk<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
+        let s = tokens.shape();
+        if s.len() != 2 || s[1] == 0 || s[1] > self.max_len {
+            return Err(Error::Shape {
+                op: "transformer tokens [batch, seq <= max_len]",
+                lhs: s.to_vec(),
+                rhs: vec![self.max_len],
+            });
+        }
+        let mut x = p["tok_emb"]
+            .gather_rows(tokens)?
+            .add(&p["pos_emb"].slice(0, 0, s[1]));
+        let layer = Layer {
+            n_heads: self.n_heads,
+            causal: self.causal,
+        };
+        for i in 0..self.n_layers {
+            let names = LAYER_PARAMS.map(|n| format!("h{i}.{n}"));
+            let mut xs: Vec<&V> = vec![&x];
+            xs.extend(names.iter().map(|n| &p[n]));
+            x = V::checkpoint(&layer, &xs);
+        }
+        Ok(layer_norm(&x, &p["ln_f.g"], &p["ln_f.b"], V::F::c(LN_EPS)))
+    }
+}
+
+const LN_EPS: f64 = 1e-5;
+
+const LAYER_PARAMS: [&str; 12] = [
+    "ln1.g",
+    "ln1.b",
+    "attn.qkv.w",
+    "attn.qkv.b",
+    "attn.out.w",
+    "attn.out.b",
+    "ln2.g",
+    "ln2.b",
+    "mlp.fc.w",
+    "mlp.fc.b",
+    "mlp.proj.w",
+    "mlp.proj.b",
+];
+
+/// One pre-LN layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`. Inputs: `x` then the
+/// twelve tensors of `LAYER_PARAMS`.
+#[derive(Clone, Debug)]
+struct Layer {
+    n_heads: usize,
+    causal: bool,
+}
+
+impl<F: Float> Block<F> for Layer {
+    fn name(&self) -> &'static str {
+        "transformer layer"
+    }
+    fn apply<V: Value<F = F>>(&self, xs: &[&V]) -> V {
+        let [x, g1, b1, wqkv, bqkv, wo, bo, g2, b2, w1, c1, w2, c2] = xs else {
+            panic!("transformer layer: expected 13 inputs, got {}", xs.len())
+        };
+        let eps = F::c(LN_EPS);
+        let h = layer_norm(*x, g1, b1, eps);
+        let x = x.add(&attention(
+            &h,
+            wqkv,
+            bqkv,
+            wo,
+            bo,
+            self.n_heads,
+            self.causal,
+        ));
+        let h = layer_norm(&x, g2, b2, eps);
+        x.add(&linear(&linear(&h, w1, c1).gelu(), w2, c2))
+    }
+}
+
+/// Multi-head self-attention on `[batch, seq, d]`.
+fn attention<V: Value>(
+    h: &V,
+    wqkv: &V,
+    bqkv: &V,
+    wo: &V,
+    bo: &V,
+    n_heads: usize,
+    causal: bool,
+) -> V {
+    let s = h.shape();
+    let (b, t, d) = (s[0], s[1], s[2]);
+    let dh = d / n_heads;
+    let qkv = linear(h, wqkv, bqkv);
+    let heads = |i: usize| {
+        qkv.slice(2, i * d, (i + 1) * d)
+            .reshape(&[b, t, n_heads, dh])
+            .permute(&[0, 2, 1, 3])
+    };
+    let (q, k, v) = (heads(0), heads(1), heads(2));
+    let mut scores = q
+        .matmul_t(&k, false, true)
+        .scale(V::F::c(1.0 / (dh as f64).sqrt()));
+    if causal {
+        scores = scores.masked_fill(&Mask::causal(t), V::F::c(-1e9));
+    }
+    let o = scores
+        .softmax(3)
+        .matmul(&v)
+        .permute(&[0, 2, 1, 3])
+        .reshape(&[b, t, d]);
+    linear(&o, wo, bo)
+}
+
+/// A byte-level causal language model: transformer trunk plus a linear head to the
+/// vocabulary. Its per-example loss is the mean next-token cross-entropy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalLm {
+    /// The trunk's shape (`causal` is forced to true).
+    pub cfg: TransformerConfig,
+}
+
+impl CausalLm {
+    /// Validates the config.
+    pub fn new(mut cfg: TransformerConfig) -> Result<Self> {
+        cfg.causal = true;
+        cfg.validate()?;
+        Ok(CausalLm { cfg })
+    }
+    /// Random initial parameters.
+    pub fn init<F: Float>(&self, rng: &mut Rng) -> Params<Tensor<F>> {
+        let mut p = self.cfg.init_trunk(rng);
+        insert_linear(
+            &mut p,
+            "head",
+            rng,
+            self.cfg.d_model,
+            self.cfg.vocab,
+            1.0 / (self.cfg.d_model as f64).sqrt(),
+        );
+        p
+    }
+    /// Logits `[batch, seq, vocab]`.
+    pub fn logits<V: Value>(&self, p: &Params<V>, inputs: &Indices) -> Result<V> {
+        Ok(linear(
+            &self.cfg.trunk(p, inputs)?,
+            &p["head.w"],
+            &p["head.b"],
+        ))
+    }
+    /// Mean next-token cross-entropy per sequence, `[batch]`: `targets[b, t]` is the
+    /// token that follows `inputs[b, ..= t]`.
+    pub fn per_example_loss<V: Value>(
+        &self,
+        p: &Params<V>,
+        inputs: &Indices,
+        targets: &Indices,
+    ) -> Result<V> {
+        if inputs.shape() != targets.shape() {
+            return Err(Error::Shape {
+                op: "CausalLm targets",
+                lhs: inputs.shape().to_vec(),
+                rhs: targets.shape().to_vec(),
+            });
+        }
+        Ok(self
+            .logits(p, inputs)?
+            .cross_entropy(targets)?
+            .mean_axis(1, false))
+    }
+}
+
+/// A bidirectional transformer that pools a sequence to one score: mean over positions
+/// of the final hidden states, then a linear map to a scalar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequenceScorer {
+    /// The trunk's shape (`causal` is forced to false).
+    pub cfg: TransformerConfig,
+}
+
+impl SequenceScorer {
+    /// Validates the config.
+    pub fn new(mut cfg: TransformerConfig) -> Result<Self> {
+        cfg.causal = false;
+        cfg.validate()?;
+        Ok(SequenceScorer { cfg })
+    }
+    /// Random initial parameters.
+    pub fn init<F: Float>(&self, rng: &mut Rng) -> Params<Tensor<F>> {
+        let mut p = self.cfg.init_trunk(rng);
+        insert_linear(
+            &mut p,
+            "head",
+            rng,
+            self.cfg.d_model,
+            1,
+            1.0 / (self.cfg.d_model as f64).sqrt(),
+        );
+        p
+    }
+    /// One raw score per sequence, `[batch]`.
+    pub fn scores<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
+        let h = self.cfg.trunk(p, tokens)?.mean_axis(1, false);
+        Ok(linear(&h, &p["head.w"], &p["head.b"]).reshape(&[tokens.shape()[0]]))
+    }
+}
