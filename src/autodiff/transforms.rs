@@ -13,6 +13,37 @@ use super::tensor::Tensor;
 use super::value::Value;
 use crate::error::{Error, Result};
 
+/// What a transformed function may return: a value, or a `Result` of one (so model code
+/// that validates its input can be differentiated with `?`).
+pub trait Output<T> {
+    /// The value, or the function's own error.
+    fn into_result(self) -> Result<T>;
+}
+
+impl<V: Value> Output<Var<V>> for Var<V> {
+    fn into_result(self) -> Result<Var<V>> {
+        Ok(self)
+    }
+}
+
+impl<V: Value> Output<Var<V>> for Result<Var<V>> {
+    fn into_result(self) -> Result<Var<V>> {
+        self
+    }
+}
+
+impl<V: Value> Output<Dual<V>> for Dual<V> {
+    fn into_result(self) -> Result<Dual<V>> {
+        Ok(self)
+    }
+}
+
+impl<V: Value> Output<Dual<V>> for Result<Dual<V>> {
+    fn into_result(self) -> Result<Dual<V>> {
+        self
+    }
+}
+
 fn ones_like<V: Value>(shape: &[usize]) -> V {
     V::constant(Tensor::full(shape, <V::F as num_traits::One>::one()))
 }
@@ -38,13 +69,13 @@ fn scalar_check(op: &'static str, shape: &[usize]) -> Result<()> {
 /// assert_eq!(y.item(), 5.0);
 /// assert_eq!(g["x"].to_vec(), vec![2.0, 4.0]);
 /// ```
-pub fn value_and_grad<V: Value>(
-    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+pub fn value_and_grad<V: Value, R: Output<Var<V>>>(
+    f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
 ) -> Result<(V, Params<V>)> {
     let tape = Tape::new();
     let vars = params.map(|v| tape.var(v.clone()));
-    let y = f(&vars);
+    let y = f(&vars).into_result()?;
     scalar_check("value_and_grad: output must be a scalar", &y.shape())?;
     let seed = ones_like::<V>(&y.shape());
     let wrt: Vec<&Var<V>> = vars.values().collect();
@@ -54,22 +85,22 @@ pub fn value_and_grad<V: Value>(
 }
 
 /// The gradient of a scalar function.
-pub fn grad<V: Value>(
-    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+pub fn grad<V: Value, R: Output<Var<V>>>(
+    f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
 ) -> Result<Params<V>> {
     value_and_grad(f, params).map(|(_, g)| g)
 }
 
 /// The output of `f` and the vector-Jacobian product `cot^T J`.
-pub fn vjp<V: Value>(
-    f: impl FnOnce(&Params<Var<V>>) -> Var<V>,
+pub fn vjp<V: Value, R: Output<Var<V>>>(
+    f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
     cot: &V,
 ) -> Result<(V, Params<V>)> {
     let tape = Tape::new();
     let vars = params.map(|v| tape.var(v.clone()));
-    let y = f(&vars);
+    let y = f(&vars).into_result()?;
     let wrt: Vec<&Var<V>> = vars.values().collect();
     let grads = tape.backward(&y, cot.clone(), &wrt)?;
     Ok((
@@ -79,13 +110,13 @@ pub fn vjp<V: Value>(
 }
 
 /// The output of `f` and the Jacobian-vector product `J t`.
-pub fn jvp<V: Value>(
-    f: impl FnOnce(&Params<Dual<V>>) -> Dual<V>,
+pub fn jvp<V: Value, R: Output<Dual<V>>>(
+    f: impl FnOnce(&Params<Dual<V>>) -> R,
     params: &Params<V>,
     tangent: &Params<V>,
 ) -> Result<(V, V)> {
     let duals = params.zip_map(tangent, |p, t| Dual::new(p.clone(), t.clone()))?;
-    let y = f(&duals);
+    let y = f(&duals).into_result()?;
     let t = y.tangent_or_zeros();
     Ok((y.primal, t))
 }
@@ -100,13 +131,15 @@ pub struct JvpGrad<V> {
     /// `d/de grad_k f(p + e t)` for each group `k`: with a tangent on group `j` only, this
     /// is the Hessian block `H_kj t_j` (the HVP for `k = j`, the mixed product otherwise).
     pub tangents: Vec<Params<V>>,
+    /// Bytes the tape held at the end of the forward pass (see [`Tape::bytes`]).
+    pub tape_bytes: usize,
 }
 
 /// Gradient of a scalar function with respect to several parameter groups, and the
 /// tangent of that gradient along `tangents` (`None` = zero for that group), in ONE
 /// forward-over-reverse pass.
-pub fn jvp_grad<V: Value>(
-    f: impl FnOnce(&[Params<Var<Dual<V>>>]) -> Var<Dual<V>>,
+pub fn jvp_grad<V: Value, R: Output<Var<Dual<V>>>>(
+    f: impl FnOnce(&[Params<Var<Dual<V>>>]) -> R,
     groups: &[&Params<V>],
     tangents: &[Option<&Params<V>>],
 ) -> Result<JvpGrad<V>> {
@@ -125,8 +158,9 @@ pub fn jvp_grad<V: Value>(
             None => g.map(|p| tape.var(Dual::constant_of(p.clone()))),
         });
     }
-    let y = f(&vars);
+    let y = f(&vars).into_result()?;
     scalar_check("jvp_grad: output must be a scalar", &y.shape())?;
+    let tape_bytes = tape.bytes();
     let seed = ones_like::<Dual<V>>(&y.shape());
     let wrt: Vec<&Var<Dual<V>>> = vars.iter().flat_map(|g| g.values()).collect();
     let mut flat = tape.backward(&y, seed, &wrt)?.into_iter();
@@ -147,49 +181,42 @@ pub fn jvp_grad<V: Value>(
         value: y.into_value().primal,
         grads,
         tangents: tans,
+        tape_bytes,
     })
 }
 
 /// Value, gradient and Hessian-vector product `H v`, by forward-over-reverse.
-pub fn hvp<V: Value>(
-    f: impl FnOnce(&Params<Var<Dual<V>>>) -> Var<Dual<V>>,
+pub fn hvp<V: Value, R: Output<Var<Dual<V>>>>(
+    f: impl FnOnce(&Params<Var<Dual<V>>>) -> R,
     params: &Params<V>,
     v: &Params<V>,
 ) -> Result<(V, Params<V>, Params<V>)> {
-    let r = jvp_grad(|g| f(&g[0]), &[params], &[Some(v)])?;
+    let r = jvp_grad(|g| f(&g[0]).into_result(), &[params], &[Some(v)])?;
     let (g, hv) = (r.grads.into_iter().next(), r.tangents.into_iter().next());
     Ok((r.value, g.expect("one group"), hv.expect("one group")))
 }
 
 /// `H v` by reverse-over-reverse: the gradient is computed on a tape whose values are
 /// themselves recorded on an outer tape, then `<grad, v>` is differentiated again.
-pub fn hvp_rev_rev<V: Value>(
-    f: impl FnOnce(&Params<Var<Var<V>>>) -> Var<Var<V>>,
+pub fn hvp_rev_rev<V: Value, R: Output<Var<Var<V>>>>(
+    f: impl FnOnce(&Params<Var<Var<V>>>) -> R,
     params: &Params<V>,
     v: &Params<V>,
 ) -> Result<Params<V>> {
     params.check_like(v)?;
-    let mut inner_err = None;
-    let hv = grad(
-        |p: &Params<Var<V>>| match grad(f, p) {
-            Ok(g) => g
-                .iter()
-                .map(|(k, gk)| gk.mul(&Var::constant_of(v[k].clone())).sum_all())
-                .reduce(|s, t| s.add(&t))
-                .unwrap_or_else(|| Var::scalar(<V::F as num_traits::Zero>::zero())),
-            Err(e) => {
-                inner_err = Some(e);
-                Var::scalar(<V::F as num_traits::Zero>::zero())
-            }
+    grad(
+        |p: &Params<Var<V>>| -> Result<Var<V>> {
+            let g = grad(f, p)?;
+            let terms = g.iter().map(|(k, gk)| gk.mul(&Var::constant_of(v[k].clone())).sum_all());
+            Ok(terms.reduce(|s, t| s.add(&t)).unwrap_or_else(|| Var::scalar(<V::F as num_traits::Zero>::zero())))
         },
         params,
-    )?;
-    inner_err.map_or(Ok(hv), Err)
+    )
 }
 
 /// `H v` by reverse-over-forward: the gradient of the directional derivative `J v`.
-pub fn hvp_rev_fwd<V: Value>(
-    f: impl FnOnce(&Params<Dual<Var<V>>>) -> Dual<Var<V>>,
+pub fn hvp_rev_fwd<V: Value, R: Output<Dual<Var<V>>>>(
+    f: impl FnOnce(&Params<Dual<Var<V>>>) -> R,
     params: &Params<V>,
     v: &Params<V>,
 ) -> Result<Params<V>> {
@@ -199,7 +226,7 @@ pub fn hvp_rev_fwd<V: Value>(
             let duals = p
                 .zip_map(v, |x, t| Dual::new(x.clone(), Var::constant_of(t.clone())))
                 .expect("checked");
-            f(&duals).tangent_or_zeros()
+            f(&duals).into_result().map(|y| y.tangent_or_zeros())
         },
         params,
     )

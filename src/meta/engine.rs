@@ -1,0 +1,257 @@
+//! Exact meta-gradients through `T` steps of a real inner optimiser, three ways.
+//!
+//! * [`Mode::Mixed`]: store `(theta_t, s_t, g_t)` in the forward sweep; in the backward
+//!   sweep, one forward-over-reverse pass per step yields both `H_t g_bar` and
+//!   `M_t g_bar` (MixFlow-MG). Only one step's activations are ever alive.
+//! * [`Mode::Checkpointed`]: store `(theta_t, s_t)` every `k` steps and recompute each
+//!   segment before sweeping it backwards: the trajectory term drops to `O(T/k + k)`.
+//! * [`Mode::Unrolled`]: the naive baseline, reverse-over-reverse through the whole
+//!   window on one tape (every inner backward pass recorded), as `jax.grad` of a loop
+//!   of `jax.grad` or PyTorch's `create_graph=True` do.
+
+use super::MetaProblem;
+use crate::autodiff::transforms::{jvp_grad, value_and_grad};
+use crate::autodiff::{Float, Params, Tape, Tensor, Value, Var};
+use crate::error::{Error, Result};
+use crate::optim::{OptState, Optimizer};
+
+/// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward-over-reverse backward sweep over a stored trajectory.
+    Mixed,
+    /// Mixed mode storing every `every`-th state (`0` = `ceil(sqrt(T))`) and recomputing
+    /// the rest.
+    Checkpointed {
+        /// Distance between stored states; `0` picks `ceil(sqrt(T))`.
+        every: usize,
+    },
+    /// Reverse-over-reverse through the whole unrolled window (the baseline).
+    Unrolled,
+}
+
+/// Measurements of one meta-gradient computation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetaStats {
+    /// Inner steps differentiated through.
+    pub steps: usize,
+    /// Largest number of bytes any tape held (unrolled: the whole window's tape; mixed:
+    /// one step's forward-over-reverse tape).
+    pub peak_tape_bytes: usize,
+    /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`) alive at once.
+    pub trajectory_bytes: usize,
+    /// Inner steps run again in the backward sweep (checkpointed mode).
+    pub recomputed_steps: usize,
+}
+
+/// The result of [`meta_gradient`].
+#[derive(Clone, Debug)]
+pub struct MetaGradient<F: Float> {
+    /// `d J(theta_T(eta)) / d eta`.
+    pub grad: Params<Tensor<F>>,
+    /// The outer loss `J(theta_T)`.
+    pub outer_loss: F,
+    /// The inner objective at each step.
+    pub inner_losses: Vec<F>,
+    /// Inner parameters after the window.
+    pub theta: Params<Tensor<F>>,
+    /// Inner optimiser state after the window.
+    pub state: OptState<Tensor<F>>,
+    /// Measurements.
+    pub stats: MetaStats,
+}
+
+/// One inner step's stored values.
+struct Step<F: Float> {
+    theta: Params<Tensor<F>>,
+    state: OptState<Tensor<F>>,
+    grad: Option<Params<Tensor<F>>>,
+}
+
+impl<F: Float> Step<F> {
+    fn nbytes(&self) -> usize {
+        let slots: usize = self.state.slots.iter().map(Params::nbytes).sum();
+        self.theta.nbytes() + slots + self.grad.as_ref().map_or(0, Params::nbytes)
+    }
+}
+
+fn finite<F: Float>(p: &Params<Tensor<F>>, step: usize, quantity: &str) -> Result<()> {
+    match p.first_non_finite() {
+        Some(name) => Err(Error::NonFinite { step, quantity: format!("{quantity} (`{name}`)") }),
+        None => Ok(()),
+    }
+}
+
+fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
+    if x.is_finite() { Ok(()) } else { Err(Error::NonFinite { step, quantity: quantity.to_string() }) }
+}
+
+/// The meta-gradient of `J(theta_T)` with respect to the rater parameters `eta`, where
+/// `theta_T` comes from `batches.len()` steps of `opt` on `problem.inner_loss` from
+/// `(theta, state)`, and `J = problem.outer_loss(., outer_batch)`.
+///
+/// Inputs are never modified. A NaN or infinity anywhere is reported as
+/// [`Error::NonFinite`] naming the inner step and the quantity.
+#[allow(clippy::too_many_arguments)]
+pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
+    mode: Mode,
+    problem: &P,
+    opt: &O,
+    eta: &Params<Tensor<F>>,
+    theta: &Params<Tensor<F>>,
+    state: &OptState<Tensor<F>>,
+    batches: &[P::Batch],
+    outer_batch: &P::Batch,
+) -> Result<MetaGradient<F>> {
+    if batches.is_empty() {
+        return Err(Error::Config { field: "batches", reason: "need at least one inner step".into() });
+    }
+    match mode {
+        Mode::Unrolled => unrolled(problem, opt, eta, theta, state, batches, outer_batch),
+        Mode::Mixed => mixed(problem, opt, eta, theta, state, batches, outer_batch, 1, true),
+        Mode::Checkpointed { every } => {
+            let k = if every == 0 { (batches.len() as f64).sqrt().ceil() as usize } else { every };
+            mixed(problem, opt, eta, theta, state, batches, outer_batch, k, false)
+        }
+    }
+}
+
+/// One first-order inner step: `(L_t, g_t, theta_{t+1}, s_{t+1})`.
+#[allow(clippy::type_complexity)]
+fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
+    problem: &P,
+    opt: &O,
+    eta: &Params<Var<Tensor<F>>>,
+    theta: &Params<Tensor<F>>,
+    state: &OptState<Tensor<F>>,
+    batch: &P::Batch,
+    t: usize,
+) -> Result<(F, Params<Tensor<F>>, Params<Tensor<F>>, OptState<Tensor<F>>)> {
+    let (loss, g) = value_and_grad(|th| problem.inner_loss(th, eta, batch), theta)?;
+    finite_scalar(loss.item(), t, "inner loss")?;
+    finite(&g, t, "inner gradient")?;
+    let (th, st) = opt.update(theta, state, &g);
+    Ok((loss.item(), g, th, st))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
+    problem: &P,
+    opt: &O,
+    eta: &Params<Tensor<F>>,
+    theta0: &Params<Tensor<F>>,
+    state0: &OptState<Tensor<F>>,
+    batches: &[P::Batch],
+    outer_batch: &P::Batch,
+    every: usize,
+    keep_grads: bool,
+) -> Result<MetaGradient<F>> {
+    let n = batches.len();
+    let eta_c = eta.map(|e| Var::constant_of(e.clone()));
+    let mut stats = MetaStats { steps: n, ..MetaStats::default() };
+    let mut inner_losses = Vec::with_capacity(n);
+
+    // Forward sweep: keep the state at the start of every segment.
+    let mut stored: Vec<Step<F>> = Vec::new();
+    let (mut theta, mut state) = (theta0.clone(), state0.clone());
+    for (t, batch) in batches.iter().enumerate() {
+        let (loss, g, th, st) = inner_step(problem, opt, &eta_c, &theta, &state, batch, t)?;
+        inner_losses.push(loss);
+        if t % every == 0 {
+            stored.push(Step { theta, state, grad: keep_grads.then_some(g) });
+        }
+        (theta, state) = (th, st);
+    }
+    let stored_bytes: usize = stored.iter().map(Step::nbytes).sum();
+    stats.trajectory_bytes = stored_bytes;
+
+    // Backward sweep.
+    let (outer_loss, mut theta_bar) = value_and_grad(|th| problem.outer_loss(th, outer_batch), &theta)?;
+    finite_scalar(outer_loss.item(), n, "outer loss")?;
+    finite(&theta_bar, n, "outer gradient")?;
+    let mut state_bar: Vec<Params<Tensor<F>>> = state.slots.iter().map(Params::zeros_like).collect();
+    let mut eta_bar = eta.zeros_like();
+    for seg in (0..stored.len()).rev() {
+        let start = seg * every;
+        let end = (start + every).min(n);
+        let first = stored.pop().expect("one stored state per segment");
+        let mut segment = vec![first];
+        // Recompute the inside of the segment from its stored start.
+        for t in start..end {
+            let s = segment.last_mut().expect("non-empty");
+            if s.grad.is_none() {
+                let (_, g, th, st) = inner_step(problem, opt, &eta_c, &s.theta, &s.state, &batches[t], t)?;
+                s.grad = Some(g);
+                if t + 1 < end {
+                    segment.push(Step { theta: th, state: st, grad: None });
+                }
+                stats.recomputed_steps += 1;
+            }
+        }
+        let seg_bytes: usize = segment.iter().map(Step::nbytes).sum();
+        stats.trajectory_bytes = stats.trajectory_bytes.max(stored_bytes + seg_bytes);
+        for (t, s) in (start..end).zip(segment.iter()).rev() {
+            let g = s.grad.as_ref().expect("filled above");
+            let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
+            finite(&adj.grad, t, "optimiser adjoint")?;
+            let r = jvp_grad(
+                |gs| problem.inner_loss(&gs[0], &gs[1], &batches[t]),
+                &[&s.theta, eta],
+                &[Some(&adj.grad), None],
+            )?;
+            stats.peak_tape_bytes = stats.peak_tape_bytes.max(r.tape_bytes);
+            let [h_gbar, m_gbar]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
+            finite(&h_gbar, t, "Hessian-vector product")?;
+            finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
+            theta_bar = adj.theta.add_scaled(&h_gbar, F::one())?;
+            eta_bar = eta_bar.add_scaled(&m_gbar, F::one())?;
+            state_bar = adj.state;
+        }
+    }
+    Ok(MetaGradient { grad: eta_bar, outer_loss: outer_loss.item(), inner_losses, theta, state, stats })
+}
+
+fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
+    problem: &P,
+    opt: &O,
+    eta: &Params<Tensor<F>>,
+    theta0: &Params<Tensor<F>>,
+    state0: &OptState<Tensor<F>>,
+    batches: &[P::Batch],
+    outer_batch: &P::Batch,
+) -> Result<MetaGradient<F>> {
+    let n = batches.len();
+    let tape = Tape::<Tensor<F>>::new();
+    let eta_v = eta.map(|e| tape.var(e.clone()));
+    // The rater's parameters are constants of each inner tape but variables of the outer one.
+    let eta_in = eta_v.map(|e| Var::constant_of(e.clone()));
+    let lift = |p: &Params<Tensor<F>>| p.map(|x| Var::constant_of(x.clone()));
+    let mut theta = lift(theta0);
+    let mut state = OptState { step: state0.step, slots: state0.slots.iter().map(lift).collect() };
+    let mut inner_losses = Vec::with_capacity(n);
+    for (t, batch) in batches.iter().enumerate() {
+        // The inner backward pass runs on values recorded on the outer tape.
+        let (loss, g) = value_and_grad(|th| problem.inner_loss(th, &eta_in, batch), &theta)?;
+        finite_scalar(loss.item(), t, "inner loss")?;
+        finite(&g.map(|v| v.value().clone()), t, "inner gradient")?;
+        inner_losses.push(loss.item());
+        (theta, state) = opt.update(&theta, &state, &g);
+    }
+    let j = problem.outer_loss(&theta, outer_batch)?;
+    finite_scalar(j.item(), n, "outer loss")?;
+    let peak = tape.bytes();
+    let wrt: Vec<&Var<Tensor<F>>> = eta_v.values().collect();
+    let seed = Tensor::full(&j.shape(), F::one());
+    let grads = tape.backward(&j, seed, &wrt)?;
+    let grad: Params<Tensor<F>> = eta_v.names().map(str::to_string).zip(grads).collect();
+    finite(&grad, 0, "meta-gradient")?;
+    let unlift = |p: &Params<Var<Tensor<F>>>| p.map(|x| x.value().clone());
+    Ok(MetaGradient {
+        grad,
+        outer_loss: j.item(),
+        inner_losses,
+        theta: unlift(&theta),
+        state: OptState { step: state.step, slots: state.slots.iter().map(unlift).collect() },
+        stats: MetaStats { steps: n, peak_tape_bytes: peak, trajectory_bytes: 0, recomputed_steps: 0 },
+    })
+}
