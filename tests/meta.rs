@@ -1,0 +1,347 @@
+//! Meta-gradients computed three ways (mixed mode, checkpointed mixed mode, unrolled
+//! reverse-over-reverse) agree with each other to ~1e-9 and with central finite
+//! differences of the outer loss, for every optimiser and several window lengths.
+//! The problems are written against the public traits only, as a downstream crate would.
+
+use datarater::autodiff::check::compare;
+use datarater::meta::{meta_gradient, DataRaterProblem, InnerLoop, MetaProblem, Mode, OuterLoop, Rater};
+use datarater::nn::{normal, Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig};
+use datarater::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
+use datarater::transforms::value_and_grad;
+use datarater::{Error, Indices, Params, Result, Rng, Tensor, Value, Var};
+
+// ---- a regression problem: MLP inner model, MLP rater on (x, y) ------------------------
+
+#[derive(Clone)]
+struct XyBatch {
+    x: Tensor<f64>,
+    y: Tensor<f64>,
+}
+
+struct Regression<O> {
+    mlp: Mlp,
+    opt: O,
+    /// Input feature forced to exactly zero (so its first-layer weights get exact zero gradients).
+    dead_feature: bool,
+}
+
+impl<O: Optimizer<f64>> InnerLoop<f64> for Regression<O> {
+    type Batch = XyBatch;
+    type Opt = O;
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.mlp.init(rng)
+    }
+    fn optimizer(&self) -> &O {
+        &self.opt
+    }
+    fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &XyBatch) -> Result<V> {
+        let out = self.mlp.forward(theta, &V::constant(b.x.clone()))?;
+        let n = b.x.shape()[0];
+        Ok(out.sub(&V::constant(b.y.clone())).square().reshape(&[n]))
+    }
+    fn sample_batch(&self, rng: &mut Rng) -> XyBatch {
+        let n = 6;
+        let mut x = normal::<f64>(rng, &[n, 3], 1.0).to_owned_array();
+        if self.dead_feature {
+            x.index_axis_mut(ndarray::Axis(1), 2).fill(0.0);
+        }
+        let noise = normal::<f64>(rng, &[n, 1], 0.3);
+        let y = Tensor::from_array(x.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1)).mapv(f64::sin) + noise.array());
+        XyBatch { x: Tensor::from_array(x), y }
+    }
+}
+
+struct XyRater(Mlp);
+
+impl Rater<f64, XyBatch> for XyRater {
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.0.init(rng)
+    }
+    fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &XyBatch) -> Result<V> {
+        let xy = V::constant(Tensor::from_array(ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap()));
+        let n = b.x.shape()[0];
+        Ok(self.0.forward(eta, &xy)?.reshape(&[n]))
+    }
+}
+
+/// Held-out mean loss; plain SGD meta-update (the trainer's Adam is tested elsewhere).
+struct MeanHeldOut;
+
+impl<I: InnerLoop<f64>> OuterLoop<f64, I> for MeanHeldOut {
+    type MetaState = ();
+    fn sample_batch(&self, _: &mut Rng) -> I::Batch {
+        unreachable!("the tests pass held-out batches explicitly")
+    }
+    fn init_state(&self, _: &Params<Tensor<f64>>) {}
+    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), _: usize) -> Result<Params<Tensor<f64>>> {
+        eta.add_scaled(g, -0.1)
+    }
+}
+
+// ---- a language-model problem: causal transformer inner model, bidirectional rater -----
+
+#[derive(Clone)]
+struct TokBatch {
+    inputs: Indices,
+    targets: Indices,
+}
+
+struct Lm<O> {
+    lm: CausalLm,
+    opt: O,
+}
+
+impl<O: Optimizer<f64>> InnerLoop<f64> for Lm<O> {
+    type Batch = TokBatch;
+    type Opt = O;
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.lm.init(rng)
+    }
+    fn optimizer(&self) -> &O {
+        &self.opt
+    }
+    fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &TokBatch) -> Result<V> {
+        self.lm.per_example_loss(theta, &b.inputs, &b.targets)
+    }
+    fn sample_batch(&self, rng: &mut Rng) -> TokBatch {
+        let (n, t, v) = (3, 5, self.lm.cfg.vocab);
+        let seq: Vec<usize> = (0..n * (t + 1)).map(|_| rng.below(v)).collect();
+        let rows: Vec<&[usize]> = seq.chunks(t + 1).collect();
+        let inputs = rows.iter().flat_map(|r| r[..t].to_vec()).collect();
+        let targets = rows.iter().flat_map(|r| r[1..].to_vec()).collect();
+        TokBatch { inputs: Indices::new(&[n, t], inputs).unwrap(), targets: Indices::new(&[n, t], targets).unwrap() }
+    }
+}
+
+struct TokRater(SequenceScorer);
+
+impl Rater<f64, TokBatch> for TokRater {
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.0.init(rng)
+    }
+    fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &TokBatch) -> Result<V> {
+        self.0.scores(eta, &b.inputs)
+    }
+}
+
+fn tiny(causal: bool) -> TransformerConfig {
+    TransformerConfig { vocab: 7, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 5, causal }
+}
+
+// ---- the checks --------------------------------------------------------------------
+
+/// `J(eta)` by plain first-order rollout (no meta-gradient machinery).
+fn rollout<P: MetaProblem<f64>, O: Optimizer<f64>>(
+    p: &P,
+    opt: &O,
+    eta: &Params<Tensor<f64>>,
+    theta: &Params<Tensor<f64>>,
+    state: &OptState<Tensor<f64>>,
+    batches: &[P::Batch],
+    outer: &P::Batch,
+) -> f64 {
+    let eta_c = eta.map(|e| Var::constant_of(e.clone()));
+    let (mut th, mut st) = (theta.clone(), state.clone());
+    for b in batches {
+        let (_, g) = value_and_grad(|q| p.inner_loss(q, &eta_c, b), &th).unwrap();
+        (th, st) = opt.update(&th, &st, &g);
+    }
+    p.outer_loss(&th, outer).unwrap().item()
+}
+
+/// Runs all three modes, checks they agree to `1e-9` and match finite differences of
+/// the rollout along `dirs` random directions (or the full FD gradient when `dirs == 0`).
+#[allow(clippy::too_many_arguments)]
+fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
+    label: &str,
+    p: &P,
+    opt: &O,
+    eta: &Params<Tensor<f64>>,
+    theta: &Params<Tensor<f64>>,
+    batches: &[P::Batch],
+    outer: &P::Batch,
+    dirs: usize,
+    rng: &mut Rng,
+) {
+    let state = opt.init(theta);
+    let run = |mode| meta_gradient(mode, p, opt, eta, theta, &state, batches, outer).unwrap();
+    let mixed = run(Mode::Mixed);
+    let unrolled = run(Mode::Unrolled);
+    for every in [2, 3] {
+        let ck = run(Mode::Checkpointed { every });
+        let r = compare(&ck.grad, &mixed.grad).unwrap();
+        assert!(r.ok(1e-9), "{label}: checkpointed(every={every}) vs mixed {r:?}");
+        assert_eq!(ck.outer_loss, mixed.outer_loss, "{label}");
+    }
+    let r = compare(&unrolled.grad, &mixed.grad).unwrap();
+    assert!(r.ok(1e-9), "{label}: unrolled vs mixed {r:?}");
+    assert!((unrolled.outer_loss - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0), "{label}");
+    assert_eq!(mixed.stats.steps, batches.len());
+    let j = |e: &Params<Tensor<f64>>| rollout(p, opt, e, theta, &state, batches, outer);
+    assert!((j(eta) - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0), "{label}: outer loss");
+    let eps = if dirs == 0 { 1e-5 } else { 1e-6 };
+    if dirs == 0 {
+        let fd = datarater::autodiff::check::fd_gradient(j, eta, eps);
+        let r = compare(&mixed.grad, &fd).unwrap();
+        // Relative to the gradient's scale, with a floor at the differences' round-off.
+        assert!(r.ok(1e-5) || r.max_abs < 1e-10, "{label}: mixed vs finite differences {r:?}");
+    }
+    for _ in 0..dirs {
+        let d = eta.map(|t| normal(rng, t.shape(), 1.0));
+        let fd = (j(&eta.add_scaled(&d, eps).unwrap()) - j(&eta.add_scaled(&d, -eps).unwrap())) / (2.0 * eps);
+        let an = mixed.grad.dot(&d).unwrap();
+        // Relative, with a floor at the central difference's round-off (|J| eps_mach / eps).
+        assert!((an - fd).abs() <= 1e-5 * an.abs().max(fd.abs()) + 1e-9, "{label}: directional {an} vs fd {fd}");
+    }
+}
+
+fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_feature: bool) {
+    let mut rng = Rng::new(42);
+    let inner = Regression { mlp: Mlp::new(&[3, 6, 1], Activation::Tanh).unwrap(), opt: opt.clone(), dead_feature };
+    let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
+    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &MeanHeldOut };
+    let theta = inner.init(&mut rng);
+    let eta = rater.init(&mut rng);
+    let batches: Vec<XyBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
+    let outer = inner.sample_batch(&mut rng);
+    check_modes(&format!("{label}, T={steps}"), &problem, &opt, &eta, &theta, &batches, &outer, 0, &mut rng);
+}
+
+fn all_optimisers(steps: usize) {
+    regression_case("sgd", Sgd::new(0.1), steps, false);
+    regression_case("momentum", Momentum::new(0.1, 0.9), steps, false);
+    regression_case("nesterov", Momentum::nesterov(0.1, 0.9), steps, false);
+    regression_case("adam", Adam::new(0.05), steps, false);
+    regression_case("adamw", Adam::adamw(0.05, 0.1), steps, false);
+}
+
+#[test]
+fn mlp_all_optimisers_t1() {
+    all_optimisers(1);
+}
+
+#[test]
+fn mlp_all_optimisers_t2() {
+    all_optimisers(2);
+}
+
+#[test]
+fn mlp_all_optimisers_t4() {
+    all_optimisers(4);
+}
+
+#[test]
+fn mlp_all_optimisers_t8() {
+    all_optimisers(8);
+}
+
+#[test]
+fn adam_with_exact_zero_gradients_gives_finite_meta_gradients() {
+    // Feature 2 is always zero, so its first-layer weights get exactly zero gradients
+    // and Adam's second moment stays exactly zero for them.
+    regression_case("adam, zero grads", Adam::new(0.05), 3, true);
+    regression_case("adamw, zero grads", Adam::adamw(0.05, 0.1), 3, true);
+}
+
+fn lm_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize) {
+    let mut rng = Rng::new(7);
+    let inner = Lm { lm: CausalLm::new(tiny(true)).unwrap(), opt: opt.clone() };
+    let rater = TokRater(SequenceScorer::new(tiny(false)).unwrap());
+    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &MeanHeldOut };
+    let theta = inner.init(&mut rng);
+    let eta = rater.init(&mut rng).map(|t| Tensor::from_array(t.array() * 20.0));
+    let batches: Vec<TokBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
+    let outer = inner.sample_batch(&mut rng);
+    check_modes(&format!("{label}, T={steps}"), &problem, &opt, &eta, &theta, &batches, &outer, 3, &mut rng);
+}
+
+#[test]
+fn transformer_all_optimisers() {
+    for steps in [1, 2, 4, 8] {
+        lm_case("lm sgd", Sgd::new(0.5), steps);
+        lm_case("lm momentum", Momentum::new(0.3, 0.9), steps);
+        lm_case("lm nesterov", Momentum::nesterov(0.3, 0.9), steps);
+        lm_case("lm adam", Adam::new(0.01), steps);
+        lm_case("lm adamw", Adam::adamw(0.01, 0.1), steps);
+    }
+}
+
+/// `L = 0.5 |theta - eta|^2`, `J = 0.5 |theta_T - c|^2` with SGD: closed form
+/// `dJ/deta = (1 - (1 - lr)^T) (theta_T - c)`.
+struct Quadratic {
+    c: Tensor<f64>,
+}
+
+impl MetaProblem<f64> for Quadratic {
+    type Batch = ();
+    fn inner_loss<V: Value<F = f64>>(&self, theta: &Params<V>, eta: &Params<V>, _: &()) -> Result<V> {
+        Ok(theta["w"].sub(&eta["w"]).square().sum_all().scale(0.5))
+    }
+    fn outer_loss<V: Value<F = f64>>(&self, theta: &Params<V>, _: &()) -> Result<V> {
+        Ok(theta["w"].sub(&V::constant(self.c.clone())).square().sum_all().scale(0.5))
+    }
+}
+
+#[test]
+fn custom_inner_objective_matches_closed_form() {
+    let w = |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[3], v).unwrap())]);
+    let (theta, eta) = (w(vec![1.0, -2.0, 0.5]), w(vec![0.3, 0.1, -1.0]));
+    let problem = Quadratic { c: Tensor::from_vec(&[3], vec![2.0, 0.0, 1.0]).unwrap() };
+    let (lr, steps) = (0.3, 5);
+    let opt = Sgd::new(lr);
+    let decay = (1.0f64 - lr).powi(steps as i32);
+    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 0 }] {
+        let r = meta_gradient(mode, &problem, &opt, &eta, &theta, &opt.init(&theta), &vec![(); steps], &()).unwrap();
+        for i in 0..3 {
+            let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
+            let expect = (1.0 - decay) * (th - problem.c.to_vec()[i]);
+            assert!((r.grad["w"].to_vec()[i] - expect).abs() < 1e-12, "{mode:?}");
+            assert!((r.theta["w"].to_vec()[i] - th).abs() < 1e-12, "{mode:?}");
+        }
+    }
+}
+
+/// `L = sum(theta * eta) + 0 * sum(ln theta)`: with `eta = 1`, `lr = 1`, theta goes
+/// 1.5, 0.5, -0.5, so the inner loss is NaN exactly at step 2.
+struct BlowsUp;
+
+impl MetaProblem<f64> for BlowsUp {
+    type Batch = ();
+    fn inner_loss<V: Value<F = f64>>(&self, theta: &Params<V>, eta: &Params<V>, _: &()) -> Result<V> {
+        let t = &theta["w"];
+        Ok(t.mul(&eta["w"]).sum_all().add(&t.ln().sum_all().scale(0.0)))
+    }
+    fn outer_loss<V: Value<F = f64>>(&self, theta: &Params<V>, _: &()) -> Result<V> {
+        Ok(theta["w"].sum_all())
+    }
+}
+
+#[test]
+fn non_finite_values_name_the_step_and_leave_inputs_intact() {
+    let w = |x: f64| Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![x]).unwrap())]);
+    let (theta, eta) = (w(1.5), w(1.0));
+    let (theta_before, eta_before) = (theta.clone(), eta.clone());
+    let opt = Sgd::new(1.0);
+    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }] {
+        let err = meta_gradient(mode, &BlowsUp, &opt, &eta, &theta, &opt.init(&theta), &[(); 4], &()).unwrap_err();
+        match err {
+            Error::NonFinite { step, quantity } => {
+                assert_eq!(step, 2, "{mode:?}: {quantity}");
+                assert!(quantity.contains("inner loss"), "{mode:?}: {quantity}");
+            }
+            other => panic!("{mode:?}: expected NonFinite, got {other:?}"),
+        }
+        // Two steps are fine.
+        assert!(meta_gradient(mode, &BlowsUp, &opt, &eta, &theta, &opt.init(&theta), &[(); 2], &()).is_ok());
+    }
+    assert_eq!(theta, theta_before);
+    assert_eq!(eta, eta_before);
+}
+
+#[test]
+fn empty_window_is_a_config_error() {
+    let w = Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![1.0]).unwrap())]);
+    let opt = Sgd::new(0.1);
+    let err = meta_gradient(Mode::Mixed, &BlowsUp, &opt, &w, &w, &opt.init(&w), &[], &()).unwrap_err();
+    assert!(matches!(err, Error::Config { field: "batches", .. }));
+}
