@@ -1,8 +1,47 @@
 //! Differentiable inner optimisers: an update rule generic over the algebra (so it can
 //! be recorded on a tape for the unrolled baseline) and its exact, hand-written adjoint
 //! (for the mixed-mode backward sweep).
+//!
+//! # The update and its adjoint
+//!
+//! One optimiser step is a map `(theta', s') = U(theta, s, g)` from the parameters, the
+//! optimiser slots `s` (momentum buffer, Adam moments) and the gradient `g` to the new
+//! parameters and slots. [`Optimizer::update`] writes `U` once with [`Value`] ops, so the
+//! same code runs on concrete [`Tensor`]s, on duals, and on tape variables (the unrolled
+//! reverse-over-reverse baseline differentiates it like any other model code).
+//!
+//! The mixed-mode meta-gradient runs the inner loop forward on concrete arrays and then
+//! sweeps backward through it, calling [`Optimizer::adjoint`] at every step. Given the
+//! cotangents `(theta_bar', s_bar')` of the outputs, `adjoint` returns the vector-Jacobian
+//! product `(theta_bar, s_bar, g_bar) = (theta_bar', s_bar')^T dU/d(theta, s, g)`. Every
+//! rule here is elementwise, so the adjoint is a single fused pass over the arrays per
+//! parameter tensor: no tape, no intermediate graph, and it reproduces what a tape would
+//! compute for `update` to rounding error. The step counter is not differentiable (it
+//! only sets Adam's bias-correction constants).
+//!
+//! # Why Adam takes `sqrt(v_hat + eps_root)`
+//!
+//! With the textbook denominator `sqrt(v_hat) + eps`, the derivative of `sqrt` at
+//! `v_hat = 0` is unbounded. This is not a corner case: any coordinate whose gradient
+//! has been exactly zero so far (embedding rows of tokens not yet seen, masked units)
+//! has `v = 0`, and the chain rule then evaluates `0 * inf = NaN`, which poisons the
+//! whole meta-gradient. Following optax, [`Adam`] adds `eps_root` *inside* the root, so
+//! `sqrt(v_hat + eps_root) >= sqrt(eps_root)` and every factor of the adjoint is finite.
+//! The default, [`DEFAULT_EPS_ROOT`] `= 1e-12`, is chosen to work in both `f32` and `f64`:
+//! it is a normal `f32`, its root `1e-6` bounds the largest local factor of the adjoint,
+//! `1 / (2 sqrt(eps_root) (sqrt(eps_root) + eps)^2)`, by about `5e17` (far from `f32`
+//! overflow, `3.4e38`, with room for the products of a backward sweep), and it changes
+//! the forward update only where `v_hat` is itself tiny: the denominator moves by a
+//! relative `eps_root / (2 v_hat)` at most, below `5e-5` once `v_hat > 1e-8` (gradients
+//! of size above about `1e-4`). Setting `eps_root = 0` recovers textbook Adam, whose
+//! adjoint is NaN wherever `v_hat = 0`.
+
+mod adam;
+mod momentum;
+mod sgd;
 
 use crate::autodiff::{Float, Params, Tensor, Value};
+use crate::error::{Error, Result};
 
 /// Optimiser state: a step counter and zero or more slots shaped like the parameters
 /// (momentum buffer; Adam's first and second moments).
@@ -26,13 +65,26 @@ pub struct Adjoint<F: Float> {
 }
 
 /// A differentiable optimiser: `(theta', s') = U(theta, s, g)`.
+///
+/// All parameter groups passed to one call (`theta`, every slot, `g`, and the
+/// cotangents) must have the same names and shapes; a mismatch is a bug in the calling
+/// code and panics, naming the tensor.
 pub trait Optimizer<F: Float>: Clone + Send + Sync {
     /// Fresh state for `params`.
     fn init(&self, params: &Params<Tensor<F>>) -> OptState<Tensor<F>>;
-    /// One update, in any algebra.
-    fn update<V: Value<F = F>>(&self, theta: &Params<V>, state: &OptState<V>, g: &Params<V>) -> (Params<V>, OptState<V>);
+    /// One update, in any algebra. The returned state has `step + 1`.
+    fn update<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        state: &OptState<V>,
+        g: &Params<V>,
+    ) -> (Params<V>, OptState<V>);
     /// The VJP of [`update`](Optimizer::update) at `(theta, state, g)` applied to the
     /// cotangents of its outputs.
+    ///
+    /// `state_bar` holds one cotangent per slot, in slot order; an empty slice means all
+    /// slot cotangents are zero (e.g. at the last step, when the outer loss reads only
+    /// the parameters).
     fn adjoint(
         &self,
         theta: &Params<Tensor<F>>,
@@ -41,4 +93,126 @@ pub trait Optimizer<F: Float>: Clone + Send + Sync {
         theta_bar: &Params<Tensor<F>>,
         state_bar: &[Params<Tensor<F>>],
     ) -> Adjoint<F>;
+    /// Checks the hyper-parameters, returning [`Error::Config`] naming the first bad one.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
+
+// ---- helpers shared by the optimisers ----------------------------------------------
+
+/// `x` must be finite and strictly positive.
+pub(crate) fn check_positive<F: Float>(field: &'static str, x: F) -> Result<()> {
+    if !(x.is_finite() && x > F::zero()) {
+        return Err(Error::Config {
+            field,
+            reason: format!("must be finite and > 0, got {x}"),
+        });
+    }
+    Ok(())
+}
+
+/// `x` must be finite and non-negative.
+pub(crate) fn check_non_negative<F: Float>(field: &'static str, x: F) -> Result<()> {
+    if !(x.is_finite() && x >= F::zero()) {
+        return Err(Error::Config {
+            field,
+            reason: format!("must be finite and >= 0, got {x}"),
+        });
+    }
+    Ok(())
+}
+
+/// `x` must lie in `[0, 1)` (a decay rate).
+pub(crate) fn check_decay<F: Float>(field: &'static str, x: F) -> Result<()> {
+    if !(x >= F::zero() && x < F::one()) {
+        return Err(Error::Config {
+            field,
+            reason: format!("must be in [0, 1), got {x}"),
+        });
+    }
+    Ok(())
+}
+
+/// Panics unless `state` has exactly `n` slots.
+pub(crate) fn check_slots<V>(op: &'static str, state: &OptState<V>, n: usize) {
+    assert_eq!(
+        state.slots.len(),
+        n,
+        "{op}: optimiser state has {} slots, expected {n}",
+        state.slots.len()
+    );
+}
+
+/// Panics unless `state_bar` is empty (all zero) or has exactly `n` entries.
+pub(crate) fn check_slot_cotangents<F: Float>(
+    op: &'static str,
+    state_bar: &[Params<Tensor<F>>],
+    n: usize,
+) {
+    assert!(
+        state_bar.is_empty() || state_bar.len() == n,
+        "{op}: {} slot cotangents given, expected {n} (or none for all-zero)",
+        state_bar.len()
+    );
+}
+
+/// The tensor called `name` in `p`, panicking with the op and the name when missing.
+pub(crate) fn entry<'a, V>(op: &'static str, p: &'a Params<V>, name: &str) -> &'a V {
+    p.get(name)
+        .unwrap_or_else(|| panic!("{op}: no tensor named `{name}` in a parameter group"))
+}
+
+/// Panics unless all `ts` have the shape of the first.
+pub(crate) fn check_shapes<F: Float>(op: &'static str, ts: &[&Tensor<F>]) {
+    if let Some((first, rest)) = ts.split_first() {
+        for t in rest {
+            if t.shape() != first.shape() {
+                crate::autodiff::ops::shape_panic(op, first.shape(), t.shape());
+            }
+        }
+    }
+}
+
+/// Runs `f` elementwise over same-shaped tensors into `O` new tensors, in one pass over
+/// contiguous data (non-standard layouts are copied first). `None` inputs read as zero.
+/// The shape is taken from the first input, which must be `Some`.
+///
+/// # Panics
+/// If the first input is `None` or the shapes differ.
+pub(crate) fn elementwise<F: Float, const I: usize, const O: usize>(
+    op: &'static str,
+    inputs: [Option<&Tensor<F>>; I],
+    f: impl Fn([F; I]) -> [F; O],
+) -> [Tensor<F>; O] {
+    let shape = inputs[0]
+        .unwrap_or_else(|| panic!("{op}: first input must be present"))
+        .shape()
+        .to_vec();
+    let data = inputs.map(|t| {
+        t.map(|t| {
+            if t.shape() != shape.as_slice() {
+                crate::autodiff::ops::shape_panic(op, &shape, t.shape());
+            }
+            t.array().as_standard_layout()
+        })
+    });
+    let slices: [Option<&[F]>; I] = std::array::from_fn(|j| {
+        data[j]
+            .as_ref()
+            .map(|a| a.as_slice().expect("standard layout is contiguous"))
+    });
+    let n: usize = shape.iter().product();
+    let mut outs: [Vec<F>; O] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for i in 0..n {
+        let x: [F; I] = std::array::from_fn(|j| slices[j].map_or_else(F::zero, |s| s[i]));
+        for (o, y) in outs.iter_mut().zip(f(x)) {
+            o.push(y);
+        }
+    }
+    outs.map(|v| Tensor::from_vec(&shape, v).expect("one element per input element"))
+}
+
+pub use adam::{Adam, DEFAULT_EPS_ROOT};
+pub use momentum::Momentum;
+pub use sgd::Sgd;
