@@ -27,6 +27,7 @@ pub mod autodiff;
 pub mod curate;
 pub mod data;
 pub mod error;
+pub mod io;
 pub mod meta;
 pub mod nn;
 pub mod optim;

@@ -1,0 +1,436 @@
+//! Saving and loading parameters as [safetensors](https://github.com/huggingface/safetensors)
+//! files, the standard tensor format read by PyTorch (`safetensors.torch.load_file`),
+//! JAX/Flax and Hugging Face tooling.
+//!
+//! A file holds named tensors (here the entries of a [`Params`]) with their dtype and
+//! shape, plus optional string-to-string metadata. Tensors are written as `F32` or `F64`
+//! (little-endian, row-major), matching the element type they are saved from.
+//!
+//! **Dtype policy.** [`load_params`] is strict ([`DtypePolicy::Exact`]): every tensor
+//! must have the dtype of the requested element type (`F32` for `f32`, `F64` for `f64`),
+//! and values round-trip bit for bit. [`load_params_with`] and [`DtypePolicy::Convert`]
+//! accept any floating-point dtype among `F64`, `F32`, `F16` and `BF16` and convert each
+//! value to the requested type (exact when widening, rounded to nearest when narrowing
+//! `F64` to `f32`). Integer, boolean and 8-bit-or-smaller float dtypes are always
+//! rejected.
+//!
+//! Every failure to read or parse a file is an [`Error::File`] whose `reason` names the
+//! offending part: the header length, the header, `__metadata__`, or
+//! ``tensor `name`: field `dtype` / `shape` / `data_offsets` `` and what is wrong.
+//!
+//! ```
+//! use datarater::{Params, Tensor, io::{load_params, save_params}};
+//! let mut p = Params::new();
+//! p.insert("layer.w", Tensor::<f32>::from_vec(&[2, 2], vec![1.0, -2.0, 0.5, 3.25])?);
+//! let path = std::env::temp_dir().join("datarater-io-doc.safetensors");
+//! save_params(&path, &p, &[("step", "100")])?;
+//! let (q, meta) = load_params::<f32>(&path)?;
+//! assert_eq!(q, p);
+//! assert_eq!(meta["step"], "100");
+//! # std::fs::remove_file(&path).unwrap();
+//! # Ok::<(), datarater::Error>(())
+//! ```
+
+use crate::autodiff::{Float, Params, Tensor};
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors, View};
+use serde_json::Value as Json;
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// String-to-string metadata stored in a file's `__metadata__` header entry.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Name of the header entry that holds metadata; no tensor may be called this.
+pub const METADATA_KEY: &str = "__metadata__";
+
+/// Where [`decode_params`] errors say the bytes came from.
+const IN_MEMORY: &str = "<in-memory safetensors>";
+
+/// How to treat a tensor whose dtype differs from the requested element type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DtypePolicy {
+    /// The dtype must be exactly `F32` for `f32` or `F64` for `f64`; otherwise loading
+    /// fails naming the tensor. Values round-trip bit for bit.
+    #[default]
+    Exact,
+    /// Any of `F64`, `F32`, `F16`, `BF16` is converted to the requested type.
+    Convert,
+}
+
+/// Dtype of the element type `F` (`f32` or `f64`).
+fn dtype_of<F: Float>() -> Dtype {
+    match std::mem::size_of::<F>() {
+        4 => Dtype::F32,
+        8 => Dtype::F64,
+        n => unreachable!("Float is implemented for f32 and f64 only, got {n}-byte type"),
+    }
+}
+
+/// A tensor's raw little-endian bytes, as handed to the safetensors writer.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn to_le_bytes<F: Float>(t: &Tensor<F>) -> Vec<u8> {
+    let v: Box<dyn Any> = Box::new(t.to_vec());
+    match v.downcast::<Vec<f32>>() {
+        Ok(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Err(v) => match v.downcast::<Vec<f64>>() {
+            Ok(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Err(_) => unreachable!("Float is implemented for f32 and f64 only"),
+        },
+    }
+}
+
+/// Serializes `params` and `metadata` to safetensors bytes (what [`save_params`] writes).
+///
+/// # Errors
+/// [`Error::Params`] if a tensor is named [`METADATA_KEY`] (reserved by the format).
+pub fn encode_params<F: Float>(
+    params: &Params<Tensor<F>>,
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let mut raws = Vec::with_capacity(params.len());
+    for (name, t) in params.iter() {
+        if name == METADATA_KEY {
+            return Err(Error::Params {
+                name: name.to_string(),
+                reason: "this name is reserved for metadata by the safetensors format".into(),
+            });
+        }
+        raws.push((
+            name.to_string(),
+            Raw {
+                dtype: dtype_of::<F>(),
+                shape: t.shape().to_vec(),
+                bytes: to_le_bytes(t),
+            },
+        ));
+    }
+    let info: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), info)
+        .map_err(|e| Error::Usage(format!("safetensors serialization failed: {e}")))
+}
+
+/// Writes `params` to a safetensors file at `path`, with string metadata (for a
+/// repeated key the last value wins). Each tensor is stored as `F32` or `F64` to match
+/// `F`.
+///
+/// # Errors
+/// [`Error::Params`] if a tensor is named [`METADATA_KEY`]; [`Error::File`] if the
+/// file cannot be written.
+pub fn save_params<F: Float>(
+    path: impl AsRef<Path>,
+    params: &Params<Tensor<F>>,
+    metadata: &[(&str, &str)],
+) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = encode_params(params, metadata)?;
+    std::fs::write(path, bytes).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    })
+}
+
+/// Reads a safetensors file written by [`save_params`] (or any tool), requiring every
+/// tensor's dtype to match `F` exactly ([`DtypePolicy::Exact`]).
+///
+/// # Errors
+/// [`Error::File`] naming the path and, for a malformed file, the offending tensor or
+/// field and the reason; a dtype mismatch is reported the same way.
+pub fn load_params<F: Float>(path: impl AsRef<Path>) -> Result<(Params<Tensor<F>>, Metadata)> {
+    load_params_with(path, DtypePolicy::Exact)
+}
+
+/// Reads a safetensors file with an explicit [`DtypePolicy`].
+///
+/// # Errors
+/// As for [`load_params`].
+///
+/// ```
+/// use datarater::{Params, Tensor, io::{DtypePolicy, load_params, load_params_with, save_params}};
+/// let mut p = Params::new();
+/// p.insert("w", Tensor::<f64>::from_vec(&[2], vec![0.1, 2.0])?);
+/// let path = std::env::temp_dir().join("datarater-io-policy-doc.safetensors");
+/// save_params(&path, &p, &[])?;
+/// assert!(load_params::<f32>(&path).is_err()); // F64 on disk, f32 requested
+/// let (q, _) = load_params_with::<f32>(&path, DtypePolicy::Convert)?;
+/// assert_eq!(q["w"].to_vec(), vec![0.1f32, 2.0]);
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), datarater::Error>(())
+/// ```
+pub fn load_params_with<F: Float>(
+    path: impl AsRef<Path>,
+    policy: DtypePolicy,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::File {
+        path: name.clone(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    decode(&bytes, policy).map_err(|reason| Error::File { path: name, reason })
+}
+
+/// Parses safetensors bytes (what [`load_params_with`] does after reading the file).
+/// Errors are [`Error::File`] with path `"<in-memory safetensors>"`.
+///
+/// # Errors
+/// As for [`load_params`].
+pub fn decode_params<F: Float>(
+    bytes: &[u8],
+    policy: DtypePolicy,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    decode(bytes, policy).map_err(|reason| Error::File {
+        path: IN_MEMORY.into(),
+        reason,
+    })
+}
+
+/// Upper bound on the header size, as in the reference implementation.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Validates the header with precise messages, then reads the tensors through the
+/// safetensors crate.
+fn decode<F: Float>(
+    bytes: &[u8],
+    policy: DtypePolicy,
+) -> std::result::Result<(Params<Tensor<F>>, Metadata), String> {
+    let metadata = validate_header(bytes)?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
+    let mut params = Params::new();
+    for (name, view) in st.tensors() {
+        let tensor = decode_tensor::<F>(&name, view.dtype(), view.shape(), view.data(), policy)?;
+        params.insert(name, tensor);
+    }
+    Ok((params, metadata))
+}
+
+fn decode_tensor<F: Float>(
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    data: &[u8],
+    policy: DtypePolicy,
+) -> std::result::Result<Tensor<F>, String> {
+    let want = dtype_of::<F>();
+    if dtype != want && policy == DtypePolicy::Exact {
+        return Err(format!(
+            "tensor `{name}`: field `dtype` is {dtype:?} but {want:?} was requested \
+             (use DtypePolicy::Convert to convert)"
+        ));
+    }
+    let values: Vec<F> = if dtype == want {
+        // Bit-exact: decode as the stored type, which is F itself.
+        let v: Box<dyn Any> = if want == Dtype::F32 {
+            Box::new(
+                le_chunks::<4>(data)
+                    .map(f32::from_le_bytes)
+                    .collect::<Vec<f32>>(),
+            )
+        } else {
+            Box::new(
+                le_chunks::<8>(data)
+                    .map(f64::from_le_bytes)
+                    .collect::<Vec<f64>>(),
+            )
+        };
+        *v.downcast::<Vec<F>>()
+            .expect("dtype_of::<F>() matches the decoded element type")
+    } else {
+        match dtype {
+            Dtype::F64 => le_chunks::<8>(data)
+                .map(|b| F::c(f64::from_le_bytes(b)))
+                .collect(),
+            Dtype::F32 => le_chunks::<4>(data)
+                .map(|b| F::c(f32::from_le_bytes(b) as f64))
+                .collect(),
+            Dtype::F16 => le_chunks::<2>(data)
+                .map(|b| F::c(f16_to_f32(u16::from_le_bytes(b)) as f64))
+                .collect(),
+            Dtype::BF16 => le_chunks::<2>(data)
+                .map(|b| F::c(f32::from_bits((u16::from_le_bytes(b) as u32) << 16) as f64))
+                .collect(),
+            other => {
+                return Err(format!(
+                    "tensor `{name}`: field `dtype` is {other:?}, which cannot be converted to \
+                     {want:?} (supported: F64, F32, F16, BF16)"
+                ));
+            }
+        }
+    };
+    Tensor::from_vec(shape, values)
+        .map_err(|e| format!("tensor `{name}`: data does not match field `shape`: {e}"))
+}
+
+fn le_chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N)
+        .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
+}
+
+/// IEEE 754 binary16 to binary32 (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let man = f32::from(h & 0x3ff);
+    match exp {
+        0 => sign * man * 2f32.powi(-24),
+        31 if man == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        e => sign * (1.0 + man / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// Checks the length prefix, header JSON, metadata and every tensor entry, naming the
+/// offending field. Returns the metadata.
+fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
+    let Some(prefix) = bytes.get(..8) else {
+        return Err(format!(
+            "file is {} bytes, too short for the 8-byte header length that starts a \
+             safetensors file (truncated or not safetensors)",
+            bytes.len()
+        ));
+    };
+    let n = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+    let available = (bytes.len() - 8) as u64;
+    if n > MAX_HEADER {
+        return Err(format!(
+            "header length field says {n} bytes, over the {MAX_HEADER}-byte limit \
+             (corrupt or not safetensors)"
+        ));
+    }
+    if n > available {
+        return Err(format!(
+            "header length field says {n} bytes but only {available} bytes follow \
+             (truncated or not safetensors)"
+        ));
+    }
+    let n = n as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n])
+        .map_err(|e| format!("header is not UTF-8: {e} (corrupt or not safetensors)"))?;
+    let header: Json = serde_json::from_str(header)
+        .map_err(|e| format!("header is not valid JSON: {e} (corrupt or not safetensors)"))?;
+    let Json::Object(entries) = header else {
+        return Err("header is not a JSON object".into());
+    };
+    let data_len = bytes.len() - 8 - n;
+    let mut metadata = Metadata::new();
+    let mut spans = Vec::new();
+    for (name, entry) in &entries {
+        if name == METADATA_KEY {
+            let Json::Object(m) = entry else {
+                return Err(format!("field `{METADATA_KEY}` is not a JSON object"));
+            };
+            for (k, v) in m {
+                let Json::String(v) = v else {
+                    return Err(format!(
+                        "field `{METADATA_KEY}`: value of key `{k}` is not a string"
+                    ));
+                };
+                metadata.insert(k.clone(), v.clone());
+            }
+            continue;
+        }
+        let field = |f: &str| {
+            entry
+                .get(f)
+                .ok_or_else(|| format!("tensor `{name}`: field `{f}` is missing"))
+        };
+        if !entry.is_object() {
+            return Err(format!("tensor `{name}`: entry is not a JSON object"));
+        }
+        let dtype_json = field("dtype")?;
+        let dtype: Dtype = serde_json::from_value(dtype_json.clone()).map_err(|_| {
+            format!("tensor `{name}`: field `dtype` has unknown value {dtype_json}")
+        })?;
+        let shape = uint_array(field("shape")?).ok_or_else(|| {
+            format!("tensor `{name}`: field `shape` is not an array of non-negative integers")
+        })?;
+        let offsets = uint_array(field("data_offsets")?)
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| {
+                format!(
+                    "tensor `{name}`: field `data_offsets` is not a pair of non-negative integers"
+                )
+            })?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        if begin > end {
+            return Err(format!(
+                "tensor `{name}`: field `data_offsets` [{begin}, {end}] has begin after end"
+            ));
+        }
+        let need = shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d))
+            .map(|bits| bits.div_ceil(8));
+        if need != Some(end - begin) {
+            let need = need.map_or("more than 2^64".to_string(), |b| b.to_string());
+            return Err(format!(
+                "tensor `{name}`: field `data_offsets` [{begin}, {end}] spans {} bytes but \
+                 field `shape` {shape:?} of dtype {dtype:?} needs {need} bytes",
+                end - begin
+            ));
+        }
+        if end > data_len as u64 {
+            return Err(format!(
+                "tensor `{name}`: field `data_offsets` [{begin}, {end}] runs past the end of \
+                 the {data_len}-byte data section (truncated file?)"
+            ));
+        }
+        spans.push((begin, end, name));
+    }
+    // The data section must be tiled by the tensors, without gaps or overlaps.
+    spans.sort();
+    let mut pos = 0;
+    for &(begin, end, name) in &spans {
+        if begin != pos {
+            return Err(format!(
+                "tensor `{name}`: field `data_offsets` [{begin}, {end}] {} the previous \
+                 tensor, which ends at {pos}",
+                if begin < pos {
+                    "overlaps"
+                } else {
+                    "leaves a gap after"
+                }
+            ));
+        }
+        pos = end;
+    }
+    if pos != data_len as u64 {
+        return Err(format!(
+            "the data section is {data_len} bytes but the tensors cover {pos} \
+             (trailing bytes after the last tensor)"
+        ));
+    }
+    Ok(metadata)
+}
+
+fn uint_array(v: &Json) -> Option<Vec<u64>> {
+    v.as_array()?.iter().map(Json::as_u64).collect()
+}

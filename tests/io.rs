@@ -1,0 +1,451 @@
+//! Safetensors checkpoints: exact round trips, malformed files, dtype policy.
+
+use datarater::io::{
+    DtypePolicy, METADATA_KEY, decode_params, encode_params, load_params, load_params_with,
+    save_params,
+};
+use datarater::{Error, Params, Rng, Tensor};
+use std::path::PathBuf;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("datarater-io-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn random_params<F: datarater::Float>(seed: u64) -> Params<Tensor<F>> {
+    let mut rng = Rng::new(seed);
+    let mut p = Params::new();
+    for (name, shape) in [
+        ("embed.table", vec![7, 5]),
+        ("block0.attn.wq", vec![5, 5]),
+        ("block0.ln.gain", vec![5]),
+        ("head.bias", vec![3]),
+        ("conv", vec![2, 3, 4]),
+        ("scalar", vec![]),
+        ("empty", vec![0, 4]),
+    ] {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| F::c(rng.normal() * 3.0)).collect();
+        p.insert(name, Tensor::from_vec(&shape, data).unwrap());
+    }
+    p
+}
+
+fn file_reason<T: std::fmt::Debug>(r: Result<T, Error>, want_path: &str) -> String {
+    match r {
+        Err(Error::File { path, reason }) => {
+            assert_eq!(path, want_path);
+            reason
+        }
+        other => panic!("expected a File error, got {other:?}"),
+    }
+}
+
+const MEM: &str = "<in-memory safetensors>";
+
+/// Builds a safetensors file by hand, as another tool would: `(name, dtype, shape, bytes)`.
+fn handmade(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)], metadata: Option<&str>) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    if let Some(m) = metadata {
+        entries.push(format!("\"__metadata__\":{m}"));
+    }
+    for (name, dtype, shape, bytes) in tensors {
+        let (b, e) = (data.len(), data.len() + bytes.len());
+        entries.push(format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{b},{e}]}}"
+        ));
+        data.extend_from_slice(bytes);
+    }
+    raw_file(&format!("{{{}}}", entries.join(",")), &data)
+}
+
+fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn f32_round_trip_is_bit_exact_including_special_values() {
+    let dir = TempDir::new("f32");
+    let mut p = random_params::<f32>(1);
+    let specials = vec![
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        f32::MIN_POSITIVE / 8.0, // subnormal
+        f32::MAX,
+        f32::from_bits(0x7fc0_1234), // NaN with a payload
+    ];
+    p.insert(
+        "specials",
+        Tensor::from_vec(&[6], specials.clone()).unwrap(),
+    );
+    let path = dir.path("p32.safetensors");
+    save_params(&path, &p, &[("model", "lm"), ("step", "42")]).unwrap();
+    let (q, meta) = load_params::<f32>(&path).unwrap();
+    assert_eq!(q.names().collect::<Vec<_>>(), p.names().collect::<Vec<_>>());
+    for (name, t) in p.iter() {
+        assert_eq!(q[name].shape(), t.shape(), "{name}");
+        let bits = |t: &Tensor<f32>| t.to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&q[name]), bits(t), "{name}");
+    }
+    assert_eq!(meta.len(), 2);
+    assert_eq!(meta["model"], "lm");
+    assert_eq!(meta["step"], "42");
+}
+
+#[test]
+fn f64_round_trip_is_exact() {
+    let dir = TempDir::new("f64");
+    let p = random_params::<f64>(2);
+    let path = dir.path("p64.safetensors");
+    save_params(&path, &p, &[]).unwrap();
+    let (q, meta) = load_params::<f64>(&path).unwrap();
+    assert_eq!(q, p);
+    assert!(meta.is_empty());
+    // Saving again gives the same bytes (deterministic output).
+    let path2 = dir.path("p64b.safetensors");
+    save_params(&path2, &q, &[]).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&path2).unwrap()
+    );
+}
+
+#[test]
+fn non_contiguous_tensors_are_saved_in_logical_order() {
+    let a = ndarray::Array2::from_shape_vec((2, 3), vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0])
+        .unwrap()
+        .reversed_axes(); // [3, 2], column-major in memory
+    let t = Tensor::from_array(a);
+    let mut p = Params::new();
+    p.insert("t", t.clone());
+    let (q, _) =
+        decode_params::<f64>(&encode_params(&p, &[]).unwrap(), DtypePolicy::Exact).unwrap();
+    assert_eq!(q["t"].shape(), &[3, 2]);
+    assert_eq!(q["t"].to_vec(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    assert_eq!(q["t"], t);
+}
+
+#[test]
+fn files_follow_the_safetensors_layout() {
+    let mut p = Params::new();
+    p.insert("b", Tensor::<f32>::from_vec(&[2], vec![1.0, 2.0]).unwrap());
+    p.insert("a.w", Tensor::<f32>::from_vec(&[1, 1], vec![-1.5]).unwrap());
+    let bytes = encode_params(&p, &[("k", "v"), ("k", "last")]).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0, "header padded to 8 bytes");
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["__metadata__"]["k"], "last");
+    assert_eq!(header["b"]["dtype"], "F32");
+    assert_eq!(header["b"]["shape"], serde_json::json!([2]));
+    assert_eq!(header["a.w"]["shape"], serde_json::json!([1, 1]));
+    let data = &bytes[8 + n..];
+    assert_eq!(data.len(), 12);
+    let off = |k: &str| header[k]["data_offsets"][0].as_u64().unwrap() as usize;
+    assert_eq!(data[off("a.w")..off("a.w") + 4], (-1.5f32).to_le_bytes());
+    assert_eq!(data[off("b")..off("b") + 4], 1.0f32.to_le_bytes());
+    assert_eq!(data[off("b") + 4..off("b") + 8], 2.0f32.to_le_bytes());
+}
+
+#[test]
+fn hand_made_files_from_other_tools_load() {
+    let w: Vec<u8> = [0.5f64, -2.0, 8.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let bytes = handmade(
+        &[
+            ("z.last", "F64", vec![3], w),
+            ("a.first", "F64", vec![0], vec![]),
+        ],
+        Some("{\"format\":\"pt\"}"),
+    );
+    let (p, meta) = decode_params::<f64>(&bytes, DtypePolicy::Exact).unwrap();
+    assert_eq!(p["z.last"].to_vec(), vec![0.5, -2.0, 8.0]);
+    assert_eq!(p["a.first"].shape(), &[0]);
+    assert_eq!(meta["format"], "pt");
+}
+
+#[test]
+fn dtype_mismatch_is_an_error_by_default_and_converts_on_request() {
+    let dir = TempDir::new("dtype");
+    let p64 = random_params::<f64>(3);
+    let path = dir.path("p64.safetensors");
+    save_params(&path, &p64, &[]).unwrap();
+    let want = path.display().to_string();
+    let reason = file_reason(load_params::<f32>(&path), &want);
+    assert!(
+        reason.contains("tensor `") && reason.contains("`dtype`"),
+        "{reason}"
+    );
+    assert!(reason.contains("F64") && reason.contains("F32"), "{reason}");
+
+    // Narrowing rounds to nearest.
+    let (q32, _) = load_params_with::<f32>(&path, DtypePolicy::Convert).unwrap();
+    assert_eq!(q32, p64.cast::<f32>());
+    assert_ne!(
+        q32.cast::<f64>(),
+        p64,
+        "narrowing must actually lose bits here"
+    );
+
+    // Widening is exact.
+    let p32 = random_params::<f32>(4);
+    let path32 = dir.path("p32.safetensors");
+    save_params(&path32, &p32, &[]).unwrap();
+    assert!(load_params::<f64>(&path32).is_err());
+    let (q64, _) = load_params_with::<f64>(&path32, DtypePolicy::Convert).unwrap();
+    assert_eq!(q64, p32.cast::<f64>());
+    assert_eq!(q64.cast::<f32>(), p32);
+}
+
+#[test]
+fn half_precision_converts_and_integers_are_rejected() {
+    // f16: 1.0, -2.0, 65504 (max), 2^-24 (smallest subnormal), +inf, 0.333 (0x3555).
+    let f16_bits: [u16; 6] = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00, 0x3555];
+    let f16: Vec<u8> = f16_bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    // bf16: the top half of f32 bits of 1.0, -3.5, 1e30 (truncated).
+    let bf16: Vec<u8> = [1.0f32, -3.5, 1e30]
+        .iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    let bytes = handmade(
+        &[("h", "F16", vec![2, 3], f16), ("b", "BF16", vec![3], bf16)],
+        None,
+    );
+    let reason = file_reason(decode_params::<f32>(&bytes, DtypePolicy::Exact), MEM);
+    assert!(
+        reason.contains("tensor `b`") && reason.contains("BF16"),
+        "{reason}"
+    );
+    let (p, _) = decode_params::<f32>(&bytes, DtypePolicy::Convert).unwrap();
+    assert_eq!(p["h"].shape(), &[2, 3]);
+    assert_eq!(
+        p["h"].to_vec(),
+        vec![
+            1.0,
+            -2.0,
+            65504.0,
+            2f32.powi(-24),
+            f32::INFINITY,
+            0.333_251_95
+        ]
+    );
+    let b = p["b"].to_vec();
+    assert_eq!(&b[..2], &[1.0, -3.5]);
+    assert!((b[2] / 1e30 - 1.0).abs() < 1e-2);
+
+    let ints = handmade(
+        &[("idx", "I32", vec![2], vec![1, 0, 0, 0, 2, 0, 0, 0])],
+        None,
+    );
+    for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+        let reason = file_reason(decode_params::<f64>(&ints, policy), MEM);
+        assert!(
+            reason.contains("tensor `idx`") && reason.contains("I32"),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn truncated_files_are_reported_not_panicked_on() {
+    let dir = TempDir::new("trunc");
+    let p = random_params::<f32>(5);
+    let full = encode_params(&p, &[("a", "b")]).unwrap();
+    let n = u64::from_le_bytes(full[..8].try_into().unwrap()) as usize;
+    let path = dir.path("cut.safetensors");
+    let want = path.display().to_string();
+    for cut in [
+        0,
+        3,
+        7,
+        8,
+        9,
+        8 + n / 2,
+        8 + n,
+        8 + n + 1,
+        full.len() - 4,
+        full.len() - 1,
+    ] {
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let reason = file_reason(load_params::<f32>(&path), &want);
+        if cut < 8 {
+            assert!(
+                reason.contains("8-byte header length"),
+                "cut {cut}: {reason}"
+            );
+        } else if cut < 8 + n {
+            assert!(
+                reason.contains("header length field"),
+                "cut {cut}: {reason}"
+            );
+        } else {
+            // The header is intact: the error names a tensor whose data is missing.
+            assert!(
+                reason.contains("tensor `") && reason.contains("truncated"),
+                "cut {cut}: {reason}"
+            );
+        }
+    }
+    std::fs::write(&path, &full).unwrap();
+    assert_eq!(load_params::<f32>(&path).unwrap().0, p);
+}
+
+#[test]
+fn garbage_and_malformed_headers_name_the_problem() {
+    let mut rng = Rng::new(9);
+    for len in [8, 64, 4096] {
+        let junk: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        file_reason(decode_params::<f32>(&junk, DtypePolicy::Exact), MEM);
+    }
+    let text = b"hello, this is a plain text file and not a checkpoint at all".to_vec();
+    file_reason(decode_params::<f32>(&text, DtypePolicy::Exact), MEM);
+
+    let four = vec![0u8; 4 * 4];
+    let cases: Vec<(Vec<u8>, &[&str])> = vec![
+        (raw_file("not json", &[]), &["not valid JSON"]),
+        (raw_file("[1, 2]", &[]), &["not a JSON object"]),
+        (
+            raw_file("{\"w\": 3}", &[]),
+            &["tensor `w`", "not a JSON object"],
+        ),
+        (
+            raw_file("{\"w\":{\"shape\":[4],\"data_offsets\":[0,16]}}", &four),
+            &["tensor `w`", "`dtype`", "missing"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F33\",\"shape\":[4],\"data_offsets\":[0,16]}}",
+                &four,
+            ),
+            &["tensor `w`", "`dtype`", "F33"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}",
+                &four,
+            ),
+            &["tensor `w`", "`shape`"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0]}}",
+                &four,
+            ),
+            &["tensor `w`", "`data_offsets`"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[5],\"data_offsets\":[0,16]}}",
+                &four,
+            ),
+            &["tensor `w`", "`data_offsets`", "`shape`", "20 bytes"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,0]}}",
+                &four,
+            ),
+            &["tensor `w`", "`data_offsets`", "begin after end"],
+        ),
+        (
+            raw_file(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\
+                  \"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                &four,
+            ),
+            &["tensor `", "overlaps"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                &four,
+            ),
+            &["tensor `w`", "gap"],
+        ),
+        (
+            raw_file(
+                "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                &four,
+            ),
+            &["trailing bytes"],
+        ),
+        (
+            raw_file("{\"__metadata__\":{\"k\":3}}", &[]),
+            &["`__metadata__`", "`k`", "not a string"],
+        ),
+        (
+            raw_file("{\"__metadata__\":[]}", &[]),
+            &["`__metadata__`", "not a JSON object"],
+        ),
+        (
+            {
+                let mut b = u64::MAX.to_le_bytes().to_vec();
+                b.extend_from_slice(b"{}");
+                b
+            },
+            &["header length field", "limit"],
+        ),
+        (
+            {
+                let mut b = 2u64.to_le_bytes().to_vec();
+                b.extend_from_slice(&[0xff, 0xfe]);
+                b
+            },
+            &["not UTF-8"],
+        ),
+    ];
+    for (bytes, needles) in cases {
+        for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+            let reason = file_reason(decode_params::<f32>(&bytes, policy), MEM);
+            for needle in needles {
+                assert!(reason.contains(needle), "`{needle}` not in: {reason}");
+            }
+        }
+    }
+    // An empty but well-formed file is fine.
+    let (p, m) = decode_params::<f32>(&raw_file("{}", &[]), DtypePolicy::Exact).unwrap();
+    assert!(p.is_empty() && m.is_empty());
+}
+
+#[test]
+fn io_errors_and_reserved_names() {
+    let dir = TempDir::new("errs");
+    let missing = dir.path("missing.safetensors");
+    let reason = file_reason(load_params::<f64>(&missing), &missing.display().to_string());
+    assert!(reason.contains("cannot read"), "{reason}");
+
+    let p = random_params::<f64>(6);
+    let bad_dir = dir.path("no-such-dir").join("x.safetensors");
+    let reason = file_reason(
+        save_params(&bad_dir, &p, &[]),
+        &bad_dir.display().to_string(),
+    );
+    assert!(reason.contains("cannot write"), "{reason}");
+
+    let mut r = Params::new();
+    r.insert(METADATA_KEY, Tensor::<f32>::zeros(&[1]));
+    assert!(matches!(
+        save_params(dir.path("r.safetensors"), &r, &[]),
+        Err(Error::Params { name, .. }) if name == METADATA_KEY
+    ));
+}
