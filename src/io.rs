@@ -139,7 +139,9 @@ pub fn encode_params<F: Float>(
 
 /// Writes `params` to a safetensors file at `path`, with string metadata (for a
 /// repeated key the last value wins). Each tensor is stored as `F32` or `F64` to match
-/// `F`.
+/// `F`. The output is byte-for-byte deterministic except for the order of keys inside
+/// `__metadata__` when there are several (the safetensors writer keeps them in a hash
+/// map); the content is always the same.
 ///
 /// # Errors
 /// [`Error::Params`] if a tensor is named [`METADATA_KEY`]; [`Error::File`] if the
@@ -225,7 +227,10 @@ fn decode<F: Float>(
     let st =
         SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
     let mut params = Params::new();
-    for (name, view) in st.tensors() {
+    // Name order, so the first offending tensor reported is deterministic.
+    let mut tensors = st.tensors();
+    tensors.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
         let tensor = decode_tensor::<F>(&name, view.dtype(), view.shape(), view.data(), policy)?;
         params.insert(name, tensor);
     }
