@@ -32,6 +32,7 @@ pub mod meta;
 pub mod nn;
 pub mod optim;
 pub mod rng;
+pub mod trainer;
 
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};
 pub use error::{Error, Result};
