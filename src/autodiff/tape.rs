@@ -2,7 +2,7 @@
 //! handle into it. Each recorded VJP rule runs with `V`'s own ops, so when `V` is itself
 //! a dual or a variable of an outer tape, the backward pass is differentiable.
 
-use super::checkpoint::{Block, Remat};
+use super::checkpoint::{recompute_vjp, Block, Recorded};
 use super::tensor::Tensor;
 use super::value::{Ctx, Op, Value};
 use crate::error::{Error, Result};
@@ -23,7 +23,12 @@ struct Inner<V: Value> {
     /// `None` for leaves and for nodes already consumed by a backward pass.
     nodes: Vec<Option<Node<V>>>,
     consumed: bool,
+    checkpointing: bool,
+    /// The inside of the most recent checkpointed block, while it is still kept.
+    live_block: Option<LiveBlock<V>>,
 }
+
+type LiveBlock<V> = Rc<RefCell<Option<Recorded<V>>>>;
 
 /// A reverse-mode tape over algebra `V`. Dropping the tape (and its variables) frees
 /// everything it recorded; it holds no reference cycles.
@@ -58,12 +63,20 @@ impl<V: Value> std::fmt::Debug for Var<V> {
 }
 
 impl<V: Value> Tape<V> {
-    /// An empty tape.
+    /// An empty tape that records [`checkpoint`](Value::checkpoint)ed blocks as one
+    /// rematerialised node each (memory-lean; the block runs again in the backward sweep).
     pub fn new() -> Self {
-        Tape(Rc::new(RefCell::new(Inner {
-            nodes: Vec::new(),
-            consumed: false,
-        })))
+        Self::with_checkpointing(true)
+    }
+
+    /// An empty tape; with `checkpointing = false` checkpointed blocks are recorded op by
+    /// op like any other code (faster, more memory).
+    pub fn with_checkpointing(checkpointing: bool) -> Self {
+        Tape(Rc::new(RefCell::new(Inner { nodes: Vec::new(), consumed: false, checkpointing, live_block: None })))
+    }
+
+    fn checkpointing(&self) -> bool {
+        self.0.borrow().checkpointing
     }
 
     /// A new input variable (a leaf) holding `value`.
@@ -86,25 +99,62 @@ impl<V: Value> Tape<V> {
         self.len() == 0
     }
 
-    /// Bytes of distinct buffers the tape keeps alive for its VJP rules.
+    /// Bytes of distinct buffers the tape keeps alive for its VJP rules (including the
+    /// inside of a checkpointed block it still keeps).
     pub fn bytes(&self) -> usize {
-        let inner = self.0.borrow();
         let mut seen = HashSet::new();
         let mut total = 0;
-        let mut visit = |addr: usize, n: usize| {
+        self.visit_saved(&mut |addr, n| {
             if seen.insert(addr) {
                 total += n;
             }
-        };
+        });
+        total
+    }
+
+    fn visit_saved(&self, visit: &mut dyn FnMut(usize, usize)) {
+        let inner = self.0.borrow();
         for node in inner.nodes.iter().flatten() {
             for x in node.ctx.xs.iter().flatten() {
-                x.visit_buffers(&mut visit);
+                x.visit_buffers(visit);
             }
             if let Some(y) = &node.ctx.y {
-                y.visit_buffers(&mut visit);
+                y.visit_buffers(visit);
             }
         }
-        total
+        if let Some(rec) = inner.live_block.as_ref().and_then(|b| b.borrow().as_ref().map(|r| r.tape.clone())) {
+            rec.visit_saved(visit);
+        }
+    }
+
+    /// Records `block` as one node. Its inside is kept until the next block is recorded
+    /// on this tape, then dropped and recomputed by the backward sweep.
+    fn record_block<B: Block<V::F>>(&self, block: &B, xs: &[&Var<V>]) -> Var<V> {
+        let previous = self.0.borrow_mut().live_block.take();
+        if let Some(prev) = previous {
+            prev.borrow_mut().take();
+        }
+        let values: Vec<V> = xs.iter().map(|x| x.value.clone()).collect();
+        let needs: Vec<bool> = xs.iter().map(|x| x.node.is_some()).collect();
+        let rec = Recorded::run(block, &values, &needs);
+        let y = rec.output.value.clone();
+        let kept: LiveBlock<V> = Rc::new(RefCell::new(Some(rec)));
+        self.0.borrow_mut().live_block = Some(kept.clone());
+        let ctx = Ctx {
+            shapes: values.iter().map(Value::shape).collect(),
+            xs: values.into_iter().map(Some).collect(),
+            out_shape: y.shape(),
+            y: None,
+            needs,
+        };
+        let parents = xs.iter().map(|x| x.node.as_ref().map(|(_, id)| *id)).collect();
+        let block = block.clone();
+        let vjp = move |c: &Ctx<V>, dy: &V| match kept.borrow_mut().take() {
+            Some(rec) => rec.backward(dy, &c.needs),
+            None => recompute_vjp(&block, c, dy),
+        };
+        let id = self.push(Node { parents, ctx, vjp: Box::new(vjp) });
+        Var { value: y, node: Some((self.clone(), id)) }
     }
 
     fn push(&self, node: Node<V>) -> usize {
@@ -264,11 +314,13 @@ impl<V: Value> Value for Var<V> {
         self.value.visit_buffers(f);
     }
 
+    /// Records one rematerialised node when the tape asks for it and its values are not
+    /// themselves recorded (recomputing on an outer tape would save nothing).
     fn checkpoint<B: Block<V::F>>(block: &B, xs: &[&Self]) -> Self {
-        if V::RECORDED {
-            block.apply(xs)
-        } else {
-            Self::apply(Remat(block.clone()), xs)
+        let tape = xs.iter().find_map(|x| x.node.as_ref().map(|(t, _)| t.clone()));
+        match tape {
+            Some(t) if !V::RECORDED && t.checkpointing() => t.record_block(block, xs),
+            _ => block.apply(xs),
         }
     }
 }

@@ -2,6 +2,11 @@
 //! `jvp_grad` (gradient and its tangent for several parameter groups in one
 //! forward-over-reverse pass) and the reverse-over-reverse / reverse-over-forward HVPs.
 //!
+//! First-order transforms (`value_and_grad`, `grad`, `vjp`) record checkpointed blocks
+//! op by op (one pass's activations are cheap to keep); the forward-over-reverse ones
+//! (`jvp_grad`, `hvp`) rematerialise them, since there the working set of dual values
+//! is what bounds memory. Build a [`Tape`] directly to choose otherwise.
+//!
 //! Every transform is generic over the algebra `V` it runs on, so they compose:
 //! `value_and_grad` with `V = Var<Tensor>` is a recorded backward pass that an outer
 //! `value_and_grad` differentiates again.
@@ -73,7 +78,7 @@ pub fn value_and_grad<V: Value, R: Output<Var<V>>>(
     f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
 ) -> Result<(V, Params<V>)> {
-    let tape = Tape::new();
+    let tape = Tape::with_checkpointing(false);
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
     scalar_check("value_and_grad: output must be a scalar", &y.shape())?;
@@ -98,7 +103,7 @@ pub fn vjp<V: Value, R: Output<Var<V>>>(
     params: &Params<V>,
     cot: &V,
 ) -> Result<(V, Params<V>)> {
-    let tape = Tape::new();
+    let tape = Tape::with_checkpointing(false);
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
     let wrt: Vec<&Var<V>> = vars.values().collect();

@@ -109,15 +109,6 @@ pub trait Op<F: Float>: Clone + 'static {
     /// Input cotangents given the output cotangent; entry `i` may be `None` when
     /// `ctx.needs(i)` is false.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>>;
-    /// Output and output tangent in one go, for ops where computing them together is
-    /// cheaper than `forward` then `jvp` (a checkpointed block). `None` = use those two.
-    fn primal_and_tangent<V: Value<F = F>>(
-        &self,
-        _xs: &[&V],
-        _dxs: &[Option<&V>],
-    ) -> Option<(V, V)> {
-        None
-    }
 }
 
 /// The tensor algebra. Implemented by [`Tensor`] (numbers), [`Dual`](super::Dual)
@@ -354,7 +345,12 @@ pub trait Value: Clone + 'static {
     }
     /// Softmax along `axis`.
     fn softmax(&self, axis: usize) -> Self {
-        Self::apply(Softmax(axis), &[self])
+        Self::apply(Softmax { axis, mask: None }, &[self])
+    }
+    /// Softmax along `axis` over the entries where `mask` (broadcast to this shape) is
+    /// false; masked entries get probability exactly 0 (e.g. a causal attention mask).
+    fn masked_softmax(&self, axis: usize, mask: &Mask) -> Self {
+        Self::apply(Softmax { axis, mask: Some(mask.clone()) }, &[self])
     }
     /// Log-softmax along `axis`.
     fn log_softmax(&self, axis: usize) -> Self {

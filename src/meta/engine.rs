@@ -162,8 +162,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         }
         (theta, state) = (th, st);
     }
-    let stored_bytes: usize = stored.iter().map(Step::nbytes).sum();
-    stats.trajectory_bytes = stored_bytes;
+    stats.trajectory_bytes = stored.iter().map(Step::nbytes).sum();
 
     // Backward sweep.
     let (outer_loss, mut theta_bar) = value_and_grad(|th| problem.outer_loss(th, outer_batch), &theta)?;
@@ -177,10 +176,10 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         let first = stored.pop().expect("one stored state per segment");
         let mut segment = vec![first];
         // Recompute the inside of the segment from its stored start.
-        for t in start..end {
+        for (t, batch) in batches.iter().enumerate().take(end).skip(start) {
             let s = segment.last_mut().expect("non-empty");
             if s.grad.is_none() {
-                let (_, g, th, st) = inner_step(problem, opt, &eta_c, &s.theta, &s.state, &batches[t], t)?;
+                let (_, g, th, st) = inner_step(problem, opt, &eta_c, &s.theta, &s.state, batch, t)?;
                 s.grad = Some(g);
                 if t + 1 < end {
                     segment.push(Step { theta: th, state: st, grad: None });
@@ -188,8 +187,8 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 stats.recomputed_steps += 1;
             }
         }
-        let seg_bytes: usize = segment.iter().map(Step::nbytes).sum();
-        stats.trajectory_bytes = stats.trajectory_bytes.max(stored_bytes + seg_bytes);
+        let alive: usize = stored.iter().chain(&segment).map(Step::nbytes).sum();
+        stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
         for (t, s) in (start..end).zip(segment.iter()).rev() {
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
@@ -221,7 +220,7 @@ fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     outer_batch: &P::Batch,
 ) -> Result<MetaGradient<F>> {
     let n = batches.len();
-    let tape = Tape::<Tensor<F>>::new();
+    let tape = Tape::<Tensor<F>>::with_checkpointing(false);
     let eta_v = eta.map(|e| tape.var(e.clone()));
     // The rater's parameters are constants of each inner tape but variables of the outer one.
     let eta_in = eta_v.map(|e| Var::constant_of(e.clone()));

@@ -133,9 +133,6 @@ struct Layer {
 }
 
 impl<F: Float> Block<F> for Layer {
-    fn name(&self) -> &'static str {
-        "transformer layer"
-    }
     fn apply<V: Value<F = F>>(&self, xs: &[&V]) -> V {
         let [x, g1, b1, wqkv, bqkv, wo, bo, g2, b2, w1, c1, w2, c2] = xs else {
             panic!("transformer layer: expected 13 inputs, got {}", xs.len())
@@ -175,18 +172,12 @@ fn attention<V: Value>(
             .reshape(&[b, t, n_heads, dh])
             .permute(&[0, 2, 1, 3])
     };
-    let (q, k, v) = (heads(0), heads(1), heads(2));
-    let mut scores = q
-        .matmul_t(&k, false, true)
-        .scale(V::F::c(1.0 / (dh as f64).sqrt()));
-    if causal {
-        scores = scores.masked_fill(&Mask::causal(t), V::F::c(-1e9));
-    }
-    let o = scores
-        .softmax(3)
-        .matmul(&v)
-        .permute(&[0, 2, 1, 3])
-        .reshape(&[b, t, d]);
+    // Scaling q (b t d values) is cheaper than scaling the scores (b h t t).
+    let q = heads(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
+    let (k, v) = (heads(1), heads(2));
+    let scores = q.matmul_t(&k, false, true);
+    let p = if causal { scores.masked_softmax(3, &Mask::causal(t)) } else { scores.softmax(3) };
+    let o = p.matmul(&v).permute(&[0, 2, 1, 3]).reshape(&[b, t, d]);
     linear(&o, wo, bo)
 }
 

@@ -75,6 +75,9 @@ impl Mask {
     pub fn shape(&self) -> &[usize] {
         self.0.shape()
     }
+    pub(crate) fn array(&self) -> &ArcArray<bool, IxDyn> {
+        &self.0
+    }
 }
 
 /// Rows of a `[rows, d]` table: output `idx.shape() + [d]`. VJP: [`ScatterRows`].

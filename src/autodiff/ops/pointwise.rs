@@ -156,30 +156,81 @@ impl Elementwise for Square {
 const GELU_K: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 const GELU_A: f64 = 0.044_715;
 
-/// GELU, tanh form: `0.5 x (1 + tanh(k (x + a x^3)))`.
+/// The GELU pieces at one point: `u' = k (1 + 3 a x^2)`, `s = sigmoid(2u)` with
+/// `u = k (x + a x^3)`, `p = s (1 - s)`, `q = 1 - 2 s`.
+fn gelu_parts<F: Float>(x: F) -> (F, F, F, F) {
+    let (k, a) = (F::c(GELU_K), F::c(GELU_A));
+    let u = k * (x + a * x * x * x);
+    let s = F::one() / (F::one() + (-(u + u)).exp());
+    let du = k * (F::one() + F::c(3.0) * a * x * x);
+    (du, s, s * (F::one() - s), F::one() - s - s)
+}
+
+/// GELU, tanh form: `0.5 x (1 + tanh(u)) = x sigmoid(2u)`, `u = k (x + a x^3)`.
+///
+/// GELU and its first two derivatives are primitives ([`GeluD1`], [`GeluD2`]), each
+/// one fused pass: the forward-over-reverse backward pass evaluates `f'` on duals and
+/// so `f''` on numbers, which would otherwise be a dozen separate array passes.
 #[derive(Clone, Copy, Debug)]
 pub struct Gelu;
 impl Elementwise for Gelu {
     const NAME: &'static str = "gelu";
     const SAVES: Saves = Saves::INPUTS;
     fn f<F: Float>(&self, x: F) -> F {
-        let t = (F::c(GELU_K) * (x + F::c(GELU_A) * x * x * x)).tanh();
-        F::c(0.5) * x * (F::one() + t)
+        x * gelu_parts(x).1
     }
-    /// `0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2)`.
+    fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
+        V::apply(Pointwise(GeluD1), &[x.expect("saved input")])
+    }
+}
+
+/// The first derivative of GELU: `s + 2 x p u'`.
+#[derive(Clone, Copy, Debug)]
+pub struct GeluD1;
+impl Elementwise for GeluD1 {
+    const NAME: &'static str = "gelu_d1";
+    const SAVES: Saves = Saves::INPUTS;
+    fn f<F: Float>(&self, x: F) -> F {
+        let (du, s, p, _) = gelu_parts(x);
+        s + F::c(2.0) * x * p * du
+    }
+    fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
+        V::apply(Pointwise(GeluD2), &[x.expect("saved input")])
+    }
+}
+
+/// The second derivative of GELU: `p B` with `B = 4u' + 4 x q u'^2 + 12 a k x^2`.
+#[derive(Clone, Copy, Debug)]
+pub struct GeluD2;
+impl Elementwise for GeluD2 {
+    const NAME: &'static str = "gelu_d2";
+    const SAVES: Saves = Saves::INPUTS;
+    fn f<F: Float>(&self, x: F) -> F {
+        let (du, _, p, q) = gelu_parts(x);
+        let ak = F::c(GELU_A * GELU_K);
+        p * (F::c(4.0) * du + F::c(4.0) * x * q * du * du + F::c(12.0) * ak * x * x)
+    }
+    /// The third derivative, `p (2 q u' B + B')` with
+    /// `B' = 48 a k x + 4 q u'^2 - 16 x p u'^3 + 48 a k x^2 q u'`, written with the
+    /// algebra's ops (only third and higher orders reach it).
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         let x = x.expect("saved input");
+        let (k, a) = (GELU_K, GELU_A);
         let x2 = x.square();
-        let t = x
-            .mul(&x2.scale(c::<V>(GELU_A)).add_scalar(c::<V>(1.0)))
-            .scale(c::<V>(GELU_K))
-            .tanh();
-        let inner = x2
-            .scale(c::<V>(3.0 * GELU_A * GELU_K))
-            .add_scalar(c::<V>(GELU_K));
-        let sech2 = t.square().neg().add_scalar(c::<V>(1.0));
-        t.add_scalar(c::<V>(1.0))
-            .add(&x.mul(&sech2).mul(&inner))
-            .scale(c::<V>(0.5))
+        let s = x.mul(&x2.scale(c::<V>(a)).add_scalar(c::<V>(1.0))).scale(c::<V>(2.0 * k)).sigmoid();
+        let p = s.mul(&s.neg().add_scalar(c::<V>(1.0)));
+        let q = s.scale(c::<V>(-2.0)).add_scalar(c::<V>(1.0));
+        let du = x2.scale(c::<V>(3.0 * a * k)).add_scalar(c::<V>(k));
+        let du2 = du.square();
+        let b = du
+            .scale(c::<V>(4.0))
+            .add(&x.mul(&q).mul(&du2).scale(c::<V>(4.0)))
+            .add(&x2.scale(c::<V>(12.0 * a * k)));
+        let db = x
+            .scale(c::<V>(48.0 * a * k))
+            .add(&q.mul(&du2).scale(c::<V>(4.0)))
+            .sub(&x.mul(&p).mul(&du2).mul(&du).scale(c::<V>(16.0)))
+            .add(&x2.mul(&q).mul(&du).scale(c::<V>(48.0 * a * k)));
+        p.mul(&q.mul(&du).mul(&b).scale(c::<V>(2.0)).add(&db))
     }
 }
