@@ -1,1 +1,349 @@
-fn main() {}
+//! Cost of second-order derivatives relative to a gradient, on the two model families
+//! the crate ships, in `f32` and `f64`:
+//!
+//! * `grad`: value and gradient, one reverse pass (`transforms::value_and_grad`);
+//! * `hvp`: value, gradient and Hessian-vector product in one forward-over-reverse pass
+//!   (`transforms::hvp`, `Var<Dual<Tensor>>`);
+//! * `gradgrad`: the same `H v` by reverse-over-reverse (`transforms::hvp_rev_rev`,
+//!   `Var<Var<Tensor>>`: a recorded backward pass, differentiated again).
+//!
+//! Workloads: an MLP `[256, 512, 512, 10]` (GELU) on a batch of 256 with mean
+//! cross-entropy, and a byte-level causal transformer LM (`nn::CausalLm`: vocabulary
+//! 256, width 64, 2 layers, 4 heads, MLP 256) on 16 sequences of 127 tokens with mean
+//! next-token cross-entropy. The transformer's plain forward pass is timed too, to
+//! report achieved GFLOP/s.
+//!
+//! Criterion does the measuring (10 samples, short measurement windows). Every timed
+//! call is also recorded, and after criterion's report a summary table gives, per
+//! workload, the median call time of each quantity and the ratios `hvp / grad` and
+//! `gradgrad / grad`, all from the calls of this one run. Before timing a workload the
+//! bench checks once that the two HVPs agree, and records the peak heap bytes of each
+//! call with the counting allocator.
+//!
+//! ```text
+//! cargo bench --bench autodiff                 # everything (a few minutes)
+//! cargo bench --bench autodiff -- transformer  # criterion filter: one family
+//! ```
+
+use criterion::{BenchmarkId, Criterion, SamplingMode};
+use datarater::alloc::{CountingAlloc, measure_peak};
+use datarater::autodiff::check::compare;
+use datarater::nn::{Activation, CausalLm, Mlp, TransformerConfig, normal};
+use datarater::transforms::{hvp, hvp_rev_rev, value_and_grad};
+use datarater::{Float, Indices, Params, Result, Rng, Tensor, Value};
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// A scalar loss written once over the algebra.
+trait Workload<F: Float> {
+    fn loss<V: Value<F = F>>(&self, p: &Params<V>) -> Result<V>;
+    /// Forward pass on plain tensors (what GFLOP/s is measured on).
+    fn forward(&self, p: &Params<Tensor<F>>) -> Result<Tensor<F>> {
+        self.loss(p)
+    }
+    /// Matmul FLOPs of one forward pass (`2 m n k` per matmul), if counted.
+    fn matmul_flops(&self) -> Option<f64> {
+        None
+    }
+}
+
+struct MlpTask<F: Float> {
+    mlp: Mlp,
+    x: Tensor<F>,
+    y: Indices,
+}
+
+impl<F: Float> Workload<F> for MlpTask<F> {
+    fn loss<V: Value<F = F>>(&self, p: &Params<V>) -> Result<V> {
+        let logits = self.mlp.forward(p, &V::constant(self.x.clone()))?;
+        Ok(logits.cross_entropy(&self.y)?.mean_all())
+    }
+}
+
+struct LmTask {
+    lm: CausalLm,
+    inputs: Indices,
+    targets: Indices,
+}
+
+impl<F: Float> Workload<F> for LmTask {
+    fn loss<V: Value<F = F>>(&self, p: &Params<V>) -> Result<V> {
+        Ok(self
+            .lm
+            .per_example_loss(p, &self.inputs, &self.targets)?
+            .mean_all())
+    }
+    fn forward(&self, p: &Params<Tensor<F>>) -> Result<Tensor<F>> {
+        self.lm.logits(p, &self.inputs)
+    }
+    fn matmul_flops(&self) -> Option<f64> {
+        let c = &self.lm.cfg;
+        let (b, t) = (self.inputs.shape()[0] as f64, self.inputs.shape()[1] as f64);
+        let (d, ff, h, vocab) = (
+            c.d_model as f64,
+            c.d_ff as f64,
+            c.n_heads as f64,
+            c.vocab as f64,
+        );
+        let dh = d / h;
+        let rows = b * t;
+        let mm = |m: f64, n: f64, k: f64| 2.0 * m * n * k;
+        let layer = mm(rows, 3.0 * d, d) // qkv projection
+            + 2.0 * b * h * mm(t, t, dh) // scores q k^T and probabilities @ v (full, the mask does not skip work)
+            + mm(rows, d, d) // attention output projection
+            + mm(rows, ff, d) // MLP up
+            + mm(rows, d, ff); // MLP down
+        Some(c.n_layers as f64 * layer + mm(rows, vocab, d)) // + LM head
+    }
+}
+
+/// Per-call wall times of every timed closure, keyed by (workload, quantity).
+static TIMES: Mutex<BTreeMap<(String, &'static str), Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+#[derive(Default)]
+struct Facts {
+    /// Rows in first-run order.
+    order: Vec<String>,
+    flops: BTreeMap<String, f64>,
+    peak: BTreeMap<(String, &'static str), usize>,
+    agree: BTreeMap<String, f64>,
+}
+
+static FACTS: Mutex<Option<Facts>> = Mutex::new(None);
+
+fn with_facts<T>(f: impl FnOnce(&mut Facts) -> T) -> T {
+    let mut g = FACTS.lock().expect("not poisoned");
+    f(g.get_or_insert_with(Facts::default))
+}
+
+/// Times `f` with criterion, recording each call's duration for the summary table.
+fn timed(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    row: &str,
+    what: &'static str,
+    f: impl Fn(),
+) {
+    let key = (row.to_string(), what);
+    c.bench_function(BenchmarkId::from_parameter(what), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                f();
+                let e = t.elapsed();
+                total += e;
+                TIMES
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(key.clone())
+                    .or_default()
+                    .push(e.as_secs_f64());
+            }
+            total
+        })
+    });
+}
+
+fn bench_workload<F: Float, W: Workload<F>>(
+    c: &mut Criterion,
+    row: &str,
+    w: &W,
+    p: &Params<Tensor<F>>,
+    v: &Params<Tensor<F>>,
+) {
+    // The quantities, as closures over the same function.
+    let grad = || value_and_grad(|q| w.loss(q), p).expect("grad");
+    let fwd_over_rev = || hvp(|q| w.loss(q), p, v).expect("hvp");
+    let rev_over_rev = || hvp_rev_rev(|q| w.loss(q), p, v).expect("grad of grad");
+
+    // Once, untimed: both HVPs agree, and the peak heap of each call.
+    let (_, peak_g) = measure_peak(grad);
+    let ((_, _, hv), peak_h) = measure_peak(fwd_over_rev);
+    let (hv2, peak_gg) = measure_peak(rev_over_rev);
+    let rel = compare(&hv.cast::<f64>(), &hv2.cast::<f64>())
+        .expect("same names")
+        .rel;
+    with_facts(|facts| {
+        facts.order.push(row.to_string());
+        facts.agree.insert(row.to_string(), rel);
+        for (what, b) in [("grad", peak_g), ("hvp", peak_h), ("gradgrad", peak_gg)] {
+            facts.peak.insert((row.to_string(), what), b);
+        }
+        if let Some(fl) = w.matmul_flops() {
+            facts.flops.insert(row.to_string(), fl);
+        }
+    });
+
+    let mut g = c.benchmark_group(row);
+    g.sampling_mode(SamplingMode::Flat);
+    if w.matmul_flops().is_some() {
+        timed(&mut g, row, "forward", || {
+            black_box(w.forward(p).expect("forward"));
+        });
+    }
+    timed(&mut g, row, "grad", || {
+        black_box(grad());
+    });
+    timed(&mut g, row, "hvp", || {
+        black_box(fwd_over_rev());
+    });
+    timed(&mut g, row, "gradgrad", || {
+        black_box(rev_over_rev());
+    });
+    g.finish();
+}
+
+fn random_tangent<F: Float>(p: &Params<Tensor<F>>, rng: &mut Rng) -> Params<Tensor<F>> {
+    p.map(|t| normal(rng, t.shape(), 1.0))
+}
+
+fn mlp<F: Float>(c: &mut Criterion) {
+    let (batch, sizes) = (256, [256, 512, 512, 10]);
+    let mut rng = Rng::new(1);
+    let task = MlpTask::<F> {
+        mlp: Mlp::new(&sizes, Activation::Gelu).expect("valid sizes"),
+        x: normal(&mut rng, &[batch, sizes[0]], 1.0),
+        y: Indices::new(&[batch], (0..batch).map(|_| rng.below(sizes[3])).collect())
+            .expect("shape"),
+    };
+    let p = task.mlp.init::<F>(&mut rng);
+    let v = random_tangent(&p, &mut rng);
+    let row = format!("mlp-{}", std::any::type_name::<F>());
+    bench_workload(c, &row, &task, &p, &v);
+}
+
+fn transformer<F: Float>(c: &mut Criterion) {
+    let (batch, seq) = (16, 127);
+    let cfg = TransformerConfig {
+        vocab: 256,
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 4,
+        d_ff: 256,
+        max_len: 128,
+        causal: true,
+    };
+    let lm = CausalLm::new(cfg).expect("valid config");
+    let mut rng = Rng::new(2);
+    // Next-byte targets: the inputs shifted by one inside a random 128-byte window.
+    let bytes: Vec<Vec<usize>> = (0..batch)
+        .map(|_| (0..=seq).map(|_| rng.below(256)).collect())
+        .collect();
+    let inputs = Indices::new(
+        &[batch, seq],
+        bytes.iter().flat_map(|s| s[..seq].to_vec()).collect(),
+    )
+    .expect("shape");
+    let targets = Indices::new(
+        &[batch, seq],
+        bytes.iter().flat_map(|s| s[1..].to_vec()).collect(),
+    )
+    .expect("shape");
+    let task = LmTask {
+        lm,
+        inputs,
+        targets,
+    };
+    let p = task.lm.init::<F>(&mut rng);
+    let v = random_tangent(&p, &mut rng);
+    let row = format!("transformer-{}", std::any::type_name::<F>());
+    bench_workload(c, &row, &task, &p, &v);
+}
+
+fn median(xs: &[f64]) -> Option<f64> {
+    // The first call of each quantity is its coldest; drop it when there are others.
+    let mut v: Vec<f64> = if xs.len() > 1 {
+        xs[1..].to_vec()
+    } else {
+        xs.to_vec()
+    };
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn summary() {
+    let times = TIMES.lock().expect("not poisoned");
+    let facts = FACTS.lock().expect("not poisoned");
+    let Some(facts) = facts.as_ref() else { return };
+    let med = |row: &str, what: &'static str| {
+        times
+            .get(&(row.to_string(), what))
+            .and_then(|v| median(v).map(|m| (m, v.len())))
+    };
+    println!(
+        "\n=== summary: median wall time per call over the calls of this run (first call dropped) ==="
+    );
+    println!(
+        "{:<16} {:>11} {:>11} {:>12} | {:>8} {:>13} | {:>9} {:>9} {:>11} | {:>10}",
+        "workload",
+        "grad ms",
+        "hvp ms",
+        "gradgrad ms",
+        "hvp/grad",
+        "gradgrad/grad",
+        "grad MiB",
+        "hvp MiB",
+        "gg MiB",
+        "hvp agree"
+    );
+    for row in &facts.order {
+        let (Some((g, ng)), Some((h, nh)), Some((gg, ngg))) =
+            (med(row, "grad"), med(row, "hvp"), med(row, "gradgrad"))
+        else {
+            continue;
+        };
+        let peak = |what| mib(facts.peak[&(row.clone(), what)]);
+        println!(
+            "{:<16} {:>11.2} {:>11.2} {:>12.2} | {:>7.2}x {:>12.2}x | {:>9.1} {:>9.1} {:>11.1} | {:>10.1e}   (calls: {ng}/{nh}/{ngg})",
+            row,
+            g * 1e3,
+            h * 1e3,
+            gg * 1e3,
+            h / g,
+            gg / g,
+            peak("grad"),
+            peak("hvp"),
+            peak("gradgrad"),
+            facts.agree[row],
+        );
+    }
+    println!(
+        "(MiB = peak heap above the live bytes at the call, counting allocator, one call; hvp agree = max rel. difference forward-over-reverse vs reverse-over-reverse H v)"
+    );
+    for row in &facts.order {
+        if let (Some(fl), Some((t, n))) = (facts.flops.get(row), med(row, "forward")) {
+            println!(
+                "{row}: forward pass {:.2} ms, {:.3} GFLOP of matmuls -> {:.2} GFLOP/s (counts matmul FLOPs only, 2mnk each; median of {n} calls)",
+                t * 1e3,
+                fl / 1e9,
+                fl / t / 1e9
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    mlp::<f32>(&mut c);
+    mlp::<f64>(&mut c);
+    transformer::<f32>(&mut c);
+    transformer::<f64>(&mut c);
+    c.final_summary();
+    summary();
+}

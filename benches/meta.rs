@@ -1,0 +1,141 @@
+//! Wall time of one DataRater meta-gradient through T = 2 Adam steps, mixed mode
+//! (forward-over-reverse backward sweep) vs the unrolled reverse-over-reverse baseline,
+//! on a small causal transformer LM rated by a small bidirectional transformer (f32).
+//!
+//! The problem is written directly against the public `meta::MetaProblem` trait:
+//! `L(theta, eta) = sum_i softmax_i(rater(eta)) * lm_loss_i(theta)`, outer loss the mean
+//! LM loss on a held-out batch.
+//!
+//! ```text
+//! cargo bench --bench meta
+//! ```
+
+use criterion::{BenchmarkId, Criterion, SamplingMode};
+use datarater::meta::{MetaProblem, Mode, meta_gradient};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::optim::{Adam, Optimizer};
+use datarater::{Indices, Params, Result, Rng, Tensor, Value};
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Batch {
+    inputs: Indices,
+    targets: Indices,
+}
+
+struct Problem {
+    lm: CausalLm,
+    rater: SequenceScorer,
+}
+
+impl MetaProblem<f32> for Problem {
+    type Batch = Batch;
+    fn inner_loss<V: Value<F = f32>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        b: &Batch,
+    ) -> Result<V> {
+        let w = self.rater.scores(eta, &b.inputs)?.softmax(0);
+        Ok(
+            w.mul(&self.lm.per_example_loss(theta, &b.inputs, &b.targets)?)
+                .sum_all(),
+        )
+    }
+    fn outer_loss<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
+        Ok(self
+            .lm
+            .per_example_loss(theta, &b.inputs, &b.targets)?
+            .mean_all())
+    }
+}
+
+fn batch(rng: &mut Rng, n: usize, seq: usize) -> Batch {
+    let bytes: Vec<Vec<usize>> = (0..n)
+        .map(|_| (0..=seq).map(|_| rng.below(256)).collect())
+        .collect();
+    let idx = |f: &dyn Fn(&Vec<usize>) -> Vec<usize>| {
+        Indices::new(&[n, seq], bytes.iter().flat_map(f).collect()).expect("shape")
+    };
+    Batch {
+        inputs: idx(&|s| s[..seq].to_vec()),
+        targets: idx(&|s| s[1..].to_vec()),
+    }
+}
+
+static TIMES: Mutex<Vec<(&str, f64)>> = Mutex::new(Vec::new());
+
+fn main() {
+    let (n, seq, steps) = (8, 63, 2);
+    let cfg = |d_model, n_heads, causal| TransformerConfig {
+        vocab: 256,
+        d_model,
+        n_layers: 1,
+        n_heads,
+        d_ff: 4 * d_model,
+        max_len: 64,
+        causal,
+    };
+    let problem = Problem {
+        lm: CausalLm::new(cfg(32, 2, true)).expect("valid"),
+        rater: SequenceScorer::new(cfg(16, 2, false)).expect("valid"),
+    };
+    let mut rng = Rng::new(0);
+    let theta: Params<Tensor<f32>> = problem.lm.init(&mut rng);
+    let eta: Params<Tensor<f32>> = problem.rater.init(&mut rng);
+    let opt = Adam::<f32>::new(1e-3);
+    let state = opt.init(&theta);
+    let batches: Vec<Batch> = (0..steps).map(|_| batch(&mut rng, n, seq)).collect();
+    let outer = batch(&mut rng, n, seq);
+
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut g = c.benchmark_group("meta-gradient-T2-f32");
+    g.sampling_mode(SamplingMode::Flat);
+    for (name, mode) in [("mixed", Mode::Mixed), ("unrolled", Mode::Unrolled)] {
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    black_box(
+                        meta_gradient(mode, &problem, &opt, &eta, &theta, &state, &batches, &outer)
+                            .expect("meta-gradient"),
+                    );
+                    let e = t.elapsed();
+                    total += e;
+                    TIMES
+                        .lock()
+                        .expect("not poisoned")
+                        .push((name, e.as_secs_f64()));
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    c.final_summary();
+
+    let times = TIMES.lock().expect("not poisoned");
+    let med = |name: &str| {
+        let mut v: Vec<f64> = times
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, t)| *t)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    if let (Some(m), Some(u)) = (med("mixed"), med("unrolled")) {
+        println!(
+            "\nmeta-gradient, T = {steps}, batch {n} x {seq} tokens: mixed {:.2} ms, unrolled {:.2} ms (median per call, this run); mixed / unrolled = {:.2}x",
+            m * 1e3,
+            u * 1e3,
+            m / u
+        );
+    }
+}
