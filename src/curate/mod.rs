@@ -26,8 +26,10 @@
 
 mod accept;
 mod filter;
+mod metrics;
 mod sweep;
 
 pub use accept::{Acceptor, EmpiricalCdf, accept, acceptance_probability};
 pub use filter::{discard_bottom, draw_size, filter_batch, rank_desc};
+pub use metrics::{auc, spearman};
 pub use sweep::{DEFAULT_DISCARD_FRACTIONS, SweepPoint, SweepResult, sweep_discard_fractions};

@@ -1,6 +1,10 @@
 //! Meta-training a DataRater (Algorithm 1 of Calian et al. 2025), and the ready-made
-//! text inner loop and rater it is usually run with.
+//! text inner loop, rater and held-out objective it is usually run with.
 
+pub mod algorithm;
+pub mod meta_opt;
 pub mod text;
 
-pub use text::{TextBatch, TextLm, TextRater};
+pub use algorithm::{Member, StepReport, Trainer, TrainerConfig, TrainerState};
+pub use meta_opt::{MetaAdam, MetaAdamState};
+pub use text::{evaluate, score_sequences, train_step, HeldOutText, TextBatch, TextLm, TextRater};

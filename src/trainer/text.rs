@@ -5,7 +5,8 @@
 use crate::autodiff::{Float, Indices, Params, Tensor, Value};
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::meta::{InnerLoop, Rater};
+use crate::meta::{InnerLoop, OuterLoop, Rater};
+use super::meta_opt::{MetaAdam, MetaAdamState};
 use crate::nn::{CausalLm, SequenceScorer};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -135,4 +136,97 @@ impl<F: Float> Rater<F, TextBatch> for TextRater {
     fn scores<V: Value<F = F>>(&self, eta: &Params<V>, b: &TextBatch) -> Result<V> {
         self.scorer.scores(eta, &b.tokens)
     }
+}
+
+/// The outer loop for text: mean next-byte loss on batches of held-out sequences, and
+/// [`MetaAdam`] as the meta-optimiser.
+#[derive(Clone, Debug)]
+pub struct HeldOutText {
+    /// Held-out sequences (clean data the curated model should do well on).
+    pub pool: Arc<Vec<Vec<u8>>>,
+    /// Sequences per outer batch.
+    pub batch_size: usize,
+    /// The meta-optimiser.
+    pub meta: MetaAdam,
+}
+
+impl HeldOutText {
+    /// Checks the pool is non-empty and the meta-optimiser's settings.
+    pub fn new(pool: Arc<Vec<Vec<u8>>>, batch_size: usize, meta: MetaAdam) -> Result<Self> {
+        if pool.is_empty() {
+            return Err(Error::Config { field: "held_out", reason: "no held-out sequences".into() });
+        }
+        if batch_size == 0 {
+            return Err(Error::Config { field: "outer_batch", reason: "must be positive".into() });
+        }
+        meta.validate()?;
+        Ok(HeldOutText { pool, batch_size, meta })
+    }
+}
+
+impl<F: Float, O: Optimizer<F>> OuterLoop<F, TextLm<O>> for HeldOutText {
+    type MetaState = MetaAdamState<F>;
+    fn sample_batch(&self, rng: &mut Rng) -> TextBatch {
+        let rows = draw_rows(self.pool.len(), self.batch_size, rng);
+        TextBatch::from_pool(&self.pool, rows).expect("pool checked in HeldOutText::new")
+    }
+    fn init_state(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
+        self.meta.init(eta)
+    }
+    fn update(
+        &self,
+        eta: &Params<Tensor<F>>,
+        meta_grad: &Params<Tensor<F>>,
+        state: &mut MetaAdamState<F>,
+        step: usize,
+    ) -> Result<Params<Tensor<F>>> {
+        self.meta.update(eta, meta_grad, state, step)
+    }
+}
+
+/// Scores sequences with a rater in chunks of `chunk` (no gradients); sequences must all
+/// have the same length.
+pub fn score_sequences<F: Float, S: AsRef<[u8]>>(
+    rater: &TextRater,
+    eta: &Params<Tensor<F>>,
+    seqs: &[S],
+    chunk: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for start in (0..seqs.len()).step_by(chunk.max(1)) {
+        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
+        let b = TextBatch::from_pool(seqs, rows)?;
+        out.extend(rater.scores(eta, &b)?.to_vec().into_iter().map(|s: F| s.f64()));
+    }
+    Ok(out)
+}
+
+/// One plain (uniformly weighted) training step: `theta, state <- U(theta, state,
+/// grad mean_i l_i)`. Returns the batch's mean loss.
+pub fn train_step<F: Float, I: InnerLoop<F>>(
+    inner: &I,
+    theta: &mut Params<Tensor<F>>,
+    state: &mut crate::optim::OptState<Tensor<F>>,
+    batch: &I::Batch,
+) -> Result<f64> {
+    let (loss, g) = crate::transforms::value_and_grad(|th| inner.per_example_loss(th, batch).map(|l| l.mean_all()), theta)?;
+    if let Some(name) = g.first_non_finite() {
+        return Err(Error::NonFinite { step: state.step, quantity: format!("gradient `{name}`") });
+    }
+    let (th, st) = inner.optimizer().update(theta, state, &g);
+    (*theta, *state) = (th, st);
+    Ok(loss.item().f64())
+}
+
+/// Mean per-example loss of `theta` over `seqs`, in chunks of `chunk` sequences.
+pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(lm: &TextLm<O>, theta: &Params<Tensor<F>>, seqs: &[S], chunk: usize) -> Result<f64> {
+    let (mut total, mut n) = (0.0, 0usize);
+    for start in (0..seqs.len()).step_by(chunk.max(1)) {
+        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
+        let b = TextBatch::from_pool(seqs, rows)?;
+        let l = lm.lm.per_example_loss(theta, &b.inputs, &b.targets)?;
+        total += l.to_vec().into_iter().map(|x: F| x.f64()).sum::<f64>();
+        n += b.len();
+    }
+    Ok(total / n.max(1) as f64)
 }

@@ -1,0 +1,433 @@
+//! The end-to-end DataRater demo on real text.
+//!
+//! 1. Cut a corpus (the shipped Devil's Dictionary by default, or `--corpus PATH`) into
+//!    64-byte sequences; split them into training, meta-held-out and test sets.
+//! 2. Corrupt 80% of the training sequences (byte replacement at five levels, shuffled
+//!    words, runs of repeated characters, all caps).
+//! 3. Meta-train a bidirectional-transformer rater with Algorithm 1 (a population of
+//!    byte-level causal LMs, exact mixed-mode meta-gradients through T Adam steps),
+//!    printing the mean weight the rater gives each corruption level as it learns.
+//! 4. Curate: sweep dataset-level discard fractions on a small model, then train fresh
+//!    LMs without filtering, with dataset-level discard and with online batch-level
+//!    filtering, and compare their test-loss curves.
+//!
+//! ```text
+//! cargo run --release --example datarater -- [--corpus PATH] [--out DIR] [--outer-steps K]
+//!     [--population N] [--inner-steps T] [--final-steps S] [--seed S]
+//! ```
+//!
+//! Writes to DIR (default `out/`): `weights.svg`, `loss.svg`, `scores.csv`
+//! (`kind,level,score` per scored test sequence), `summary.json` and `rater.safetensors`.
+
+use datarater::curate::{auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions};
+use datarater::data::{corrupted_pool, default_mix, Corpus, Corruption, LabeledSequence, SplitConfig};
+use datarater::io::save_params;
+use datarater::meta::{InnerLoop, Mode};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::optim::{Adam, Optimizer};
+use datarater::trainer::{
+    evaluate, score_sequences, train_step, HeldOutText, MetaAdam, TextBatch, TextLm, TextRater, Trainer, TrainerConfig,
+};
+use datarater::{Error, Params, Result, Rng, Tensor};
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const SEQ_LEN: usize = 64;
+const BATCH: usize = 16;
+
+struct Args {
+    corpus: Option<PathBuf>,
+    out: PathBuf,
+    outer_steps: usize,
+    population: usize,
+    inner_steps: usize,
+    final_steps: usize,
+    sweep_steps: usize,
+    seed: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        corpus: None,
+        out: PathBuf::from("out"),
+        outer_steps: 300,
+        population: 2,
+        inner_steps: 2,
+        final_steps: 600,
+        sweep_steps: 200,
+        seed: 0,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |field: &'static str| {
+            it.next().cloned().ok_or(Error::Config { field, reason: "missing value".into() })
+        };
+        let num = |field: &'static str, v: String| {
+            v.parse::<usize>().map_err(|_| Error::Config { field, reason: format!("`{v}` is not a whole number") })
+        };
+        match flag.as_str() {
+            "--corpus" => a.corpus = Some(PathBuf::from(value("--corpus")?)),
+            "--out" => a.out = PathBuf::from(value("--out")?),
+            "--outer-steps" => a.outer_steps = num("--outer-steps", value("--outer-steps")?)?,
+            "--population" => a.population = num("--population", value("--population")?)?,
+            "--inner-steps" => a.inner_steps = num("--inner-steps", value("--inner-steps")?)?,
+            "--final-steps" => a.final_steps = num("--final-steps", value("--final-steps")?)?,
+            "--sweep-steps" => a.sweep_steps = num("--sweep-steps", value("--sweep-steps")?)?,
+            "--seed" => a.seed = num("--seed", value("--seed")?)? as u64,
+            other => return Err(Error::Config { field: "arguments", reason: format!("unknown flag `{other}`") }),
+        }
+    }
+    if a.final_steps < 25 {
+        return Err(Error::Config { field: "--final-steps", reason: "must be at least 25".into() });
+    }
+    Ok(a)
+}
+
+fn lm_config() -> TransformerConfig {
+    TransformerConfig { vocab: 256, d_model: 32, n_layers: 2, n_heads: 2, d_ff: 128, max_len: SEQ_LEN, causal: true }
+}
+
+fn rater_config() -> TransformerConfig {
+    TransformerConfig { vocab: 256, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, max_len: SEQ_LEN, causal: false }
+}
+
+/// Label of a corruption for tables and plots.
+fn label(kind: &str, level: f64) -> String {
+    match kind {
+        "clean" => "clean".into(),
+        "byte_replace" => format!("bytes {level}"),
+        "all_caps" => "all caps".into(),
+        other => format!("{} {level}", other.replace('_', " ")),
+    }
+}
+
+/// Mean relative weight per label: softmax over all scores, times their number (1 = average).
+fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f64> {
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (w, l) in e.iter().zip(labels) {
+        let a = acc.entry(l.clone()).or_default();
+        a.0 += w / z * scores.len() as f64;
+        a.1 += 1;
+    }
+    acc.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect()
+}
+
+/// Trains a fresh LM for `steps`, drawing each batch with `draw`, evaluating on `test`
+/// every `every` steps. Returns `(step, test loss)` pairs.
+fn train_curve(
+    lm: &TextLm<Adam<f32>>,
+    init: &Params<Tensor<f32>>,
+    steps: usize,
+    every: usize,
+    test: &[Vec<u8>],
+    seed: u64,
+    mut draw: impl FnMut(&mut Rng) -> Result<TextBatch>,
+) -> Result<Vec<(usize, f64)>> {
+    let mut rng = Rng::new(seed);
+    let (mut theta, mut state) = (init.clone(), lm.opt.init(init));
+    let mut curve = vec![(0, evaluate(lm, &theta, test, 64)?)];
+    for s in 1..=steps {
+        let b = draw(&mut rng)?;
+        train_step(lm, &mut theta, &mut state, &b)?;
+        if s % every == 0 {
+            curve.push((s, evaluate(lm, &theta, test, 64)?));
+        }
+    }
+    Ok(curve)
+}
+
+fn plot_lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    let err = |e: String| Error::File { path: path.display().to_string(), reason: e };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (_, pts) in series {
+        for &(x, y) in pts {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+    }
+    let pad = (y1 - y0).max(1e-9) * 0.05;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|e| err(e.to_string()))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(e.to_string()))?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), reason: e.to_string() })?;
+    let corpus = match &args.corpus {
+        Some(p) => Corpus::from_file(p)?,
+        None => Corpus::embedded(),
+    };
+    let mut rng = Rng::new(args.seed);
+    let split = corpus.split(&SplitConfig { seq_len: SEQ_LEN, held_out_fraction: 0.15 }, &mut rng)?;
+    // Held-out sequences: half drive the meta-objective, half are the test set.
+    let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);
+    if meta_held_out.is_empty() || test.len() < 8 {
+        return Err(Error::Config { field: "--corpus", reason: "too small: need at least ~100 sequences of 64 bytes".into() });
+    }
+    let mix = default_mix();
+    let pool = corrupted_pool(&split.train, &mix, &mut rng)?;
+    let train_bytes = Arc::new(pool.iter().map(|s| s.bytes.clone()).collect::<Vec<_>>());
+    println!("datarater demo: {} bytes of text, {}-byte sequences", corpus.len(), SEQ_LEN);
+    println!(
+        "  training pool {} sequences ({}% clean; byte replacement at 0.1/0.25/0.5/0.75/1.0, shuffled words, repeated runs, all caps)",
+        pool.len(),
+        (100.0 * pool.iter().filter(|s| s.kind == "clean").count() as f64 / pool.len() as f64).round()
+    );
+    println!("  meta-held-out {} clean sequences, test {} clean sequences", meta_held_out.len(), test.len());
+
+    // Labelled evaluation set: up to 100 test sequences, each under every corruption.
+    let mut eval_rng = rng.fork(7);
+    let eval: Vec<LabeledSequence> = mix
+        .iter()
+        .flat_map(|(c, _)| test.iter().take(100).map(move |s| (c.clone(), s)))
+        .map(|(c, s): (Corruption, &Vec<u8>)| {
+            Ok(LabeledSequence { bytes: c.apply(s, &mut eval_rng)?, kind: c.kind(), level: c.level() })
+        })
+        .collect::<Result<_>>()?;
+    let eval_labels: Vec<String> = eval.iter().map(|s| label(s.kind, s.level)).collect();
+
+    let lm = CausalLm::new(lm_config())?;
+    let inner = TextLm::new(lm, Adam::new(3e-3f32), train_bytes.clone(), BATCH)?;
+    let rater = TextRater { scorer: SequenceScorer::new(rater_config())? };
+    let meta = MetaAdam { lr: 3e-3, weight_decay: 0.01, warmup_steps: 20, clip_norm: 1.0, ..MetaAdam::default() };
+    let outer = HeldOutText::new(Arc::new(meta_held_out.to_vec()), BATCH, meta)?;
+    let config = TrainerConfig {
+        outer_steps: args.outer_steps,
+        inner_steps: args.inner_steps,
+        population: args.population,
+        reset_every: 50,
+        mode: Mode::Mixed,
+        seed: args.seed,
+    };
+    println!(
+        "meta-training: K = {} outer steps, population {} (reset every {}, staggered), T = {} inner Adam steps, batch {}, mixed-mode meta-gradients",
+        config.outer_steps, config.population, config.reset_every, config.inner_steps, BATCH
+    );
+    let trainer = Trainer::new(&inner, &rater, &outer, config.clone())?;
+    let mut state = trainer.init(None);
+
+    let columns: Vec<String> = mix.iter().map(|(c, _)| label(c.kind(), c.level())).collect();
+    let mut history: Vec<(usize, BTreeMap<String, f64>)> = Vec::new();
+    let snapshot = |eta: &Params<Tensor<f32>>| -> Result<BTreeMap<String, f64>> {
+        Ok(relative_weights(&score_sequences(&rater, eta, &eval, 128)?, &eval_labels))
+    };
+    println!("\nmean relative weight per corruption on held-out sequences (softmax over all of them x count; 1 = average)");
+    let header: Vec<String> = columns.iter().map(|c| format!("{c:>14}")).collect();
+    println!("{:>6} {}", "step", header.join(""));
+    let print_row = |step: usize, w: &BTreeMap<String, f64>| {
+        let cells: Vec<String> = columns.iter().map(|c| format!("{:>14.3}", w[c])).collect();
+        println!("{step:>6} {}", cells.join(""));
+    };
+    let w0 = snapshot(&state.eta)?;
+    print_row(0, &w0);
+    history.push((0, w0));
+    let every = (args.outer_steps / 6).max(1);
+    let meta_start = Instant::now();
+    let mut last_loss = f64::NAN;
+    trainer.run(&mut state, |r, s| {
+        last_loss = r.mean_outer_loss();
+        if s.step % 10 == 0 {
+            eprintln!(
+                "  outer step {:>4}/{} held-out loss {:.3} |meta-grad| {:.2e} ({:.2}s/step{})",
+                s.step,
+                args.outer_steps,
+                last_loss,
+                r.grad_norms.iter().sum::<f64>() / r.grad_norms.len() as f64,
+                r.seconds,
+                if r.resets.is_empty() { String::new() } else { format!(", reset {:?}", r.resets) }
+            );
+        }
+        if s.step % every == 0 || s.step == args.outer_steps {
+            if let Ok(w) = snapshot(&s.eta) {
+                print_row(s.step, &w);
+                history.push((s.step, w));
+            }
+        }
+    })?;
+    let meta_seconds = meta_start.elapsed().as_secs_f64();
+    println!("meta-training took {meta_seconds:.1}s");
+    save_params(
+        args.out.join("rater.safetensors"),
+        &state.eta,
+        &[("model", "SequenceScorer"), ("d_model", "32"), ("n_layers", "1"), ("n_heads", "2"), ("d_ff", "64"), ("max_len", "64")],
+    )?;
+
+    // Final scores of the labelled evaluation set.
+    let scores = score_sequences(&rater, &state.eta, &eval, 128)?;
+    let mut csv = String::from("kind,level,score\n");
+    for (s, sc) in eval.iter().zip(&scores) {
+        csv.push_str(&format!("{},{},{}\n", s.kind, s.level, sc));
+    }
+    let write = |name: &str, text: &str| {
+        let p = args.out.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::File { path: p.display().to_string(), reason: e.to_string() })
+    };
+    write("scores.csv", &csv)?;
+    let byte_rows: Vec<(f64, f64)> = eval
+        .iter()
+        .zip(&scores)
+        .filter(|(s, _)| s.kind == "clean" || s.kind == "byte_replace")
+        .map(|(s, &sc)| (s.level, sc))
+        .collect();
+    let rho = spearman(&byte_rows.iter().map(|r| r.0).collect::<Vec<_>>(), &byte_rows.iter().map(|r| r.1).collect::<Vec<_>>());
+    let clean: Vec<f64> = byte_rows.iter().filter(|r| r.0 == 0.0).map(|r| r.1).collect();
+    let noisy: Vec<f64> = byte_rows.iter().filter(|r| r.0 >= 0.5).map(|r| r.1).collect();
+    let auc_clean = auc(&clean, &noisy);
+    let mean_by_level: Vec<(f64, f64)> = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+        .iter()
+        .map(|&l| {
+            let v: Vec<f64> = byte_rows.iter().filter(|r| r.0 == l).map(|r| r.1).collect();
+            (l, v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect();
+    let monotone = mean_by_level.windows(2).all(|w| w[1].1 < w[0].1);
+    println!("\nrater on held-out sequences:");
+    for (l, m) in &mean_by_level {
+        println!("  byte replacement {l:>4}: mean score {m:+.3}");
+    }
+    println!("  mean score decreases monotonically with the level: {monotone}");
+    println!("  Spearman(level, score) over {} sequences: {rho:.3}   (target <= -0.9)", byte_rows.len());
+    println!("  AUC clean vs byte replacement >= 0.5: {auc_clean:.3}   (target >= 0.95)");
+
+    // Curation.
+    let lm_small = TextLm::new(CausalLm::new(lm_config())?, Adam::new(3e-3f32), train_bytes.clone(), BATCH)?;
+    let init: Params<Tensor<f32>> = lm_small.init(&mut Rng::new(args.seed ^ 0xfeed));
+    let pool_scores = score_sequences(&rater, &state.eta, &pool, 128)?;
+    let uniform = |rows: Arc<Vec<usize>>| {
+        let bytes = train_bytes.clone();
+        move |r: &mut Rng| {
+            let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
+            TextBatch::from_pool(&bytes, pick)
+        }
+    };
+    println!("\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):", args.sweep_steps);
+    let sweep = sweep_discard_fractions(&pool_scores, &datarater::curate::DEFAULT_DISCARD_FRACTIONS, |kept| {
+        let curve = train_curve(&lm_small, &init, args.sweep_steps, args.sweep_steps, meta_held_out, args.seed, uniform(Arc::new(kept.to_vec())))?;
+        Ok(curve.last().expect("non-empty").1)
+    })?;
+    for p in &sweep.points {
+        let kept = discard_bottom(&pool_scores, p.fraction)?;
+        let clean_kept = kept.iter().filter(|&&i| pool[i].kind == "clean").count();
+        println!(
+            "  discard {:>3.0}%: keep {:>5} ({:>4.1}% clean) -> loss {:.4}",
+            p.fraction * 100.0,
+            p.kept,
+            100.0 * clean_kept as f64 / kept.len() as f64,
+            p.loss
+        );
+    }
+    let frac = sweep.best_fraction();
+    println!("  best discard fraction: {:.0}%", frac * 100.0);
+
+    let kept = Arc::new(discard_bottom(&pool_scores, frac)?);
+    let all = Arc::new((0..pool.len()).collect::<Vec<_>>());
+    let every_eval = 25;
+    let n_draw = draw_size(BATCH, frac)?;
+    println!("\nfresh LMs for {} steps: no filtering / dataset-level discard {:.0}% / online batch filtering (draw {n_draw}, keep top {BATCH})", args.final_steps, frac * 100.0);
+    let (baseline, (filtered, batch_filtered)) = rayon::join(
+        || train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, uniform(all.clone())),
+        || {
+            rayon::join(
+                || train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, uniform(kept.clone())),
+                || {
+                    train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, |r: &mut Rng| {
+                        let cand: Vec<usize> = (0..n_draw).map(|_| r.below(pool.len())).collect();
+                        let s = score_sequences(&rater, &state.eta, &cand.iter().map(|&i| &pool[i]).collect::<Vec<_>>(), n_draw)?;
+                        let keep = filter_batch(&s, BATCH)?;
+                        TextBatch::from_pool(&train_bytes, keep.into_iter().map(|k| cand[k]).collect())
+                    })
+                },
+            )
+        },
+    );
+    let (baseline, filtered, batch_filtered) = (baseline?, filtered?, batch_filtered?);
+    let target = baseline.last().expect("non-empty").1;
+    let reach = |c: &[(usize, f64)]| c.iter().find(|p| p.1 <= target).map(|p| p.0);
+    println!("{:>6} {:>12} {:>12} {:>12}", "step", "baseline", "discard", "batch filter");
+    for ((b, f), g) in baseline.iter().zip(&filtered).zip(&batch_filtered) {
+        if b.0 % 100 == 0 || b.0 == args.final_steps {
+            println!("{:>6} {:>12.4} {:>12.4} {:>12.4}", b.0, b.1, f.1, g.1);
+        }
+    }
+    let (r_f, r_b) = (reach(&filtered), reach(&batch_filtered));
+    let pct = |r: Option<usize>| r.map_or("never".to_string(), |s| format!("{s} steps ({:.0}% of baseline)", 100.0 * s as f64 / args.final_steps as f64));
+    println!("baseline final test loss {target:.4} after {} steps", args.final_steps);
+    println!("  dataset-level discard reaches it in {}   (target <= 80%)", pct(r_f));
+    println!("  online batch filtering reaches it in {}", pct(r_b));
+
+    // Plots and summary.
+    let weight_series: Vec<(String, Vec<(f64, f64)>)> =
+        columns.iter().map(|c| (c.clone(), history.iter().map(|(s, w)| (*s as f64, w[c])).collect())).collect();
+    plot_lines(&args.out.join("weights.svg"), "DataRater: mean relative weight per corruption", "outer step", "relative weight", &weight_series)?;
+    let to_f = |c: &[(usize, f64)]| c.iter().map(|&(s, l)| (s as f64, l)).collect::<Vec<_>>();
+    plot_lines(
+        &args.out.join("loss.svg"),
+        "Fresh LM: test loss",
+        "step",
+        "test loss (nats/byte)",
+        &[
+            ("no filtering".into(), to_f(&baseline)),
+            (format!("discard {:.0}%", frac * 100.0), to_f(&filtered)),
+            ("online batch filtering".into(), to_f(&batch_filtered)),
+        ],
+    )?;
+    let summary = serde_json::json!({
+        "corpus_bytes": corpus.len(),
+        "seq_len": SEQ_LEN,
+        "outer_steps": args.outer_steps,
+        "inner_steps": args.inner_steps,
+        "population": args.population,
+        "seed": args.seed,
+        "meta_training_seconds": meta_seconds,
+        "final_meta_held_out_loss": last_loss,
+        "spearman_level_score": rho,
+        "mean_score_monotone_in_level": monotone,
+        "mean_score_by_level": mean_by_level.iter().map(|(l, m)| serde_json::json!({"level": l, "mean_score": m})).collect::<Vec<_>>(),
+        "auc_clean_vs_level_ge_0_5": auc_clean,
+        "sweep": sweep.points.iter().map(|p| serde_json::json!({"discard_fraction": p.fraction, "loss": p.loss})).collect::<Vec<_>>(),
+        "best_discard_fraction": frac,
+        "final_steps": args.final_steps,
+        "baseline_final_test_loss": target,
+        "discard_final_test_loss": filtered.last().map(|p| p.1),
+        "batch_filter_final_test_loss": batch_filtered.last().map(|p| p.1),
+        "discard_steps_to_baseline_loss": r_f,
+        "discard_steps_fraction_of_baseline": r_f.map(|s| s as f64 / args.final_steps as f64),
+        "batch_filter_steps_to_baseline_loss": r_b,
+        "batch_filter_steps_fraction_of_baseline": r_b.map(|s| s as f64 / args.final_steps as f64),
+        "total_seconds": t0.elapsed().as_secs_f64(),
+    });
+    write("summary.json", &serde_json::to_string_pretty(&summary).expect("valid json"))?;
+    println!("\nwrote {}/{{weights.svg, loss.svg, scores.csv, summary.json, rater.safetensors}} in {:.0}s total", args.out.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The meta-optimiser of Algorithm 1: Adam with decoupled weight decay, linear warm-up
+//! and global-norm clipping, with one state per inner model.
+
+use crate::autodiff::{Float, Params, Tensor};
+use crate::error::{Error, Result};
+use ndarray::Zip;
+
+/// Adam on the rater's parameters with decoupled weight decay, linear learning-rate
+/// warm-up and global-norm gradient clipping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaAdam {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator offset.
+    pub eps: f64,
+    /// Decoupled weight decay (`eta -= lr * weight_decay * eta`).
+    pub weight_decay: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Meta-gradients with a larger global L2 norm are scaled down to it (`0` = off).
+    pub clip_norm: f64,
+}
+
+impl Default for MetaAdam {
+    fn default() -> Self {
+        MetaAdam { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, warmup_steps: 20, clip_norm: 1.0 }
+    }
+}
+
+/// Per-model state of [`MetaAdam`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaAdamState<F: Float> {
+    /// First moments.
+    pub m: Params<Tensor<F>>,
+    /// Second moments.
+    pub v: Params<Tensor<F>>,
+    /// Updates applied.
+    pub t: usize,
+}
+
+impl MetaAdam {
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: &str| Err(Error::Config { field, reason: reason.into() });
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("meta lr", "must be positive and finite");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("meta betas", "must be in [0, 1)");
+        }
+        if !(self.eps > 0.0) {
+            return bad("meta eps", "must be positive");
+        }
+        if !(self.weight_decay >= 0.0) {
+            return bad("meta weight_decay", "must be non-negative");
+        }
+        if !(self.clip_norm >= 0.0) {
+            return bad("meta clip_norm", "must be non-negative (0 disables clipping)");
+        }
+        Ok(())
+    }
+
+    /// Fresh state for `eta`.
+    pub fn init<F: Float>(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
+        MetaAdamState { m: eta.zeros_like(), v: eta.zeros_like(), t: 0 }
+    }
+
+    /// Learning rate at outer step `step` (0-based): linear warm-up, then constant.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if self.warmup_steps == 0 { self.lr } else { self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0) }
+    }
+
+    /// One update of `eta` with meta-gradient `g` (clipped first); `state` is advanced.
+    pub fn update<F: Float>(
+        &self,
+        eta: &Params<Tensor<F>>,
+        g: &Params<Tensor<F>>,
+        state: &mut MetaAdamState<F>,
+        step: usize,
+    ) -> Result<Params<Tensor<F>>> {
+        let norm = g.norm().f64();
+        let scale = if self.clip_norm > 0.0 && norm > self.clip_norm { self.clip_norm / norm } else { 1.0 };
+        state.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 / (1.0 - b1.powi(state.t as i32));
+        let c2 = 1.0 / (1.0 - b2.powi(state.t as i32));
+        let lr = self.lr_at(step);
+        let f = F::c;
+        let mut out = Params::new();
+        for (name, e) in eta.iter() {
+            let gk = g.get(name).ok_or_else(|| Error::Params { name: name.into(), reason: "missing in meta-gradient".into() })?;
+            let mut m = state.m.get(name).expect("state built from eta").to_owned_array();
+            let mut v = state.v.get(name).expect("state built from eta").to_owned_array();
+            let mut new = e.to_owned_array();
+            Zip::from(&mut new).and(&mut m).and(&mut v).and(gk.array()).for_each(|x, m, v, &g| {
+                let g = g * f(scale);
+                *m = f(b1) * *m + f(1.0 - b1) * g;
+                *v = f(b2) * *v + f(1.0 - b2) * g * g;
+                let step = *m * f(c1) / ((*v * f(c2)).sqrt() + f(self.eps));
+                *x = *x - f(lr) * (step + f(self.weight_decay) * *x);
+            });
+            state.m.insert(name, Tensor::from_array(m));
+            state.v.insert(name, Tensor::from_array(v));
+            out.insert(name, Tensor::from_array(new));
+        }
+        Ok(out)
+    }
+}
