@@ -4,7 +4,9 @@
 pub mod algorithm;
 pub mod meta_opt;
 pub mod text;
+pub mod vector;
 
 pub use algorithm::{Member, StepReport, Trainer, TrainerConfig, TrainerState};
 pub use meta_opt::{MetaAdam, MetaAdamState};
 pub use text::{evaluate, score_sequences, train_step, HeldOutText, TextBatch, TextLm, TextRater};
+pub use vector::{MlpRater, VectorBatch};

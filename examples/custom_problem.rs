@@ -1,0 +1,143 @@
+//! Plugging your own model, rater and objective into datarater through its public
+//! traits only, as a downstream crate would.
+//!
+//! The problem: linear regression `y = <w*, x>` where a third of the training labels
+//! are replaced by noise. The inner model is our own linear regressor (trained with
+//! momentum SGD), the rater our own two-layer network on `(x, y)`, and the outer loop
+//! our own held-out mean squared error with a plain SGD meta-update. Algorithm 1 then
+//! learns to down-weight the examples with corrupted labels.
+//!
+//! ```text
+//! cargo run --release --example custom_problem
+//! ```
+
+use datarater::meta::{InnerLoop, Mode, OuterLoop, Rater};
+use datarater::nn::normal;
+use datarater::optim::Momentum;
+use datarater::trainer::{Trainer, TrainerConfig};
+use datarater::{Params, Result, Rng, Tensor, Value};
+
+const DIM: usize = 8;
+
+/// A batch: inputs, targets, and (for reporting only) which labels were corrupted.
+#[derive(Clone)]
+struct Batch {
+    x: Tensor<f64>,
+    y: Tensor<f64>,
+    noisy: Vec<bool>,
+}
+
+/// Draws `n` examples; with `noise_rate > 0` that fraction of labels is replaced by noise.
+fn draw(w_star: &Tensor<f64>, n: usize, noise_rate: f64, rng: &mut Rng) -> Batch {
+    let x = normal::<f64>(rng, &[n, DIM], 1.0);
+    let mut y = x.matmul(&w_star.reshape(&[DIM, 1])).to_owned_array();
+    let mut noisy = vec![false; n];
+    for (i, flag) in noisy.iter_mut().enumerate() {
+        if rng.uniform() < noise_rate {
+            *flag = true;
+            y[[i, 0]] = 5.0 * rng.normal();
+        }
+    }
+    Batch { x, y: Tensor::from_array(y), noisy }
+}
+
+/// The inner model: `y_hat = x w + b`, squared error per example.
+struct Regression {
+    w_star: Tensor<f64>,
+    opt: Momentum<f64>,
+}
+
+impl InnerLoop<f64> for Regression {
+    type Batch = Batch;
+    type Opt = Momentum<f64>;
+    fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
+        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1])), ("b".to_string(), Tensor::zeros(&[1]))])
+    }
+    fn optimizer(&self) -> &Momentum<f64> {
+        &self.opt
+    }
+    fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
+        let pred = V::constant(b.x.clone()).matmul(&theta["w"]).add(&theta["b"]);
+        Ok(pred.sub(&V::constant(b.y.clone())).square().reshape(&[b.noisy.len()]))
+    }
+    fn sample_batch(&self, rng: &mut Rng) -> Batch {
+        draw(&self.w_star, 32, 1.0 / 3.0, rng)
+    }
+}
+
+/// The rater: `tanh([x | y] A + a) c`, one score per example.
+struct PairRater;
+
+impl Rater<f64, Batch> for PairRater {
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        let mut p = Params::new();
+        p.insert("A", normal(rng, &[DIM + 1, 16], 0.3));
+        p.insert("a", Tensor::zeros(&[16]));
+        p.insert("c", normal(rng, &[16, 1], 0.3));
+        p
+    }
+    fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &Batch) -> Result<V> {
+        let xy = Tensor::from_array(ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap());
+        let h = V::constant(xy).matmul(&eta["A"]).add(&eta["a"]).tanh();
+        Ok(h.matmul(&eta["c"]).reshape(&[b.noisy.len()]))
+    }
+}
+
+/// The outer loop: clean held-out data, mean squared error, SGD on the rater.
+struct HeldOut {
+    w_star: Tensor<f64>,
+    lr: f64,
+}
+
+impl OuterLoop<f64, Regression> for HeldOut {
+    type MetaState = ();
+    fn sample_batch(&self, rng: &mut Rng) -> Batch {
+        draw(&self.w_star, 64, 0.0, rng)
+    }
+    fn init_state(&self, _: &Params<Tensor<f64>>) {}
+    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), _: usize) -> Result<Params<Tensor<f64>>> {
+        eta.add_scaled(g, -self.lr)
+    }
+}
+
+/// Mean softmax weight (times batch size) of clean and of noisy examples over fresh batches.
+fn weights(rater: &PairRater, eta: &Params<Tensor<f64>>, inner: &Regression, rng: &mut Rng) -> Result<(f64, f64)> {
+    let (mut clean, mut noisy) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let b = inner.sample_batch(rng);
+        let w = rater.scores(eta, &b)?.softmax(0).to_vec();
+        for (wi, &n) in w.iter().zip(&b.noisy) {
+            (if n { &mut noisy } else { &mut clean }).push(wi * b.noisy.len() as f64);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok((mean(&clean), mean(&noisy)))
+}
+
+fn main() -> Result<()> {
+    let w_star = normal::<f64>(&mut Rng::new(42), &[DIM], 1.0);
+    let inner = Regression { w_star: w_star.clone(), opt: Momentum::new(0.02, 0.5) };
+    let outer = HeldOut { w_star, lr: 0.5 };
+    let rater = PairRater;
+    let config = TrainerConfig { outer_steps: 200, inner_steps: 4, population: 2, reset_every: 20, mode: Mode::Mixed, seed: 1 };
+    let trainer = Trainer::new(&inner, &rater, &outer, config)?;
+    let mut state = trainer.init(None);
+    let mut rng = Rng::new(7);
+    println!("{:>5} {:>14} {:>14} {:>14}", "step", "held-out MSE", "clean weight", "noisy weight");
+    let (c, n) = weights(&rater, &state.eta, &inner, &mut rng)?;
+    println!("{:>5} {:>14} {c:>14.3} {n:>14.3}", 0, "-");
+    let mut err = None;
+    trainer.run(&mut state, |r, s| {
+        if s.step % 40 == 0 {
+            match weights(&rater, &s.eta, &inner, &mut rng) {
+                Ok((c, n)) => println!("{:>5} {:>14.4} {c:>14.3} {n:>14.3}", s.step, r.mean_outer_loss()),
+                Err(e) => err = Some(e),
+            }
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    println!("(weights are softmax weights within a batch times the batch size: 1 = uniform)");
+    Ok(())
+}
