@@ -38,7 +38,11 @@ fn draw(w_star: &Tensor<f64>, n: usize, noise_rate: f64, rng: &mut Rng) -> Batch
             y[[i, 0]] = 5.0 * rng.normal();
         }
     }
-    Batch { x, y: Tensor::from_array(y), noisy }
+    Batch {
+        x,
+        y: Tensor::from_array(y),
+        noisy,
+    }
 }
 
 /// The inner model: `y_hat = x w + b`, squared error per example.
@@ -51,14 +55,22 @@ impl InnerLoop<f64> for Regression {
     type Batch = Batch;
     type Opt = Momentum<f64>;
     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1])), ("b".to_string(), Tensor::zeros(&[1]))])
+        Params::from_iter([
+            ("w".to_string(), Tensor::zeros(&[DIM, 1])),
+            ("b".to_string(), Tensor::zeros(&[1])),
+        ])
     }
     fn optimizer(&self) -> &Momentum<f64> {
         &self.opt
     }
     fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
-        let pred = V::constant(b.x.clone()).matmul(&theta["w"]).add(&theta["b"]);
-        Ok(pred.sub(&V::constant(b.y.clone())).square().reshape(&[b.noisy.len()]))
+        let pred = V::constant(b.x.clone())
+            .matmul(&theta["w"])
+            .add(&theta["b"]);
+        Ok(pred
+            .sub(&V::constant(b.y.clone()))
+            .square()
+            .reshape(&[b.noisy.len()]))
     }
     fn sample_batch(&self, rng: &mut Rng) -> Batch {
         draw(&self.w_star, 32, 1.0 / 3.0, rng)
@@ -77,7 +89,9 @@ impl Rater<f64, Batch> for PairRater {
         p
     }
     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &Batch) -> Result<V> {
-        let xy = Tensor::from_array(ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap());
+        let xy = Tensor::from_array(
+            ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap(),
+        );
         let h = V::constant(xy).matmul(&eta["A"]).add(&eta["a"]).tanh();
         Ok(h.matmul(&eta["c"]).reshape(&[b.noisy.len()]))
     }
@@ -95,13 +109,24 @@ impl OuterLoop<f64, Regression> for HeldOut {
         draw(&self.w_star, 64, 0.0, rng)
     }
     fn init_state(&self, _: &Params<Tensor<f64>>) {}
-    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), _: usize) -> Result<Params<Tensor<f64>>> {
+    fn update(
+        &self,
+        eta: &Params<Tensor<f64>>,
+        g: &Params<Tensor<f64>>,
+        _: &mut (),
+        _: usize,
+    ) -> Result<Params<Tensor<f64>>> {
         eta.add_scaled(g, -self.lr)
     }
 }
 
 /// Mean softmax weight (times batch size) of clean and of noisy examples over fresh batches.
-fn weights(rater: &PairRater, eta: &Params<Tensor<f64>>, inner: &Regression, rng: &mut Rng) -> Result<(f64, f64)> {
+fn weights(
+    rater: &PairRater,
+    eta: &Params<Tensor<f64>>,
+    inner: &Regression,
+    rng: &mut Rng,
+) -> Result<(f64, f64)> {
     let (mut clean, mut noisy) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         let b = inner.sample_batch(rng);
@@ -116,21 +141,38 @@ fn weights(rater: &PairRater, eta: &Params<Tensor<f64>>, inner: &Regression, rng
 
 fn main() -> Result<()> {
     let w_star = normal::<f64>(&mut Rng::new(42), &[DIM], 1.0);
-    let inner = Regression { w_star: w_star.clone(), opt: Momentum::new(0.02, 0.5) };
+    let inner = Regression {
+        w_star: w_star.clone(),
+        opt: Momentum::new(0.02, 0.5),
+    };
     let outer = HeldOut { w_star, lr: 0.5 };
     let rater = PairRater;
-    let config = TrainerConfig { outer_steps: 200, inner_steps: 4, population: 2, reset_every: 20, mode: Mode::Mixed, seed: 1 };
+    let config = TrainerConfig {
+        outer_steps: 200,
+        inner_steps: 4,
+        population: 2,
+        reset_every: 20,
+        mode: Mode::Mixed,
+        seed: 1,
+    };
     let trainer = Trainer::new(&inner, &rater, &outer, config)?;
     let mut state = trainer.init(None);
     let mut rng = Rng::new(7);
-    println!("{:>5} {:>14} {:>14} {:>14}", "step", "held-out MSE", "clean weight", "noisy weight");
+    println!(
+        "{:>5} {:>14} {:>14} {:>14}",
+        "step", "held-out MSE", "clean weight", "noisy weight"
+    );
     let (c, n) = weights(&rater, &state.eta, &inner, &mut rng)?;
     println!("{:>5} {:>14} {c:>14.3} {n:>14.3}", 0, "-");
     let mut err = None;
     trainer.run(&mut state, |r, s| {
         if s.step % 40 == 0 {
             match weights(&rater, &s.eta, &inner, &mut rng) {
-                Ok((c, n)) => println!("{:>5} {:>14.4} {c:>14.3} {n:>14.3}", s.step, r.mean_outer_loss()),
+                Ok((c, n)) => println!(
+                    "{:>5} {:>14.4} {c:>14.3} {n:>14.3}",
+                    s.step,
+                    r.mean_outer_loss()
+                ),
                 Err(e) => err = Some(e),
             }
         }

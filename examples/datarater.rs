@@ -19,14 +19,19 @@
 //! Writes to DIR (default `out/`): `weights.svg`, `loss.svg`, `scores.csv`
 //! (`kind,level,score` per scored test sequence), `summary.json` and `rater.safetensors`.
 
-use datarater::curate::{auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions};
-use datarater::data::{corrupted_pool, default_mix, Corpus, Corruption, LabeledSequence, SplitConfig};
+use datarater::curate::{
+    auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions,
+};
+use datarater::data::{
+    Corpus, Corruption, LabeledSequence, SplitConfig, corrupted_pool, default_mix,
+};
 use datarater::io::save_params;
 use datarater::meta::{InnerLoop, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{
-    evaluate, score_sequences, train_step, HeldOutText, MetaAdam, TextBatch, TextLm, TextRater, Trainer, TrainerConfig,
+    HeldOutText, MetaAdam, TextBatch, TextLm, TextRater, Trainer, TrainerConfig, evaluate,
+    score_sequences, train_step,
 };
 use datarater::{Error, Params, Result, Rng, Tensor};
 use plotters::prelude::*;
@@ -64,10 +69,16 @@ fn parse_args() -> Result<Args> {
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let mut value = |field: &'static str| {
-            it.next().cloned().ok_or(Error::Config { field, reason: "missing value".into() })
+            it.next().cloned().ok_or(Error::Config {
+                field,
+                reason: "missing value".into(),
+            })
         };
         let num = |field: &'static str, v: String| {
-            v.parse::<usize>().map_err(|_| Error::Config { field, reason: format!("`{v}` is not a whole number") })
+            v.parse::<usize>().map_err(|_| Error::Config {
+                field,
+                reason: format!("`{v}` is not a whole number"),
+            })
         };
         match flag.as_str() {
             "--corpus" => a.corpus = Some(PathBuf::from(value("--corpus")?)),
@@ -78,21 +89,45 @@ fn parse_args() -> Result<Args> {
             "--final-steps" => a.final_steps = num("--final-steps", value("--final-steps")?)?,
             "--sweep-steps" => a.sweep_steps = num("--sweep-steps", value("--sweep-steps")?)?,
             "--seed" => a.seed = num("--seed", value("--seed")?)? as u64,
-            other => return Err(Error::Config { field: "arguments", reason: format!("unknown flag `{other}`") }),
+            other => {
+                return Err(Error::Config {
+                    field: "arguments",
+                    reason: format!("unknown flag `{other}`"),
+                });
+            }
         }
     }
     if a.final_steps < 25 {
-        return Err(Error::Config { field: "--final-steps", reason: "must be at least 25".into() });
+        return Err(Error::Config {
+            field: "--final-steps",
+            reason: "must be at least 25".into(),
+        });
     }
     Ok(a)
 }
 
 fn lm_config() -> TransformerConfig {
-    TransformerConfig { vocab: 256, d_model: 32, n_layers: 2, n_heads: 2, d_ff: 128, max_len: SEQ_LEN, causal: true }
+    TransformerConfig {
+        vocab: 256,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 128,
+        max_len: SEQ_LEN,
+        causal: true,
+    }
 }
 
 fn rater_config() -> TransformerConfig {
-    TransformerConfig { vocab: 256, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, max_len: SEQ_LEN, causal: false }
+    TransformerConfig {
+        vocab: 256,
+        d_model: 32,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 64,
+        max_len: SEQ_LEN,
+        causal: false,
+    }
 }
 
 /// Label of a corruption for tables and plots.
@@ -101,7 +136,9 @@ fn label(kind: &str, level: f64) -> String {
         "clean" => "clean".into(),
         "byte_replace" => format!("bytes {level}"),
         "all_caps" => "all caps".into(),
-        other => format!("{} {level}", other.replace('_', " ")),
+        "shuffle_words" => format!("shuffled {level}"),
+        "repeat_runs" => format!("repeats {level}"),
+        other => format!("{other} {level}"),
     }
 }
 
@@ -116,7 +153,9 @@ fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f64> 
         a.0 += w / z * scores.len() as f64;
         a.1 += 1;
     }
-    acc.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect()
+    acc.into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect()
 }
 
 /// Trains a fresh LM for `steps`, drawing each batch with `draw`, evaluating on `test`
@@ -143,8 +182,17 @@ fn train_curve(
     Ok(curve)
 }
 
-fn plot_lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
-    let err = |e: String| Error::File { path: path.display().to_string(), reason: e };
+fn plot_lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let err = |e: String| Error::File {
+        path: path.display().to_string(),
+        reason: e,
+    };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (_, pts) in series {
         for &(x, y) in pts {
@@ -161,14 +209,21 @@ fn plot_lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(|e| err(e.to_string()))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -183,44 +238,77 @@ fn plot_lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[
 fn main() -> Result<()> {
     let args = parse_args()?;
     let t0 = Instant::now();
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::File {
+        path: args.out.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let corpus = match &args.corpus {
         Some(p) => Corpus::from_file(p)?,
         None => Corpus::embedded(),
     };
     let mut rng = Rng::new(args.seed);
-    let split = corpus.split(&SplitConfig { seq_len: SEQ_LEN, held_out_fraction: 0.15 }, &mut rng)?;
+    let split = corpus.split(
+        &SplitConfig {
+            seq_len: SEQ_LEN,
+            held_out_fraction: 0.15,
+        },
+        &mut rng,
+    )?;
     // Held-out sequences: half drive the meta-objective, half are the test set.
     let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);
     if meta_held_out.is_empty() || test.len() < 8 {
-        return Err(Error::Config { field: "--corpus", reason: "too small: need at least ~100 sequences of 64 bytes".into() });
+        return Err(Error::Config {
+            field: "--corpus",
+            reason: "too small: need at least ~100 sequences of 64 bytes".into(),
+        });
     }
     let mix = default_mix();
     let pool = corrupted_pool(&split.train, &mix, &mut rng)?;
     let train_bytes = Arc::new(pool.iter().map(|s| s.bytes.clone()).collect::<Vec<_>>());
-    println!("datarater demo: {} bytes of text, {}-byte sequences", corpus.len(), SEQ_LEN);
+    println!(
+        "datarater demo: {} bytes of text, {}-byte sequences",
+        corpus.len(),
+        SEQ_LEN
+    );
     println!(
         "  training pool {} sequences ({}% clean; byte replacement at 0.1/0.25/0.5/0.75/1.0, shuffled words, repeated runs, all caps)",
         pool.len(),
-        (100.0 * pool.iter().filter(|s| s.kind == "clean").count() as f64 / pool.len() as f64).round()
+        (100.0 * pool.iter().filter(|s| s.kind == "clean").count() as f64 / pool.len() as f64)
+            .round()
     );
-    println!("  meta-held-out {} clean sequences, test {} clean sequences", meta_held_out.len(), test.len());
+    println!(
+        "  meta-held-out {} clean sequences, test {} clean sequences",
+        meta_held_out.len(),
+        test.len()
+    );
 
     // Labelled evaluation set: up to 100 test sequences, each under every corruption.
     let mut eval_rng = rng.fork(7);
     let eval: Vec<LabeledSequence> = mix
         .iter()
-        .flat_map(|(c, _)| test.iter().take(100).map(move |s| (c.clone(), s)))
+        .flat_map(|(c, _)| test.iter().take(100).map(move |s| (*c, s)))
         .map(|(c, s): (Corruption, &Vec<u8>)| {
-            Ok(LabeledSequence { bytes: c.apply(s, &mut eval_rng)?, kind: c.kind(), level: c.level() })
+            Ok(LabeledSequence {
+                bytes: c.apply(s, &mut eval_rng)?,
+                kind: c.kind(),
+                level: c.level(),
+            })
         })
         .collect::<Result<_>>()?;
     let eval_labels: Vec<String> = eval.iter().map(|s| label(s.kind, s.level)).collect();
 
     let lm = CausalLm::new(lm_config())?;
     let inner = TextLm::new(lm, Adam::new(3e-3f32), train_bytes.clone(), BATCH)?;
-    let rater = TextRater { scorer: SequenceScorer::new(rater_config())? };
-    let meta = MetaAdam { lr: 3e-3, weight_decay: 0.01, warmup_steps: 20, clip_norm: 1.0, ..MetaAdam::default() };
+    let rater = TextRater {
+        scorer: SequenceScorer::new(rater_config())?,
+    };
+    let meta = MetaAdam {
+        lr: 3e-3,
+        weight_decay: 0.01,
+        warmup_steps: 20,
+        clip_norm: 1.0,
+        ..MetaAdam::default()
+    };
     let outer = HeldOutText::new(Arc::new(meta_held_out.to_vec()), BATCH, meta)?;
     let config = TrainerConfig {
         outer_steps: args.outer_steps,
@@ -237,16 +325,24 @@ fn main() -> Result<()> {
     let trainer = Trainer::new(&inner, &rater, &outer, config.clone())?;
     let mut state = trainer.init(None);
 
-    let columns: Vec<String> = mix.iter().map(|(c, _)| label(c.kind(), c.level())).collect();
+    let columns: Vec<String> = mix
+        .iter()
+        .map(|(c, _)| label(c.kind(), c.level()))
+        .collect();
     let mut history: Vec<(usize, BTreeMap<String, f64>)> = Vec::new();
     let snapshot = |eta: &Params<Tensor<f32>>| -> Result<BTreeMap<String, f64>> {
-        Ok(relative_weights(&score_sequences(&rater, eta, &eval, 128)?, &eval_labels))
+        Ok(relative_weights(
+            &score_sequences(&rater, eta, &eval, 128)?,
+            &eval_labels,
+        ))
     };
-    println!("\nmean relative weight per corruption on held-out sequences (softmax over all of them x count; 1 = average)");
-    let header: Vec<String> = columns.iter().map(|c| format!("{c:>14}")).collect();
+    println!(
+        "\nmean relative weight per corruption on held-out sequences (softmax over all of them x count; 1 = average)"
+    );
+    let header: Vec<String> = columns.iter().map(|c| format!("{c:>13}")).collect();
     println!("{:>6} {}", "step", header.join(""));
     let print_row = |step: usize, w: &BTreeMap<String, f64>| {
-        let cells: Vec<String> = columns.iter().map(|c| format!("{:>14.3}", w[c])).collect();
+        let cells: Vec<String> = columns.iter().map(|c| format!("{:>13.3}", w[c])).collect();
         println!("{step:>6} {}", cells.join(""));
     };
     let w0 = snapshot(&state.eta)?;
@@ -265,7 +361,11 @@ fn main() -> Result<()> {
                 last_loss,
                 r.grad_norms.iter().sum::<f64>() / r.grad_norms.len() as f64,
                 r.seconds,
-                if r.resets.is_empty() { String::new() } else { format!(", reset {:?}", r.resets) }
+                if r.resets.is_empty() {
+                    String::new()
+                } else {
+                    format!(", reset {:?}", r.resets)
+                }
             );
         }
         if s.step % every == 0 || s.step == args.outer_steps {
@@ -280,7 +380,14 @@ fn main() -> Result<()> {
     save_params(
         args.out.join("rater.safetensors"),
         &state.eta,
-        &[("model", "SequenceScorer"), ("d_model", "32"), ("n_layers", "1"), ("n_heads", "2"), ("d_ff", "64"), ("max_len", "64")],
+        &[
+            ("model", "SequenceScorer"),
+            ("d_model", "32"),
+            ("n_layers", "1"),
+            ("n_heads", "2"),
+            ("d_ff", "64"),
+            ("max_len", "64"),
+        ],
     )?;
 
     // Final scores of the labelled evaluation set.
@@ -291,7 +398,10 @@ fn main() -> Result<()> {
     }
     let write = |name: &str, text: &str| {
         let p = args.out.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::File { path: p.display().to_string(), reason: e.to_string() })
+        std::fs::write(&p, text).map_err(|e| Error::File {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
     };
     write("scores.csv", &csv)?;
     let byte_rows: Vec<(f64, f64)> = eval
@@ -300,9 +410,20 @@ fn main() -> Result<()> {
         .filter(|(s, _)| s.kind == "clean" || s.kind == "byte_replace")
         .map(|(s, &sc)| (s.level, sc))
         .collect();
-    let rho = spearman(&byte_rows.iter().map(|r| r.0).collect::<Vec<_>>(), &byte_rows.iter().map(|r| r.1).collect::<Vec<_>>());
-    let clean: Vec<f64> = byte_rows.iter().filter(|r| r.0 == 0.0).map(|r| r.1).collect();
-    let noisy: Vec<f64> = byte_rows.iter().filter(|r| r.0 >= 0.5).map(|r| r.1).collect();
+    let rho = spearman(
+        &byte_rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        &byte_rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+    );
+    let clean: Vec<f64> = byte_rows
+        .iter()
+        .filter(|r| r.0 == 0.0)
+        .map(|r| r.1)
+        .collect();
+    let noisy: Vec<f64> = byte_rows
+        .iter()
+        .filter(|r| r.0 >= 0.5)
+        .map(|r| r.1)
+        .collect();
     let auc_clean = auc(&clean, &noisy);
     let mean_by_level: Vec<(f64, f64)> = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
         .iter()
@@ -317,11 +438,19 @@ fn main() -> Result<()> {
         println!("  byte replacement {l:>4}: mean score {m:+.3}");
     }
     println!("  mean score decreases monotonically with the level: {monotone}");
-    println!("  Spearman(level, score) over {} sequences: {rho:.3}   (target <= -0.9)", byte_rows.len());
+    println!(
+        "  Spearman(level, score) over {} sequences: {rho:.3}   (target <= -0.9)",
+        byte_rows.len()
+    );
     println!("  AUC clean vs byte replacement >= 0.5: {auc_clean:.3}   (target >= 0.95)");
 
     // Curation.
-    let lm_small = TextLm::new(CausalLm::new(lm_config())?, Adam::new(3e-3f32), train_bytes.clone(), BATCH)?;
+    let lm_small = TextLm::new(
+        CausalLm::new(lm_config())?,
+        Adam::new(3e-3f32),
+        train_bytes.clone(),
+        BATCH,
+    )?;
     let init: Params<Tensor<f32>> = lm_small.init(&mut Rng::new(args.seed ^ 0xfeed));
     let pool_scores = score_sequences(&rater, &state.eta, &pool, 128)?;
     let uniform = |rows: Arc<Vec<usize>>| {
@@ -331,11 +460,26 @@ fn main() -> Result<()> {
             TextBatch::from_pool(&bytes, pick)
         }
     };
-    println!("\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):", args.sweep_steps);
-    let sweep = sweep_discard_fractions(&pool_scores, &datarater::curate::DEFAULT_DISCARD_FRACTIONS, |kept| {
-        let curve = train_curve(&lm_small, &init, args.sweep_steps, args.sweep_steps, meta_held_out, args.seed, uniform(Arc::new(kept.to_vec())))?;
-        Ok(curve.last().expect("non-empty").1)
-    })?;
+    println!(
+        "\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):",
+        args.sweep_steps
+    );
+    let sweep = sweep_discard_fractions(
+        &pool_scores,
+        &datarater::curate::DEFAULT_DISCARD_FRACTIONS,
+        |kept| {
+            let curve = train_curve(
+                &lm_small,
+                &init,
+                args.sweep_steps,
+                args.sweep_steps,
+                meta_held_out,
+                args.seed,
+                uniform(Arc::new(kept.to_vec())),
+            )?;
+            Ok(curve.last().expect("non-empty").1)
+        },
+    )?;
     for p in &sweep.points {
         let kept = discard_bottom(&pool_scores, p.fraction)?;
         let clean_kept = kept.iter().filter(|&&i| pool[i].kind == "clean").count();
@@ -354,19 +498,60 @@ fn main() -> Result<()> {
     let all = Arc::new((0..pool.len()).collect::<Vec<_>>());
     let every_eval = 25;
     let n_draw = draw_size(BATCH, frac)?;
-    println!("\nfresh LMs for {} steps: no filtering / dataset-level discard {:.0}% / online batch filtering (draw {n_draw}, keep top {BATCH})", args.final_steps, frac * 100.0);
+    println!(
+        "\nfresh LMs for {} steps: no filtering / dataset-level discard {:.0}% / online batch filtering (draw {n_draw}, keep top {BATCH})",
+        args.final_steps,
+        frac * 100.0
+    );
     let (baseline, (filtered, batch_filtered)) = rayon::join(
-        || train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, uniform(all.clone())),
+        || {
+            train_curve(
+                &lm_small,
+                &init,
+                args.final_steps,
+                every_eval,
+                test,
+                args.seed,
+                uniform(all.clone()),
+            )
+        },
         || {
             rayon::join(
-                || train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, uniform(kept.clone())),
                 || {
-                    train_curve(&lm_small, &init, args.final_steps, every_eval, test, args.seed, |r: &mut Rng| {
-                        let cand: Vec<usize> = (0..n_draw).map(|_| r.below(pool.len())).collect();
-                        let s = score_sequences(&rater, &state.eta, &cand.iter().map(|&i| &pool[i]).collect::<Vec<_>>(), n_draw)?;
-                        let keep = filter_batch(&s, BATCH)?;
-                        TextBatch::from_pool(&train_bytes, keep.into_iter().map(|k| cand[k]).collect())
-                    })
+                    train_curve(
+                        &lm_small,
+                        &init,
+                        args.final_steps,
+                        every_eval,
+                        test,
+                        args.seed,
+                        uniform(kept.clone()),
+                    )
+                },
+                || {
+                    train_curve(
+                        &lm_small,
+                        &init,
+                        args.final_steps,
+                        every_eval,
+                        test,
+                        args.seed,
+                        |r: &mut Rng| {
+                            let cand: Vec<usize> =
+                                (0..n_draw).map(|_| r.below(pool.len())).collect();
+                            let s = score_sequences(
+                                &rater,
+                                &state.eta,
+                                &cand.iter().map(|&i| &pool[i]).collect::<Vec<_>>(),
+                                n_draw,
+                            )?;
+                            let keep = filter_batch(&s, BATCH)?;
+                            TextBatch::from_pool(
+                                &train_bytes,
+                                keep.into_iter().map(|k| cand[k]).collect(),
+                            )
+                        },
+                    )
                 },
             )
         },
@@ -374,22 +559,51 @@ fn main() -> Result<()> {
     let (baseline, filtered, batch_filtered) = (baseline?, filtered?, batch_filtered?);
     let target = baseline.last().expect("non-empty").1;
     let reach = |c: &[(usize, f64)]| c.iter().find(|p| p.1 <= target).map(|p| p.0);
-    println!("{:>6} {:>12} {:>12} {:>12}", "step", "baseline", "discard", "batch filter");
+    println!(
+        "{:>6} {:>12} {:>12} {:>12}",
+        "step", "baseline", "discard", "batch filter"
+    );
     for ((b, f), g) in baseline.iter().zip(&filtered).zip(&batch_filtered) {
         if b.0 % 100 == 0 || b.0 == args.final_steps {
             println!("{:>6} {:>12.4} {:>12.4} {:>12.4}", b.0, b.1, f.1, g.1);
         }
     }
     let (r_f, r_b) = (reach(&filtered), reach(&batch_filtered));
-    let pct = |r: Option<usize>| r.map_or("never".to_string(), |s| format!("{s} steps ({:.0}% of baseline)", 100.0 * s as f64 / args.final_steps as f64));
-    println!("baseline final test loss {target:.4} after {} steps", args.final_steps);
-    println!("  dataset-level discard reaches it in {}   (target <= 80%)", pct(r_f));
+    let pct = |r: Option<usize>| {
+        r.map_or("never".to_string(), |s| {
+            format!(
+                "{s} steps ({:.0}% of baseline)",
+                100.0 * s as f64 / args.final_steps as f64
+            )
+        })
+    };
+    println!(
+        "baseline final test loss {target:.4} after {} steps",
+        args.final_steps
+    );
+    println!(
+        "  dataset-level discard reaches it in {}   (target <= 80%)",
+        pct(r_f)
+    );
     println!("  online batch filtering reaches it in {}", pct(r_b));
 
     // Plots and summary.
-    let weight_series: Vec<(String, Vec<(f64, f64)>)> =
-        columns.iter().map(|c| (c.clone(), history.iter().map(|(s, w)| (*s as f64, w[c])).collect())).collect();
-    plot_lines(&args.out.join("weights.svg"), "DataRater: mean relative weight per corruption", "outer step", "relative weight", &weight_series)?;
+    let weight_series: Vec<(String, Vec<(f64, f64)>)> = columns
+        .iter()
+        .map(|c| {
+            (
+                c.clone(),
+                history.iter().map(|(s, w)| (*s as f64, w[c])).collect(),
+            )
+        })
+        .collect();
+    plot_lines(
+        &args.out.join("weights.svg"),
+        "DataRater: mean relative weight per corruption",
+        "outer step",
+        "relative weight",
+        &weight_series,
+    )?;
     let to_f = |c: &[(usize, f64)]| c.iter().map(|&(s, l)| (s as f64, l)).collect::<Vec<_>>();
     plot_lines(
         &args.out.join("loss.svg"),
@@ -427,7 +641,14 @@ fn main() -> Result<()> {
         "batch_filter_steps_fraction_of_baseline": r_b.map(|s| s as f64 / args.final_steps as f64),
         "total_seconds": t0.elapsed().as_secs_f64(),
     });
-    write("summary.json", &serde_json::to_string_pretty(&summary).expect("valid json"))?;
-    println!("\nwrote {}/{{weights.svg, loss.svg, scores.csv, summary.json, rater.safetensors}} in {:.0}s total", args.out.display(), t0.elapsed().as_secs_f64());
+    write(
+        "summary.json",
+        &serde_json::to_string_pretty(&summary).expect("valid json"),
+    )?;
+    println!(
+        "\nwrote {}/{{weights.svg, loss.svg, scores.csv, summary.json, rater.safetensors}} in {:.0}s total",
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

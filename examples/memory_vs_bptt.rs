@@ -14,9 +14,9 @@
 //! cargo run --release --example memory_vs_bptt [-- --steps 1,2,4,8,16,32 --reps 3 --f64]
 //! ```
 
-use datarater::alloc::{measure_peak, CountingAlloc};
+use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::data::Corpus;
-use datarater::meta::{meta_gradient, DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater};
+use datarater::meta::{DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater, meta_gradient};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{TextBatch, TextLm, TextRater};
@@ -35,7 +35,13 @@ impl<F: Float, I: InnerLoop<F>> OuterLoop<F, I> for HeldOut {
         unreachable!("batches are drawn by the benchmark")
     }
     fn init_state(&self, _: &Params<Tensor<F>>) {}
-    fn update(&self, eta: &Params<Tensor<F>>, _: &Params<Tensor<F>>, _: &mut (), _: usize) -> Result<Params<Tensor<F>>> {
+    fn update(
+        &self,
+        eta: &Params<Tensor<F>>,
+        _: &Params<Tensor<F>>,
+        _: &mut (),
+        _: usize,
+    ) -> Result<Params<Tensor<F>>> {
         Ok(eta.clone())
     }
 }
@@ -52,11 +58,31 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
     let corpus = Corpus::embedded();
     let pool = Arc::new(corpus.sequences(128)?);
-    let lm = CausalLm::new(TransformerConfig { vocab: 256, d_model: 64, n_layers: 2, n_heads: 4, d_ff: 256, max_len: 128, causal: true })?;
-    let scorer = SequenceScorer::new(TransformerConfig { vocab: 256, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 128, max_len: 128, causal: false })?;
+    let lm = CausalLm::new(TransformerConfig {
+        vocab: 256,
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 4,
+        d_ff: 256,
+        max_len: 128,
+        causal: true,
+    })?;
+    let scorer = SequenceScorer::new(TransformerConfig {
+        vocab: 256,
+        d_model: 32,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 128,
+        max_len: 128,
+        causal: false,
+    })?;
     let inner = TextLm::new(lm, Adam::<F>::new(F::c(1e-3)), pool, 16)?;
     let rater = TextRater { scorer };
-    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &HeldOut };
+    let problem = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &HeldOut,
+    };
     let mut rng = Rng::new(0);
     let theta: Params<Tensor<F>> = inner.init(&mut rng);
     let eta: Params<Tensor<F>> = rater.init(&mut rng);
@@ -68,7 +94,18 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
         mib(theta.nbytes()),
         eta.numel()
     );
-    println!("{:>3} | {:>12} {:>12} {:>12} | {:>8} | {:>10} {:>10} {:>10} | {:>12}", "T", "unrolled MiB", "mixed MiB", "ckpt MiB", "unr/mix", "unrolled s", "mixed s", "ckpt s", "mixed faster");
+    println!(
+        "{:>3} | {:>12} {:>12} {:>12} | {:>8} | {:>10} {:>10} {:>10} | {:>12}",
+        "T",
+        "unrolled MiB",
+        "mixed MiB",
+        "ckpt MiB",
+        "unr/mix",
+        "unrolled s",
+        "mixed s",
+        "ckpt s",
+        "mixed faster"
+    );
     for &t in steps {
         let batches: Vec<TextBatch> = (0..t).map(|_| inner.sample_batch(&mut rng)).collect();
         let outer = inner.sample_batch(&mut rng);
@@ -78,7 +115,11 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
             let (mut peak, mut secs) = (0, Vec::new());
             for _ in 0..reps {
                 let start = Instant::now();
-                let (r, p) = measure_peak(|| meta_gradient(mode, &problem, &inner.opt, &eta, &theta, &state, &batches, &outer));
+                let (r, p) = measure_peak(|| {
+                    meta_gradient(
+                        mode, &problem, &inner.opt, &eta, &theta, &state, &batches, &outer,
+                    )
+                });
                 secs.push(start.elapsed().as_secs_f64());
                 peak = peak.max(p);
                 grads.push(r?.grad);
@@ -104,16 +145,43 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let steps: Vec<usize> = value("--steps")
         .unwrap_or_else(|| "1,2,4,8,16,32".into())
         .split(',')
-        .map(|s| s.trim().parse().map_err(|_| datarater::Error::Config { field: "--steps", reason: format!("`{s}` is not a number") }))
+        .map(|s| {
+            s.trim().parse().map_err(|_| datarater::Error::Config {
+                field: "--steps",
+                reason: format!("`{s}` is not a number"),
+            })
+        })
         .collect::<Result<_>>()?;
-    let reps: usize = value("--reps").map_or(Ok(3), |s| s.parse().map_err(|_| datarater::Error::Config { field: "--reps", reason: format!("`{s}` is not a number") }))?;
-    println!("memory_vs_bptt: one meta-gradient of the held-out loss w.r.t. the rater, through T Adam steps");
-    println!("inner: causal pre-LN transformer, vocab 256, width 64, 2 layers, 4 heads, MLP 256, GELU, learned positions; 128-byte sequences, batch 16, Adam lr 1e-3");
-    println!("rater: bidirectional transformer, width 32, 1 layer, 2 heads, mean-pooled; outer batch 16; checkpointed mode stores every ceil(sqrt(T))-th state");
-    println!("peak = real heap bytes (counting allocator) above the live bytes at the call; time = median of {reps} runs\n");
-    if args.iter().any(|a| a == "--f64") { run::<f64>(&steps, reps) } else { run::<f32>(&steps, reps) }
+    let reps: usize = value("--reps").map_or(Ok(3), |s| {
+        s.parse().map_err(|_| datarater::Error::Config {
+            field: "--reps",
+            reason: format!("`{s}` is not a number"),
+        })
+    })?;
+    println!(
+        "memory_vs_bptt: one meta-gradient of the held-out loss w.r.t. the rater, through T Adam steps"
+    );
+    println!(
+        "inner: causal pre-LN transformer, vocab 256, width 64, 2 layers, 4 heads, MLP 256, GELU, learned positions; 128-byte sequences, batch 16, Adam lr 1e-3"
+    );
+    println!(
+        "rater: bidirectional transformer, width 32, 1 layer, 2 heads, mean-pooled; outer batch 16; checkpointed mode stores every ceil(sqrt(T))-th state"
+    );
+    println!(
+        "peak = real heap bytes (counting allocator) above the live bytes at the call; time = median of {reps} runs\n"
+    );
+    if args.iter().any(|a| a == "--f64") {
+        run::<f64>(&steps, reps)
+    } else {
+        run::<f32>(&steps, reps)
+    }
 }

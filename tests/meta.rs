@@ -4,8 +4,10 @@
 //! The problems are written against the public traits only, as a downstream crate would.
 
 use datarater::autodiff::check::compare;
-use datarater::meta::{meta_gradient, DataRaterProblem, InnerLoop, MetaProblem, Mode, OuterLoop, Rater};
-use datarater::nn::{normal, Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig};
+use datarater::meta::{
+    DataRaterProblem, InnerLoop, MetaProblem, Mode, OuterLoop, Rater, meta_gradient,
+};
+use datarater::nn::{Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
 use datarater::transforms::value_and_grad;
 use datarater::{Error, Indices, Params, Result, Rng, Tensor, Value, Var};
@@ -46,8 +48,16 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Regression<O> {
             x.index_axis_mut(ndarray::Axis(1), 2).fill(0.0);
         }
         let noise = normal::<f64>(rng, &[n, 1], 0.3);
-        let y = Tensor::from_array(x.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1)).mapv(f64::sin) + noise.array());
-        XyBatch { x: Tensor::from_array(x), y }
+        let y = Tensor::from_array(
+            x.sum_axis(ndarray::Axis(1))
+                .insert_axis(ndarray::Axis(1))
+                .mapv(f64::sin)
+                + noise.array(),
+        );
+        XyBatch {
+            x: Tensor::from_array(x),
+            y,
+        }
     }
 }
 
@@ -58,7 +68,9 @@ impl Rater<f64, XyBatch> for XyRater {
         self.0.init(rng)
     }
     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &XyBatch) -> Result<V> {
-        let xy = V::constant(Tensor::from_array(ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap()));
+        let xy = V::constant(Tensor::from_array(
+            ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap(),
+        ));
         let n = b.x.shape()[0];
         Ok(self.0.forward(eta, &xy)?.reshape(&[n]))
     }
@@ -73,7 +85,13 @@ impl<I: InnerLoop<f64>> OuterLoop<f64, I> for MeanHeldOut {
         unreachable!("the tests pass held-out batches explicitly")
     }
     fn init_state(&self, _: &Params<Tensor<f64>>) {}
-    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), _: usize) -> Result<Params<Tensor<f64>>> {
+    fn update(
+        &self,
+        eta: &Params<Tensor<f64>>,
+        g: &Params<Tensor<f64>>,
+        _: &mut (),
+        _: usize,
+    ) -> Result<Params<Tensor<f64>>> {
         eta.add_scaled(g, -0.1)
     }
 }
@@ -109,7 +127,10 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Lm<O> {
         let rows: Vec<&[usize]> = seq.chunks(t + 1).collect();
         let inputs = rows.iter().flat_map(|r| r[..t].to_vec()).collect();
         let targets = rows.iter().flat_map(|r| r[1..].to_vec()).collect();
-        TokBatch { inputs: Indices::new(&[n, t], inputs).unwrap(), targets: Indices::new(&[n, t], targets).unwrap() }
+        TokBatch {
+            inputs: Indices::new(&[n, t], inputs).unwrap(),
+            targets: Indices::new(&[n, t], targets).unwrap(),
+        }
     }
 }
 
@@ -125,7 +146,15 @@ impl Rater<f64, TokBatch> for TokRater {
 }
 
 fn tiny(causal: bool) -> TransformerConfig {
-    TransformerConfig { vocab: 7, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 5, causal }
+    TransformerConfig {
+        vocab: 7,
+        d_model: 8,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 16,
+        max_len: 5,
+        causal,
+    }
 }
 
 // ---- the checks --------------------------------------------------------------------
@@ -170,41 +199,75 @@ fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
     for every in [2, 3] {
         let ck = run(Mode::Checkpointed { every });
         let r = compare(&ck.grad, &mixed.grad).unwrap();
-        assert!(r.ok(1e-9), "{label}: checkpointed(every={every}) vs mixed {r:?}");
+        assert!(
+            r.ok(1e-9),
+            "{label}: checkpointed(every={every}) vs mixed {r:?}"
+        );
         assert_eq!(ck.outer_loss, mixed.outer_loss, "{label}");
     }
     let r = compare(&unrolled.grad, &mixed.grad).unwrap();
     assert!(r.ok(1e-9), "{label}: unrolled vs mixed {r:?}");
-    assert!((unrolled.outer_loss - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0), "{label}");
+    assert!(
+        (unrolled.outer_loss - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0),
+        "{label}"
+    );
     assert_eq!(mixed.stats.steps, batches.len());
     let j = |e: &Params<Tensor<f64>>| rollout(p, opt, e, theta, &state, batches, outer);
-    assert!((j(eta) - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0), "{label}: outer loss");
+    assert!(
+        (j(eta) - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0),
+        "{label}: outer loss"
+    );
     let eps = if dirs == 0 { 1e-5 } else { 1e-6 };
     if dirs == 0 {
         let fd = datarater::autodiff::check::fd_gradient(j, eta, eps);
         let r = compare(&mixed.grad, &fd).unwrap();
         // Relative to the gradient's scale, with a floor at the differences' round-off.
-        assert!(r.ok(1e-5) || r.max_abs < 1e-10, "{label}: mixed vs finite differences {r:?}");
+        assert!(
+            r.ok(1e-5) || r.max_abs < 1e-10,
+            "{label}: mixed vs finite differences {r:?}"
+        );
     }
     for _ in 0..dirs {
         let d = eta.map(|t| normal(rng, t.shape(), 1.0));
-        let fd = (j(&eta.add_scaled(&d, eps).unwrap()) - j(&eta.add_scaled(&d, -eps).unwrap())) / (2.0 * eps);
+        let fd = (j(&eta.add_scaled(&d, eps).unwrap()) - j(&eta.add_scaled(&d, -eps).unwrap()))
+            / (2.0 * eps);
         let an = mixed.grad.dot(&d).unwrap();
         // Relative, with a floor at the central difference's round-off (|J| eps_mach / eps).
-        assert!((an - fd).abs() <= 1e-5 * an.abs().max(fd.abs()) + 1e-9, "{label}: directional {an} vs fd {fd}");
+        assert!(
+            (an - fd).abs() <= 1e-5 * an.abs().max(fd.abs()) + 1e-9,
+            "{label}: directional {an} vs fd {fd}"
+        );
     }
 }
 
 fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_feature: bool) {
     let mut rng = Rng::new(42);
-    let inner = Regression { mlp: Mlp::new(&[3, 6, 1], Activation::Tanh).unwrap(), opt: opt.clone(), dead_feature };
+    let inner = Regression {
+        mlp: Mlp::new(&[3, 6, 1], Activation::Tanh).unwrap(),
+        opt: opt.clone(),
+        dead_feature,
+    };
     let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
-    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &MeanHeldOut };
+    let problem = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanHeldOut,
+    };
     let theta = inner.init(&mut rng);
     let eta = rater.init(&mut rng);
     let batches: Vec<XyBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
     let outer = inner.sample_batch(&mut rng);
-    check_modes(&format!("{label}, T={steps}"), &problem, &opt, &eta, &theta, &batches, &outer, 0, &mut rng);
+    check_modes(
+        &format!("{label}, T={steps}"),
+        &problem,
+        &opt,
+        &eta,
+        &theta,
+        &batches,
+        &outer,
+        0,
+        &mut rng,
+    );
 }
 
 fn all_optimisers(steps: usize) {
@@ -245,14 +308,33 @@ fn adam_with_exact_zero_gradients_gives_finite_meta_gradients() {
 
 fn lm_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize) {
     let mut rng = Rng::new(7);
-    let inner = Lm { lm: CausalLm::new(tiny(true)).unwrap(), opt: opt.clone() };
+    let inner = Lm {
+        lm: CausalLm::new(tiny(true)).unwrap(),
+        opt: opt.clone(),
+    };
     let rater = TokRater(SequenceScorer::new(tiny(false)).unwrap());
-    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &MeanHeldOut };
+    let problem = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanHeldOut,
+    };
     let theta = inner.init(&mut rng);
-    let eta = rater.init(&mut rng).map(|t| Tensor::from_array(t.array() * 20.0));
+    let eta = rater
+        .init(&mut rng)
+        .map(|t| Tensor::from_array(t.array() * 20.0));
     let batches: Vec<TokBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
     let outer = inner.sample_batch(&mut rng);
-    check_modes(&format!("{label}, T={steps}"), &problem, &opt, &eta, &theta, &batches, &outer, 3, &mut rng);
+    check_modes(
+        &format!("{label}, T={steps}"),
+        &problem,
+        &opt,
+        &eta,
+        &theta,
+        &batches,
+        &outer,
+        3,
+        &mut rng,
+    );
 }
 
 #[test]
@@ -274,24 +356,46 @@ struct Quadratic {
 
 impl MetaProblem<f64> for Quadratic {
     type Batch = ();
-    fn inner_loss<V: Value<F = f64>>(&self, theta: &Params<V>, eta: &Params<V>, _: &()) -> Result<V> {
+    fn inner_loss<V: Value<F = f64>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        _: &(),
+    ) -> Result<V> {
         Ok(theta["w"].sub(&eta["w"]).square().sum_all().scale(0.5))
     }
     fn outer_loss<V: Value<F = f64>>(&self, theta: &Params<V>, _: &()) -> Result<V> {
-        Ok(theta["w"].sub(&V::constant(self.c.clone())).square().sum_all().scale(0.5))
+        Ok(theta["w"]
+            .sub(&V::constant(self.c.clone()))
+            .square()
+            .sum_all()
+            .scale(0.5))
     }
 }
 
 #[test]
 fn custom_inner_objective_matches_closed_form() {
-    let w = |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[3], v).unwrap())]);
+    let w =
+        |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[3], v).unwrap())]);
     let (theta, eta) = (w(vec![1.0, -2.0, 0.5]), w(vec![0.3, 0.1, -1.0]));
-    let problem = Quadratic { c: Tensor::from_vec(&[3], vec![2.0, 0.0, 1.0]).unwrap() };
+    let problem = Quadratic {
+        c: Tensor::from_vec(&[3], vec![2.0, 0.0, 1.0]).unwrap(),
+    };
     let (lr, steps) = (0.3, 5);
     let opt = Sgd::new(lr);
     let decay = (1.0f64 - lr).powi(steps as i32);
     for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 0 }] {
-        let r = meta_gradient(mode, &problem, &opt, &eta, &theta, &opt.init(&theta), &vec![(); steps], &()).unwrap();
+        let r = meta_gradient(
+            mode,
+            &problem,
+            &opt,
+            &eta,
+            &theta,
+            &opt.init(&theta),
+            &vec![(); steps],
+            &(),
+        )
+        .unwrap();
         for i in 0..3 {
             let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
             let expect = (1.0 - decay) * (th - problem.c.to_vec()[i]);
@@ -307,7 +411,12 @@ struct BlowsUp;
 
 impl MetaProblem<f64> for BlowsUp {
     type Batch = ();
-    fn inner_loss<V: Value<F = f64>>(&self, theta: &Params<V>, eta: &Params<V>, _: &()) -> Result<V> {
+    fn inner_loss<V: Value<F = f64>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        _: &(),
+    ) -> Result<V> {
         let t = &theta["w"];
         Ok(t.mul(&eta["w"]).sum_all().add(&t.ln().sum_all().scale(0.0)))
     }
@@ -318,12 +427,23 @@ impl MetaProblem<f64> for BlowsUp {
 
 #[test]
 fn non_finite_values_name_the_step_and_leave_inputs_intact() {
-    let w = |x: f64| Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![x]).unwrap())]);
+    let w =
+        |x: f64| Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![x]).unwrap())]);
     let (theta, eta) = (w(1.5), w(1.0));
     let (theta_before, eta_before) = (theta.clone(), eta.clone());
     let opt = Sgd::new(1.0);
     for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }] {
-        let err = meta_gradient(mode, &BlowsUp, &opt, &eta, &theta, &opt.init(&theta), &[(); 4], &()).unwrap_err();
+        let err = meta_gradient(
+            mode,
+            &BlowsUp,
+            &opt,
+            &eta,
+            &theta,
+            &opt.init(&theta),
+            &[(); 4],
+            &(),
+        )
+        .unwrap_err();
         match err {
             Error::NonFinite { step, quantity } => {
                 assert_eq!(step, 2, "{mode:?}: {quantity}");
@@ -332,7 +452,19 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
             other => panic!("{mode:?}: expected NonFinite, got {other:?}"),
         }
         // Two steps are fine.
-        assert!(meta_gradient(mode, &BlowsUp, &opt, &eta, &theta, &opt.init(&theta), &[(); 2], &()).is_ok());
+        assert!(
+            meta_gradient(
+                mode,
+                &BlowsUp,
+                &opt,
+                &eta,
+                &theta,
+                &opt.init(&theta),
+                &[(); 2],
+                &()
+            )
+            .is_ok()
+        );
     }
     assert_eq!(theta, theta_before);
     assert_eq!(eta, eta_before);
@@ -342,6 +474,13 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
 fn empty_window_is_a_config_error() {
     let w = Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![1.0]).unwrap())]);
     let opt = Sgd::new(0.1);
-    let err = meta_gradient(Mode::Mixed, &BlowsUp, &opt, &w, &w, &opt.init(&w), &[], &()).unwrap_err();
-    assert!(matches!(err, Error::Config { field: "batches", .. }));
+    let err =
+        meta_gradient(Mode::Mixed, &BlowsUp, &opt, &w, &w, &opt.init(&w), &[], &()).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Config {
+            field: "batches",
+            ..
+        }
+    ));
 }

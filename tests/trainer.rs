@@ -3,28 +3,50 @@
 
 use datarater::data::Corpus;
 use datarater::io::{load_params, save_params};
-use datarater::meta::{meta_gradient, DataRaterProblem, InnerLoop, Mode, OuterLoop};
+use datarater::meta::{DataRaterProblem, InnerLoop, Mode, OuterLoop, meta_gradient};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
-use datarater::trainer::{score_sequences, HeldOutText, MetaAdam, MetaAdamState, TextLm, TextRater, Trainer, TrainerConfig};
+use datarater::trainer::{
+    HeldOutText, MetaAdam, MetaAdamState, TextLm, TextRater, Trainer, TrainerConfig,
+    score_sequences,
+};
 use datarater::{Error, Params, Result, Rng, Tensor};
 use std::sync::Arc;
 
 fn cfg(causal: bool) -> TransformerConfig {
-    TransformerConfig { vocab: 256, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 12, causal }
+    TransformerConfig {
+        vocab: 256,
+        d_model: 8,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 16,
+        max_len: 12,
+        causal,
+    }
 }
 
-fn setup() -> (TextLm<Adam<f64>>, TextRater, Arc<Vec<Vec<u8>>>) {
+type Setup = (TextLm<Adam<f64>>, TextRater, Arc<Vec<Vec<u8>>>);
+
+fn setup() -> Setup {
     let seqs = Corpus::embedded().sequences(12).unwrap();
     let train = Arc::new(seqs[..200].to_vec());
     let held = Arc::new(seqs[200..260].to_vec());
     let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2), train, 4).unwrap();
-    let rater = TextRater { scorer: SequenceScorer::new(cfg(false)).unwrap() };
+    let rater = TextRater {
+        scorer: SequenceScorer::new(cfg(false)).unwrap(),
+    };
     (inner, rater, held)
 }
 
 fn config(seed: u64) -> TrainerConfig {
-    TrainerConfig { outer_steps: 4, inner_steps: 2, population: 3, reset_every: 3, mode: Mode::Mixed, seed }
+    TrainerConfig {
+        outer_steps: 4,
+        inner_steps: 2,
+        population: 3,
+        reset_every: 3,
+        mode: Mode::Mixed,
+        seed,
+    }
 }
 
 /// Meta-update `eta + meta_grad` (so the rater's new value reveals the gradient).
@@ -37,7 +59,13 @@ impl OuterLoop<f64, TextLm<Adam<f64>>> for AddGradient {
         datarater::trainer::TextBatch::from_pool(&self.0, rows).unwrap()
     }
     fn init_state(&self, _: &Params<Tensor<f64>>) {}
-    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), _: usize) -> Result<Params<Tensor<f64>>> {
+    fn update(
+        &self,
+        eta: &Params<Tensor<f64>>,
+        g: &Params<Tensor<f64>>,
+        _: &mut (),
+        _: usize,
+    ) -> Result<Params<Tensor<f64>>> {
         eta.add_scaled(g, 1.0)
     }
 }
@@ -47,19 +75,42 @@ fn new_rater_is_the_mean_of_the_per_model_updates() {
     let (inner, rater, held) = setup();
     let outer = AddGradient(held);
     // No resets here: a reset draws a new initialisation from the model's stream first.
-    let trainer = Trainer::new(&inner, &rater, &outer, TrainerConfig { reset_every: 0, ..config(1) }).unwrap();
+    let trainer = Trainer::new(
+        &inner,
+        &rater,
+        &outer,
+        TrainerConfig {
+            reset_every: 0,
+            ..config(1)
+        },
+    )
+    .unwrap();
     let mut state = trainer.init(None);
     trainer.step(&mut state).unwrap();
     let before = state.clone();
     trainer.step(&mut state).unwrap();
     // Recompute each model's meta-gradient independently from its saved state and stream.
-    let problem = DataRaterProblem { inner: &inner, rater: &rater, outer: &outer };
+    let problem = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &outer,
+    };
     let mut expect = before.eta.clone();
     for m in &before.members {
         let mut rng = m.rng.clone();
         let batches: Vec<_> = (0..2).map(|_| inner.sample_batch(&mut rng)).collect();
         let held_out = outer.sample_batch(&mut rng);
-        let r = meta_gradient(Mode::Mixed, &problem, &inner.opt, &before.eta, &m.theta, &m.opt_state, &batches, &held_out).unwrap();
+        let r = meta_gradient(
+            Mode::Mixed,
+            &problem,
+            &inner.opt,
+            &before.eta,
+            &m.theta,
+            &m.opt_state,
+            &batches,
+            &held_out,
+        )
+        .unwrap();
         expect = expect.add_scaled(&r.grad, 1.0 / 3.0).unwrap();
     }
     let diff = datarater::autodiff::check::compare(&state.eta, &expect).unwrap();
@@ -69,14 +120,21 @@ fn new_rater_is_the_mean_of_the_per_model_updates() {
 
 #[test]
 fn resets_are_staggered_across_the_population() {
-    let c = TrainerConfig { population: 4, reset_every: 8, ..config(0) };
+    let c = TrainerConfig {
+        population: 4,
+        reset_every: 8,
+        ..config(0)
+    };
     let offsets: Vec<usize> = (0..4).map(|i| c.reset_offset(i)).collect();
     assert_eq!(offsets, vec![0, 2, 4, 6]);
-    for i in 0..4 {
+    for (i, offset) in offsets.iter().enumerate() {
         let resets: Vec<usize> = (0..40).filter(|&k| c.resets_at(i, k)).collect();
         assert!(!resets.contains(&0));
-        assert!(resets.windows(2).all(|w| w[1] - w[0] == 8), "model {i}: {resets:?}");
-        assert_eq!(resets[0], 8 - offsets[i], "model {i}");
+        assert!(
+            resets.windows(2).all(|w| w[1] - w[0] == 8),
+            "model {i}: {resets:?}"
+        );
+        assert_eq!(resets[0], 8 - offset, "model {i}");
     }
     // And the trainer applies the schedule: ages restart at each model's own reset.
     let (inner, rater, held) = setup();
@@ -119,7 +177,13 @@ impl OuterLoop<f64, TextLm<Adam<f64>>> for BlowsUpAt2 {
         AddGradient(self.0.clone()).sample_batch(rng)
     }
     fn init_state(&self, _: &Params<Tensor<f64>>) {}
-    fn update(&self, eta: &Params<Tensor<f64>>, g: &Params<Tensor<f64>>, _: &mut (), step: usize) -> Result<Params<Tensor<f64>>> {
+    fn update(
+        &self,
+        eta: &Params<Tensor<f64>>,
+        g: &Params<Tensor<f64>>,
+        _: &mut (),
+        step: usize,
+    ) -> Result<Params<Tensor<f64>>> {
         eta.add_scaled(g, if step == 2 { f64::NAN } else { -0.1 })
     }
 }
@@ -147,11 +211,18 @@ fn a_non_finite_update_is_reported_and_the_last_good_rater_kept() {
 
 #[test]
 fn meta_adam_warms_up_clips_and_decays() {
-    let meta = MetaAdam { lr: 0.1, weight_decay: 0.5, warmup_steps: 4, clip_norm: 1.0, ..MetaAdam::default() };
+    let meta = MetaAdam {
+        lr: 0.1,
+        weight_decay: 0.5,
+        warmup_steps: 4,
+        clip_norm: 1.0,
+        ..MetaAdam::default()
+    };
     assert!((meta.lr_at(0) - 0.025).abs() < 1e-15);
     assert!((meta.lr_at(3) - 0.1).abs() < 1e-15);
     assert!((meta.lr_at(100) - 0.1).abs() < 1e-15);
-    let p = |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[2], v).unwrap())]);
+    let p =
+        |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[2], v).unwrap())]);
     let eta = p(vec![1.0, -2.0]);
     // A huge gradient is clipped to norm 1; Adam's first step is then lr * g/|g| elementwise
     // sign (m_hat / sqrt(v_hat) = sign), plus decoupled decay lr * wd * eta.
@@ -159,14 +230,27 @@ fn meta_adam_warms_up_clips_and_decays() {
     let mut st: MetaAdamState<f64> = meta.init(&eta);
     let new = meta.update(&eta, &g, &mut st, 0).unwrap();
     let lr = 0.025;
-    let expect = [1.0 - lr * (1.0 + 0.5 * 1.0), -2.0 - lr * (-1.0 + 0.5 * -2.0)];
+    let expect = [
+        1.0 - lr * (1.0 + 0.5 * 1.0),
+        -2.0 - lr * (-1.0 + 0.5 * -2.0),
+    ];
     for (a, b) in new["w"].to_vec().iter().zip(expect) {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     assert_eq!(st.t, 1);
     // The clipped gradient, not the raw one, is in the moments.
     assert!((st.m["w"].to_vec()[0] - 0.1 * 0.6).abs() < 1e-12);
-    assert!(matches!(MetaAdam { lr: -1.0, ..meta.clone() }.validate(), Err(Error::Config { field: "meta lr", .. })));
+    assert!(matches!(
+        MetaAdam {
+            lr: -1.0,
+            ..meta.clone()
+        }
+        .validate(),
+        Err(Error::Config {
+            field: "meta lr",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -182,7 +266,10 @@ fn rater_round_trips_through_a_file() {
     save_params(&path, &state.eta, &[("model", "SequenceScorer")]).unwrap();
     let (loaded, meta) = load_params::<f64>(&path).unwrap();
     assert_eq!(loaded, state.eta);
-    assert_eq!(meta.get("model").map(String::as_str), Some("SequenceScorer"));
+    assert_eq!(
+        meta.get("model").map(String::as_str),
+        Some("SequenceScorer")
+    );
     let a = score_sequences(&rater, &state.eta, &held[..10], 4).unwrap();
     let b = score_sequences(&rater, &loaded, &held[..10], 4).unwrap();
     assert_eq!(a, b);
@@ -196,9 +283,30 @@ fn rater_round_trips_through_a_file() {
 fn bad_config_names_the_field() {
     let (inner, rater, held) = setup();
     let outer = HeldOutText::new(held.clone(), 4, MetaAdam::default()).unwrap();
-    let bad = TrainerConfig { population: 0, ..config(0) };
-    assert!(matches!(Trainer::new(&inner, &rater, &outer, bad), Err(Error::Config { field: "population", .. })));
-    let bad = TrainerConfig { mode: Mode::Checkpointed { every: 5 }, ..config(0) };
-    assert!(matches!(Trainer::new(&inner, &rater, &outer, bad), Err(Error::Config { field: "mode", .. })));
-    assert!(matches!(HeldOutText::new(Arc::new(vec![]), 4, MetaAdam::default()), Err(Error::Config { field: "held_out", .. })));
+    let bad = TrainerConfig {
+        population: 0,
+        ..config(0)
+    };
+    assert!(matches!(
+        Trainer::new(&inner, &rater, &outer, bad),
+        Err(Error::Config {
+            field: "population",
+            ..
+        })
+    ));
+    let bad = TrainerConfig {
+        mode: Mode::Checkpointed { every: 5 },
+        ..config(0)
+    };
+    assert!(matches!(
+        Trainer::new(&inner, &rater, &outer, bad),
+        Err(Error::Config { field: "mode", .. })
+    ));
+    assert!(matches!(
+        HeldOutText::new(Arc::new(vec![]), 4, MetaAdam::default()),
+        Err(Error::Config {
+            field: "held_out",
+            ..
+        })
+    ));
 }

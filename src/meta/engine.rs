@@ -77,13 +77,23 @@ impl<F: Float> Step<F> {
 
 fn finite<F: Float>(p: &Params<Tensor<F>>, step: usize, quantity: &str) -> Result<()> {
     match p.first_non_finite() {
-        Some(name) => Err(Error::NonFinite { step, quantity: format!("{quantity} (`{name}`)") }),
+        Some(name) => Err(Error::NonFinite {
+            step,
+            quantity: format!("{quantity} (`{name}`)"),
+        }),
         None => Ok(()),
     }
 }
 
 fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
-    if x.is_finite() { Ok(()) } else { Err(Error::NonFinite { step, quantity: quantity.to_string() }) }
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
+            step,
+            quantity: quantity.to_string(),
+        })
+    }
 }
 
 /// The meta-gradient of `J(theta_T)` with respect to the rater parameters `eta`, where
@@ -104,14 +114,41 @@ pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     outer_batch: &P::Batch,
 ) -> Result<MetaGradient<F>> {
     if batches.is_empty() {
-        return Err(Error::Config { field: "batches", reason: "need at least one inner step".into() });
+        return Err(Error::Config {
+            field: "batches",
+            reason: "need at least one inner step".into(),
+        });
     }
     match mode {
         Mode::Unrolled => unrolled(problem, opt, eta, theta, state, batches, outer_batch),
-        Mode::Mixed => mixed(problem, opt, eta, theta, state, batches, outer_batch, 1, true),
+        Mode::Mixed => mixed(
+            problem,
+            opt,
+            eta,
+            theta,
+            state,
+            batches,
+            outer_batch,
+            1,
+            true,
+        ),
         Mode::Checkpointed { every } => {
-            let k = if every == 0 { (batches.len() as f64).sqrt().ceil() as usize } else { every };
-            mixed(problem, opt, eta, theta, state, batches, outer_batch, k, false)
+            let k = if every == 0 {
+                (batches.len() as f64).sqrt().ceil() as usize
+            } else {
+                every
+            };
+            mixed(
+                problem,
+                opt,
+                eta,
+                theta,
+                state,
+                batches,
+                outer_batch,
+                k,
+                false,
+            )
         }
     }
 }
@@ -148,7 +185,10 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
 ) -> Result<MetaGradient<F>> {
     let n = batches.len();
     let eta_c = eta.map(|e| Var::constant_of(e.clone()));
-    let mut stats = MetaStats { steps: n, ..MetaStats::default() };
+    let mut stats = MetaStats {
+        steps: n,
+        ..MetaStats::default()
+    };
     let mut inner_losses = Vec::with_capacity(n);
 
     // Forward sweep: keep the state at the start of every segment.
@@ -158,17 +198,23 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         let (loss, g, th, st) = inner_step(problem, opt, &eta_c, &theta, &state, batch, t)?;
         inner_losses.push(loss);
         if t % every == 0 {
-            stored.push(Step { theta, state, grad: keep_grads.then_some(g) });
+            stored.push(Step {
+                theta,
+                state,
+                grad: keep_grads.then_some(g),
+            });
         }
         (theta, state) = (th, st);
     }
     stats.trajectory_bytes = stored.iter().map(Step::nbytes).sum();
 
     // Backward sweep.
-    let (outer_loss, mut theta_bar) = value_and_grad(|th| problem.outer_loss(th, outer_batch), &theta)?;
+    let (outer_loss, mut theta_bar) =
+        value_and_grad(|th| problem.outer_loss(th, outer_batch), &theta)?;
     finite_scalar(outer_loss.item(), n, "outer loss")?;
     finite(&theta_bar, n, "outer gradient")?;
-    let mut state_bar: Vec<Params<Tensor<F>>> = state.slots.iter().map(Params::zeros_like).collect();
+    let mut state_bar: Vec<Params<Tensor<F>>> =
+        state.slots.iter().map(Params::zeros_like).collect();
     let mut eta_bar = eta.zeros_like();
     for seg in (0..stored.len()).rev() {
         let start = seg * every;
@@ -179,10 +225,15 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         for (t, batch) in batches.iter().enumerate().take(end).skip(start) {
             let s = segment.last_mut().expect("non-empty");
             if s.grad.is_none() {
-                let (_, g, th, st) = inner_step(problem, opt, &eta_c, &s.theta, &s.state, batch, t)?;
+                let (_, g, th, st) =
+                    inner_step(problem, opt, &eta_c, &s.theta, &s.state, batch, t)?;
                 s.grad = Some(g);
                 if t + 1 < end {
-                    segment.push(Step { theta: th, state: st, grad: None });
+                    segment.push(Step {
+                        theta: th,
+                        state: st,
+                        grad: None,
+                    });
                 }
                 stats.recomputed_steps += 1;
             }
@@ -199,7 +250,8 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 &[Some(&adj.grad), None],
             )?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(r.tape_bytes);
-            let [h_gbar, m_gbar]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
+            let [h_gbar, m_gbar]: [Params<Tensor<F>>; 2] =
+                r.tangents.try_into().expect("two groups");
             finite(&h_gbar, t, "Hessian-vector product")?;
             finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
             theta_bar = adj.theta.add_scaled(&h_gbar, F::one())?;
@@ -207,7 +259,14 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             state_bar = adj.state;
         }
     }
-    Ok(MetaGradient { grad: eta_bar, outer_loss: outer_loss.item(), inner_losses, theta, state, stats })
+    Ok(MetaGradient {
+        grad: eta_bar,
+        outer_loss: outer_loss.item(),
+        inner_losses,
+        theta,
+        state,
+        stats,
+    })
 }
 
 fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
@@ -226,7 +285,10 @@ fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     let eta_in = eta_v.map(|e| Var::constant_of(e.clone()));
     let lift = |p: &Params<Tensor<F>>| p.map(|x| Var::constant_of(x.clone()));
     let mut theta = lift(theta0);
-    let mut state = OptState { step: state0.step, slots: state0.slots.iter().map(lift).collect() };
+    let mut state = OptState {
+        step: state0.step,
+        slots: state0.slots.iter().map(lift).collect(),
+    };
     let mut inner_losses = Vec::with_capacity(n);
     for (t, batch) in batches.iter().enumerate() {
         // The inner backward pass runs on values recorded on the outer tape.
@@ -250,7 +312,15 @@ fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         outer_loss: j.item(),
         inner_losses,
         theta: unlift(&theta),
-        state: OptState { step: state.step, slots: state.slots.iter().map(unlift).collect() },
-        stats: MetaStats { steps: n, peak_tape_bytes: peak, trajectory_bytes: 0, recomputed_steps: 0 },
+        state: OptState {
+            step: state.step,
+            slots: state.slots.iter().map(unlift).collect(),
+        },
+        stats: MetaStats {
+            steps: n,
+            peak_tape_bytes: peak,
+            trajectory_bytes: 0,
+            recomputed_steps: 0,
+        },
     })
 }

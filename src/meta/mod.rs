@@ -6,7 +6,7 @@
 
 mod engine;
 
-pub use engine::{meta_gradient, MetaGradient, MetaStats, Mode};
+pub use engine::{MetaGradient, MetaStats, Mode, meta_gradient};
 
 use crate::autodiff::{Float, Params, Tensor, Value};
 use crate::error::Result;
@@ -34,7 +34,11 @@ pub trait InnerLoop<F: Float>: Sync {
     /// The inner optimiser.
     fn optimizer(&self) -> &Self::Opt;
     /// Per-example losses `[batch]`.
-    fn per_example_loss<V: Value<F = F>>(&self, theta: &Params<V>, batch: &Self::Batch) -> Result<V>;
+    fn per_example_loss<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        batch: &Self::Batch,
+    ) -> Result<V>;
     /// Draws a training batch.
     fn sample_batch(&self, rng: &mut Rng) -> Self::Batch;
 }
@@ -70,7 +74,12 @@ pub trait MetaProblem<F: Float>: Sync {
     /// A batch.
     type Batch: Sync + Send;
     /// The scalar inner objective.
-    fn inner_loss<V: Value<F = F>>(&self, theta: &Params<V>, eta: &Params<V>, batch: &Self::Batch) -> Result<V>;
+    fn inner_loss<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        batch: &Self::Batch,
+    ) -> Result<V>;
     /// The scalar outer objective.
     fn outer_loss<V: Value<F = F>>(&self, theta: &Params<V>, batch: &Self::Batch) -> Result<V>;
 }
@@ -94,7 +103,12 @@ where
     O: OuterLoop<F, I>,
 {
     type Batch = I::Batch;
-    fn inner_loss<V: Value<F = F>>(&self, theta: &Params<V>, eta: &Params<V>, batch: &I::Batch) -> Result<V> {
+    fn inner_loss<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        batch: &I::Batch,
+    ) -> Result<V> {
         let w = self.rater.scores(eta, batch)?.softmax(0);
         Ok(w.mul(&self.inner.per_example_loss(theta, batch)?).sum_all())
     }
@@ -104,6 +118,10 @@ where
 }
 
 /// Softmax weights the rater assigns to the examples of a batch (they sum to 1).
-pub fn weights<F: Float, B, R: Rater<F, B>>(rater: &R, eta: &Params<Tensor<F>>, batch: &B) -> Result<Tensor<F>> {
+pub fn weights<F: Float, B, R: Rater<F, B>>(
+    rater: &R,
+    eta: &Params<Tensor<F>>,
+    batch: &B,
+) -> Result<Tensor<F>> {
     Ok(rater.scores(eta, batch)?.softmax(0))
 }

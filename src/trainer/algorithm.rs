@@ -5,7 +5,7 @@
 
 use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
-use crate::meta::{meta_gradient, DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater};
+use crate::meta::{DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater, meta_gradient};
 use crate::optim::{OptState, Optimizer};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -32,20 +32,36 @@ pub struct TrainerConfig {
 
 impl Default for TrainerConfig {
     fn default() -> Self {
-        TrainerConfig { outer_steps: 100, inner_steps: 2, population: 2, reset_every: 50, mode: Mode::Mixed, seed: 0 }
+        TrainerConfig {
+            outer_steps: 100,
+            inner_steps: 2,
+            population: 2,
+            reset_every: 50,
+            mode: Mode::Mixed,
+            seed: 0,
+        }
     }
 }
 
 impl TrainerConfig {
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let positive = [("inner_steps", self.inner_steps), ("population", self.population)];
+        let positive = [
+            ("inner_steps", self.inner_steps),
+            ("population", self.population),
+        ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config { field, reason: "must be positive".into() });
+            return Err(Error::Config {
+                field,
+                reason: "must be positive".into(),
+            });
         }
         if let Mode::Checkpointed { every } = self.mode {
             if every > self.inner_steps {
-                return Err(Error::Config { field: "mode", reason: format!("checkpoint distance {every} exceeds inner_steps") });
+                return Err(Error::Config {
+                    field: "mode",
+                    reason: format!("checkpoint distance {every} exceeds inner_steps"),
+                });
             }
         }
         Ok(())
@@ -54,7 +70,11 @@ impl TrainerConfig {
     /// Outer-step offset of model `i`'s reset schedule (resets spread evenly over the
     /// period).
     pub fn reset_offset(&self, i: usize) -> usize {
-        if self.reset_every == 0 { 0 } else { i * self.reset_every / self.population }
+        if self.reset_every == 0 {
+            0
+        } else {
+            i * self.reset_every / self.population
+        }
     }
 
     /// Whether model `i` is re-initialised before outer step `k` (never at `k = 0`, where
@@ -139,7 +159,13 @@ where
     /// Validates the config.
     pub fn new(inner: &'a I, rater: &'a R, outer: &'a O, config: TrainerConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Trainer { inner, rater, outer, config, precision: PhantomData })
+        Ok(Trainer {
+            inner,
+            rater,
+            outer,
+            config,
+            precision: PhantomData,
+        })
     }
 
     /// Fresh state from the seed: a new rater (or `eta`, to continue from saved
@@ -156,10 +182,20 @@ where
                 let mut rng = root.fork(1 + i as u64);
                 let theta = self.inner.init(&mut rng);
                 let opt_state = self.inner.optimizer().init(&theta);
-                Member { theta, opt_state, meta_state: self.outer.init_state(&eta), age: 0, rng }
+                Member {
+                    theta,
+                    opt_state,
+                    meta_state: self.outer.init_state(&eta),
+                    age: 0,
+                    rng,
+                }
             })
             .collect();
-        TrainerState { eta, members, step: 0 }
+        TrainerState {
+            eta,
+            members,
+            step: 0,
+        }
     }
 
     /// One outer step of Algorithm 1. On error (for example a non-finite
@@ -167,7 +203,11 @@ where
     pub fn step(&self, state: &mut TrainerState<F, O::MetaState>) -> Result<StepReport> {
         let start = Instant::now();
         let k = state.step;
-        let problem = DataRaterProblem { inner: self.inner, rater: self.rater, outer: self.outer };
+        let problem = DataRaterProblem {
+            inner: self.inner,
+            rater: self.rater,
+            outer: self.outer,
+        };
         let eta = &state.eta;
         let results = state
             .members
@@ -181,7 +221,9 @@ where
                     m.opt_state = self.inner.optimizer().init(&m.theta);
                     m.age = 0;
                 }
-                let batches: Vec<I::Batch> = (0..self.config.inner_steps).map(|_| self.inner.sample_batch(&mut m.rng)).collect();
+                let batches: Vec<I::Batch> = (0..self.config.inner_steps)
+                    .map(|_| self.inner.sample_batch(&mut m.rng))
+                    .collect();
                 let held_out = self.outer.sample_batch(&mut m.rng);
                 let r = meta_gradient(
                     self.config.mode,
@@ -195,9 +237,15 @@ where
                 )
                 .map_err(|e| at_outer_step(e, k, i))?;
                 let norm = r.grad.norm().f64();
-                let eta_i = self.outer.update(eta, &r.grad, &mut m.meta_state, k).map_err(|e| at_outer_step(e, k, i))?;
+                let eta_i = self
+                    .outer
+                    .update(eta, &r.grad, &mut m.meta_state, k)
+                    .map_err(|e| at_outer_step(e, k, i))?;
                 if let Some(name) = eta_i.first_non_finite() {
-                    return Err(Error::NonFinite { step: k, quantity: format!("rater update `{name}` (outer step {k}, model {i})") });
+                    return Err(Error::NonFinite {
+                        step: k,
+                        quantity: format!("rater update `{name}` (outer step {k}, model {i})"),
+                    });
                 }
                 (m.theta, m.opt_state, m.age) = (r.theta, r.state, m.age + self.config.inner_steps);
                 Ok((m, eta_i, r.outer_loss.f64(), norm, reset))
@@ -209,7 +257,14 @@ where
         for r in &results[1..] {
             mean = mean.add_scaled(&r.1, n)?;
         }
-        let mut report = StepReport { step: k, outer_losses: vec![], grad_norms: vec![], ages: vec![], resets: vec![], seconds: 0.0 };
+        let mut report = StepReport {
+            step: k,
+            outer_losses: vec![],
+            grad_norms: vec![],
+            ages: vec![],
+            resets: vec![],
+            seconds: 0.0,
+        };
         state.members = results
             .into_iter()
             .enumerate()
@@ -245,9 +300,10 @@ where
 
 fn at_outer_step(e: Error, k: usize, i: usize) -> Error {
     match e {
-        Error::NonFinite { step, quantity } => {
-            Error::NonFinite { step, quantity: format!("{quantity} (outer step {k}, model {i})") }
-        }
+        Error::NonFinite { step, quantity } => Error::NonFinite {
+            step,
+            quantity: format!("{quantity} (outer step {k}, model {i})"),
+        },
         other => other,
     }
 }

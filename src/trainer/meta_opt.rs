@@ -27,7 +27,15 @@ pub struct MetaAdam {
 
 impl Default for MetaAdam {
     fn default() -> Self {
-        MetaAdam { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, warmup_steps: 20, clip_norm: 1.0 }
+        MetaAdam {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            warmup_steps: 20,
+            clip_norm: 1.0,
+        }
     }
 }
 
@@ -45,33 +53,49 @@ pub struct MetaAdamState<F: Float> {
 impl MetaAdam {
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: &str| Err(Error::Config { field, reason: reason.into() });
+        let bad = |field: &'static str, reason: &str| {
+            Err(Error::Config {
+                field,
+                reason: reason.into(),
+            })
+        };
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("meta lr", "must be positive and finite");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return bad("meta betas", "must be in [0, 1)");
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return bad("meta eps", "must be positive");
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return bad("meta weight_decay", "must be non-negative");
         }
-        if !(self.clip_norm >= 0.0) {
-            return bad("meta clip_norm", "must be non-negative (0 disables clipping)");
+        if self.clip_norm.is_nan() || self.clip_norm < 0.0 {
+            return bad(
+                "meta clip_norm",
+                "must be non-negative (0 disables clipping)",
+            );
         }
         Ok(())
     }
 
     /// Fresh state for `eta`.
     pub fn init<F: Float>(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
-        MetaAdamState { m: eta.zeros_like(), v: eta.zeros_like(), t: 0 }
+        MetaAdamState {
+            m: eta.zeros_like(),
+            v: eta.zeros_like(),
+            t: 0,
+        }
     }
 
     /// Learning rate at outer step `step` (0-based): linear warm-up, then constant.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if self.warmup_steps == 0 { self.lr } else { self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0) }
+        if self.warmup_steps == 0 {
+            self.lr
+        } else {
+            self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
+        }
     }
 
     /// One update of `eta` with meta-gradient `g` (clipped first); `state` is advanced.
@@ -83,7 +107,11 @@ impl MetaAdam {
         step: usize,
     ) -> Result<Params<Tensor<F>>> {
         let norm = g.norm().f64();
-        let scale = if self.clip_norm > 0.0 && norm > self.clip_norm { self.clip_norm / norm } else { 1.0 };
+        let scale = if self.clip_norm > 0.0 && norm > self.clip_norm {
+            self.clip_norm / norm
+        } else {
+            1.0
+        };
         state.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 / (1.0 - b1.powi(state.t as i32));
@@ -92,17 +120,32 @@ impl MetaAdam {
         let f = F::c;
         let mut out = Params::new();
         for (name, e) in eta.iter() {
-            let gk = g.get(name).ok_or_else(|| Error::Params { name: name.into(), reason: "missing in meta-gradient".into() })?;
-            let mut m = state.m.get(name).expect("state built from eta").to_owned_array();
-            let mut v = state.v.get(name).expect("state built from eta").to_owned_array();
+            let gk = g.get(name).ok_or_else(|| Error::Params {
+                name: name.into(),
+                reason: "missing in meta-gradient".into(),
+            })?;
+            let mut m = state
+                .m
+                .get(name)
+                .expect("state built from eta")
+                .to_owned_array();
+            let mut v = state
+                .v
+                .get(name)
+                .expect("state built from eta")
+                .to_owned_array();
             let mut new = e.to_owned_array();
-            Zip::from(&mut new).and(&mut m).and(&mut v).and(gk.array()).for_each(|x, m, v, &g| {
-                let g = g * f(scale);
-                *m = f(b1) * *m + f(1.0 - b1) * g;
-                *v = f(b2) * *v + f(1.0 - b2) * g * g;
-                let step = *m * f(c1) / ((*v * f(c2)).sqrt() + f(self.eps));
-                *x = *x - f(lr) * (step + f(self.weight_decay) * *x);
-            });
+            Zip::from(&mut new)
+                .and(&mut m)
+                .and(&mut v)
+                .and(gk.array())
+                .for_each(|x, m, v, &g| {
+                    let g = g * f(scale);
+                    *m = f(b1) * *m + f(1.0 - b1) * g;
+                    *v = f(b2) * *v + f(1.0 - b2) * g * g;
+                    let step = *m * f(c1) / ((*v * f(c2)).sqrt() + f(self.eps));
+                    *x = *x - f(lr) * (step + f(self.weight_decay) * *x);
+                });
             state.m.insert(name, Tensor::from_array(m));
             state.v.insert(name, Tensor::from_array(v));
             out.insert(name, Tensor::from_array(new));

@@ -8,5 +8,5 @@ pub mod vector;
 
 pub use algorithm::{Member, StepReport, Trainer, TrainerConfig, TrainerState};
 pub use meta_opt::{MetaAdam, MetaAdamState};
-pub use text::{evaluate, score_sequences, train_step, HeldOutText, TextBatch, TextLm, TextRater};
+pub use text::{HeldOutText, TextBatch, TextLm, TextRater, evaluate, score_sequences, train_step};
 pub use vector::{MlpRater, VectorBatch};

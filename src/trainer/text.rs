@@ -2,11 +2,11 @@
 //! and a bidirectional transformer as the rater, both over [`TextBatch`]es drawn from a
 //! pool of byte sequences.
 
+use super::meta_opt::{MetaAdam, MetaAdamState};
 use crate::autodiff::{Float, Indices, Params, Tensor, Value};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::meta::{InnerLoop, OuterLoop, Rater};
-use super::meta_opt::{MetaAdam, MetaAdamState};
 use crate::nn::{CausalLm, SequenceScorer};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -31,11 +31,22 @@ impl TextBatch {
     pub fn from_pool<S: AsRef<[u8]>>(pool: &[S], rows: Vec<usize>) -> Result<Self> {
         let seqs: Vec<&[u8]> = rows
             .iter()
-            .map(|&r| pool.get(r).map(AsRef::as_ref).ok_or(Error::Index { op: "TextBatch::from_pool", index: r, size: pool.len() }))
+            .map(|&r| {
+                pool.get(r).map(AsRef::as_ref).ok_or(Error::Index {
+                    op: "TextBatch::from_pool",
+                    index: r,
+                    size: pool.len(),
+                })
+            })
             .collect::<Result<_>>()?;
         let b = Batch::from_sequences(&seqs)?;
         let (inputs, targets) = b.lm_inputs_targets()?;
-        Ok(TextBatch { tokens: b.tokens(), inputs, targets, rows })
+        Ok(TextBatch {
+            tokens: b.tokens(),
+            inputs,
+            targets,
+            rows,
+        })
     }
 
     /// Number of sequences.
@@ -83,18 +94,34 @@ impl<O> TextLm<O> {
     /// Checks the pool is non-empty and its sequences fit the model's context.
     pub fn new(lm: CausalLm, opt: O, pool: Arc<Vec<Vec<u8>>>, batch_size: usize) -> Result<Self> {
         let Some(first) = pool.first() else {
-            return Err(Error::Config { field: "pool", reason: "no training sequences".into() });
+            return Err(Error::Config {
+                field: "pool",
+                reason: "no training sequences".into(),
+            });
         };
         if first.len() < 2 || first.len() > lm.cfg.max_len + 1 {
             return Err(Error::Config {
                 field: "seq_len",
-                reason: format!("sequences of {} bytes need 2..={} for max_len {}", first.len(), lm.cfg.max_len + 1, lm.cfg.max_len),
+                reason: format!(
+                    "sequences of {} bytes need 2..={} for max_len {}",
+                    first.len(),
+                    lm.cfg.max_len + 1,
+                    lm.cfg.max_len
+                ),
             });
         }
         if batch_size == 0 {
-            return Err(Error::Config { field: "batch_size", reason: "must be positive".into() });
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: "must be positive".into(),
+            });
         }
-        Ok(TextLm { lm, opt, pool, batch_size })
+        Ok(TextLm {
+            lm,
+            opt,
+            pool,
+            batch_size,
+        })
     }
 
     /// A batch of rows of the pool.
@@ -154,13 +181,23 @@ impl HeldOutText {
     /// Checks the pool is non-empty and the meta-optimiser's settings.
     pub fn new(pool: Arc<Vec<Vec<u8>>>, batch_size: usize, meta: MetaAdam) -> Result<Self> {
         if pool.is_empty() {
-            return Err(Error::Config { field: "held_out", reason: "no held-out sequences".into() });
+            return Err(Error::Config {
+                field: "held_out",
+                reason: "no held-out sequences".into(),
+            });
         }
         if batch_size == 0 {
-            return Err(Error::Config { field: "outer_batch", reason: "must be positive".into() });
+            return Err(Error::Config {
+                field: "outer_batch",
+                reason: "must be positive".into(),
+            });
         }
         meta.validate()?;
-        Ok(HeldOutText { pool, batch_size, meta })
+        Ok(HeldOutText {
+            pool,
+            batch_size,
+            meta,
+        })
     }
 }
 
@@ -196,7 +233,13 @@ pub fn score_sequences<F: Float, S: AsRef<[u8]>>(
     for start in (0..seqs.len()).step_by(chunk.max(1)) {
         let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
         let b = TextBatch::from_pool(seqs, rows)?;
-        out.extend(rater.scores(eta, &b)?.to_vec().into_iter().map(|s: F| s.f64()));
+        out.extend(
+            rater
+                .scores(eta, &b)?
+                .to_vec()
+                .into_iter()
+                .map(|s: F| s.f64()),
+        );
     }
     Ok(out)
 }
@@ -209,9 +252,15 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
     state: &mut crate::optim::OptState<Tensor<F>>,
     batch: &I::Batch,
 ) -> Result<f64> {
-    let (loss, g) = crate::transforms::value_and_grad(|th| inner.per_example_loss(th, batch).map(|l| l.mean_all()), theta)?;
+    let (loss, g) = crate::transforms::value_and_grad(
+        |th| inner.per_example_loss(th, batch).map(|l| l.mean_all()),
+        theta,
+    )?;
     if let Some(name) = g.first_non_finite() {
-        return Err(Error::NonFinite { step: state.step, quantity: format!("gradient `{name}`") });
+        return Err(Error::NonFinite {
+            step: state.step,
+            quantity: format!("gradient `{name}`"),
+        });
     }
     let (th, st) = inner.optimizer().update(theta, state, &g);
     (*theta, *state) = (th, st);
@@ -219,7 +268,12 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
 }
 
 /// Mean per-example loss of `theta` over `seqs`, in chunks of `chunk` sequences.
-pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(lm: &TextLm<O>, theta: &Params<Tensor<F>>, seqs: &[S], chunk: usize) -> Result<f64> {
+pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(
+    lm: &TextLm<O>,
+    theta: &Params<Tensor<F>>,
+    seqs: &[S],
+    chunk: usize,
+) -> Result<f64> {
     let (mut total, mut n) = (0.0, 0usize);
     for start in (0..seqs.len()).step_by(chunk.max(1)) {
         let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();

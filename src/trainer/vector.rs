@@ -21,7 +21,11 @@ impl<F: Float> VectorBatch<F> {
     /// Checks both are 2-D with the same number of rows.
     pub fn new(x: Tensor<F>, y: Tensor<F>) -> Result<Self> {
         if x.shape().len() != 2 || y.shape().len() != 2 || x.shape()[0] != y.shape()[0] {
-            return Err(Error::Shape { op: "VectorBatch::new", lhs: x.shape().to_vec(), rhs: y.shape().to_vec() });
+            return Err(Error::Shape {
+                op: "VectorBatch::new",
+                lhs: x.shape().to_vec(),
+                rhs: y.shape().to_vec(),
+            });
         }
         Ok(VectorBatch { x, y })
     }
@@ -35,7 +39,10 @@ impl<F: Float> VectorBatch<F> {
     }
     /// `[x | y]`, `[N, d_in + d_out]`.
     pub fn features(&self) -> Tensor<F> {
-        Tensor::from_array(ndarray::concatenate(ndarray::Axis(1), &[self.x.view(), self.y.view()]).expect("same rows"))
+        Tensor::from_array(
+            ndarray::concatenate(ndarray::Axis(1), &[self.x.view(), self.y.view()])
+                .expect("same rows"),
+        )
     }
 }
 
@@ -59,7 +66,9 @@ pub struct MlpRater {
 impl MlpRater {
     /// A rater for `d_in`-dimensional inputs with `d_out`-dimensional targets.
     pub fn new(d_in: usize, d_out: usize, hidden: usize) -> Result<Self> {
-        Ok(MlpRater { mlp: Mlp::new(&[d_in + d_out, hidden, 1], Activation::Tanh)? })
+        Ok(MlpRater {
+            mlp: Mlp::new(&[d_in + d_out, hidden, 1], Activation::Tanh)?,
+        })
     }
 }
 
@@ -68,6 +77,9 @@ impl<F: Float> Rater<F, VectorBatch<F>> for MlpRater {
         self.mlp.init(rng)
     }
     fn scores<V: Value<F = F>>(&self, eta: &Params<V>, b: &VectorBatch<F>) -> Result<V> {
-        Ok(self.mlp.forward(eta, &V::constant(b.features()))?.reshape(&[b.len()]))
+        Ok(self
+            .mlp
+            .forward(eta, &V::constant(b.features()))?
+            .reshape(&[b.len()]))
     }
 }
