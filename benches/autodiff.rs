@@ -13,19 +13,20 @@
 //! next-token cross-entropy. The transformer's plain forward pass is timed too, to
 //! report achieved GFLOP/s.
 //!
-//! Criterion does the measuring (10 samples, short measurement windows). Every timed
-//! call is also recorded, and after criterion's report a summary table gives, per
-//! workload, the median call time of each quantity and the ratios `hvp / grad` and
-//! `gradgrad / grad`, all from the calls of this one run. Before timing a workload the
-//! bench checks once that the two HVPs agree, and records the peak heap bytes of each
-//! call with the counting allocator.
+//! Criterion does the measuring (10 samples, short measurement windows). After it, the
+//! bench times each workload again in interleaved rounds (forward, grad, hvp, gradgrad,
+//! forward, grad, ...), so that slow changes in machine load hit all quantities alike,
+//! and prints a summary table: per workload the median call time of each quantity over
+//! the rounds and the ratios `hvp / grad` and `gradgrad / grad`, all from this one run.
+//! Before timing a workload the bench checks once that the two HVPs agree, and records
+//! the peak heap bytes of one call of each with the counting allocator.
 //!
 //! ```text
-//! cargo bench --bench autodiff                 # everything (a few minutes)
-//! cargo bench --bench autodiff -- transformer  # criterion filter: one family
+//! cargo bench --bench autodiff                 # everything (about two minutes)
+//! cargo bench --bench autodiff -- transformer  # only ids containing "transformer"
 //! ```
 
-use criterion::{BenchmarkId, Criterion, SamplingMode};
+use criterion::{Criterion, SamplingMode};
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::check::compare;
 use datarater::nn::{Activation, CausalLm, Mlp, TransformerConfig, normal};
@@ -102,13 +103,15 @@ impl<F: Float> Workload<F> for LmTask {
     }
 }
 
-/// Per-call wall times of every timed closure, keyed by (workload, quantity).
-static TIMES: Mutex<BTreeMap<(String, &'static str), Vec<f64>>> = Mutex::new(BTreeMap::new());
+/// Interleaved timing rounds per workload for the summary table (1 in `--test` mode).
+const ROUNDS: usize = 9;
 
 #[derive(Default)]
 struct Facts {
     /// Rows in first-run order.
     order: Vec<String>,
+    /// Per-call wall times from the interleaved rounds, by (row, quantity).
+    times: BTreeMap<(String, &'static str), Vec<f64>>,
     flops: BTreeMap<String, f64>,
     peak: BTreeMap<(String, &'static str), usize>,
     agree: BTreeMap<String, f64>,
@@ -121,32 +124,49 @@ fn with_facts<T>(f: impl FnOnce(&mut Facts) -> T) -> T {
     f(g.get_or_insert_with(Facts::default))
 }
 
-/// Times `f` with criterion, recording each call's duration for the summary table.
-fn timed(
-    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    row: &str,
-    what: &'static str,
-    f: impl Fn(),
-) {
-    let key = (row.to_string(), what);
-    c.bench_function(BenchmarkId::from_parameter(what), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                f();
-                let e = t.elapsed();
-                total += e;
-                TIMES
-                    .lock()
-                    .expect("not poisoned")
-                    .entry(key.clone())
-                    .or_default()
-                    .push(e.as_secs_f64());
-            }
-            total
-        })
-    });
+/// Benchmark ids are `row/quantity`. Positional command-line arguments filter them by
+/// substring (criterion treats them as regexes; plain words behave the same), so a
+/// filtered run skips the untimed checks and the table rounds of filtered-out workloads.
+fn wanted(row: &str) -> bool {
+    // Criterion options that take a value (the value is not a filter).
+    const WITH_VALUE: [&str; 14] = [
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--color",
+        "--output-format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        return false;
+    }
+    let mut filters = Vec::new();
+    let mut skip_next = false;
+    for a in &args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if a.starts_with('-') {
+            skip_next = WITH_VALUE.contains(&a.as_str());
+        } else {
+            filters.push(a.as_str());
+        }
+    }
+    let ids = ["forward", "grad", "hvp", "gradgrad"].map(|w| format!("{row}/{w}"));
+    filters.is_empty() || filters.iter().any(|f| ids.iter().any(|id| id.contains(f)))
+}
+
+fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
 }
 
 fn bench_workload<F: Float, W: Workload<F>>(
@@ -156,6 +176,9 @@ fn bench_workload<F: Float, W: Workload<F>>(
     p: &Params<Tensor<F>>,
     v: &Params<Tensor<F>>,
 ) {
+    if !wanted(row) {
+        return;
+    }
     // The quantities, as closures over the same function.
     let grad = || value_and_grad(|q| w.loss(q), p).expect("grad");
     let fwd_over_rev = || hvp(|q| w.loss(q), p, v).expect("hvp");
@@ -179,23 +202,40 @@ fn bench_workload<F: Float, W: Workload<F>>(
         }
     });
 
+    let forward = || w.forward(p).expect("forward");
     let mut g = c.benchmark_group(row);
     g.sampling_mode(SamplingMode::Flat);
     if w.matmul_flops().is_some() {
-        timed(&mut g, row, "forward", || {
-            black_box(w.forward(p).expect("forward"));
-        });
+        g.bench_function("forward", |b| b.iter(forward));
     }
-    timed(&mut g, row, "grad", || {
-        black_box(grad());
-    });
-    timed(&mut g, row, "hvp", || {
-        black_box(fwd_over_rev());
-    });
-    timed(&mut g, row, "gradgrad", || {
-        black_box(rev_over_rev());
-    });
+    g.bench_function("grad", |b| b.iter(grad));
+    g.bench_function("hvp", |b| b.iter(fwd_over_rev));
+    g.bench_function("gradgrad", |b| b.iter(rev_over_rev));
     g.finish();
+
+    // The summary table's timings: interleaved rounds.
+    let mut times: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut time = |what: &'static str, f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        times
+            .entry(what)
+            .or_default()
+            .push(t.elapsed().as_secs_f64());
+    };
+    for _ in 0..if test_mode() { 1 } else { ROUNDS } {
+        if w.matmul_flops().is_some() {
+            time("forward", &|| drop(black_box(forward())));
+        }
+        time("grad", &|| drop(black_box(grad())));
+        time("hvp", &|| drop(black_box(fwd_over_rev())));
+        time("gradgrad", &|| drop(black_box(rev_over_rev())));
+    }
+    with_facts(|facts| {
+        for (what, v) in times {
+            facts.times.insert((row.to_string(), what), v);
+        }
+    });
 }
 
 fn random_tangent<F: Float>(p: &Params<Tensor<F>>, rng: &mut Rng) -> Params<Tensor<F>> {
@@ -256,17 +296,9 @@ fn transformer<F: Float>(c: &mut Criterion) {
 }
 
 fn median(xs: &[f64]) -> Option<f64> {
-    // The first call of each quantity is its coldest; drop it when there are others.
-    let mut v: Vec<f64> = if xs.len() > 1 {
-        xs[1..].to_vec()
-    } else {
-        xs.to_vec()
-    };
-    if v.is_empty() {
-        return None;
-    }
+    let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 fn mib(b: usize) -> f64 {
@@ -274,19 +306,20 @@ fn mib(b: usize) -> f64 {
 }
 
 fn summary() {
-    let times = TIMES.lock().expect("not poisoned");
     let facts = FACTS.lock().expect("not poisoned");
     let Some(facts) = facts.as_ref() else { return };
     let med = |row: &str, what: &'static str| {
-        times
+        facts
+            .times
             .get(&(row.to_string(), what))
-            .and_then(|v| median(v).map(|m| (m, v.len())))
+            .and_then(|v| median(v))
     };
+    let rounds = facts.times.values().map(Vec::len).max().unwrap_or(0);
     println!(
-        "\n=== summary: median wall time per call over the calls of this run (first call dropped) ==="
+        "\n=== summary: median wall time per call over {rounds} interleaved rounds (this run) ==="
     );
     println!(
-        "{:<16} {:>11} {:>11} {:>12} | {:>8} {:>13} | {:>9} {:>9} {:>11} | {:>10}",
+        "{:<16} {:>9} {:>9} {:>11} | {:>8} {:>13} | {:>8} {:>8} {:>8} | {:>9}",
         "workload",
         "grad ms",
         "hvp ms",
@@ -299,14 +332,14 @@ fn summary() {
         "hvp agree"
     );
     for row in &facts.order {
-        let (Some((g, ng)), Some((h, nh)), Some((gg, ngg))) =
+        let (Some(g), Some(h), Some(gg)) =
             (med(row, "grad"), med(row, "hvp"), med(row, "gradgrad"))
         else {
             continue;
         };
         let peak = |what| mib(facts.peak[&(row.clone(), what)]);
         println!(
-            "{:<16} {:>11.2} {:>11.2} {:>12.2} | {:>7.2}x {:>12.2}x | {:>9.1} {:>9.1} {:>11.1} | {:>10.1e}   (calls: {ng}/{nh}/{ngg})",
+            "{:<16} {:>9.2} {:>9.2} {:>11.2} | {:>7.2}x {:>12.2}x | {:>8.1} {:>8.1} {:>8.1} | {:>9.1e}",
             row,
             g * 1e3,
             h * 1e3,
@@ -319,13 +352,14 @@ fn summary() {
             facts.agree[row],
         );
     }
+    println!("MiB: peak heap of one call above the live bytes at the call (counting allocator).");
     println!(
-        "(MiB = peak heap above the live bytes at the call, counting allocator, one call; hvp agree = max rel. difference forward-over-reverse vs reverse-over-reverse H v)"
+        "hvp agree: max relative difference between the forward-over-reverse and reverse-over-reverse H v."
     );
     for row in &facts.order {
-        if let (Some(fl), Some((t, n))) = (facts.flops.get(row), med(row, "forward")) {
+        if let (Some(fl), Some(t)) = (facts.flops.get(row), med(row, "forward")) {
             println!(
-                "{row}: forward pass {:.2} ms, {:.3} GFLOP of matmuls -> {:.2} GFLOP/s (counts matmul FLOPs only, 2mnk each; median of {n} calls)",
+                "{row}: forward pass {:.2} ms, {:.3} GFLOP of matmuls -> {:.2} GFLOP/s (counts matmul FLOPs only, 2mnk per matmul)",
                 t * 1e3,
                 fl / 1e9,
                 fl / t / 1e9
@@ -338,7 +372,7 @@ fn main() {
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(4))
         .configure_from_args();
     mlp::<f32>(&mut c);
     mlp::<f64>(&mut c);
