@@ -63,7 +63,9 @@ impl TransformerConfig {
         let resid = std / ((2 * l) as f64).sqrt();
         for i in 0..l {
             insert_layer_norm(&mut p, &format!("h{i}.ln1"), d);
-            insert_linear(&mut p, &format!("h{i}.attn.qkv"), rng, d, 3 * d, std);
+            for proj in ["q", "k", "v"] {
+                insert_linear(&mut p, &format!("h{i}.attn.{proj}"), rng, d, d, std);
+            }
             insert_linear(&mut p, &format!("h{i}.attn.out"), rng, d, d, resid);
             insert_layer_norm(&mut p, &format!("h{i}.ln2"), d);
             insert_linear(&mut p, &format!("h{i}.mlp.fc"), rng, d, self.d_ff, std);
@@ -109,11 +111,15 @@ impl TransformerConfig {
 
 const LN_EPS: f64 = 1e-5;
 
-const LAYER_PARAMS: [&str; 12] = [
+const LAYER_PARAMS: [&str; 16] = [
     "ln1.g",
     "ln1.b",
-    "attn.qkv.w",
-    "attn.qkv.b",
+    "attn.q.w",
+    "attn.q.b",
+    "attn.k.w",
+    "attn.k.b",
+    "attn.v.w",
+    "attn.v.b",
     "attn.out.w",
     "attn.out.b",
     "ln2.g",
@@ -125,7 +131,7 @@ const LAYER_PARAMS: [&str; 12] = [
 ];
 
 /// One pre-LN layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`. Inputs: `x` then the
-/// twelve tensors of `LAYER_PARAMS`.
+/// sixteen tensors of `LAYER_PARAMS`.
 #[derive(Clone, Debug)]
 struct Layer {
     n_heads: usize,
@@ -134,30 +140,44 @@ struct Layer {
 
 impl<F: Float> Block<F> for Layer {
     fn apply<V: Value<F = F>>(&self, xs: &[&V]) -> V {
-        let [x, g1, b1, wqkv, bqkv, wo, bo, g2, b2, w1, c1, w2, c2] = xs else {
-            panic!("transformer layer: expected 13 inputs, got {}", xs.len())
+        let [
+            x,
+            g1,
+            b1,
+            wq,
+            bq,
+            wk,
+            bk,
+            wv,
+            bv,
+            wo,
+            bo,
+            g2,
+            b2,
+            w1,
+            c1,
+            w2,
+            c2,
+        ] = xs
+        else {
+            panic!("transformer layer: expected 17 inputs, got {}", xs.len())
         };
         let eps = F::c(LN_EPS);
         let h = layer_norm(*x, g1, b1, eps);
-        let x = x.add(&attention(
-            &h,
-            wqkv,
-            bqkv,
-            wo,
-            bo,
-            self.n_heads,
-            self.causal,
-        ));
+        let qkv = [(*wq, *bq), (*wk, *bk), (*wv, *bv)];
+        let x = x.add(&attention(&h, qkv, wo, bo, self.n_heads, self.causal));
         let h = layer_norm(&x, g2, b2, eps);
         x.add(&linear(&linear(&h, w1, c1).gelu(), w2, c2))
     }
 }
 
-/// Multi-head self-attention on `[batch, seq, d]`.
+/// Multi-head self-attention on `[batch, seq, d]`; `qkv` holds the (weight, bias) of
+/// the query, key and value projections. They are three separate linear maps rather
+/// than one fused `[d, 3d]` one: slicing the fused output would copy it (and its
+/// tangent, and their cotangents, whose VJP pads with zeros) for nothing.
 fn attention<V: Value>(
     h: &V,
-    wqkv: &V,
-    bqkv: &V,
+    qkv: [(&V, &V); 3],
     wo: &V,
     bo: &V,
     n_heads: usize,
@@ -166,9 +186,9 @@ fn attention<V: Value>(
     let s = h.shape();
     let (b, t, d) = (s[0], s[1], s[2]);
     let dh = d / n_heads;
-    let qkv = linear(h, wqkv, bqkv);
     let heads = |i: usize| {
-        qkv.slice(2, i * d, (i + 1) * d)
+        let (w, bias) = qkv[i];
+        linear(h, w, bias)
             .reshape(&[b, t, n_heads, dh])
             .permute(&[0, 2, 1, 3])
     };
@@ -176,7 +196,11 @@ fn attention<V: Value>(
     let q = heads(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
     let (k, v) = (heads(1), heads(2));
     let scores = q.matmul_t(&k, false, true);
-    let p = if causal { scores.masked_softmax(3, &Mask::causal(t)) } else { scores.softmax(3) };
+    let p = if causal {
+        scores.masked_softmax(3, &Mask::causal(t))
+    } else {
+        scores.softmax(3)
+    };
     let o = p.matmul(&v).permute(&[0, 2, 1, 3]).reshape(&[b, t, d]);
     linear(&o, wo, bo)
 }
