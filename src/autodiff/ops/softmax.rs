@@ -8,7 +8,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
 use super::index::Mask;
 use super::shape_panic;
-use ndarray::{ArrayD, ArrayViewMut1, Axis, Zip};
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 fn check<F: Float>(op: &'static str, x: &Tensor<F>, axis: usize) {
     if axis >= x.shape().len() {
@@ -16,15 +16,88 @@ fn check<F: Float>(op: &'static str, x: &Tensor<F>, axis: usize) {
     }
 }
 
+/// `x - max - log(sum(exp(x - max)))` over one contiguous lane, in place.
+fn log_softmax_lane<F: Float>(lane: &mut [F]) {
+    let l = logsumexp_lane(lane);
+    for v in lane {
+        *v -= l;
+    }
+}
+
+/// `log(sum(exp(x)))` of one lane, stabilised by the lane's max (zero when not finite).
+fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
+    let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+    let m = if m.is_finite() { m } else { F::zero() };
+    let mut s = F::zero();
+    for &v in lane {
+        s += (v - m).exp();
+    }
+    m + s.ln()
+}
+
+/// Softmax of one contiguous lane in place: one `exp` per element. With a mask (the
+/// lane's entries to exclude), masked entries become 0 and a fully masked lane is all 0.
+fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
+    let mut sum = F::zero();
+    match mask {
+        None => {
+            let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+            for v in lane.iter_mut() {
+                *v = (*v - m).exp();
+                sum += *v;
+            }
+        }
+        Some(mask) => {
+            let m = lane
+                .iter()
+                .zip(mask)
+                .filter(|&(_, &k)| !k)
+                .fold(F::neg_infinity(), |a, (&b, _)| a.max(b));
+            for (v, &k) in lane.iter_mut().zip(mask) {
+                *v = if k { F::zero() } else { (*v - m).exp() };
+                sum += *v;
+            }
+        }
+    }
+    if sum > F::zero() {
+        let inv = sum.recip();
+        for v in lane {
+            *v *= inv;
+        }
+    }
+}
+
+/// Runs `f` on every lane of `out` along `axis`: contiguous slices when `axis` is the
+/// last one (the common case), otherwise through a strided copy of each lane. `out`
+/// must be in standard layout.
+fn for_each_lane<F: Float>(out: &mut ArrayD<F>, axis: usize, mut f: impl FnMut(usize, &mut [F])) {
+    let n = out.shape()[axis];
+    if n == 0 {
+        return;
+    }
+    if axis + 1 == out.ndim() {
+        let data = out.as_slice_mut().expect("standard layout");
+        for (r, lane) in data.chunks_exact_mut(n).enumerate() {
+            f(r, lane);
+        }
+    } else {
+        let mut buf = vec![F::zero(); n];
+        for (r, mut lane) in out.lanes_mut(Axis(axis)).into_iter().enumerate() {
+            for (b, v) in buf.iter_mut().zip(lane.iter()) {
+                *b = *v;
+            }
+            f(r, &mut buf);
+            for (v, b) in lane.iter_mut().zip(&buf) {
+                *v = *b;
+            }
+        }
+    }
+}
+
 /// Rewrites each lane of `x` along `axis` as `x - max - log(sum(exp(x - max)))`.
 fn log_softmax_lanes<F: Float>(x: &Tensor<F>, axis: usize) -> ArrayD<F> {
     let mut out = x.array().as_standard_layout().into_owned();
-    Zip::from(out.lanes_mut(Axis(axis))).for_each(|mut lane| {
-        let m = lane.fold(F::neg_infinity(), |a, &b| a.max(b));
-        let m = if m.is_finite() { m } else { F::zero() };
-        let l = m + lane.fold(F::zero(), |s, &v| s + (v - m).exp()).ln();
-        lane.mapv_inplace(|v| v - l);
-    });
+    for_each_lane(&mut out, axis, |_, lane| log_softmax_lane(lane));
     out
 }
 
@@ -53,25 +126,36 @@ impl<F: Float> Op<F> for Softmax {
                 shape_panic("softmax mask", m.shape(), xs[0].shape());
             }
         }
-        let ax = Axis(self.axis);
         let mut out = xs[0].array().as_standard_layout().into_owned();
-        let normalise = |lane: &mut ArrayViewMut1<'_, F>, masked: &dyn Fn(usize) -> bool| {
-            let m = lane.iter().enumerate().filter(|&(i, _)| !masked(i)).fold(F::neg_infinity(), |a, (_, &b)| a.max(b));
-            let mut sum = F::zero();
-            for (i, v) in lane.iter_mut().enumerate() {
-                *v = if masked(i) { F::zero() } else { (*v - m).exp() };
-                sum += *v;
-            }
-            if sum > F::zero() {
-                let inv = sum.recip();
-                lane.mapv_inplace(|v| v * inv);
-            }
-        };
         match &self.mask {
-            None => Zip::from(out.lanes_mut(ax)).for_each(|mut lane| normalise(&mut lane, &|_| false)),
+            None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, None)),
             Some(mask) => {
-                let mb = mask.array().broadcast(out.raw_dim()).expect("checked above");
-                Zip::from(out.lanes_mut(ax)).and(mb.lanes(ax)).for_each(|mut lane, ml| normalise(&mut lane, &|i| ml[i]))
+                // The mask's lanes, in the order `for_each_lane` visits the output's: a
+                // mask covering the trailing axes repeats over the leading ones (e.g. a
+                // `[t, t]` causal mask under `[batch, heads, t, t]` scores).
+                let (shape, m) = (out.shape().to_vec(), mask.shape());
+                let trailing =
+                    !m.is_empty() && m.len() <= shape.len() && shape[shape.len() - m.len()..] == *m;
+                let mask_lanes: Vec<bool> = if trailing && self.axis + 1 == shape.len() {
+                    mask.array().iter().copied().collect()
+                } else {
+                    // Move `axis` last, keeping the others in order (the lane order).
+                    let perm: Vec<usize> = (0..shape.len())
+                        .filter(|&a| a != self.axis)
+                        .chain([self.axis])
+                        .collect();
+                    let mb = mask
+                        .array()
+                        .broadcast(out.raw_dim())
+                        .expect("checked above");
+                    mb.permuted_axes(IxDyn(&perm)).iter().copied().collect()
+                };
+                let n = shape[self.axis];
+                let rows = mask_lanes.len() / n.max(1);
+                for_each_lane(&mut out, self.axis, |r, lane| {
+                    let i = r % rows;
+                    softmax_lane(lane, Some(&mask_lanes[i * n..(i + 1) * n]));
+                });
             }
         }
         Tensor::from_array(out)
@@ -128,12 +212,21 @@ impl<F: Float> Op<F> for LogSumExp {
         let ax = Axis(self.0);
         let x = xs[0].array();
         let mut shape = x.shape().to_vec();
+        let n = shape[self.0];
+        shape[self.0] = 1;
+        if self.0 + 1 == shape.len() && n > 0 {
+            let x = x.as_standard_layout();
+            let data = x.as_slice().expect("standard layout");
+            let out: Vec<F> = data.chunks_exact(n).map(logsumexp_lane).collect();
+            return Tensor::from_vec(&shape, out).expect("one per lane");
+        }
         shape.remove(self.0);
         let mut out = ArrayD::zeros(shape);
+        let mut buf = Vec::with_capacity(n);
         Zip::from(&mut out).and(x.lanes(ax)).for_each(|o, lane| {
-            let m = lane.fold(F::neg_infinity(), |a, &b| a.max(b));
-            let m = if m.is_finite() { m } else { F::zero() };
-            *o = m + lane.fold(F::zero(), |s, &v| s + (v - m).exp()).ln();
+            buf.clear();
+            buf.extend(lane.iter().copied());
+            *o = logsumexp_lane(&buf);
         });
         Tensor::from_array(out.insert_axis(ax))
     }
