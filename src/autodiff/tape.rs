@@ -204,11 +204,21 @@ impl<V: Value> Tape<V> {
         };
         let mut cot: Vec<Option<V>> = (0..nodes.len()).map(|_| None).collect();
         cot[*oid] = Some(seed);
+        // Recorded (non-leaf) variables in `wrt` keep their cotangent past the sweep.
+        let keep: HashSet<usize> = wrt
+            .iter()
+            .filter_map(|w| w.node.as_ref().map(|(_, id)| *id))
+            .collect();
         for i in (0..=*oid).rev() {
             let Some(node) = nodes[i].take() else {
                 continue;
             };
-            let Some(g) = cot[i].take() else { continue };
+            let g = if keep.contains(&i) {
+                cot[i].clone()
+            } else {
+                cot[i].take()
+            };
+            let Some(g) = g else { continue };
             let grads = (node.vjp)(&node.ctx, &g);
             drop(node.ctx);
             for (p, gp) in node.parents.iter().zip(grads) {

@@ -386,8 +386,10 @@ pub trait Value: Clone + 'static {
     /// `cond ? a : b` elementwise (`cond` broadcast to the common shape of `a` and `b`).
     fn select(cond: &Mask, a: &Self, b: &Self) -> Self {
         let zero = Self::F::zero();
-        a.masked_fill(&cond.not(), zero)
-            .add(&b.masked_fill(cond, zero))
+        let shape = super::ops::binary::broadcast_shape("select", &a.shape(), &b.shape());
+        a.broadcast_to(&shape)
+            .masked_fill(&cond.not(), zero)
+            .add(&b.broadcast_to(&shape).masked_fill(cond, zero))
     }
 
     // ---- normalisation -----------------------------------------------------------

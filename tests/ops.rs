@@ -1,0 +1,1036 @@
+//! Op-level derivative tests, in f64: for every public op of `Value`, the forward-mode
+//! JVP (through `Dual`) and the reverse-mode VJP (through `Var` on a `Tape`) are checked
+//! against central finite differences on random shapes and values, and the three HVP
+//! compositions (forward-over-reverse, reverse-over-reverse, reverse-over-forward) are
+//! checked against each other, against finite differences of gradients, and for
+//! symmetry.
+//!
+//! Each random case is a scalar function `f(x..) = sum(w * y + 0.5 * w2 * y^2)` with
+//! `y = op(x..)` and fixed random weights `w`, `w2`: its gradient is `J^T (w + w2 y)`,
+//! and its Hessian has the Gauss-Newton part `J^T diag(w2) J` plus the op's own
+//! curvature, so even linear ops get a non-zero Hessian that every mode has to agree on.
+//! Some inputs are random constants (zero tangent, no cotangent needed) and some
+//! binary cases feed the same variable twice, to reach the `None` and fan-out paths.
+
+use datarater::autodiff::check::{self, Report, ScalarFn, compare, compare_tensors};
+use datarater::transforms::{grad, hvp, hvp_rev_fwd, hvp_rev_rev, jvp, value_and_grad, vjp};
+use datarater::{Dual, Indices, Mask, Params, Rng, Tensor, Value, Var};
+use proptest::prelude::*;
+
+/// Central-difference step for first-order checks.
+const EPS: f64 = 1e-5;
+/// Relative tolerance, first order vs. finite differences.
+const TOL_FD1: f64 = 1e-6;
+/// Relative tolerance, HVP vs. finite differences of gradients.
+const TOL_FD2: f64 = 1e-5;
+/// Relative tolerance, third-order contraction vs. finite differences of HVPs.
+const TOL_FD3: f64 = 1e-5;
+/// Relative tolerance between exact modes (they differ only by rounding).
+const TOL_EXACT: f64 = 1e-10;
+/// Random cases per op.
+const CASES: u32 = 48;
+
+// ---- the ops under test ------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Neg,
+    Scale(f64),
+    AddScalar(f64),
+    Exp,
+    Ln,
+    Tanh,
+    Sigmoid,
+    Sqrt,
+    Powi(i32),
+    Square,
+    Recip,
+    Gelu,
+    Relu,
+    /// `a.matmul(b)`.
+    MatMul,
+    /// `a.matmul_t(b, ta, tb)`.
+    MatMulT(bool, bool),
+    Permute(Vec<usize>),
+    T,
+    Reshape(Vec<usize>),
+    BroadcastTo(Vec<usize>),
+    SumTo(Vec<usize>),
+    Slice(usize, usize, usize),
+    Concat(usize),
+    SumAxis(usize, bool),
+    MeanAxis(usize, bool),
+    SumAll,
+    MeanAll,
+    Softmax(usize),
+    MaskedSoftmax(usize, Mask),
+    LogSoftmax(usize),
+    LogSumExp(usize, bool),
+    GatherRows(Indices),
+    PickLast(Indices),
+    CrossEntropy(Indices),
+    MaskedFill(Mask, f64),
+    Select(Mask),
+    LayerNorm(f64),
+}
+
+impl Op {
+    fn apply<V: Value<F = f64>>(&self, x: &[V]) -> V {
+        match self {
+            Op::Add => x[0].add(&x[1]),
+            Op::Sub => x[0].sub(&x[1]),
+            Op::Mul => x[0].mul(&x[1]),
+            Op::Div => x[0].div(&x[1]),
+            Op::Neg => x[0].neg(),
+            Op::Scale(c) => x[0].scale(*c),
+            Op::AddScalar(c) => x[0].add_scalar(*c),
+            Op::Exp => x[0].exp(),
+            Op::Ln => x[0].ln(),
+            Op::Tanh => x[0].tanh(),
+            Op::Sigmoid => x[0].sigmoid(),
+            Op::Sqrt => x[0].sqrt(),
+            Op::Powi(n) => x[0].powi(*n),
+            Op::Square => x[0].square(),
+            Op::Recip => x[0].recip(),
+            Op::Gelu => x[0].gelu(),
+            Op::Relu => x[0].relu(),
+            Op::MatMul => x[0].matmul(&x[1]),
+            Op::MatMulT(ta, tb) => x[0].matmul_t(&x[1], *ta, *tb),
+            Op::Permute(p) => x[0].permute(p),
+            Op::T => x[0].t(),
+            Op::Reshape(s) => x[0].reshape(s),
+            Op::BroadcastTo(s) => x[0].broadcast_to(s),
+            Op::SumTo(s) => x[0].sum_to(s),
+            Op::Slice(axis, start, end) => x[0].slice(*axis, *start, *end),
+            Op::Concat(axis) => V::concat(&x.iter().collect::<Vec<_>>(), *axis),
+            Op::SumAxis(axis, keep) => x[0].sum_axis(*axis, *keep),
+            Op::MeanAxis(axis, keep) => x[0].mean_axis(*axis, *keep),
+            Op::SumAll => x[0].sum_all(),
+            Op::MeanAll => x[0].mean_all(),
+            Op::Softmax(axis) => x[0].softmax(*axis),
+            Op::MaskedSoftmax(axis, mask) => x[0].masked_softmax(*axis, mask),
+            Op::LogSoftmax(axis) => x[0].log_softmax(*axis),
+            Op::LogSumExp(axis, keep) => x[0].logsumexp(*axis, *keep),
+            Op::GatherRows(idx) => x[0].gather_rows(idx).expect("valid rows"),
+            Op::PickLast(idx) => x[0].pick_last(idx).expect("valid classes"),
+            Op::CrossEntropy(idx) => x[0].cross_entropy(idx).expect("valid classes"),
+            Op::MaskedFill(mask, value) => x[0].masked_fill(mask, *value),
+            Op::Select(cond) => V::select(cond, &x[0], &x[1]),
+            Op::LayerNorm(eps) => x[0].layer_norm(*eps),
+        }
+    }
+}
+
+// ---- a test case: an op, its inputs, and the scalarising weights --------------------
+
+#[derive(Clone, Debug)]
+enum Input {
+    /// A parameter (differentiated).
+    Var(String),
+    /// A constant (zero tangent, no cotangent).
+    Const(Tensor<f64>),
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    op: Op,
+    inputs: Vec<Input>,
+    w: Tensor<f64>,
+    w2: Tensor<f64>,
+}
+
+impl Case {
+    /// `op(inputs)`, tensor-valued.
+    fn output<V: Value<F = f64>>(&self, p: &Params<V>) -> V {
+        let xs: Vec<V> = self
+            .inputs
+            .iter()
+            .map(|i| match i {
+                Input::Var(k) => p[k].clone(),
+                Input::Const(t) => V::constant(t.clone()),
+            })
+            .collect();
+        self.op.apply(&xs)
+    }
+}
+
+impl ScalarFn for Case {
+    fn eval<V: Value<F = f64>>(&self, p: &Params<V>) -> V {
+        let y = self.output(p);
+        let w = V::constant(self.w.clone());
+        let w2 = V::constant(self.w2.clone());
+        y.mul(&w).add(&y.square().mul(&w2).scale(0.5)).sum_all()
+    }
+}
+
+/// How a generated input enters the case.
+enum Arg {
+    Var(Tensor<f64>),
+    Const(Tensor<f64>),
+    /// The same input as argument `i` (fan-out of one variable).
+    Same(usize),
+}
+
+fn finish(op: Op, args: Vec<Arg>, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
+    let mut p = Params::new();
+    let mut inputs: Vec<Input> = Vec::new();
+    for (i, a) in args.into_iter().enumerate() {
+        let input = match a {
+            Arg::Var(t) => {
+                let k = format!("x{i}");
+                p.insert(k.clone(), t);
+                Input::Var(k)
+            }
+            Arg::Const(t) => Input::Const(t),
+            Arg::Same(j) => inputs[j].clone(),
+        };
+        inputs.push(input);
+    }
+    assert!(!p.is_empty(), "a case needs at least one variable");
+    let mut case = Case {
+        op,
+        inputs,
+        w: Tensor::scalar(0.0),
+        w2: Tensor::scalar(0.0),
+    };
+    let shape = case.output(&p).shape().to_vec();
+    case.w = normal(rng, &shape);
+    case.w2 = normal(rng, &shape);
+    (case, p)
+}
+
+// ---- random shapes and values -------------------------------------------------------
+
+fn pick(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + rng.below(hi - lo + 1)
+}
+
+fn coin(rng: &mut Rng) -> bool {
+    rng.below(2) == 1
+}
+
+fn rand_shape(rng: &mut Rng, ranks: (usize, usize), dims: (usize, usize)) -> Vec<usize> {
+    let r = pick(rng, ranks.0, ranks.1);
+    (0..r).map(|_| pick(rng, dims.0, dims.1)).collect()
+}
+
+/// A shape that broadcasts to `out`: some leading axes dropped, some axes set to 1.
+fn broadcast_src(rng: &mut Rng, out: &[usize]) -> Vec<usize> {
+    let drop = rng.below(out.len() + 1);
+    out[drop..]
+        .iter()
+        .map(|&d| if rng.below(3) == 0 { 1 } else { d })
+        .collect()
+}
+
+/// Like [`broadcast_src`] but never equal to `out` (whose dims must all be > 1).
+fn strict_broadcast_src(rng: &mut Rng, out: &[usize]) -> Vec<usize> {
+    loop {
+        let s = broadcast_src(rng, out);
+        if s != out {
+            return s;
+        }
+    }
+}
+
+fn tensor(rng: &mut Rng, shape: &[usize], mut f: impl FnMut(&mut Rng) -> f64) -> Tensor<f64> {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|_| f(rng)).collect()).expect("sized")
+}
+
+fn normal(rng: &mut Rng, shape: &[usize]) -> Tensor<f64> {
+    tensor(rng, shape, Rng::normal)
+}
+
+fn uniform(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor<f64> {
+    tensor(rng, shape, |r| lo + (hi - lo) * r.uniform())
+}
+
+/// Magnitude in `[lo, hi]`, random sign.
+fn away_from_zero(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor<f64> {
+    tensor(rng, shape, |r| {
+        let m = lo + (hi - lo) * r.uniform();
+        if r.below(2) == 0 { m } else { -m }
+    })
+}
+
+fn indices(rng: &mut Rng, shape: &[usize], below: usize) -> Indices {
+    let n = shape.iter().product();
+    Indices::new(shape, (0..n).map(|_| rng.below(below)).collect()).expect("sized")
+}
+
+fn mask(rng: &mut Rng, shape: &[usize]) -> Mask {
+    let n = shape.iter().product();
+    Mask::new(shape, (0..n).map(|_| coin(rng)).collect()).expect("sized")
+}
+
+/// Two operands, both variables, one a constant, or the same variable twice.
+fn binary_args(rng: &mut Rng, a: Tensor<f64>, b: Tensor<f64>) -> Vec<Arg> {
+    match rng.below(5) {
+        0 => vec![Arg::Var(a), Arg::Const(b)],
+        1 => vec![Arg::Const(a), Arg::Var(b)],
+        2 if a.shape() == b.shape() => vec![Arg::Var(a), Arg::Same(0)],
+        _ => vec![Arg::Var(a), Arg::Var(b)],
+    }
+}
+
+/// The op families, each with its own shape and domain generator.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Neg,
+    Scale,
+    AddScalar,
+    Exp,
+    Ln,
+    Tanh,
+    Sigmoid,
+    Sqrt,
+    Powi,
+    Square,
+    Recip,
+    Gelu,
+    Relu,
+    MatMul,
+    /// `matmul_t(ta, tb)`, 2-D when `batched` is false, else rank 3 or 4.
+    MatMulT {
+        ta: bool,
+        tb: bool,
+        batched: bool,
+    },
+    Permute,
+    T,
+    Reshape,
+    BroadcastTo,
+    SumTo,
+    Slice,
+    Concat,
+    SumAxis,
+    MeanAxis,
+    SumAll,
+    MeanAll,
+    Softmax,
+    MaskedSoftmax,
+    LogSoftmax,
+    LogSumExp {
+        keep: bool,
+    },
+    GatherRows,
+    PickLast,
+    CrossEntropy,
+    MaskedFill,
+    Select,
+    LayerNorm,
+}
+
+fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
+    let unary_shape = |rng: &mut Rng| rand_shape(rng, (0, 4), (1, 4));
+    let (op, args) = match kind {
+        Kind::Add | Kind::Sub | Kind::Mul | Kind::Div => {
+            let out = rand_shape(rng, (0, 3), (1, 4));
+            let (sa, sb) = (broadcast_src(rng, &out), broadcast_src(rng, &out));
+            let a = normal(rng, &sa);
+            let b = match kind {
+                Kind::Div => away_from_zero(rng, &sb, 0.5, 2.0),
+                _ => normal(rng, &sb),
+            };
+            let op = match kind {
+                Kind::Add => Op::Add,
+                Kind::Sub => Op::Sub,
+                Kind::Mul => Op::Mul,
+                _ => Op::Div,
+            };
+            (op, binary_args(rng, a, b))
+        }
+        Kind::Neg | Kind::Scale | Kind::AddScalar | Kind::Exp | Kind::Tanh | Kind::Sigmoid => {
+            let s = unary_shape(rng);
+            let c = 3.0 * rng.normal();
+            let op = match kind {
+                Kind::Neg => Op::Neg,
+                Kind::Scale => Op::Scale(c),
+                Kind::AddScalar => Op::AddScalar(c),
+                Kind::Exp => Op::Exp,
+                Kind::Tanh => Op::Tanh,
+                _ => Op::Sigmoid,
+            };
+            (op, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Square | Kind::Gelu => {
+            let s = unary_shape(rng);
+            let op = if matches!(kind, Kind::Square) {
+                Op::Square
+            } else {
+                Op::Gelu
+            };
+            (op, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Ln | Kind::Sqrt => {
+            let s = unary_shape(rng);
+            let op = if matches!(kind, Kind::Ln) {
+                Op::Ln
+            } else {
+                Op::Sqrt
+            };
+            (op, vec![Arg::Var(uniform(rng, &s, 0.5, 2.0))])
+        }
+        Kind::Powi | Kind::Recip => {
+            let s = unary_shape(rng);
+            let op = if matches!(kind, Kind::Recip) {
+                Op::Recip
+            } else {
+                Op::Powi(pick(rng, 0, 7) as i32 - 3)
+            };
+            (op, vec![Arg::Var(away_from_zero(rng, &s, 0.7, 1.5))])
+        }
+        Kind::Relu => {
+            let s = unary_shape(rng);
+            (Op::Relu, vec![Arg::Var(away_from_zero(rng, &s, 0.05, 2.0))])
+        }
+        Kind::MatMul | Kind::MatMulT { .. } => {
+            let (ta, tb, batched) = match kind {
+                Kind::MatMulT { ta, tb, batched } => (ta, tb, batched),
+                _ => (false, false, coin(rng)),
+            };
+            let batch = if batched {
+                rand_shape(rng, (1, 2), (1, 3))
+            } else {
+                vec![]
+            };
+            let (m, k, n) = (pick(rng, 1, 4), pick(rng, 1, 4), pick(rng, 1, 4));
+            let mut sa = batch.clone();
+            sa.extend(if ta { [k, m] } else { [m, k] });
+            let mut sb = batch;
+            sb.extend(if tb { [n, k] } else { [k, n] });
+            let (a, b) = (normal(rng, &sa), normal(rng, &sb));
+            let op = match kind {
+                Kind::MatMul => Op::MatMul,
+                _ => Op::MatMulT(ta, tb),
+            };
+            (op, binary_args(rng, a, b))
+        }
+        Kind::Permute => {
+            let s = rand_shape(rng, (1, 4), (1, 4));
+            let mut perm: Vec<usize> = (0..s.len()).collect();
+            rng.shuffle(&mut perm);
+            (Op::Permute(perm), vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::T => {
+            let s = rand_shape(rng, (2, 4), (1, 4));
+            (Op::T, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Reshape => {
+            let s = rand_shape(rng, (1, 4), (1, 4));
+            // Regroup the prime factors of the element count into a random new shape.
+            let mut primes: Vec<usize> = s
+                .iter()
+                .flat_map(|&d| match d {
+                    4 => vec![2, 2],
+                    1 => vec![],
+                    d => vec![d],
+                })
+                .collect();
+            rng.shuffle(&mut primes);
+            let mut target = Vec::new();
+            let mut acc = 1;
+            for q in primes {
+                acc *= q;
+                if coin(rng) {
+                    target.push(acc);
+                    acc = 1;
+                }
+            }
+            if acc > 1 || target.is_empty() || coin(rng) {
+                target.push(acc);
+            }
+            if coin(rng) {
+                let at = rng.below(target.len() + 1);
+                target.insert(at, 1);
+            }
+            (Op::Reshape(target), vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::BroadcastTo => {
+            let out = rand_shape(rng, (1, 4), (2, 4));
+            let src = strict_broadcast_src(rng, &out);
+            (Op::BroadcastTo(out), vec![Arg::Var(normal(rng, &src))])
+        }
+        Kind::SumTo => {
+            let src = rand_shape(rng, (1, 4), (2, 4));
+            let dst = strict_broadcast_src(rng, &src);
+            (Op::SumTo(dst), vec![Arg::Var(normal(rng, &src))])
+        }
+        Kind::Slice => {
+            let s = rand_shape(rng, (1, 4), (1, 5));
+            let axis = rng.below(s.len());
+            let start = rng.below(s[axis]);
+            let end = pick(rng, start + 1, s[axis]);
+            (Op::Slice(axis, start, end), vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Concat => {
+            let base = rand_shape(rng, (1, 3), (1, 4));
+            let axis = rng.below(base.len());
+            let parts = pick(rng, 1, 3);
+            let mut args: Vec<Arg> = (0..parts)
+                .map(|_| {
+                    let mut s = base.clone();
+                    s[axis] = pick(rng, 1, 3);
+                    let t = normal(rng, &s);
+                    if rng.below(3) == 0 {
+                        Arg::Const(t)
+                    } else {
+                        Arg::Var(t)
+                    }
+                })
+                .collect();
+            if !args.iter().any(|a| matches!(a, Arg::Var(_))) {
+                let mut s = base.clone();
+                s[axis] = 2;
+                args.push(Arg::Var(normal(rng, &s)));
+            }
+            (Op::Concat(axis), args)
+        }
+        Kind::SumAxis | Kind::MeanAxis => {
+            let s = rand_shape(rng, (1, 4), (1, 4));
+            let (axis, keep) = (rng.below(s.len()), coin(rng));
+            let op = if matches!(kind, Kind::SumAxis) {
+                Op::SumAxis(axis, keep)
+            } else {
+                Op::MeanAxis(axis, keep)
+            };
+            (op, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::SumAll | Kind::MeanAll => {
+            let s = unary_shape(rng);
+            let op = if matches!(kind, Kind::SumAll) {
+                Op::SumAll
+            } else {
+                Op::MeanAll
+            };
+            (op, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Softmax | Kind::MaskedSoftmax | Kind::LogSoftmax | Kind::LogSumExp { .. } => {
+            let s = rand_shape(rng, (1, 3), (1, 5));
+            let axis = rng.below(s.len());
+            let op = match kind {
+                Kind::Softmax => Op::Softmax(axis),
+                Kind::MaskedSoftmax => {
+                    // Any mask that broadcasts, fully masked lanes included.
+                    let ms = broadcast_src(rng, &s);
+                    Op::MaskedSoftmax(axis, mask(rng, &ms))
+                }
+                Kind::LogSoftmax => Op::LogSoftmax(axis),
+                Kind::LogSumExp { keep } => Op::LogSumExp(axis, keep),
+                _ => unreachable!(),
+            };
+            (op, vec![Arg::Var(tensor(rng, &s, |r| 2.0 * r.normal()))])
+        }
+        Kind::GatherRows => {
+            let (rows, d) = (pick(rng, 1, 5), pick(rng, 1, 4));
+            let idx_shape = rand_shape(rng, (0, 2), (1, 4));
+            let idx = indices(rng, &idx_shape, rows);
+            (Op::GatherRows(idx), vec![Arg::Var(normal(rng, &[rows, d]))])
+        }
+        Kind::PickLast | Kind::CrossEntropy => {
+            let lead = rand_shape(rng, (0, 2), (1, 4));
+            let classes = pick(rng, 1, 5);
+            let idx = indices(rng, &lead, classes);
+            let mut s = lead;
+            s.push(classes);
+            let op = if matches!(kind, Kind::PickLast) {
+                Op::PickLast(idx)
+            } else {
+                Op::CrossEntropy(idx)
+            };
+            (op, vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::MaskedFill => {
+            let s = rand_shape(rng, (1, 3), (1, 4));
+            let ms = broadcast_src(rng, &s);
+            let m = mask(rng, &ms);
+            let value = rng.normal();
+            (Op::MaskedFill(m, value), vec![Arg::Var(normal(rng, &s))])
+        }
+        Kind::Select => {
+            // `a` and `b` broadcast against each other; `cond` against their common shape.
+            let s = rand_shape(rng, (0, 3), (1, 4));
+            let (sa, sb) = (broadcast_src(rng, &s), broadcast_src(rng, &s));
+            let common = datarater::autodiff::ops::binary::broadcast_shape("test", &sa, &sb);
+            let cs = broadcast_src(rng, &common);
+            let cond = mask(rng, &cs);
+            let (a, b) = (normal(rng, &sa), normal(rng, &sb));
+            (Op::Select(cond), binary_args(rng, a, b))
+        }
+        Kind::LayerNorm => {
+            let mut s = rand_shape(rng, (0, 2), (1, 4));
+            s.push(pick(rng, 2, 5));
+            (Op::LayerNorm(1e-2), vec![Arg::Var(normal(rng, &s))])
+        }
+    };
+    finish(op, args, rng)
+}
+
+// ---- the checks -------------------------------------------------------------------
+
+/// Absolute error accepted whatever the reference, as a fraction of `tol`: finite
+/// differences of O(1) quantities cannot resolve derivatives much below this, and a
+/// wrong rule is off by O(1).
+const FLOOR: f64 = 1e-2;
+
+/// `rel <= tol`, or an absolute error below `tol * FLOOR` (for references that are
+/// zero or nearly so).
+fn close(r: &Report, tol: f64) -> bool {
+    r.ok(tol) || r.max_abs <= tol * FLOOR
+}
+
+/// A fourth-order (five-point) central-difference gradient: the plain central
+/// difference of [`check::fd_gradient`] is not accurate enough for third derivatives.
+fn fd5_gradient(
+    f: impl Fn(&Params<Tensor<f64>>) -> f64,
+    p: &Params<Tensor<f64>>,
+    h: f64,
+) -> Params<Tensor<f64>> {
+    p.iter()
+        .map(|(k, t)| {
+            let at = |i: usize, d: f64| {
+                let mut a = t.to_owned_array();
+                *a.iter_mut().nth(i).expect("in range") += d;
+                let mut q = p.clone();
+                q.insert(k, Tensor::from_array(a));
+                f(&q)
+            };
+            let g = (0..t.len())
+                .map(|i| {
+                    (8.0 * (at(i, h) - at(i, -h)) - (at(i, 2.0 * h) - at(i, -2.0 * h))) / (12.0 * h)
+                })
+                .collect();
+            (
+                k.to_string(),
+                Tensor::from_vec(t.shape(), g).expect("sized"),
+            )
+        })
+        .collect()
+}
+
+fn norm(t: &Tensor<f64>) -> f64 {
+    t.dot_all(t).sqrt()
+}
+
+/// Runs every first- and second-order check on one case.
+fn check_case(case: &Case, p: &Params<Tensor<f64>>, rng: &mut Rng) -> Result<(), TestCaseError> {
+    let dir = p.map(|t| normal(rng, t.shape()));
+    let (u, v) = (
+        p.map(|t| normal(rng, t.shape())),
+        p.map(|t| normal(rng, t.shape())),
+    );
+
+    // VJP (tape) of the scalarised op vs. central differences.
+    let r = check::check_gradient(case, p, EPS)?;
+    prop_assert!(close(&r, TOL_FD1), "gradient vs FD: {r:?}\n{case:?}");
+
+    // JVP (dual) of the scalarised op vs. a central difference. A directional
+    // derivative can be small by cancellation, so it is judged against the size of the
+    // terms it sums, sum_i |g_i d_i|, as well as against itself.
+    let r = check::check_jvp(case, p, &dir, EPS)?;
+    let (_, g) = value_and_grad(|q: &Params<Var<Tensor<f64>>>| case.eval(q), p)?;
+    let terms = g
+        .zip_map(&dir, |a, b| {
+            Tensor::from_array((a.array() * b.array()).mapv(f64::abs))
+        })?
+        .values()
+        .map(|t| t.to_vec().iter().sum::<f64>())
+        .sum::<f64>();
+    prop_assert!(
+        close(&r, TOL_FD1) || r.max_abs <= TOL_FD1 * terms,
+        "scalar JVP vs FD: {r:?} (sum |g d| = {terms})\n{case:?}"
+    );
+
+    // JVP of the op itself: the whole output tangent vs. a central difference.
+    let (y, t) = jvp(|q: &Params<Dual<Tensor<f64>>>| case.output(q), p, &dir)?;
+    prop_assert_eq!(t.shape(), y.shape());
+    let fd = check::fd_directional(|q| case.output(q), p, &dir, EPS)?;
+    let r = compare_tensors(&t, &fd)?;
+    prop_assert!(close(&r, TOL_FD1), "output JVP vs FD: {r:?}\n{case:?}");
+
+    // VJP of the op itself against its JVP: <c, J d> == <J^T c, d>.
+    let cot = normal(rng, y.shape());
+    let (_, g) = vjp(|q: &Params<Var<Tensor<f64>>>| case.output(q), p, &cot)?;
+    g.check_like(p)?;
+    let (lhs, rhs) = (cot.dot_all(&t), g.dot(&dir)?);
+    let scale = norm(&cot) * norm(&t) + g.norm() * dir.norm() + 1e-300;
+    prop_assert!(
+        (lhs - rhs).abs() <= TOL_EXACT * scale,
+        "<c, J d> = {lhs} but <J^T c, d> = {rhs}\n{case:?}"
+    );
+
+    // Second order: three modes agree with each other and with FD of gradients.
+    let (val, g_fr, h_fr) = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| case.eval(q), p, &v)?;
+    let (val0, g0) = value_and_grad(|q: &Params<Var<Tensor<f64>>>| case.eval(q), p)?;
+    prop_assert!((val.item() - val0.item()).abs() <= 1e-12 * (1.0 + val0.item().abs()));
+    let r = compare(&g_fr, &g0)?;
+    prop_assert!(close(&r, TOL_EXACT), "hvp's gradient: {r:?}\n{case:?}");
+    let h_rr = hvp_rev_rev(|q: &Params<Var<Var<Tensor<f64>>>>| case.eval(q), p, &v)?;
+    let r = compare(&h_rr, &h_fr)?;
+    prop_assert!(
+        close(&r, TOL_EXACT),
+        "rev-rev vs fwd-rev HVP: {r:?}\n{case:?}"
+    );
+    let h_rf = hvp_rev_fwd(|q: &Params<Dual<Var<Tensor<f64>>>>| case.eval(q), p, &v)?;
+    let r = compare(&h_rf, &h_fr)?;
+    prop_assert!(
+        close(&r, TOL_EXACT),
+        "rev-fwd vs fwd-rev HVP: {r:?}\n{case:?}"
+    );
+    let r = check::check_hvp(case, p, &v, EPS)?;
+    prop_assert!(
+        close(&r, TOL_FD2),
+        "HVP vs FD of gradients: {r:?}\n{case:?}"
+    );
+
+    // Symmetry: u.Hv == v.Hu.
+    let (_, _, h_u) = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| case.eval(q), p, &u)?;
+    let (uhv, vhu) = (u.dot(&h_fr)?, v.dot(&h_u)?);
+    let scale = u.norm() * h_fr.norm() + v.norm() * h_u.norm() + 1e-300;
+    prop_assert!(
+        (uhv - vhu).abs() <= TOL_EXACT * scale,
+        "u.Hv = {uhv} but v.Hu = {vhu}\n{case:?}"
+    );
+
+    // Third order: grad_x (u . H(x) v), by forward-over-reverse on a tape over an outer
+    // tape, vs. central differences of u . H(x) v.
+    let third = grad(
+        |q: &Params<Var<Tensor<f64>>>| {
+            let vq = v.map(|t| Var::constant_of(t.clone()));
+            let (_, _, hv) = hvp(
+                |r: &Params<Var<Dual<Var<Tensor<f64>>>>>| case.eval(r),
+                q,
+                &vq,
+            )?;
+            let mut acc = Var::scalar(0.0);
+            for (k, h) in hv.iter() {
+                acc = acc.add(&h.mul(&Var::constant_of(u[k].clone())).sum_all());
+            }
+            Ok(acc)
+        },
+        p,
+    )?;
+    let uhv = |q: &Params<Tensor<f64>>| {
+        let (_, _, hv) =
+            hvp(|r: &Params<Var<Dual<Tensor<f64>>>>| case.eval(r), q, &v).expect("hvp");
+        u.dot(&hv).expect("same names")
+    };
+    let r = compare(&third, &fd5_gradient(uhv, p, 1e-3))?;
+    prop_assert!(
+        close(&r, TOL_FD3),
+        "third order vs FD of HVPs: {r:?}\n{case:?}"
+    );
+    Ok(())
+}
+
+fn run(kind: Kind, seed: u64) -> Result<(), TestCaseError> {
+    let mut rng = Rng::new(seed);
+    let (case, p) = build(kind, &mut rng);
+    check_case(&case, &p, &mut rng)
+}
+
+macro_rules! op_tests {
+    ($($name:ident => $kind:expr,)*) => {
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+            $(
+                #[test]
+                fn $name(seed in any::<u64>()) {
+                    run($kind, seed)?;
+                }
+            )*
+        }
+    };
+}
+
+op_tests! {
+    add => Kind::Add,
+    sub => Kind::Sub,
+    mul => Kind::Mul,
+    div => Kind::Div,
+    neg => Kind::Neg,
+    scale => Kind::Scale,
+    add_scalar => Kind::AddScalar,
+    exp => Kind::Exp,
+    ln => Kind::Ln,
+    tanh => Kind::Tanh,
+    sigmoid => Kind::Sigmoid,
+    sqrt => Kind::Sqrt,
+    powi => Kind::Powi,
+    square => Kind::Square,
+    recip => Kind::Recip,
+    gelu => Kind::Gelu,
+    relu => Kind::Relu,
+    matmul => Kind::MatMul,
+    matmul_t_nn_2d => Kind::MatMulT { ta: false, tb: false, batched: false },
+    matmul_t_nt_2d => Kind::MatMulT { ta: false, tb: true, batched: false },
+    matmul_t_tn_2d => Kind::MatMulT { ta: true, tb: false, batched: false },
+    matmul_t_tt_2d => Kind::MatMulT { ta: true, tb: true, batched: false },
+    matmul_t_nn_batched => Kind::MatMulT { ta: false, tb: false, batched: true },
+    matmul_t_nt_batched => Kind::MatMulT { ta: false, tb: true, batched: true },
+    matmul_t_tn_batched => Kind::MatMulT { ta: true, tb: false, batched: true },
+    matmul_t_tt_batched => Kind::MatMulT { ta: true, tb: true, batched: true },
+    permute => Kind::Permute,
+    t => Kind::T,
+    reshape => Kind::Reshape,
+    broadcast_to => Kind::BroadcastTo,
+    sum_to => Kind::SumTo,
+    slice => Kind::Slice,
+    concat => Kind::Concat,
+    sum_axis => Kind::SumAxis,
+    mean_axis => Kind::MeanAxis,
+    sum_all => Kind::SumAll,
+    mean_all => Kind::MeanAll,
+    softmax => Kind::Softmax,
+    masked_softmax => Kind::MaskedSoftmax,
+    log_softmax => Kind::LogSoftmax,
+    logsumexp_keepdim => Kind::LogSumExp { keep: true },
+    logsumexp_no_keepdim => Kind::LogSumExp { keep: false },
+    gather_rows => Kind::GatherRows,
+    pick_last => Kind::PickLast,
+    cross_entropy => Kind::CrossEntropy,
+    masked_fill => Kind::MaskedFill,
+    select => Kind::Select,
+    layer_norm => Kind::LayerNorm,
+}
+
+// ---- fixed cases ------------------------------------------------------------------
+
+/// The broadcasting pairs named in the numpy rules, for every binary op, with both
+/// operands variables and with each one constant.
+#[test]
+fn binary_ops_broadcast_fixed_shapes() {
+    let pairs: [(&[usize], &[usize]); 6] = [
+        (&[3, 1, 4], &[2, 4]),
+        (&[2, 4], &[3, 1, 4]),
+        (&[], &[2, 3]),
+        (&[2, 3], &[]),
+        (&[4, 1], &[1, 5]),
+        (&[2, 1, 3], &[2, 4, 1]),
+    ];
+    let mut rng = Rng::new(7);
+    for (sa, sb) in pairs {
+        for op in [Op::Add, Op::Sub, Op::Mul, Op::Div] {
+            for mode in 0..3 {
+                let a = normal(&mut rng, sa);
+                let b = away_from_zero(&mut rng, sb, 0.5, 2.0);
+                let args = match mode {
+                    0 => vec![Arg::Var(a), Arg::Var(b)],
+                    1 => vec![Arg::Var(a), Arg::Const(b)],
+                    _ => vec![Arg::Const(a), Arg::Var(b)],
+                };
+                let (case, p) = finish(op.clone(), args, &mut rng);
+                let out = case.output(&p).shape().to_vec();
+                let want = datarater::autodiff::ops::binary::broadcast_shape("test", sa, sb);
+                assert_eq!(out, want, "{op:?} {sa:?} {sb:?}");
+                if let Err(e) = check_case(&case, &p, &mut rng) {
+                    panic!("{op:?} {sa:?} with {sb:?}, mode {mode}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Forward values of a few ops against hand-computed numbers, so the derivative checks
+/// above are checking the right functions.
+#[test]
+fn forward_values() {
+    let x = Tensor::<f64>::from_vec(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    assert_eq!(x.t().to_vec(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    assert_eq!(x.sum_axis(0, false).to_vec(), vec![5.0, 7.0, 9.0]);
+    assert_eq!(x.sum_axis(1, true).shape(), vec![2, 1]);
+    assert_eq!(x.mean_all().item(), 3.5);
+    assert_eq!(x.slice(1, 1, 3).to_vec(), vec![2.0, 3.0, 5.0, 6.0]);
+    assert_eq!(
+        x.matmul_t(&x, false, true).to_vec(),
+        vec![14.0, 32.0, 32.0, 77.0]
+    );
+    assert_eq!(x.matmul_t(&x, true, false).shape(), vec![3, 3]);
+    let s = x.softmax(1).sum_axis(1, false).to_vec();
+    assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-15));
+    let lse = x.logsumexp(1, false).to_vec();
+    let want = (1.0f64.exp() + 2.0f64.exp() + 3.0f64.exp()).ln();
+    assert!((lse[0] - want).abs() < 1e-14);
+    let idx = Indices::new(&[2], vec![2, 0]).unwrap();
+    assert_eq!(x.pick_last(&idx).unwrap().to_vec(), vec![3.0, 4.0]);
+    assert_eq!(
+        x.gather_rows(&Indices::new(&[2], vec![1, 1]).unwrap())
+            .unwrap()
+            .to_vec(),
+        vec![4.0, 5.0, 6.0, 4.0, 5.0, 6.0]
+    );
+    let m = Mask::new(&[3], vec![true, false, true]).unwrap();
+    assert_eq!(
+        x.masked_fill(&m, -1.0).to_vec(),
+        vec![-1.0, 2.0, -1.0, -1.0, 5.0, -1.0]
+    );
+    let b = Tensor::<f64>::scalar(10.0);
+    assert_eq!(
+        Tensor::select(&m, &x, &x.add(&b)).to_vec(),
+        vec![1.0, 12.0, 3.0, 4.0, 15.0, 6.0]
+    );
+    // select broadcasts `a` and `b` against each other.
+    let row = Tensor::<f64>::from_vec(&[3], vec![7.0, 8.0, 9.0]).unwrap();
+    assert_eq!(
+        Tensor::select(&m, &x, &row).to_vec(),
+        vec![1.0, 8.0, 3.0, 4.0, 8.0, 6.0]
+    );
+    assert_eq!(Tensor::select(&m, &row, &b).to_vec(), vec![7.0, 10.0, 9.0]);
+    // masked_softmax gives masked entries probability exactly 0.
+    let ms = x.masked_softmax(1, &m).to_vec();
+    assert_eq!(ms, vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
+    let causal = Mask::causal(3);
+    let sq = Tensor::<f64>::zeros(&[3, 3])
+        .masked_softmax(1, &causal)
+        .to_vec();
+    let third = 1.0 / 3.0;
+    let want = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, third, third, third];
+    assert!(
+        sq.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-15),
+        "{sq:?}"
+    );
+    let ln = x.layer_norm(0.0);
+    assert!(
+        ln.mean_axis(1, false)
+            .to_vec()
+            .iter()
+            .all(|v| v.abs() < 1e-12)
+    );
+    let gelu = Tensor::<f64>::scalar(1.0).gelu().item();
+    assert!((gelu - 0.841_191_990_607_477_2).abs() < 1e-12, "{gelu}");
+}
+
+/// `max_axis_const` is a constant: its derivative is exactly zero in every mode, and
+/// using it to stabilise a hand-written logsumexp leaves all derivatives unchanged.
+#[derive(Clone, Debug)]
+struct StableLse {
+    axis: usize,
+    manual: bool,
+    w: Tensor<f64>,
+}
+
+impl ScalarFn for StableLse {
+    fn eval<V: Value<F = f64>>(&self, p: &Params<V>) -> V {
+        let x = &p["x"];
+        let l = if self.manual {
+            let m = x.max_axis_const(self.axis);
+            x.sub(&m).exp().sum_axis(self.axis, true).ln().add(&m)
+        } else {
+            x.logsumexp(self.axis, true)
+        };
+        l.mul(&V::constant(self.w.clone())).sum_all()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct MaxOnly {
+    axis: usize,
+    w: Tensor<f64>,
+}
+
+impl ScalarFn for MaxOnly {
+    fn eval<V: Value<F = f64>>(&self, p: &Params<V>) -> V {
+        let x = &p["x"];
+        // `x * 0` keeps the output on the tape so the backward pass really runs.
+        x.max_axis_const(self.axis)
+            .mul(&V::constant(self.w.clone()))
+            .sum_all()
+            .add(&x.scale(0.0).sum_all())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn max_axis_const(seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let s = rand_shape(&mut rng, (1, 3), (1, 5));
+        let axis = rng.below(s.len());
+        let x = normal(&mut rng, &s);
+        let mut p = Params::new();
+        p.insert("x", x.clone());
+        let m = x.max_axis_const(axis);
+        let mut ms = s.clone();
+        ms[axis] = 1;
+        prop_assert_eq!(m.shape(), ms.clone());
+        // The value is the max along the axis.
+        let lanes = x.array().lanes(ndarray::Axis(axis));
+        for (mv, lane) in m.to_vec().iter().zip(lanes) {
+            prop_assert_eq!(*mv, lane.fold(f64::NEG_INFINITY, |a, &b| a.max(b)));
+        }
+        let w = normal(&mut rng, &ms);
+        let f = MaxOnly { axis, w: w.clone() };
+        let dir = p.map(|t| normal(&mut rng, t.shape()));
+        let (_, g) = value_and_grad(|q: &Params<Var<Tensor<f64>>>| f.eval(q), &p)?;
+        prop_assert!(g["x"].to_vec().iter().all(|&v| v == 0.0));
+        let (_, t) = jvp(|q: &Params<Dual<Tensor<f64>>>| f.eval(q), &p, &dir)?;
+        prop_assert_eq!(t.item(), 0.0);
+        let (_, _, hv) = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| f.eval(q), &p, &dir)?;
+        prop_assert!(hv["x"].to_vec().iter().all(|&v| v == 0.0));
+        // Stabilising with it changes no derivative.
+        let exact = StableLse { axis, manual: false, w: w.clone() };
+        let manual = StableLse { axis, manual: true, w };
+        let (_, g1) = value_and_grad(|q: &Params<Var<Tensor<f64>>>| exact.eval(q), &p)?;
+        let (_, g2) = value_and_grad(|q: &Params<Var<Tensor<f64>>>| manual.eval(q), &p)?;
+        let r = compare(&g2, &g1)?;
+        prop_assert!(close(&r, 1e-12), "{r:?}");
+        let (_, _, h1) = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| exact.eval(q), &p, &dir)?;
+        let (_, _, h2) = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| manual.eval(q), &p, &dir)?;
+        let r = compare(&h2, &h1)?;
+        prop_assert!(close(&r, 1e-10), "{r:?}");
+        let r = check::check_gradient(&manual, &p, EPS)?;
+        prop_assert!(close(&r, TOL_FD1), "{r:?}");
+    }
+}
+
+// ---- f32 --------------------------------------------------------------------------
+
+/// A small model written once, generic over the element type.
+fn small_model<V: Value>(p: &Params<V>) -> V {
+    let c = |shape: &[usize], v: Vec<f64>| {
+        V::constant(Tensor::<f64>::from_vec(shape, v).unwrap().cast::<V::F>())
+    };
+    let h = p["w"].matmul(&p["x"]).add(&p["b"]).tanh();
+    let logits = h
+        .t()
+        .matmul(&c(&[3, 2], vec![0.5, -1.0, 0.25, 0.75, -0.5, 1.5]));
+    let idx = Indices::new(&[4], vec![0, 1, 1, 0]).unwrap();
+    let ce = logits.cross_entropy(&idx).unwrap().mean_all();
+    ce.add(&p["x"].sigmoid().ln().neg().mean_all())
+}
+
+#[test]
+fn f32_gradient_matches_f64() {
+    let mut rng = Rng::new(3);
+    let mut p64 = Params::new();
+    p64.insert("w", normal(&mut rng, &[3, 5]));
+    p64.insert("x", normal(&mut rng, &[5, 4]));
+    p64.insert("b", normal(&mut rng, &[3, 1]));
+    let p32: Params<Tensor<f32>> = p64.cast();
+    let (y64, g64) = value_and_grad(small_model, &p64).unwrap();
+    let (y32, g32) = value_and_grad(small_model, &p32).unwrap();
+    assert!((y32.item() as f64 - y64.item()).abs() <= 1e-5 * y64.item().abs().max(1.0));
+    let r = compare(&g32.cast(), &g64).unwrap();
+    assert!(r.rel <= 1e-4, "{r:?}");
+    assert!(g64.norm() > 0.1, "the gradient is not trivially small");
+    // And the f64 gradient is right.
+    let fd = check::fd_gradient(|q| small_model(q).item(), &p64, EPS);
+    let r = compare(&g64, &fd).unwrap();
+    assert!(r.rel <= TOL_FD1, "{r:?}");
+    // Second order in f32 too.
+    let v64 = p64.map(|t| normal(&mut rng, t.shape()));
+    let (_, _, h64) = hvp(small_model, &p64, &v64).unwrap();
+    let (_, _, h32) = hvp(small_model, &p32, &v64.cast()).unwrap();
+    let r = compare(&h32.cast(), &h64).unwrap();
+    assert!(r.rel <= 1e-3, "{r:?}");
+}
