@@ -10,8 +10,8 @@
 //!   of `jax.grad` or PyTorch's `create_graph=True` do.
 
 use super::MetaProblem;
-use crate::autodiff::transforms::{jvp_grad, value_and_grad};
-use crate::autodiff::{Float, Params, Tape, Tensor, Value, Var};
+use crate::autodiff::transforms::{jvp_grad, value_and_grad, vjp};
+use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
 
@@ -244,14 +244,9 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
             finite(&adj.grad, t, "optimiser adjoint")?;
-            let r = jvp_grad(
-                |gs| problem.inner_loss(&gs[0], &gs[1], &batches[t]),
-                &[&s.theta, eta],
-                &[Some(&adj.grad), None],
-            )?;
-            stats.peak_tape_bytes = stats.peak_tape_bytes.max(r.tape_bytes);
-            let [h_gbar, m_gbar]: [Params<Tensor<F>>; 2] =
-                r.tangents.try_into().expect("two groups");
+            let (h_gbar, m_gbar, tape_bytes) =
+                products(problem, &s.theta, eta, &adj.grad, &batches[t])?;
+            stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
             finite(&h_gbar, t, "Hessian-vector product")?;
             finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
             theta_bar = adj.theta.add_scaled(&h_gbar, F::one())?;
@@ -267,6 +262,60 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         state,
         stats,
     })
+}
+
+/// `(H_t g, M_t g, tape bytes)` at one stored step: the tangent along `g` (a direction
+/// in `theta`) of the inner objective's gradients with respect to `theta` and `eta`, by
+/// forward-over-reverse. When the problem exposes its weighted form
+/// (`sum_i w_i(eta) l_i(theta)`, see [`MetaProblem::example_weights`]) the weights stay
+/// out of that pass: it runs over `theta` only with `w` constant, which gives `H_t g`
+/// and the losses' tangents `d_i`; then `M_t g = grad_eta <w(eta), d>` is one
+/// first-order backward pass through `w` (on its own tape, after the forward-over-reverse
+/// tape is freed, so the two are never alive together).
+#[allow(clippy::type_complexity)]
+fn products<F: Float, P: MetaProblem<F>>(
+    problem: &P,
+    theta: &Params<Tensor<F>>,
+    eta: &Params<Tensor<F>>,
+    g: &Params<Tensor<F>>,
+    batch: &P::Batch,
+) -> Result<(Params<Tensor<F>>, Params<Tensor<F>>, usize)> {
+    let Some(w) = problem.example_weights(eta, batch) else {
+        let r = jvp_grad(
+            |gs| problem.inner_loss(&gs[0], &gs[1], batch),
+            &[theta, eta],
+            &[Some(g), None],
+        )?;
+        let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
+        return Ok((h, m, r.tape_bytes));
+    };
+    let missing =
+        || Error::Usage("MetaProblem::example_weights is Some but example_losses is None".into());
+    let w = Var::constant_of(Dual::constant_of(w?));
+    let mut d = None;
+    let r = jvp_grad(
+        |gs| -> Result<Var<Dual<Tensor<F>>>> {
+            let l = problem
+                .example_losses(&gs[0], batch)
+                .ok_or_else(missing)??;
+            d = Some(l.value().tangent_or_zeros());
+            Ok(w.mul(&l).sum_all())
+        },
+        &[theta],
+        &[Some(g)],
+    )?;
+    let h = r.tangents.into_iter().next().expect("one group");
+    let d = d.expect("set by the objective");
+    let (_, m) = vjp(
+        |e| {
+            problem
+                .example_weights(e, batch)
+                .unwrap_or_else(|| Err(missing()))
+        },
+        eta,
+        &d,
+    )?;
+    Ok((h, m, r.tape_bytes))
 }
 
 fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(

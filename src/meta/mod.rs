@@ -82,6 +82,38 @@ pub trait MetaProblem<F: Float>: Sync {
     ) -> Result<V>;
     /// The scalar outer objective.
     fn outer_loss<V: Value<F = F>>(&self, theta: &Params<V>, batch: &Self::Batch) -> Result<V>;
+
+    /// Optional structure, for speed: when the inner objective is a weighted sum of
+    /// per-example losses, `inner_loss(theta, eta) = sum_i w_i(eta) l_i(theta)`, return
+    /// the weights `w(eta)` here and the losses `l(theta)` (same shape) from
+    /// [`example_losses`](Self::example_losses). The default `None` means "no such
+    /// form": the engines then differentiate `inner_loss` as a whole.
+    ///
+    /// With the weighted form the mixed-mode engines get the mixed product
+    /// `M_t g = grad_eta sum_i w_i(eta) d_i`, `d_i = <g, grad_theta l_i(theta_t)>`
+    /// (the tangent of the losses in the forward-over-reverse pass over `theta`), from
+    /// ONE first-order backward pass through `w`, instead of carrying the weights'
+    /// computation through the forward-over-reverse pass. The result is the same
+    /// (exactly, up to rounding); only the cost changes.
+    fn example_weights<V: Value<F = F>>(
+        &self,
+        eta: &Params<V>,
+        batch: &Self::Batch,
+    ) -> Option<Result<V>> {
+        let _ = (eta, batch);
+        None
+    }
+
+    /// The per-example losses `l(theta)` of the weighted form (see
+    /// [`example_weights`](Self::example_weights)); must be `Some` whenever that is.
+    fn example_losses<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        batch: &Self::Batch,
+    ) -> Option<Result<V>> {
+        let _ = (theta, batch);
+        None
+    }
 }
 
 /// The DataRater objective: `L(theta, eta) = sum_i softmax_i(rater(eta, batch)) * l_i(theta)`
@@ -114,6 +146,20 @@ where
     }
     fn outer_loss<V: Value<F = F>>(&self, theta: &Params<V>, batch: &I::Batch) -> Result<V> {
         self.outer.loss(self.inner, theta, batch)
+    }
+    fn example_weights<V: Value<F = F>>(
+        &self,
+        eta: &Params<V>,
+        batch: &I::Batch,
+    ) -> Option<Result<V>> {
+        Some(self.rater.scores(eta, batch).map(|s| s.softmax(0)))
+    }
+    fn example_losses<V: Value<F = F>>(
+        &self,
+        theta: &Params<V>,
+        batch: &I::Batch,
+    ) -> Option<Result<V>> {
+        Some(self.inner.per_example_loss(theta, batch))
     }
 }
 
