@@ -1,7 +1,7 @@
 //! Forward mode: `Dual<V>` carries a primal and an optional tangent, both of type `V`.
 
 use super::tensor::Tensor;
-use super::value::{Ctx, Op, Value};
+use super::value::{Op, Value};
 
 /// A dual number over any algebra `V`: `primal + eps * tangent`, stored as a struct of
 /// arrays so a dual matmul is ordinary matmuls on `V`. A missing tangent (`None`) is an
@@ -55,18 +55,10 @@ impl<V: Value> Value for Dual<V> {
     fn apply<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
         let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
         let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
-        let y = V::apply(op.clone(), &primals);
         if dxs.iter().all(Option::is_none) {
-            return Dual::constant_of(y);
+            return Dual::constant_of(V::apply(op, &primals));
         }
-        let ctx = Ctx {
-            xs: primals.iter().map(|&p| Some(p.clone())).collect(),
-            out_shape: y.shape(),
-            y: Some(y.clone()),
-            shapes: primals.iter().map(|p| p.shape()).collect(),
-            needs: xs.iter().map(|x| x.tangent.is_some()).collect(),
-        };
-        let t = op.jvp(&ctx, &dxs);
+        let (y, t) = V::apply_jvp(op, &primals, &dxs);
         Dual::new(y, t)
     }
 

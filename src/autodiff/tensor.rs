@@ -169,6 +169,13 @@ impl<F: Float> Value for Tensor<F> {
         op.forward(xs)
     }
 
+    fn apply_jvp<O: Op<F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> (Self, Self) {
+        match op.forward_jvp(xs, dxs) {
+            Some(fused) => fused,
+            None => super::value::apply_then_jvp(op, xs, dxs),
+        }
+    }
+
     fn accumulate(self, other: &Self) -> Self {
         if self.shape() == other.shape() {
             let mut a = self.0;

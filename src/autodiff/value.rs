@@ -109,6 +109,39 @@ pub trait Op<F: Float>: Clone + 'static {
     /// Input cotangents given the output cotangent; entry `i` may be `None` when
     /// `ctx.needs(i)` is false.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>>;
+    /// Optional fused kernel for forward mode on numbers: the output and its tangent
+    /// (given input tangents, `None` = zero, at least one `Some`) in one go, for ops where
+    /// that saves array passes or allocations over `forward` followed by `jvp` on
+    /// numbers. `None` (the default) means "no fused kernel": `forward` then `jvp` run.
+    /// A kernel must agree with those two rules (up to rounding) and check shapes as
+    /// `forward` does.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let _ = (xs, dxs);
+        None
+    }
+}
+
+/// `op` on values `xs` with tangents `dxs`: the output, then its tangent by the op's JVP
+/// rule (the default of [`Value::apply_jvp`]).
+pub(crate) fn apply_then_jvp<V: Value, O: Op<V::F>>(
+    op: O,
+    xs: &[&V],
+    dxs: &[Option<&V>],
+) -> (V, V) {
+    let y = V::apply(op.clone(), xs);
+    let ctx = Ctx {
+        xs: xs.iter().map(|&p| Some(p.clone())).collect(),
+        out_shape: y.shape(),
+        y: Some(y.clone()),
+        shapes: xs.iter().map(|p| p.shape()).collect(),
+        needs: dxs.iter().map(Option::is_some).collect(),
+    };
+    let t = op.jvp(&ctx, dxs);
+    (y, t)
 }
 
 /// The tensor algebra. Implemented by [`Tensor`] (numbers), [`Dual`](super::Dual)
@@ -137,6 +170,13 @@ pub trait Value: Clone + 'static {
     fn constant(t: Tensor<Self::F>) -> Self;
     /// Applies a primitive op.
     fn apply<O: Op<Self::F>>(op: O, xs: &[&Self]) -> Self;
+    /// Applies a primitive op to the primal parts `xs` of dual numbers with tangents
+    /// `dxs` (`None` = zero, at least one `Some`): the output and its tangent. By default
+    /// `apply` then the op's JVP rule; [`Tensor`] runs the op's fused
+    /// [`forward_jvp`](Op::forward_jvp) kernel when it has one.
+    fn apply_jvp<O: Op<Self::F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> (Self, Self) {
+        apply_then_jvp(op, xs, dxs)
+    }
     /// `self + other` for cotangent accumulation (in place where the algebra allows).
     fn accumulate(self, other: &Self) -> Self {
         self.add(other)
@@ -350,7 +390,13 @@ pub trait Value: Clone + 'static {
     /// Softmax along `axis` over the entries where `mask` (broadcast to this shape) is
     /// false; masked entries get probability exactly 0 (e.g. a causal attention mask).
     fn masked_softmax(&self, axis: usize, mask: &Mask) -> Self {
-        Self::apply(Softmax { axis, mask: Some(mask.clone()) }, &[self])
+        Self::apply(
+            Softmax {
+                axis,
+                mask: Some(mask.clone()),
+            },
+            &[self],
+        )
     }
     /// Log-softmax along `axis`.
     fn log_softmax(&self, axis: usize) -> Self {

@@ -4,6 +4,7 @@ use super::super::float::Float;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
+use ndarray::{ArrayViewD, IxDyn, Zip};
 
 /// The numpy broadcast of two shapes, or a panic naming `op` and both shapes.
 pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -32,6 +33,13 @@ fn check<F: Float>(op: &'static str, xs: &[&Tensor<F>]) {
 /// Cotangent of a broadcast operand: reduce the output-shaped `g` to the operand's shape.
 fn unbroadcast<V: Value>(ctx: &Ctx<V>, i: usize, g: impl FnOnce() -> V) -> Option<V> {
     ctx.needs(i).then(|| g().sum_to(ctx.shape(i)))
+}
+
+/// `t` broadcast to `shape` (already checked to be a valid broadcast).
+fn broadcast_view<'a, F: Float>(t: &'a Tensor<F>, shape: &IxDyn) -> ArrayViewD<'a, F> {
+    t.array()
+        .broadcast(shape.clone())
+        .expect("checked broadcast")
 }
 
 /// `a + b`.
@@ -121,6 +129,28 @@ impl<F: Float> Op<F> for Mul {
             unbroadcast(ctx, 0, || dy.mul(ctx.x(1))),
             unbroadcast(ctx, 1, || dy.mul(ctx.x(0))),
         ]
+    }
+    /// Fused: the tangent `da b + a db` in one pass, no temporaries.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let shape = IxDyn(&broadcast_shape("mul", xs[0].shape(), xs[1].shape()));
+        let view = |t| broadcast_view(t, &shape);
+        let (a, b) = (view(xs[0]), view(xs[1]));
+        let y = Zip::from(&a).and(&b).map_collect(|&a, &b| a * b);
+        let t = match (dxs[0].map(view), dxs[1].map(view)) {
+            (Some(da), Some(db)) => Zip::from(&a)
+                .and(&b)
+                .and(&da)
+                .and(&db)
+                .map_collect(|&a, &b, &da, &db| da * b + a * db),
+            (Some(da), None) => Zip::from(&da).and(&b).map_collect(|&da, &b| da * b),
+            (None, Some(db)) => Zip::from(&a).and(&db).map_collect(|&a, &db| a * db),
+            (None, None) => unreachable!("jvp called without tangents"),
+        };
+        Some((Tensor::from_array(y), Tensor::from_array(t)))
     }
 }
 

@@ -25,16 +25,9 @@ fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
     if t { v.reversed_axes() } else { v }
 }
 
-impl<F: Float> Op<F> for MatMul {
-    fn name(&self) -> &'static str {
-        "matmul"
-    }
-    fn saves(&self) -> Saves {
-        Saves::INPUTS
-    }
-    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        let (a, b) = (xs[0], xs[1]);
-        let (sa, sb) = (a.shape(), b.shape());
+impl MatMul {
+    /// `(batch, m, k, n)` of `op_a(a) x op_b(b)` and the output shape, or a shape panic.
+    fn dims(&self, sa: &[usize], sb: &[usize]) -> ((usize, usize, usize, usize), Vec<usize>) {
         let nd = sa.len();
         if nd < 2 || sb.len() != nd || sa[..nd - 2] != sb[..nd - 2] {
             shape_panic("matmul", sa, sb);
@@ -53,6 +46,18 @@ impl<F: Float> Op<F> for MatMul {
             shape_panic("matmul", sa, sb);
         }
         let batch: usize = sa[..nd - 2].iter().product();
+        let mut out = sa[..nd - 2].to_vec();
+        out.extend([m, n]);
+        ((batch, m, k, n), out)
+    }
+
+    /// `c = beta c + op_a(a) op_b(b)` for `c` of shape `[batch, m, n]` (shapes checked by
+    /// [`dims`](Self::dims)); `beta = 1` accumulates a second product in place.
+    fn gemm_into<F: Float>(&self, c: &mut Array3<F>, a: &Tensor<F>, b: &Tensor<F>, beta: F) {
+        let (sa, sb) = (a.shape(), b.shape());
+        let nd = sa.len();
+        let (batch, m, n) = c.dim();
+        let k = if self.ta { sa[nd - 2] } else { sa[nd - 1] };
         let a = a.array().as_standard_layout();
         let b = b.array().as_standard_layout();
         let a3 = a
@@ -63,15 +68,8 @@ impl<F: Float> Op<F> for MatMul {
             .view()
             .into_shape_with_order((batch, sb[nd - 2], sb[nd - 1]))
             .expect("contiguous");
-        let mut c = Array3::<F>::zeros((batch, m, n));
         let one = |(mut c, a, b): (ndarray::ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
-            general_mat_mul(
-                F::one(),
-                &op2(a, self.ta),
-                &op2(b, self.tb),
-                F::zero(),
-                &mut c,
-            )
+            general_mat_mul(F::one(), &op2(a, self.ta), &op2(b, self.tb), beta, &mut c)
         };
         if batch > 1 && batch * m * n * k >= PAR_WORK {
             c.axis_iter_mut(Axis(0))
@@ -85,9 +83,47 @@ impl<F: Float> Op<F> for MatMul {
                 .zip(b3.axis_iter(Axis(0)))
                 .for_each(|((c, a), b)| one((c, a, b)));
         }
-        let mut out = sa[..nd - 2].to_vec();
-        out.extend([m, n]);
-        Tensor::from_array(c.into_shape_with_order(IxDyn(&out)).expect("same size"))
+    }
+}
+
+fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
+    Tensor::from_array(c.into_shape_with_order(IxDyn(shape)).expect("same size"))
+}
+
+impl<F: Float> Op<F> for MatMul {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
+        let mut c = Array3::<F>::zeros((batch, m, n));
+        self.gemm_into(&mut c, xs[0], xs[1], F::zero());
+        to_tensor(c, &out)
+    }
+    /// Fused: the tangent `dA B + A dB` is accumulated by the second gemm into the
+    /// first one's output (no separate sum, one buffer).
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let (a, b) = (xs[0], xs[1]);
+        let ((batch, m, _, n), out) = self.dims(a.shape(), b.shape());
+        let mut c = Array3::<F>::zeros((batch, m, n));
+        self.gemm_into(&mut c, a, b, F::zero());
+        let mut t = Array3::<F>::zeros((batch, m, n));
+        let mut beta = F::zero();
+        if let Some(da) = dxs[0] {
+            self.gemm_into(&mut t, da, b, beta);
+            beta = F::one();
+        }
+        if let Some(db) = dxs[1] {
+            self.gemm_into(&mut t, a, db, beta);
+        }
+        Some((to_tensor(c, &out), to_tensor(t, &out)))
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         let (a, b) = (ctx.x(0), ctx.x(1));

@@ -16,6 +16,14 @@ pub trait Elementwise: Clone + 'static {
     fn f<F: Float>(&self, x: F) -> F;
     /// `f'(x)` elementwise, given the input and/or output as declared in `SAVES`.
     fn df<V: Value>(&self, x: Option<&V>, y: Option<&V>) -> V;
+    /// `(f(x), f'(x))` on one number: enables the fused forward-mode kernel (output and
+    /// tangent in one pass, shared subexpressions computed once, no temporaries). `None`
+    /// (the default) for functions that do not provide it; it must then be `None` for
+    /// every input, and `Some` for every input otherwise.
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let _ = x;
+        None
+    }
 }
 
 /// Adapter turning an [`Elementwise`] function into an [`Op`].
@@ -40,6 +48,30 @@ impl<F: Float, E: Elementwise> Op<F> for Pointwise<E> {
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
         vec![Some(dy.mul(&self.0.df(ctx.xs[0].as_ref(), ctx.y.as_ref())))]
     }
+    /// Fused (when the function has [`f_df`](Elementwise::f_df)): `y = f(x)` and
+    /// `dx f'(x)` in one pass.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        self.0.f_df(F::one())?;
+        let x = xs[0].array().as_standard_layout();
+        let dx = dxs[0].expect("one tangent").array().as_standard_layout();
+        let (x, dx) = (
+            x.as_slice().expect("standard"),
+            dx.as_slice().expect("standard"),
+        );
+        let (mut y, mut t) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
+        for (&x, &dx) in x.iter().zip(dx) {
+            let (f, df) = self.0.f_df(x).expect("f_df is Some for every input");
+            y.push(f);
+            t.push(dx * df);
+        }
+        let shape = xs[0].shape();
+        let (y, t) = (Tensor::from_vec(shape, y), Tensor::from_vec(shape, t));
+        Some((y.expect("same size"), t.expect("same size")))
+    }
 }
 
 fn c<V: Value>(x: f64) -> V::F {
@@ -58,6 +90,10 @@ impl Elementwise for Exp {
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         y.expect("saved output").clone()
     }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let y = x.exp();
+        Some((y, y))
+    }
 }
 
 /// `ln`: `f' = 1/x`.
@@ -71,6 +107,9 @@ impl Elementwise for Ln {
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         x.expect("saved input").recip()
+    }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        Some((x.ln(), x.recip()))
     }
 }
 
@@ -89,6 +128,10 @@ impl Elementwise for Tanh {
             .neg()
             .add_scalar(c::<V>(1.0))
     }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let y = x.tanh();
+        Some((y, F::one() - y * y))
+    }
 }
 
 /// Logistic sigmoid: `f' = y (1 - y)`.
@@ -104,6 +147,10 @@ impl Elementwise for Sigmoid {
         let y = y.expect("saved output");
         y.mul(&y.neg().add_scalar(c::<V>(1.0)))
     }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let y = self.f(x);
+        Some((y, y * (F::one() - y)))
+    }
 }
 
 /// `sqrt`: `f' = 1 / (2 y)`.
@@ -117,6 +164,10 @@ impl Elementwise for Sqrt {
     }
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         y.expect("saved output").recip().scale(c::<V>(0.5))
+    }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let y = x.sqrt();
+        Some((y, y.recip() * F::c(0.5)))
     }
 }
 
@@ -137,6 +188,14 @@ impl Elementwise for Powi {
             n => x.powi(n - 1).scale(c::<V>(n as f64)),
         }
     }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let df = match self.0 {
+            0 => F::zero(),
+            1 => F::one(),
+            n => x.powi(n - 1) * F::c(n as f64),
+        };
+        Some((x.powi(self.0), df))
+    }
 }
 
 /// `x^2`: `f' = 2 x`.
@@ -150,6 +209,9 @@ impl Elementwise for Square {
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         x.expect("saved input").scale(c::<V>(2.0))
+    }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        Some((x * x, x * F::c(2.0)))
     }
 }
 
@@ -182,6 +244,10 @@ impl Elementwise for Gelu {
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         V::apply(Pointwise(GeluD1), &[x.expect("saved input")])
     }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let (du, s, p, _) = gelu_parts(x);
+        Some((x * s, s + F::c(2.0) * x * p * du))
+    }
 }
 
 /// The first derivative of GELU: `s + 2 x p u'`.
@@ -196,6 +262,12 @@ impl Elementwise for GeluD1 {
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         V::apply(Pointwise(GeluD2), &[x.expect("saved input")])
+    }
+    fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
+        let (du, s, p, q) = gelu_parts(x);
+        let ak = F::c(GELU_A * GELU_K);
+        let d2 = p * (F::c(4.0) * du + F::c(4.0) * x * q * du * du + F::c(12.0) * ak * x * x);
+        Some((s + F::c(2.0) * x * p * du, d2))
     }
 }
 
@@ -217,7 +289,10 @@ impl Elementwise for GeluD2 {
         let x = x.expect("saved input");
         let (k, a) = (GELU_K, GELU_A);
         let x2 = x.square();
-        let s = x.mul(&x2.scale(c::<V>(a)).add_scalar(c::<V>(1.0))).scale(c::<V>(2.0 * k)).sigmoid();
+        let s = x
+            .mul(&x2.scale(c::<V>(a)).add_scalar(c::<V>(1.0)))
+            .scale(c::<V>(2.0 * k))
+            .sigmoid();
         let p = s.mul(&s.neg().add_scalar(c::<V>(1.0)));
         let q = s.scale(c::<V>(-2.0)).add_scalar(c::<V>(1.0));
         let du = x2.scale(c::<V>(3.0 * a * k)).add_scalar(c::<V>(k));

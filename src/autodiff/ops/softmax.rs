@@ -101,6 +101,47 @@ fn log_softmax_lanes<F: Float>(x: &Tensor<F>, axis: usize) -> ArrayD<F> {
     out
 }
 
+/// Fused forward-mode kernel over the last axis: `y = forward(x)` (already computed,
+/// standard layout) and the tangent, lane by lane, `tangent(x_lane, y_lane, dx_lane,
+/// out)`. `None` (so the unfused rules run) for other axes or empty lanes.
+fn lanes_jvp<F: Float>(
+    axis: usize,
+    x: &Tensor<F>,
+    y: Tensor<F>,
+    dx: &Tensor<F>,
+    out_lane: usize,
+    tangent: impl Fn(&[F], &[F], &[F], &mut [F]),
+) -> (Tensor<F>, Tensor<F>) {
+    let n = x.shape()[axis];
+    let x = x.array().as_standard_layout();
+    let dx = dx.array().as_standard_layout();
+    let (xs, dxs) = (
+        x.as_slice().expect("standard"),
+        dx.as_slice().expect("standard"),
+    );
+    let ys = y.array().as_slice().expect("standard layout output");
+    let mut t = vec![F::zero(); ys.len()];
+    let lanes = xs.chunks_exact(n).zip(dxs.chunks_exact(n));
+    for (((xl, dl), yl), tl) in lanes
+        .zip(ys.chunks_exact(out_lane))
+        .zip(t.chunks_exact_mut(out_lane))
+    {
+        tangent(xl, yl, dl, tl);
+    }
+    let t = Tensor::from_vec(y.shape(), t).expect("same size");
+    (y, t)
+}
+
+/// Whether the fused last-axis kernels apply.
+fn last_nonempty<F: Float>(x: &Tensor<F>, axis: usize) -> bool {
+    axis + 1 == x.shape().len() && x.shape()[axis] > 0
+}
+
+/// `sum(a * b)` of two lanes.
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    a.iter().zip(b).fold(F::zero(), |s, (&a, &b)| s + a * b)
+}
+
 /// Softmax along an axis; with a mask, masked entries are excluded (probability 0).
 /// Its Jacobian is symmetric, so JVP and VJP share one formula,
 /// `y * (v - sum(y * v))`, and masked entries (where `y = 0`) get zero derivative.
@@ -166,6 +207,24 @@ impl<F: Float> Op<F> for Softmax {
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
         vec![Some(softmax_product(ctx.y(), dy, self.axis))]
     }
+    /// Fused over the last axis: the tangent `y (dx - sum(y dx))` lane by lane.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        if !last_nonempty(xs[0], self.axis) {
+            return None;
+        }
+        let y = self.forward(xs);
+        let n = xs[0].shape()[self.axis];
+        Some(lanes_jvp(self.axis, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
+            let s = dot(y, dx);
+            for ((t, &y), &dx) in t.iter_mut().zip(y).zip(dx) {
+                *t = y * (dx - s);
+            }
+        }))
+    }
 }
 
 fn softmax_product<V: Value>(y: &V, v: &V, axis: usize) -> V {
@@ -196,6 +255,27 @@ impl<F: Float> Op<F> for LogSoftmax {
     /// `dy - softmax * sum(dy)`.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
         vec![Some(dy.sub(&ctx.y().exp().mul(&dy.sum_axis(self.0, true))))]
+    }
+    /// Fused over the last axis: the tangent `dx - sum(exp(y) dx)` lane by lane.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        if !last_nonempty(xs[0], self.0) {
+            return None;
+        }
+        let y = self.forward(xs);
+        let n = xs[0].shape()[self.0];
+        Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
+            let s = y
+                .iter()
+                .zip(dx)
+                .fold(F::zero(), |s, (&y, &dx)| s + y.exp() * dx);
+            for (t, &dx) in t.iter_mut().zip(dx) {
+                *t = dx - s;
+            }
+        }))
     }
 }
 
@@ -236,5 +316,23 @@ impl<F: Float> Op<F> for LogSumExp {
     }
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
         vec![Some(ctx.x(0).sub(ctx.y()).exp().mul(dy))]
+    }
+    /// Fused over the last axis: the tangent `sum(exp(x - y) dx)` lane by lane.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        if !last_nonempty(xs[0], self.0) {
+            return None;
+        }
+        let y = self.forward(xs);
+        Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, 1, |x, y, dx, t| {
+            let l = y[0];
+            t[0] = x
+                .iter()
+                .zip(dx)
+                .fold(F::zero(), |s, (&x, &dx)| s + (x - l).exp() * dx);
+        }))
     }
 }
