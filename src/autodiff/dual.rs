@@ -62,6 +62,22 @@ impl<V: Value> Value for Dual<V> {
         Dual::new(y, t)
     }
 
+    /// In place on both parts (through `V::accumulate`), an absent tangent being zero.
+    fn accumulate(self, other: &Self) -> Self {
+        if self.primal.shape() != other.primal.shape() {
+            return self.add(other);
+        }
+        let tangent = match (self.tangent, &other.tangent) {
+            (Some(a), Some(b)) => Some(a.accumulate(b)),
+            (a, None) => a,
+            (None, Some(b)) => Some(b.clone()),
+        };
+        Dual {
+            primal: self.primal.accumulate(&other.primal),
+            tangent,
+        }
+    }
+
     const RECORDED: bool = V::RECORDED;
 
     fn visit_buffers(&self, f: &mut dyn FnMut(usize, usize)) {
