@@ -8,7 +8,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
 use super::index::Mask;
 use super::shape_panic;
-use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, Axis, CowArray, IxDyn, Zip};
 
 fn check<F: Float>(op: &'static str, x: &Tensor<F>, axis: usize) {
     if axis >= x.shape().len() {
@@ -130,6 +130,11 @@ fn lanes_jvp<F: Float>(
     }
     let t = Tensor::from_vec(y.shape(), t).expect("same size");
     (y, t)
+}
+
+/// `t` in standard layout, borrowed when it already is.
+fn standard<F: Float>(t: &Tensor<F>) -> CowArray<'_, F, IxDyn> {
+    t.array().as_standard_layout()
 }
 
 /// Whether the fused last-axis kernels apply.
@@ -313,9 +318,8 @@ impl<F: Float> Op<F> for SoftmaxJvp {
             return None;
         }
         let n = y.shape()[self.0];
-        let std = |t: &Tensor<F>| t.array().as_standard_layout().into_owned();
-        let (ya, va) = (std(y), std(v));
-        let (dya, dva) = (dxs[0].map(std), dxs[1].map(std));
+        let (ya, va) = (standard(y), standard(v));
+        let (dya, dva) = (dxs[0].map(standard), dxs[1].map(standard));
         let (ys, vs) = (
             ya.as_slice().expect("standard"),
             va.as_slice().expect("standard"),
