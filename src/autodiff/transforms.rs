@@ -142,11 +142,26 @@ pub struct JvpGrad<V> {
 
 /// Gradient of a scalar function with respect to several parameter groups, and the
 /// tangent of that gradient along `tangents` (`None` = zero for that group), in ONE
-/// forward-over-reverse pass.
+/// forward-over-reverse pass. Checkpointed blocks are rematerialised (see
+/// [`jvp_grad_with`] to trade memory for speed).
 pub fn jvp_grad<V: Value, R: Output<Var<Dual<V>>>>(
     f: impl FnOnce(&[Params<Var<Dual<V>>>]) -> R,
     groups: &[&Params<V>],
     tangents: &[Option<&Params<V>>],
+) -> Result<JvpGrad<V>> {
+    jvp_grad_with(f, groups, tangents, true)
+}
+
+/// [`jvp_grad`] choosing whether checkpointed blocks are rematerialised
+/// (`checkpointing = true`: a block's inside is kept only while it is the most recent
+/// one, and recomputed in the backward sweep otherwise) or recorded op by op like any
+/// other code (`false`: no block runs twice, every block's activations are alive at
+/// the start of the backward sweep).
+pub fn jvp_grad_with<V: Value, R: Output<Var<Dual<V>>>>(
+    f: impl FnOnce(&[Params<Var<Dual<V>>>]) -> R,
+    groups: &[&Params<V>],
+    tangents: &[Option<&Params<V>>],
+    checkpointing: bool,
 ) -> Result<JvpGrad<V>> {
     if groups.len() != tangents.len() {
         return Err(Error::Usage(format!(
@@ -155,7 +170,7 @@ pub fn jvp_grad<V: Value, R: Output<Var<Dual<V>>>>(
             tangents.len()
         )));
     }
-    let tape = Tape::<Dual<V>>::new();
+    let tape = Tape::<Dual<V>>::with_checkpointing(checkpointing);
     let mut vars = Vec::with_capacity(groups.len());
     for (g, t) in groups.iter().zip(tangents) {
         vars.push(match t {
@@ -212,8 +227,12 @@ pub fn hvp_rev_rev<V: Value, R: Output<Var<Var<V>>>>(
     grad(
         |p: &Params<Var<V>>| -> Result<Var<V>> {
             let g = grad(f, p)?;
-            let terms = g.iter().map(|(k, gk)| gk.mul(&Var::constant_of(v[k].clone())).sum_all());
-            Ok(terms.reduce(|s, t| s.add(&t)).unwrap_or_else(|| Var::scalar(<V::F as num_traits::Zero>::zero())))
+            let terms = g
+                .iter()
+                .map(|(k, gk)| gk.mul(&Var::constant_of(v[k].clone())).sum_all());
+            Ok(terms
+                .reduce(|s, t| s.add(&t))
+                .unwrap_or_else(|| Var::scalar(<V::F as num_traits::Zero>::zero())))
         },
         params,
     )

@@ -2,15 +2,18 @@
 //!
 //! * [`Mode::Mixed`]: store `(theta_t, s_t, g_t)` in the forward sweep; in the backward
 //!   sweep, one forward-over-reverse pass per step yields both `H_t g_bar` and
-//!   `M_t g_bar` (MixFlow-MG). Only one step's activations are ever alive.
+//!   `M_t g_bar` (MixFlow-MG). Only one step's activations are ever alive; that pass
+//!   records the model's checkpointed blocks op by op (no block runs twice).
 //! * [`Mode::Checkpointed`]: store `(theta_t, s_t)` every `k` steps and recompute each
 //!   segment before sweeping it backwards: the trajectory term drops to `O(T/k + k)`.
+//!   The memory-lean mode: its forward-over-reverse passes also rematerialise blocks,
+//!   so a step's working set is about one block's dual activations.
 //! * [`Mode::Unrolled`]: the naive baseline, reverse-over-reverse through the whole
 //!   window on one tape (every inner backward pass recorded), as `jax.grad` of a loop
 //!   of `jax.grad` or PyTorch's `create_graph=True` do.
 
 use super::MetaProblem;
-use crate::autodiff::transforms::{jvp_grad, value_and_grad, vjp};
+use crate::autodiff::transforms::{jvp_grad_with, value_and_grad, vjp};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
@@ -18,10 +21,12 @@ use crate::optim::{OptState, Optimizer};
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Forward-over-reverse backward sweep over a stored trajectory.
+    /// Forward-over-reverse backward sweep over a stored trajectory; each step's pass
+    /// keeps all its activations (no block rematerialisation: faster, one step's
+    /// activations in memory).
     Mixed,
     /// Mixed mode storing every `every`-th state (`0` = `ceil(sqrt(T))`) and recomputing
-    /// the rest.
+    /// the rest; its forward-over-reverse passes rematerialise checkpointed blocks.
     Checkpointed {
         /// Distance between stored states; `0` picks `ceil(sqrt(T))`.
         every: usize,
@@ -131,6 +136,7 @@ pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             outer_batch,
             1,
             true,
+            false,
         ),
         Mode::Checkpointed { every } => {
             let k = if every == 0 {
@@ -148,6 +154,7 @@ pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 outer_batch,
                 k,
                 false,
+                true,
             )
         }
     }
@@ -182,6 +189,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     outer_batch: &P::Batch,
     every: usize,
     keep_grads: bool,
+    remat: bool,
 ) -> Result<MetaGradient<F>> {
     let n = batches.len();
     let eta_c = eta.map(|e| Var::constant_of(e.clone()));
@@ -245,7 +253,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
             finite(&adj.grad, t, "optimiser adjoint")?;
             let (h_gbar, m_gbar, tape_bytes) =
-                products(problem, &s.theta, eta, &adj.grad, &batches[t])?;
+                products(problem, &s.theta, eta, &adj.grad, &batches[t], remat)?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
             finite(&h_gbar, t, "Hessian-vector product")?;
             finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
@@ -271,7 +279,8 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
 /// out of that pass: it runs over `theta` only with `w` constant, which gives `H_t g`
 /// and the losses' tangents `d_i`; then `M_t g = grad_eta <w(eta), d>` is one
 /// first-order backward pass through `w` (on its own tape, after the forward-over-reverse
-/// tape is freed, so the two are never alive together).
+/// tape is freed, so the two are never alive together). `remat`: rematerialise
+/// checkpointed blocks in the forward-over-reverse pass.
 #[allow(clippy::type_complexity)]
 fn products<F: Float, P: MetaProblem<F>>(
     problem: &P,
@@ -279,12 +288,14 @@ fn products<F: Float, P: MetaProblem<F>>(
     eta: &Params<Tensor<F>>,
     g: &Params<Tensor<F>>,
     batch: &P::Batch,
+    remat: bool,
 ) -> Result<(Params<Tensor<F>>, Params<Tensor<F>>, usize)> {
     let Some(w) = problem.example_weights(eta, batch) else {
-        let r = jvp_grad(
+        let r = jvp_grad_with(
             |gs| problem.inner_loss(&gs[0], &gs[1], batch),
             &[theta, eta],
             &[Some(g), None],
+            remat,
         )?;
         let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
         return Ok((h, m, r.tape_bytes));
@@ -293,7 +304,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         || Error::Usage("MetaProblem::example_weights is Some but example_losses is None".into());
     let w = Var::constant_of(Dual::constant_of(w?));
     let mut d = None;
-    let r = jvp_grad(
+    let r = jvp_grad_with(
         |gs| -> Result<Var<Dual<Tensor<F>>>> {
             let l = problem
                 .example_losses(&gs[0], batch)
@@ -303,6 +314,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         },
         &[theta],
         &[Some(g)],
+        remat,
     )?;
     let h = r.tangents.into_iter().next().expect("one group");
     let d = d.expect("set by the objective");
