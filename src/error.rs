@@ -64,3 +64,14 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 }
+
+impl Error {
+    /// The same error attributed to `op` (for composite ops that fail in a primitive).
+    pub fn in_op(self, op: &'static str) -> Self {
+        match self {
+            Error::Shape { lhs, rhs, .. } => Error::Shape { op, lhs, rhs },
+            Error::Index { index, size, .. } => Error::Index { op, index, size },
+            other => other,
+        }
+    }
+}
