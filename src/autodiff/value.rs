@@ -441,10 +441,9 @@ pub trait Value: Clone + 'static {
     // ---- normalisation -----------------------------------------------------------
 
     /// Normalises over the last axis to zero mean and unit variance (no affine part).
+    /// One primitive ([`LayerNorm`](super::ops::norm::LayerNorm)), with the composed
+    /// formula's exact derivatives at every order.
     fn layer_norm(&self, eps: Self::F) -> Self {
-        let ax = self.ndim() - 1;
-        let xc = self.sub(&self.mean_axis(ax, true));
-        let var = xc.square().mean_axis(ax, true);
-        xc.mul(&var.add_scalar(eps).sqrt().recip())
+        Self::apply(super::ops::norm::LayerNorm { eps }, &[self])
     }
 }

@@ -3,6 +3,7 @@
 pub mod binary;
 pub mod index;
 pub mod linalg;
+pub mod norm;
 pub mod pointwise;
 pub mod reduce;
 pub mod shape;

@@ -1,0 +1,336 @@
+//! Layer normalisation over the last axis (no affine part) as a primitive, with its
+//! Jacobian-vector product as a second primitive: each is one pass per lane instead of
+//! the eight array passes (and, on duals, their tangents) of the composed formula.
+//!
+//! With `m(.)` the mean over the lane, `xc = x - m(x)`, `r = 1/sqrt(m(xc^2) + eps)` and
+//! `h = xc r` (the output), the Jacobian is symmetric:
+//! `J v = r (v - m(v) - h m(h v))`, so the JVP and the VJP are both [`LayerNormJvp`].
+//! `LayerNormJvp`'s derivative in `x` along `dx` is
+//! `-r m(h dx) J v - r (dh m(h v) + h m(dh v))`, `dh = J dx`: its fused forward-mode
+//! kernel (the hot path of forward-over-reverse) and its VJP are written out; its JVP
+//! rule for other algebras differentiates the composed definition ([`ln_jvp_composed`])
+//! in forward mode on the spot.
+
+use super::super::dual::Dual;
+use super::super::float::Float;
+use super::super::tape::{Tape, Var};
+use super::super::tensor::Tensor;
+use super::super::value::{Ctx, Op, Saves, Value};
+use super::shape_panic;
+use ndarray::{CowArray, IxDyn};
+
+/// `(x - m(x)) / sqrt(m((x - m(x))^2) + eps)` over the last axis.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm<F> {
+    /// Added to the variance.
+    pub eps: F,
+}
+
+/// `(x, v) -> J(x) v`, the layer norm's (symmetric) Jacobian at `x` applied to `v`.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormJvp<F> {
+    /// Added to the variance.
+    pub eps: F,
+}
+
+/// The lane statistics at one lane of `x`: `(r, h)` with `h` written into `h`.
+fn lane_stats<F: Float>(x: &[F], eps: F, h: &mut [F]) -> F {
+    let inv_n = F::c(1.0 / x.len() as f64);
+    let m = x.iter().fold(F::zero(), |s, &v| s + v) * inv_n;
+    let var = x.iter().fold(F::zero(), |s, &v| s + (v - m) * (v - m)) * inv_n;
+    let r = (var + eps).sqrt().recip();
+    for (h, &x) in h.iter_mut().zip(x) {
+        *h = (x - m) * r;
+    }
+    r
+}
+
+/// `out = r (v - m(v) - h m(h v))` over one lane.
+fn lane_jvp<F: Float>(h: &[F], r: F, v: &[F], out: &mut [F]) {
+    let inv_n = F::c(1.0 / h.len() as f64);
+    let mv = v.iter().fold(F::zero(), |s, &v| s + v) * inv_n;
+    let mhv = h.iter().zip(v).fold(F::zero(), |s, (&h, &v)| s + h * v) * inv_n;
+    for ((o, &h), &v) in out.iter_mut().zip(h).zip(v) {
+        *o = r * (v - mv - h * mhv);
+    }
+}
+
+fn mean_prod<F: Float>(a: &[F], b: &[F]) -> F {
+    a.iter().zip(b).fold(F::zero(), |s, (&a, &b)| s + a * b) * F::c(1.0 / a.len() as f64)
+}
+
+/// `(x, v, g) -> -r (m(g J v) h + m(h v) J g + m(g h) J v)`: the cotangent of `x` in
+/// [`LayerNormJvp`] for output cotangent `g` (the transpose of its `x`-derivative).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormJvpVjpX<F> {
+    /// Added to the variance.
+    pub eps: F,
+}
+
+/// The lane length, or a shape panic for rank 0.
+fn lane_len<F: Float>(op: &'static str, x: &Tensor<F>) -> usize {
+    match x.shape().last() {
+        Some(&n) => n,
+        None => shape_panic(op, x.shape(), &[]),
+    }
+}
+
+/// `t` in standard layout, borrowed when it already is (read with [`flat`]).
+fn lanes<F: Float>(t: &Tensor<F>) -> CowArray<'_, F, IxDyn> {
+    t.array().as_standard_layout()
+}
+
+fn flat<'a, F: Float>(a: &'a CowArray<'_, F, IxDyn>) -> &'a [F] {
+    a.as_slice().expect("standard layout")
+}
+
+/// The composed definition of `J(x) v` in the algebra's own ops (what
+/// [`LayerNormJvp`]'s derivative rules differentiate).
+pub fn ln_jvp_composed<V: Value>(x: &V, v: &V, eps: V::F) -> V {
+    let ax = x.ndim() - 1;
+    let xc = x.sub(&x.mean_axis(ax, true));
+    let r = xc
+        .square()
+        .mean_axis(ax, true)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    let h = xc.mul(&r);
+    let vc = v.sub(&v.mean_axis(ax, true));
+    vc.sub(&h.mul(&h.mul(v).mean_axis(ax, true))).mul(&r)
+}
+
+/// The composed definition of [`LayerNormJvpVjpX`].
+pub fn ln_vjp_x_composed<V: Value>(x: &V, v: &V, g: &V, eps: V::F) -> V {
+    let ax = x.ndim() - 1;
+    let xc = x.sub(&x.mean_axis(ax, true));
+    let r = xc
+        .square()
+        .mean_axis(ax, true)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    let h = xc.mul(&r);
+    let (jv, jg) = (ln_jvp_composed(x, v, eps), ln_jvp_composed(x, g, eps));
+    let a = g.mul(&jv).mean_axis(ax, true);
+    let b = h.mul(v).mean_axis(ax, true);
+    let c = g.mul(&h).mean_axis(ax, true);
+    h.mul(&a).add(&jg.mul(&b)).add(&jv.mul(&c)).mul(&r).neg()
+}
+
+impl<F: Float> Op<F> for LayerNorm<F> {
+    fn name(&self) -> &'static str {
+        "layer_norm"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let n = lane_len("layer_norm", xs[0]);
+        let xa = lanes(xs[0]);
+        let x = flat(&xa);
+        let mut out = vec![F::zero(); x.len()];
+        if n > 0 {
+            for (xl, ol) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                lane_stats(xl, self.eps, ol);
+            }
+        }
+        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let jvp = LayerNormJvp { eps: self.eps };
+        V::apply(jvp, &[ctx.x(0), d[0].expect("one tangent")])
+    }
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
+        vec![Some(V::apply(
+            LayerNormJvp { eps: self.eps },
+            &[ctx.x(0), dy],
+        ))]
+    }
+    /// Fused: output and tangent `J dx` lane by lane.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let n = lane_len("layer_norm", xs[0]);
+        let (xa, dxa) = (lanes(xs[0]), lanes(dxs[0]?));
+        let (x, dx) = (flat(&xa), flat(&dxa));
+        let (mut out, mut tan) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
+        if n > 0 {
+            let chunks = x.chunks_exact(n).zip(dx.chunks_exact(n));
+            for ((xl, dl), (ol, tl)) in
+                chunks.zip(out.chunks_exact_mut(n).zip(tan.chunks_exact_mut(n)))
+            {
+                let r = lane_stats(xl, self.eps, ol);
+                lane_jvp(ol, r, dl, tl);
+            }
+        }
+        let shape = xs[0].shape();
+        Some((
+            Tensor::from_vec(shape, out).expect("same size"),
+            Tensor::from_vec(shape, tan).expect("same size"),
+        ))
+    }
+}
+
+impl<F: Float> Op<F> for LayerNormJvp<F> {
+    fn name(&self) -> &'static str {
+        "layer_norm_jvp"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let n = lane_len("layer_norm_jvp", xs[0]);
+        if xs[0].shape() != xs[1].shape() {
+            shape_panic("layer_norm_jvp", xs[0].shape(), xs[1].shape());
+        }
+        let (xa, va) = (lanes(xs[0]), lanes(xs[1]));
+        let (x, v) = (flat(&xa), flat(&va));
+        let (mut h, mut out) = (vec![F::zero(); n], vec![F::zero(); x.len()]);
+        if n > 0 {
+            for ((xl, vl), ol) in x
+                .chunks_exact(n)
+                .zip(v.chunks_exact(n))
+                .zip(out.chunks_exact_mut(n))
+            {
+                let r = lane_stats(xl, self.eps, &mut h);
+                lane_jvp(&h, r, vl, ol);
+            }
+        }
+        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+    }
+    /// The tangent of the composed definition, by forward mode on the spot.
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let x = Dual {
+            primal: ctx.x(0).clone(),
+            tangent: d[0].cloned(),
+        };
+        let v = Dual {
+            primal: ctx.x(1).clone(),
+            tangent: d[1].cloned(),
+        };
+        ln_jvp_composed(&x, &v, self.eps).tangent_or_zeros()
+    }
+    /// `v`: `J g` (symmetric). `x`: [`LayerNormJvpVjpX`].
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (x, v) = (ctx.x(0), ctx.x(1));
+        let dx = ctx
+            .needs(0)
+            .then(|| V::apply(LayerNormJvpVjpX { eps: self.eps }, &[x, v, g]));
+        let dv = ctx.needs(1).then(|| V::apply(*self, &[x, g]));
+        vec![dx, dv]
+    }
+    /// Fused: `J v` and its tangent `J dv - r m(h dx) J v - r (dh m(h v) + h m(dh v))`,
+    /// `dh = J dx`, lane by lane.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let n = lane_len("layer_norm_jvp", xs[0]);
+        if xs[0].shape() != xs[1].shape() {
+            shape_panic("layer_norm_jvp", xs[0].shape(), xs[1].shape());
+        }
+        let (xa, va) = (lanes(xs[0]), lanes(xs[1]));
+        let (x, v) = (flat(&xa), flat(&va));
+        let (dxa, dva) = (dxs[0].map(lanes), dxs[1].map(lanes));
+        let (dx, dv) = (dxa.as_ref().map(flat), dva.as_ref().map(flat));
+        let (mut out, mut tan) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
+        let (mut h, mut dh, mut jdv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
+        for (i, (xl, vl)) in x.chunks(n.max(1)).zip(v.chunks(n.max(1))).enumerate() {
+            let lane = i * n..(i + 1) * n;
+            let r = lane_stats(xl, self.eps, &mut h);
+            let ol = &mut out[lane.clone()];
+            lane_jvp(&h, r, vl, ol);
+            let tl = &mut tan[lane.clone()];
+            if let Some(dv) = dv {
+                lane_jvp(&h, r, &dv[lane.clone()], &mut jdv);
+                tl.copy_from_slice(&jdv);
+            }
+            if let Some(dx) = dx {
+                let dxl = &dx[lane];
+                lane_jvp(&h, r, dxl, &mut dh);
+                let dr_over_r = -r * mean_prod(&h, dxl);
+                let (mhv, mdhv) = (mean_prod(&h, vl), mean_prod(&dh, vl));
+                for (((t, &jv), &h), &dh) in tl.iter_mut().zip(ol.iter()).zip(&h).zip(&dh) {
+                    *t += dr_over_r * jv - r * (dh * mhv + h * mdhv);
+                }
+            }
+        }
+        let shape = xs[0].shape();
+        Some((
+            Tensor::from_vec(shape, out).expect("same size"),
+            Tensor::from_vec(shape, tan).expect("same size"),
+        ))
+    }
+}
+
+impl<F: Float> Op<F> for LayerNormJvpVjpX<F> {
+    fn name(&self) -> &'static str {
+        "layer_norm_jvp_vjp_x"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let n = lane_len("layer_norm_jvp_vjp_x", xs[0]);
+        for other in &xs[1..] {
+            if xs[0].shape() != other.shape() {
+                shape_panic("layer_norm_jvp_vjp_x", xs[0].shape(), other.shape());
+            }
+        }
+        let (xa, va, ga) = (lanes(xs[0]), lanes(xs[1]), lanes(xs[2]));
+        let (x, v, g) = (flat(&xa), flat(&va), flat(&ga));
+        let mut out = vec![F::zero(); x.len()];
+        let (mut h, mut jv, mut jg) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
+        if n > 0 {
+            let lanes = x
+                .chunks_exact(n)
+                .zip(v.chunks_exact(n))
+                .zip(g.chunks_exact(n));
+            for (((xl, vl), gl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
+                let r = lane_stats(xl, self.eps, &mut h);
+                lane_jvp(&h, r, vl, &mut jv);
+                lane_jvp(&h, r, gl, &mut jg);
+                let (a, b, c) = (mean_prod(gl, &jv), mean_prod(&h, vl), mean_prod(gl, &h));
+                for ((o, &h), (&jv, &jg)) in ol.iter_mut().zip(&h).zip(jv.iter().zip(&jg)) {
+                    *o = -r * (h * a + jg * b + jv * c);
+                }
+            }
+        }
+        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+    }
+    /// The tangent of the composed definition, by forward mode on the spot (reached
+    /// only at fourth order).
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let dual = |i: usize| Dual {
+            primal: ctx.x(i).clone(),
+            tangent: d[i].cloned(),
+        };
+        ln_vjp_x_composed(&dual(0), &dual(1), &dual(2), self.eps).tangent_or_zeros()
+    }
+    /// The cotangents of the composed definition, by a local reverse pass.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
+        let tape = Tape::<V>::with_checkpointing(false);
+        let leaf = |i: usize| {
+            let x = ctx.x(i).clone();
+            if ctx.needs(i) {
+                tape.var(x)
+            } else {
+                Var::constant_of(x)
+            }
+        };
+        let (x, v, g) = (leaf(0), leaf(1), leaf(2));
+        let y = ln_vjp_x_composed(&x, &v, &g, self.eps);
+        let grads = tape
+            .backward(&y, dy.clone(), &[&x, &v, &g])
+            .expect("cotangent has the output's shape");
+        grads
+            .into_iter()
+            .enumerate()
+            .map(|(i, gi)| ctx.needs(i).then_some(gi))
+            .collect()
+    }
+}
