@@ -71,13 +71,22 @@ struct Step<F: Float> {
     theta: Params<Tensor<F>>,
     state: OptState<Tensor<F>>,
     grad: Option<Params<Tensor<F>>>,
+    /// The per-example weights `w(eta)` of a weighted-form problem (see
+    /// [`MetaProblem::example_weights`]), so the backward sweep need not recompute them.
+    weights: Option<Tensor<F>>,
 }
 
 impl<F: Float> Step<F> {
     fn nbytes(&self) -> usize {
         let slots: usize = self.state.slots.iter().map(Params::nbytes).sum();
-        self.theta.nbytes() + slots + self.grad.as_ref().map_or(0, Params::nbytes)
+        let w = self.weights.as_ref().map_or(0, Tensor::nbytes);
+        self.theta.nbytes() + slots + self.grad.as_ref().map_or(0, Params::nbytes) + w
     }
+}
+
+/// The error for a problem that gives weights but no per-example losses.
+fn missing_losses() -> Error {
+    Error::Usage("MetaProblem::example_weights is Some but example_losses is None".into())
 }
 
 fn finite<F: Float>(p: &Params<Tensor<F>>, step: usize, quantity: &str) -> Result<()> {
@@ -160,22 +169,54 @@ pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     }
 }
 
-/// One first-order inner step: `(L_t, g_t, theta_{t+1}, s_{t+1})`.
-#[allow(clippy::type_complexity)]
+/// What one first-order inner step yields: `(L_t, g_t, theta_{t+1}, s_{t+1}, w_t)`,
+/// `w_t` the weights when the problem has the weighted form.
+type StepOut<F> = (
+    F,
+    Params<Tensor<F>>,
+    Params<Tensor<F>>,
+    OptState<Tensor<F>>,
+    Option<Tensor<F>>,
+);
+
+/// One first-order inner step. With the weighted form the weights are computed once on
+/// numbers (and returned for the backward sweep); otherwise `inner_loss` runs with
+/// `eta` as constants.
+#[allow(clippy::too_many_arguments)]
 fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     problem: &P,
     opt: &O,
-    eta: &Params<Var<Tensor<F>>>,
+    eta: &Params<Tensor<F>>,
+    eta_c: &Params<Var<Tensor<F>>>,
     theta: &Params<Tensor<F>>,
     state: &OptState<Tensor<F>>,
     batch: &P::Batch,
     t: usize,
-) -> Result<(F, Params<Tensor<F>>, Params<Tensor<F>>, OptState<Tensor<F>>)> {
-    let (loss, g) = value_and_grad(|th| problem.inner_loss(th, eta, batch), theta)?;
+) -> Result<StepOut<F>> {
+    let (loss, g, w) = match problem.example_weights(eta, batch) {
+        Some(w) => {
+            let w = w?;
+            let w_c = Var::constant_of(w.clone());
+            let (loss, g) = value_and_grad(
+                |th| -> Result<Var<Tensor<F>>> {
+                    let l = problem
+                        .example_losses(th, batch)
+                        .ok_or_else(missing_losses)??;
+                    Ok(w_c.mul(&l).sum_all())
+                },
+                theta,
+            )?;
+            (loss, g, Some(w))
+        }
+        None => {
+            let (loss, g) = value_and_grad(|th| problem.inner_loss(th, eta_c, batch), theta)?;
+            (loss, g, None)
+        }
+    };
     finite_scalar(loss.item(), t, "inner loss")?;
     finite(&g, t, "inner gradient")?;
     let (th, st) = opt.update(theta, state, &g);
-    Ok((loss.item(), g, th, st))
+    Ok((loss.item(), g, th, st, w))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -203,13 +244,14 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     let mut stored: Vec<Step<F>> = Vec::new();
     let (mut theta, mut state) = (theta0.clone(), state0.clone());
     for (t, batch) in batches.iter().enumerate() {
-        let (loss, g, th, st) = inner_step(problem, opt, &eta_c, &theta, &state, batch, t)?;
+        let (loss, g, th, st, w) = inner_step(problem, opt, eta, &eta_c, &theta, &state, batch, t)?;
         inner_losses.push(loss);
         if t % every == 0 {
             stored.push(Step {
                 theta,
                 state,
                 grad: keep_grads.then_some(g),
+                weights: w,
             });
         }
         (theta, state) = (th, st);
@@ -233,14 +275,16 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         for (t, batch) in batches.iter().enumerate().take(end).skip(start) {
             let s = segment.last_mut().expect("non-empty");
             if s.grad.is_none() {
-                let (_, g, th, st) =
-                    inner_step(problem, opt, &eta_c, &s.theta, &s.state, batch, t)?;
+                let (_, g, th, st, w) =
+                    inner_step(problem, opt, eta, &eta_c, &s.theta, &s.state, batch, t)?;
                 s.grad = Some(g);
+                s.weights = w;
                 if t + 1 < end {
                     segment.push(Step {
                         theta: th,
                         state: st,
                         grad: None,
+                        weights: None,
                     });
                 }
                 stats.recomputed_steps += 1;
@@ -252,8 +296,15 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
             finite(&adj.grad, t, "optimiser adjoint")?;
-            let (h_gbar, m_gbar, tape_bytes) =
-                products(problem, &s.theta, eta, &adj.grad, &batches[t], remat)?;
+            let (h_gbar, m_gbar, tape_bytes) = products(
+                problem,
+                &s.theta,
+                eta,
+                s.weights.as_ref(),
+                &adj.grad,
+                &batches[t],
+                remat,
+            )?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
             finite(&h_gbar, t, "Hessian-vector product")?;
             finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
@@ -286,11 +337,16 @@ fn products<F: Float, P: MetaProblem<F>>(
     problem: &P,
     theta: &Params<Tensor<F>>,
     eta: &Params<Tensor<F>>,
+    weights: Option<&Tensor<F>>,
     g: &Params<Tensor<F>>,
     batch: &P::Batch,
     remat: bool,
 ) -> Result<(Params<Tensor<F>>, Params<Tensor<F>>, usize)> {
-    let Some(w) = problem.example_weights(eta, batch) else {
+    let w = match weights {
+        Some(w) => Some(Ok(w.clone())),
+        None => problem.example_weights(eta, batch),
+    };
+    let Some(w) = w else {
         let r = jvp_grad_with(
             |gs| problem.inner_loss(&gs[0], &gs[1], batch),
             &[theta, eta],
@@ -300,15 +356,13 @@ fn products<F: Float, P: MetaProblem<F>>(
         let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
         return Ok((h, m, r.tape_bytes));
     };
-    let missing =
-        || Error::Usage("MetaProblem::example_weights is Some but example_losses is None".into());
     let w = Var::constant_of(Dual::constant_of(w?));
     let mut d = None;
     let r = jvp_grad_with(
         |gs| -> Result<Var<Dual<Tensor<F>>>> {
             let l = problem
                 .example_losses(&gs[0], batch)
-                .ok_or_else(missing)??;
+                .ok_or_else(missing_losses)??;
             d = Some(l.value().tangent_or_zeros());
             Ok(w.mul(&l).sum_all())
         },
@@ -322,7 +376,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         |e| {
             problem
                 .example_weights(e, batch)
-                .unwrap_or_else(|| Err(missing()))
+                .unwrap_or_else(|| Err(missing_losses()))
         },
         eta,
         &d,
