@@ -27,22 +27,46 @@ impl<V: Value> Recorded<V> {
     /// Records `block` on a fresh tape; inputs that need no cotangent stay constants.
     pub(crate) fn run<B: Block<V::F>>(block: &B, xs: &[V], needs: &[bool]) -> Self {
         let tape = Tape::with_checkpointing(false);
-        let inputs: Vec<Var<V>> =
-            xs.iter().zip(needs).map(|(x, &n)| if n { tape.var(x.clone()) } else { Var::constant_of(x.clone()) }).collect();
+        let inputs: Vec<Var<V>> = xs
+            .iter()
+            .zip(needs)
+            .map(|(x, &n)| {
+                if n {
+                    tape.var(x.clone())
+                } else {
+                    Var::constant_of(x.clone())
+                }
+            })
+            .collect();
         let output = block.apply(&inputs.iter().collect::<Vec<_>>());
-        Recorded { tape, inputs, output }
+        Recorded {
+            tape,
+            inputs,
+            output,
+        }
     }
 
     /// Input cotangents (`None` where not needed) for output cotangent `dy`.
     pub(crate) fn backward(self, dy: &V, needs: &[bool]) -> Vec<Option<V>> {
         let wrt: Vec<&Var<V>> = self.inputs.iter().collect();
-        let grads = self.tape.backward(&self.output, dy.clone(), &wrt).expect("block output has the shape of dy");
-        grads.into_iter().zip(needs).map(|(g, &n)| n.then_some(g)).collect()
+        let grads = self
+            .tape
+            .backward(&self.output, dy.clone(), &wrt)
+            .expect("block output has the shape of dy");
+        grads
+            .into_iter()
+            .zip(needs)
+            .map(|(g, &n)| n.then_some(g))
+            .collect()
     }
 }
 
 /// The VJP of a block whose inside was dropped: run it again on the saved inputs.
-pub(crate) fn recompute_vjp<V: Value, B: Block<V::F>>(block: &B, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
+pub(crate) fn recompute_vjp<V: Value, B: Block<V::F>>(
+    block: &B,
+    ctx: &Ctx<V>,
+    dy: &V,
+) -> Vec<Option<V>> {
     let xs: Vec<V> = (0..ctx.shapes.len()).map(|i| ctx.x(i).clone()).collect();
     Recorded::run(block, &xs, &ctx.needs).backward(dy, &ctx.needs)
 }

@@ -2,7 +2,7 @@
 //! handle into it. Each recorded VJP rule runs with `V`'s own ops, so when `V` is itself
 //! a dual or a variable of an outer tape, the backward pass is differentiable.
 
-use super::checkpoint::{recompute_vjp, Block, Recorded};
+use super::checkpoint::{Block, Recorded, recompute_vjp};
 use super::tensor::Tensor;
 use super::value::{Ctx, Op, Value};
 use crate::error::{Error, Result};
@@ -72,7 +72,12 @@ impl<V: Value> Tape<V> {
     /// An empty tape; with `checkpointing = false` checkpointed blocks are recorded op by
     /// op like any other code (faster, more memory).
     pub fn with_checkpointing(checkpointing: bool) -> Self {
-        Tape(Rc::new(RefCell::new(Inner { nodes: Vec::new(), consumed: false, checkpointing, live_block: None })))
+        Tape(Rc::new(RefCell::new(Inner {
+            nodes: Vec::new(),
+            consumed: false,
+            checkpointing,
+            live_block: None,
+        })))
     }
 
     fn checkpointing(&self) -> bool {
@@ -122,7 +127,11 @@ impl<V: Value> Tape<V> {
                 y.visit_buffers(visit);
             }
         }
-        if let Some(rec) = inner.live_block.as_ref().and_then(|b| b.borrow().as_ref().map(|r| r.tape.clone())) {
+        if let Some(rec) = inner
+            .live_block
+            .as_ref()
+            .and_then(|b| b.borrow().as_ref().map(|r| r.tape.clone()))
+        {
             rec.visit_saved(visit);
         }
     }
@@ -147,14 +156,24 @@ impl<V: Value> Tape<V> {
             y: None,
             needs,
         };
-        let parents = xs.iter().map(|x| x.node.as_ref().map(|(_, id)| *id)).collect();
+        let parents = xs
+            .iter()
+            .map(|x| x.node.as_ref().map(|(_, id)| *id))
+            .collect();
         let block = block.clone();
         let vjp = move |c: &Ctx<V>, dy: &V| match kept.borrow_mut().take() {
             Some(rec) => rec.backward(dy, &c.needs),
             None => recompute_vjp(&block, c, dy),
         };
-        let id = self.push(Node { parents, ctx, vjp: Box::new(vjp) });
-        Var { value: y, node: Some((self.clone(), id)) }
+        let id = self.push(Node {
+            parents,
+            ctx,
+            vjp: Box::new(vjp),
+        });
+        Var {
+            value: y,
+            node: Some((self.clone(), id)),
+        }
     }
 
     fn push(&self, node: Node<V>) -> usize {
@@ -327,7 +346,9 @@ impl<V: Value> Value for Var<V> {
     /// Records one rematerialised node when the tape asks for it and its values are not
     /// themselves recorded (recomputing on an outer tape would save nothing).
     fn checkpoint<B: Block<V::F>>(block: &B, xs: &[&Self]) -> Self {
-        let tape = xs.iter().find_map(|x| x.node.as_ref().map(|(t, _)| t.clone()));
+        let tape = xs
+            .iter()
+            .find_map(|x| x.node.as_ref().map(|(t, _)| t.clone()));
         match tape {
             Some(t) if !V::RECORDED && t.checkpointing() => t.record_block(block, xs),
             _ => block.apply(xs),

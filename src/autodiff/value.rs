@@ -422,7 +422,9 @@ pub trait Value: Clone + 'static {
     }
     /// Per-example cross-entropy of logits `[.., classes]` against integer targets `[..]`.
     fn cross_entropy(&self, targets: &Indices) -> Result<Self> {
-        let picked = self.pick_last(targets).map_err(|e| e.in_op("cross_entropy"))?;
+        let picked = self
+            .pick_last(targets)
+            .map_err(|e| e.in_op("cross_entropy"))?;
         Ok(self.logsumexp(self.ndim() - 1, false).sub(&picked))
     }
     /// Replaces elements where `mask` (broadcast to this shape) is true by `value`.
