@@ -1,5 +1,5 @@
 //! Models as pure generic functions over the algebra: parameters live in a
-//! [`Params`](crate::Params) group, the forward pass is `fn f<V: Value>(..) -> V`, so the
+//! [`Params`] group, the forward pass is `fn f<V: Value>(..) -> V`, so the
 //! same code gives values, gradients, JVPs, HVPs and grad-of-grad.
 
 pub mod mlp;
