@@ -84,9 +84,11 @@ impl<F: Float> Step<F> {
     }
 }
 
-/// The error for a problem that gives weights but no per-example losses.
-fn missing_losses() -> Error {
-    Error::Usage("MetaProblem::example_weights is Some but example_losses is None".into())
+/// The error for a problem whose weighted form is only half given.
+fn partial_weighted_form() -> Error {
+    Error::Usage(
+        "MetaProblem::example_weights and example_losses must both be Some or both be None".into(),
+    )
 }
 
 fn finite<F: Float>(p: &Params<Tensor<F>>, step: usize, quantity: &str) -> Result<()> {
@@ -201,7 +203,7 @@ fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 |th| -> Result<Var<Tensor<F>>> {
                     let l = problem
                         .example_losses(th, batch)
-                        .ok_or_else(missing_losses)??;
+                        .ok_or_else(partial_weighted_form)??;
                     Ok(w_c.mul(&l).sum_all())
                 },
                 theta,
@@ -362,7 +364,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         |gs| -> Result<Var<Dual<Tensor<F>>>> {
             let l = problem
                 .example_losses(&gs[0], batch)
-                .ok_or_else(missing_losses)??;
+                .ok_or_else(partial_weighted_form)??;
             d = Some(l.value().tangent_or_zeros());
             Ok(w.mul(&l).sum_all())
         },
@@ -376,7 +378,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         |e| {
             problem
                 .example_weights(e, batch)
-                .unwrap_or_else(|| Err(missing_losses()))
+                .unwrap_or_else(|| Err(partial_weighted_form()))
         },
         eta,
         &d,
