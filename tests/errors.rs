@@ -360,3 +360,20 @@ fn non_scalar_output_of_grad_is_a_shape_error() {
     let r = hvp(|q: &Params<Var<Dual<Tensor<f64>>>>| q["w"].exp(), &p, &p);
     assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
 }
+
+#[test]
+fn indices_rows_selects_rows_and_rejects_ranges_past_the_end() {
+    let idx = Indices::new(&[3, 2], vec![0, 1, 2, 3, 4, 5]).unwrap();
+    let mid = idx.rows(1..3).unwrap();
+    assert_eq!(mid.shape(), &[2, 2]);
+    assert_eq!(mid.data(), &[2, 3, 4, 5]);
+    assert_eq!(idx.rows(3..3).unwrap().shape(), &[0, 2]);
+    assert_eq!(
+        idx.rows(1..4).unwrap_err(),
+        Error::Index {
+            op: "Indices::rows",
+            index: 4,
+            size: 3
+        }
+    );
+}

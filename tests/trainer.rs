@@ -310,3 +310,19 @@ fn bad_config_names_the_field() {
         })
     ));
 }
+
+#[test]
+fn a_text_batch_slice_is_the_batch_of_those_rows() {
+    let pool: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i, i + 1, i + 2, i + 3]).collect();
+    let b = datarater::trainer::TextBatch::from_pool(&pool, vec![5, 0, 3, 2]).unwrap();
+    let expected = datarater::trainer::TextBatch::from_pool(&pool, vec![0, 3]).unwrap();
+    assert_eq!(b.slice(1..3).unwrap(), expected);
+    assert!(matches!(
+        b.slice(2..5),
+        Err(Error::Index {
+            index: 5,
+            size: 4,
+            ..
+        })
+    ));
+}

@@ -13,10 +13,13 @@
 //!   of `jax.grad` or PyTorch's `create_graph=True` do.
 
 use super::MetaProblem;
-use crate::autodiff::transforms::{jvp_grad_with, value_and_grad, vjp};
+use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
+use ndarray::{Axis, Slice};
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +92,17 @@ fn partial_weighted_form() -> Error {
     Error::Usage(
         "MetaProblem::example_weights and example_losses must both be Some or both be None".into(),
     )
+}
+
+/// The per-example losses of a weighted-form problem.
+fn losses<F: Float, P: MetaProblem<F>, V: Value<F = F>>(
+    problem: &P,
+    theta: &Params<V>,
+    batch: &P::Batch,
+) -> Result<V> {
+    problem
+        .example_losses(theta, batch)
+        .ok_or_else(partial_weighted_form)?
 }
 
 fn finite<F: Float>(p: &Params<Tensor<F>>, step: usize, quantity: &str) -> Result<()> {
@@ -198,27 +212,28 @@ fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     let (loss, g, w) = match problem.example_weights(eta, batch) {
         Some(w) => {
             let w = w?;
-            let w_c = Var::constant_of(w.clone());
-            let (loss, g) = value_and_grad(
-                |th| -> Result<Var<Tensor<F>>> {
-                    let l = problem
-                        .example_losses(th, batch)
-                        .ok_or_else(partial_weighted_form)??;
-                    Ok(w_c.mul(&l).sum_all())
-                },
-                theta,
-            )?;
+            let parts = for_shards(problem, batch, &w, |w, b| {
+                let w = Var::constant_of(w);
+                value_and_grad(
+                    |th| -> Result<Var<Tensor<F>>> {
+                        Ok(w.mul(&losses(problem, th, b)?).sum_all())
+                    },
+                    theta,
+                )
+            })?;
+            let loss = parts.iter().map(|(l, _)| l.item()).sum::<F>();
+            let g = sum(parts.into_iter().map(|(_, g)| g))?;
             (loss, g, Some(w))
         }
         None => {
             let (loss, g) = value_and_grad(|th| problem.inner_loss(th, eta_c, batch), theta)?;
-            (loss, g, None)
+            (loss.item(), g, None)
         }
     };
-    finite_scalar(loss.item(), t, "inner loss")?;
+    finite_scalar(loss, t, "inner loss")?;
     finite(&g, t, "inner gradient")?;
     let (th, st) = opt.update(theta, state, &g);
-    Ok((loss.item(), g, th, st, w))
+    Ok((loss, g, th, st, w))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -298,6 +313,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
             finite(&adj.grad, t, "optimiser adjoint")?;
+            // theta_0 does not depend on eta: its adjoint is not needed.
             let (h_gbar, m_gbar, tape_bytes) = products(
                 problem,
                 &s.theta,
@@ -306,11 +322,17 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 &adj.grad,
                 &batches[t],
                 remat,
+                t > 0,
             )?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
-            finite(&h_gbar, t, "Hessian-vector product")?;
+            if let Some(h) = &h_gbar {
+                finite(h, t, "Hessian-vector product")?;
+            }
             finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
-            theta_bar = adj.theta.add_scaled(&h_gbar, F::one())?;
+            theta_bar = match h_gbar {
+                Some(h) => adj.theta.add_scaled(&h, F::one())?,
+                None => adj.theta,
+            };
             eta_bar = eta_bar.add_scaled(&m_gbar, F::one())?;
             state_bar = adj.state;
         }
@@ -329,12 +351,14 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
 /// in `theta`) of the inner objective's gradients with respect to `theta` and `eta`, by
 /// forward-over-reverse. When the problem exposes its weighted form
 /// (`sum_i w_i(eta) l_i(theta)`, see [`MetaProblem::example_weights`]) the weights stay
-/// out of that pass: it runs over `theta` only with `w` constant, which gives `H_t g`
-/// and the losses' tangents `d_i`; then `M_t g = grad_eta <w(eta), d>` is one
-/// first-order backward pass through `w` (on its own tape, after the forward-over-reverse
-/// tape is freed, so the two are never alive together). `remat`: rematerialise
+/// out of that pass: it runs over `theta` only with `w` constant (split over threads by
+/// [`for_shards`]), which gives `H_t g` and the losses' tangents `d_i`; then
+/// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w` (on its
+/// own tape, after the forward-over-reverse tapes are freed, so they are never alive
+/// together). Without `need_h` (step 0, whose `theta` does not depend on `eta`) the
+/// weighted form needs only `d`: a forward-mode pass. `remat`: rematerialise
 /// checkpointed blocks in the forward-over-reverse pass.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn products<F: Float, P: MetaProblem<F>>(
     problem: &P,
     theta: &Params<Tensor<F>>,
@@ -343,7 +367,8 @@ fn products<F: Float, P: MetaProblem<F>>(
     g: &Params<Tensor<F>>,
     batch: &P::Batch,
     remat: bool,
-) -> Result<(Params<Tensor<F>>, Params<Tensor<F>>, usize)> {
+    need_h: bool,
+) -> Result<(Option<Params<Tensor<F>>>, Params<Tensor<F>>, usize)> {
     let w = match weights {
         Some(w) => Some(Ok(w.clone())),
         None => problem.example_weights(eta, batch),
@@ -356,24 +381,35 @@ fn products<F: Float, P: MetaProblem<F>>(
             remat,
         )?;
         let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
-        return Ok((h, m, r.tape_bytes));
+        return Ok((Some(h), m, r.tape_bytes));
     };
-    let w = Var::constant_of(Dual::constant_of(w?));
-    let mut d = None;
-    let r = jvp_grad_with(
-        |gs| -> Result<Var<Dual<Tensor<F>>>> {
-            let l = problem
-                .example_losses(&gs[0], batch)
-                .ok_or_else(partial_weighted_form)??;
-            d = Some(l.value().tangent_or_zeros());
-            Ok(w.mul(&l).sum_all())
-        },
-        &[theta],
-        &[Some(g)],
-        remat,
-    )?;
-    let h = r.tangents.into_iter().next().expect("one group");
-    let d = d.expect("set by the objective");
+    let parts = for_shards(problem, batch, &w?, |w, b| {
+        if !need_h {
+            let (_, d) = jvp(|th| losses(problem, th, b), theta, g)?;
+            return Ok((None, d, 0));
+        }
+        let w = Var::constant_of(Dual::constant_of(w));
+        let mut d = None;
+        let r = jvp_grad_with(
+            |gs| -> Result<Var<Dual<Tensor<F>>>> {
+                let l = losses(problem, &gs[0], b)?;
+                d = Some(l.value().tangent_or_zeros());
+                Ok(w.mul(&l).sum_all())
+            },
+            &[theta],
+            &[Some(g)],
+            remat,
+        )?;
+        let h = r.tangents.into_iter().next().expect("one group");
+        Ok((Some(h), d.expect("set by the objective"), r.tape_bytes))
+    })?;
+    // The shards' tapes may all be alive at once.
+    let tape_bytes = parts.iter().map(|p| p.2).sum();
+    let d = concat_rows(parts.iter().map(|p| &p.1))?;
+    let h = match need_h {
+        true => Some(sum(parts.into_iter().map(|p| p.0.expect("need_h")))?),
+        false => None,
+    };
     let (_, m) = vjp(
         |e| {
             problem
@@ -383,7 +419,54 @@ fn products<F: Float, P: MetaProblem<F>>(
         eta,
         &d,
     )?;
-    Ok((h, m, r.tape_bytes))
+    Ok((h, m, tape_bytes))
+}
+
+/// Runs `f(w_k, batch_k)` on slices of a weighted-form batch (`w` its weights, one per
+/// example along axis 0) and returns the results in order: one slice per rayon thread
+/// when the problem can split its batches ([`MetaProblem::sub_batch`]), else the whole
+/// batch.
+fn for_shards<F: Float, P: MetaProblem<F>, R: Send>(
+    problem: &P,
+    batch: &P::Batch,
+    w: &Tensor<F>,
+    f: impl Fn(Tensor<F>, &P::Batch) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let n = w.shape().first().copied().unwrap_or(1);
+    let k = rayon::current_num_threads().min(n);
+    if k > 1 {
+        let ranges: Vec<Range<usize>> = (0..k).map(|i| i * n / k..(i + 1) * n / k).collect();
+        let subs: Option<Vec<P::Batch>> = ranges
+            .iter()
+            .map(|r| problem.sub_batch(batch, r.clone()))
+            .collect();
+        if let Some(subs) = subs {
+            return ranges
+                .into_par_iter()
+                .zip(subs)
+                .map(|(r, b)| {
+                    let rows = w.view().slice_axis(Axis(0), Slice::from(r)).to_owned();
+                    f(Tensor::from_array(rows), &b)
+                })
+                .collect();
+        }
+    }
+    Ok(vec![f(w.clone(), batch)?])
+}
+
+/// The sum of parameter sets with the same names and shapes.
+fn sum<F: Float>(parts: impl IntoIterator<Item = Params<Tensor<F>>>) -> Result<Params<Tensor<F>>> {
+    let mut parts = parts.into_iter();
+    let first = parts.next().expect("at least one part");
+    parts.try_fold(first, |acc, p| acc.add_scaled(&p, F::one()))
+}
+
+/// Tensors stacked along axis 0 (the per-example tangents of the shards, in order).
+fn concat_rows<'a, F: Float>(parts: impl Iterator<Item = &'a Tensor<F>>) -> Result<Tensor<F>> {
+    let views: Vec<_> = parts.map(Tensor::view).collect();
+    ndarray::concatenate(Axis(0), &views)
+        .map(Tensor::from_array)
+        .map_err(|e| Error::Usage(format!("per-example losses of the sub-batches: {e}")))
 }
 
 fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(

@@ -12,6 +12,7 @@ use crate::autodiff::{Float, Params, Tensor, Value};
 use crate::error::Result;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use std::ops::Range;
 
 /// A model that scores a batch: one raw score per example (higher = more useful).
 /// Written generically over the algebra so the engines can differentiate it.
@@ -41,6 +42,14 @@ pub trait InnerLoop<F: Float>: Sync {
     ) -> Result<V>;
     /// Draws a training batch.
     fn sample_batch(&self, rng: &mut Rng) -> Self::Batch;
+    /// Optional, for speed: the examples `range` of `batch` as a batch of their own,
+    /// whose per-example losses are exactly those rows of `batch`'s. With it the
+    /// mixed-mode engines split each inner step's passes over rayon's threads (see
+    /// [`MetaProblem::sub_batch`]). The default `None` keeps every pass whole.
+    fn sub_batch(&self, batch: &Self::Batch, range: Range<usize>) -> Option<Self::Batch> {
+        let _ = (batch, range);
+        None
+    }
 }
 
 /// The outer problem: the held-out objective, and the meta-update applied to the
@@ -114,6 +123,18 @@ pub trait MetaProblem<F: Float>: Sync {
         let _ = (theta, batch);
         None
     }
+
+    /// Optional, for speed, with the weighted form: the examples `range` (rows of
+    /// `example_losses`) of `batch` as a batch of their own. Each inner step's passes
+    /// over `theta` are sums over examples, so the mixed-mode engines then run them on
+    /// one slice of the batch per rayon thread and add the results: the same
+    /// meta-gradient up to rounding, computed data-parallel. The default `None` keeps
+    /// every pass whole (and single-threaded). Run the engine inside a one-thread
+    /// `rayon::ThreadPool` to turn the split off.
+    fn sub_batch(&self, batch: &Self::Batch, range: Range<usize>) -> Option<Self::Batch> {
+        let _ = (batch, range);
+        None
+    }
 }
 
 /// The DataRater objective: `L(theta, eta) = sum_i softmax_i(rater(eta, batch)) * l_i(theta)`
@@ -160,6 +181,9 @@ where
         batch: &I::Batch,
     ) -> Option<Result<V>> {
         Some(self.inner.per_example_loss(theta, batch))
+    }
+    fn sub_batch(&self, batch: &I::Batch, range: Range<usize>) -> Option<I::Batch> {
+        self.inner.sub_batch(batch, range)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::meta::{InnerLoop, OuterLoop, Rater};
 use crate::nn::{CausalLm, SequenceScorer};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A batch of byte sequences prepared for both models: the full sequences for the
@@ -46,6 +47,16 @@ impl TextBatch {
             inputs,
             targets,
             rows,
+        })
+    }
+
+    /// The sequences `range` of this batch, as a batch of their own.
+    pub fn slice(&self, range: Range<usize>) -> Result<Self> {
+        Ok(TextBatch {
+            tokens: self.tokens.rows(range.clone())?,
+            inputs: self.inputs.rows(range.clone())?,
+            targets: self.targets.rows(range.clone())?,
+            rows: self.rows[range].to_vec(),
         })
     }
 
@@ -145,6 +156,9 @@ impl<F: Float, O: Optimizer<F>> InnerLoop<F> for TextLm<O> {
     fn sample_batch(&self, rng: &mut Rng) -> TextBatch {
         let rows = draw_rows(self.pool.len(), self.batch_size, rng);
         self.batch(rows).expect("pool validated in TextLm::new")
+    }
+    fn sub_batch(&self, b: &TextBatch, range: Range<usize>) -> Option<TextBatch> {
+        b.slice(range).ok()
     }
 }
 

@@ -40,6 +40,24 @@ impl Indices {
     pub fn data(&self) -> &[usize] {
         &self.data
     }
+    /// The rows `range` (along axis 0), e.g. some sequences of a `[batch, len]` batch.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let n = self.shape.first().copied().unwrap_or(0);
+        if range.start > range.end || range.end > n {
+            return Err(Error::Index {
+                op: "Indices::rows",
+                index: range.end.max(range.start),
+                size: n,
+            });
+        }
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = range.len();
+        Ok(Indices {
+            shape,
+            data: Arc::new(self.data[range.start * row..range.end * row].to_vec()),
+        })
+    }
     fn check(&self, op: &'static str, size: usize) -> Result<()> {
         match self.data.iter().find(|&&i| i >= size) {
             Some(&index) => Err(Error::Index { op, index, size }),
