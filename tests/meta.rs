@@ -270,6 +270,25 @@ fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
     }
 }
 
+/// A problem that shows the engines only its inner and outer losses (no weighted form,
+/// no sub-batches): their generic path.
+struct Whole<'a, P>(&'a P);
+
+impl<P: MetaProblem<f64>> MetaProblem<f64> for Whole<'_, P> {
+    type Batch = P::Batch;
+    fn inner_loss<V: Value<F = f64>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        batch: &P::Batch,
+    ) -> Result<V> {
+        self.0.inner_loss(theta, eta, batch)
+    }
+    fn outer_loss<V: Value<F = f64>>(&self, theta: &Params<V>, batch: &P::Batch) -> Result<V> {
+        self.0.outer_loss(theta, batch)
+    }
+}
+
 fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_feature: bool) {
     let mut rng = Rng::new(42);
     let inner = Regression {
@@ -290,6 +309,17 @@ fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_fe
     check_modes(
         &format!("{label}, T={steps}"),
         &problem,
+        &opt,
+        &eta,
+        &theta,
+        &batches,
+        &outer,
+        0,
+        &mut rng,
+    );
+    check_modes(
+        &format!("{label}, T={steps}, generic path"),
+        &Whole(&problem),
         &opt,
         &eta,
         &theta,

@@ -355,8 +355,9 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
 /// [`for_shards`]), which gives `H_t g` and the losses' tangents `d_i`; then
 /// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w` (on its
 /// own tape, after the forward-over-reverse tapes are freed, so they are never alive
-/// together). Without `need_h` (step 0, whose `theta` does not depend on `eta`) the
-/// weighted form needs only `d`: a forward-mode pass. `remat`: rematerialise
+/// together). Without `need_h` (step 0, whose `theta` does not depend on `eta`) only
+/// `M_t g` is computed: the weighted form needs only `d`, a forward-mode pass; the
+/// generic form records only the ops that depend on `eta`. `remat`: rematerialise
 /// checkpointed blocks in the forward-over-reverse pass.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn products<F: Float, P: MetaProblem<F>>(
@@ -374,6 +375,19 @@ fn products<F: Float, P: MetaProblem<F>>(
         None => problem.example_weights(eta, batch),
     };
     let Some(w) = w else {
+        if !need_h {
+            // theta as constants carrying the tangent: only the ops that depend on eta
+            // are recorded.
+            let th = theta.zip_map(g, |p, t| Var::constant_of(Dual::new(p.clone(), t.clone())))?;
+            let r = jvp_grad_with(
+                |gs| problem.inner_loss(&th, &gs[0], batch),
+                &[eta],
+                &[None],
+                remat,
+            )?;
+            let m = r.tangents.into_iter().next().expect("one group");
+            return Ok((None, m, r.tape_bytes));
+        }
         let r = jvp_grad_with(
             |gs| problem.inner_loss(&gs[0], &gs[1], batch),
             &[theta, eta],
