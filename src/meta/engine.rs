@@ -11,6 +11,11 @@
 //! * [`Mode::Unrolled`]: the naive baseline, reverse-over-reverse through the whole
 //!   window on one tape (every inner backward pass recorded), as `jax.grad` of a loop
 //!   of `jax.grad` or PyTorch's `create_graph=True` do.
+//!
+//! With the DataRater's weighted form ([`MetaProblem::example_weights`]) the two mixed
+//! modes run each inner step's passes over `theta` on one slice of the batch per rayon
+//! thread when the problem can cut batches ([`MetaProblem::sub_batch`]), and step 0's
+//! pass is forward mode only (`theta_0` does not depend on `eta`).
 
 use super::MetaProblem;
 use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
