@@ -368,6 +368,7 @@ fn indices_rows_selects_rows_and_rejects_ranges_past_the_end() {
     assert_eq!(mid.shape(), &[2, 2]);
     assert_eq!(mid.data(), &[2, 3, 4, 5]);
     assert_eq!(idx.rows(3..3).unwrap().shape(), &[0, 2]);
+    assert!(Indices::new(&[], vec![7]).unwrap().rows(0..0).is_err());
     assert_eq!(
         idx.rows(1..4).unwrap_err(),
         Error::Index {

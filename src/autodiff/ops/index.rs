@@ -43,7 +43,7 @@ impl Indices {
     /// The rows `range` (along axis 0), e.g. some sequences of a `[batch, len]` batch.
     pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
         let n = self.shape.first().copied().unwrap_or(0);
-        if range.start > range.end || range.end > n {
+        if self.shape.is_empty() || range.start > range.end || range.end > n {
             return Err(Error::Index {
                 op: "Indices::rows",
                 index: range.end.max(range.start),
