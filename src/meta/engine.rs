@@ -49,7 +49,8 @@ pub struct MetaStats {
     /// Inner steps differentiated through.
     pub steps: usize,
     /// Largest number of bytes any tape held (unrolled: the whole window's tape; mixed:
-    /// one step's forward-over-reverse tape).
+    /// one step's forward-over-reverse tape, summed over the slices of the batch that
+    /// ran at once; see [`MetaProblem::sub_batch`]).
     pub peak_tape_bytes: usize,
     /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`) alive at once.
     pub trajectory_bytes: usize,
