@@ -4,18 +4,21 @@
 //!
 //! The problem is written directly against the public `meta::MetaProblem` trait:
 //! `L(theta, eta) = sum_i softmax_i(rater(eta)) * lm_loss_i(theta)`, outer loss the mean
-//! LM loss on a held-out batch.
+//! LM loss on a held-out batch. `mixed` and `unrolled` see only those two losses (the
+//! engines' generic path); `mixed-weighted` also gets the weighted form and sub-batches
+//! (`example_weights`, `example_losses`, `sub_batch`), as `DataRaterProblem` gives them.
 //!
 //! ```text
 //! cargo bench --bench meta
 //! ```
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use datarater::meta::{MetaProblem, Mode, meta_gradient};
+use datarater::meta::{MetaGradient, MetaProblem, Mode, meta_gradient};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::{Indices, Params, Result, Rng, Tensor, Value};
 use std::hint::black_box;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,36 @@ impl MetaProblem<f32> for Problem {
             .lm
             .per_example_loss(theta, &b.inputs, &b.targets)?
             .mean_all())
+    }
+}
+
+/// The same problem with its weighted form and sub-batches exposed.
+struct Weighted<'a>(&'a Problem);
+
+impl MetaProblem<f32> for Weighted<'_> {
+    type Batch = Batch;
+    fn inner_loss<V: Value<F = f32>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        b: &Batch,
+    ) -> Result<V> {
+        self.0.inner_loss(theta, eta, b)
+    }
+    fn outer_loss<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
+        self.0.outer_loss(theta, b)
+    }
+    fn example_weights<V: Value<F = f32>>(&self, eta: &Params<V>, b: &Batch) -> Option<Result<V>> {
+        Some(self.0.rater.scores(eta, &b.inputs).map(|s| s.softmax(0)))
+    }
+    fn example_losses<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Option<Result<V>> {
+        Some(self.0.lm.per_example_loss(theta, &b.inputs, &b.targets))
+    }
+    fn sub_batch(&self, b: &Batch, r: Range<usize>) -> Option<Batch> {
+        Some(Batch {
+            inputs: b.inputs.rows(r.clone()).ok()?,
+            targets: b.targets.rows(r).ok()?,
+        })
     }
 }
 
@@ -88,6 +121,43 @@ fn main() {
     let state = opt.init(&theta);
     let batches: Vec<Batch> = (0..steps).map(|_| batch(&mut rng, n, seq)).collect();
     let outer = batch(&mut rng, n, seq);
+    let weighted = Weighted(&problem);
+    let generic_mixed = || {
+        meta_gradient(
+            Mode::Mixed,
+            &problem,
+            &opt,
+            &eta,
+            &theta,
+            &state,
+            &batches,
+            &outer,
+        )
+    };
+    let weighted_mixed = || {
+        meta_gradient(
+            Mode::Mixed,
+            &weighted,
+            &opt,
+            &eta,
+            &theta,
+            &state,
+            &batches,
+            &outer,
+        )
+    };
+    let unrolled = || {
+        meta_gradient(
+            Mode::Unrolled,
+            &problem,
+            &opt,
+            &eta,
+            &theta,
+            &state,
+            &batches,
+            &outer,
+        )
+    };
 
     let mut c = Criterion::default()
         .sample_size(10)
@@ -96,16 +166,19 @@ fn main() {
         .configure_from_args();
     let mut g = c.benchmark_group("meta-gradient-T2-f32");
     g.sampling_mode(SamplingMode::Flat);
-    for (name, mode) in [("mixed", Mode::Mixed), ("unrolled", Mode::Unrolled)] {
+    type Run<'a> = &'a dyn Fn() -> Result<MetaGradient<f32>>;
+    let runs: [(&str, Run); 3] = [
+        ("mixed", &generic_mixed),
+        ("mixed-weighted", &weighted_mixed),
+        ("unrolled", &unrolled),
+    ];
+    for (name, f) in runs {
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    black_box(
-                        meta_gradient(mode, &problem, &opt, &eta, &theta, &state, &batches, &outer)
-                            .expect("meta-gradient"),
-                    );
+                    black_box(f().expect("meta-gradient"));
                     let e = t.elapsed();
                     total += e;
                     TIMES
@@ -130,12 +203,18 @@ fn main() {
         v.sort_by(f64::total_cmp);
         (!v.is_empty()).then(|| v[v.len() / 2])
     };
-    if let (Some(m), Some(u)) = (med("mixed"), med("unrolled")) {
+    if let (Some(m), Some(w), Some(u)) = (med("mixed"), med("mixed-weighted"), med("unrolled")) {
         println!(
-            "\nmeta-gradient, T = {steps}, batch {n} x {seq} tokens: mixed {:.2} ms, unrolled {:.2} ms (median per call, this run); mixed / unrolled = {:.2}x",
+            "\nmeta-gradient, T = {steps}, batch {n} x {seq} tokens, {} threads (median per call, this run):",
+            rayon::current_num_threads()
+        );
+        println!(
+            "  mixed {:.2} ms, mixed-weighted {:.2} ms, unrolled {:.2} ms; mixed / unrolled = {:.2}x, mixed-weighted / unrolled = {:.2}x",
             m * 1e3,
+            w * 1e3,
             u * 1e3,
-            m / u
+            m / u,
+            w / u
         );
     }
 }
