@@ -13,7 +13,7 @@
 //! ```
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use datarater::meta::{MetaGradient, MetaProblem, Mode, meta_gradient};
+use datarater::meta::{MetaProblem, Mode, meta_gradient};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::{Indices, Params, Result, Rng, Tensor, Value};
@@ -27,9 +27,12 @@ struct Batch {
     targets: Indices,
 }
 
+/// The DataRater objective; `weighted` also exposes its weighted form and sub-batches
+/// (as `DataRaterProblem` does), otherwise the engines see only the two losses.
 struct Problem {
     lm: CausalLm,
     rater: SequenceScorer,
+    weighted: bool,
 }
 
 impl MetaProblem<f32> for Problem {
@@ -52,29 +55,13 @@ impl MetaProblem<f32> for Problem {
             .per_example_loss(theta, &b.inputs, &b.targets)?
             .mean_all())
     }
-}
-
-/// The same problem with its weighted form and sub-batches exposed.
-struct Weighted<'a>(&'a Problem);
-
-impl MetaProblem<f32> for Weighted<'_> {
-    type Batch = Batch;
-    fn inner_loss<V: Value<F = f32>>(
-        &self,
-        theta: &Params<V>,
-        eta: &Params<V>,
-        b: &Batch,
-    ) -> Result<V> {
-        self.0.inner_loss(theta, eta, b)
-    }
-    fn outer_loss<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
-        self.0.outer_loss(theta, b)
-    }
     fn example_weights<V: Value<F = f32>>(&self, eta: &Params<V>, b: &Batch) -> Option<Result<V>> {
-        Some(self.0.rater.scores(eta, &b.inputs).map(|s| s.softmax(0)))
+        self.weighted
+            .then(|| Ok(self.rater.scores(eta, &b.inputs)?.softmax(0)))
     }
     fn example_losses<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Option<Result<V>> {
-        Some(self.0.lm.per_example_loss(theta, &b.inputs, &b.targets))
+        self.weighted
+            .then(|| self.lm.per_example_loss(theta, &b.inputs, &b.targets))
     }
     fn sub_batch(&self, b: &Batch, r: Range<usize>) -> Option<Batch> {
         Some(Batch {
@@ -113,6 +100,12 @@ fn main() {
     let problem = Problem {
         lm: CausalLm::new(cfg(32, 2, true)).expect("valid"),
         rater: SequenceScorer::new(cfg(16, 2, false)).expect("valid"),
+        weighted: false,
+    };
+    let weighted = Problem {
+        lm: problem.lm.clone(),
+        rater: problem.rater.clone(),
+        weighted: true,
     };
     let mut rng = Rng::new(0);
     let theta: Params<Tensor<f32>> = problem.lm.init(&mut rng);
@@ -121,44 +114,6 @@ fn main() {
     let state = opt.init(&theta);
     let batches: Vec<Batch> = (0..steps).map(|_| batch(&mut rng, n, seq)).collect();
     let outer = batch(&mut rng, n, seq);
-    let weighted = Weighted(&problem);
-    let generic_mixed = || {
-        meta_gradient(
-            Mode::Mixed,
-            &problem,
-            &opt,
-            &eta,
-            &theta,
-            &state,
-            &batches,
-            &outer,
-        )
-    };
-    let weighted_mixed = || {
-        meta_gradient(
-            Mode::Mixed,
-            &weighted,
-            &opt,
-            &eta,
-            &theta,
-            &state,
-            &batches,
-            &outer,
-        )
-    };
-    let unrolled = || {
-        meta_gradient(
-            Mode::Unrolled,
-            &problem,
-            &opt,
-            &eta,
-            &theta,
-            &state,
-            &batches,
-            &outer,
-        )
-    };
-
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
@@ -166,19 +121,21 @@ fn main() {
         .configure_from_args();
     let mut g = c.benchmark_group("meta-gradient-T2-f32");
     g.sampling_mode(SamplingMode::Flat);
-    type Run<'a> = &'a dyn Fn() -> Result<MetaGradient<f32>>;
-    let runs: [(&str, Run); 3] = [
-        ("mixed", &generic_mixed),
-        ("mixed-weighted", &weighted_mixed),
-        ("unrolled", &unrolled),
+    let runs = [
+        ("mixed", Mode::Mixed, &problem),
+        ("mixed-weighted", Mode::Mixed, &weighted),
+        ("unrolled", Mode::Unrolled, &problem),
     ];
-    for (name, f) in runs {
+    for (name, mode, p) in runs {
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    black_box(f().expect("meta-gradient"));
+                    black_box(
+                        meta_gradient(mode, p, &opt, &eta, &theta, &state, &batches, &outer)
+                            .expect("meta-gradient"),
+                    );
                     let e = t.elapsed();
                     total += e;
                     TIMES
