@@ -22,7 +22,6 @@ use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
-use ndarray::{Axis, Slice};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -425,7 +424,7 @@ fn products<F: Float, P: MetaProblem<F>>(
     })?;
     // The shards' tapes may all be alive at once.
     let tape_bytes = parts.iter().map(|p| p.2).sum();
-    let d = concat_rows(parts.iter().map(|p| &p.1))?;
+    let d = Tensor::concat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0);
     let h = match need_h {
         true => Some(sum(parts.into_iter().map(|p| p.0.expect("need_h")))?),
         false => None,
@@ -464,10 +463,7 @@ fn for_shards<F: Float, P: MetaProblem<F>, R: Send>(
             return ranges
                 .into_par_iter()
                 .zip(subs)
-                .map(|(r, b)| {
-                    let rows = w.view().slice_axis(Axis(0), Slice::from(r)).to_owned();
-                    f(Tensor::from_array(rows), &b)
-                })
+                .map(|(r, b)| f(w.slice(0, r.start, r.end), &b))
                 .collect();
         }
     }
@@ -479,14 +475,6 @@ fn sum<F: Float>(parts: impl IntoIterator<Item = Params<Tensor<F>>>) -> Result<P
     let mut parts = parts.into_iter();
     let first = parts.next().expect("at least one part");
     parts.try_fold(first, |acc, p| acc.add_scaled(&p, F::one()))
-}
-
-/// Tensors stacked along axis 0 (the per-example tangents of the shards, in order).
-fn concat_rows<'a, F: Float>(parts: impl Iterator<Item = &'a Tensor<F>>) -> Result<Tensor<F>> {
-    let views: Vec<_> = parts.map(Tensor::view).collect();
-    ndarray::concatenate(Axis(0), &views)
-        .map(Tensor::from_array)
-        .map_err(|e| Error::Usage(format!("per-example losses of the sub-batches: {e}")))
 }
 
 fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(

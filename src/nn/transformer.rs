@@ -82,6 +82,14 @@ impl TransformerConfig {
         p
     }
 
+    /// The trunk's parameters plus a linear head `d_model -> out`.
+    fn init_with_head<F: Float>(&self, rng: &mut Rng, out: usize) -> Params<Tensor<F>> {
+        let mut p = self.init_trunk(rng);
+        let std = 1.0 / (self.d_model as f64).sqrt();
+        insert_linear(&mut p, "head", rng, self.d_model, out, std);
+        p
+    }
+
     /// Token ids `[batch, seq]` to final-normed hidden states `[batch, seq, d_model]`.
     pub fn trunk<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
         let s = tokens.shape();
@@ -222,16 +230,7 @@ impl CausalLm {
     }
     /// Random initial parameters.
     pub fn init<F: Float>(&self, rng: &mut Rng) -> Params<Tensor<F>> {
-        let mut p = self.cfg.init_trunk(rng);
-        insert_linear(
-            &mut p,
-            "head",
-            rng,
-            self.cfg.d_model,
-            self.cfg.vocab,
-            1.0 / (self.cfg.d_model as f64).sqrt(),
-        );
-        p
+        self.cfg.init_with_head(rng, self.cfg.vocab)
     }
     /// Logits `[batch, seq, vocab]`.
     pub fn logits<V: Value>(&self, p: &Params<V>, inputs: &Indices) -> Result<V> {
@@ -280,16 +279,7 @@ impl SequenceScorer {
     }
     /// Random initial parameters.
     pub fn init<F: Float>(&self, rng: &mut Rng) -> Params<Tensor<F>> {
-        let mut p = self.cfg.init_trunk(rng);
-        insert_linear(
-            &mut p,
-            "head",
-            rng,
-            self.cfg.d_model,
-            1,
-            1.0 / (self.cfg.d_model as f64).sqrt(),
-        );
-        p
+        self.cfg.init_with_head(rng, 1)
     }
     /// One raw score per sequence, `[batch]`.
     pub fn scores<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
