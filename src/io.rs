@@ -439,3 +439,128 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
 fn uint_array(v: &Json) -> Option<Vec<u64>> {
     v.as_array()?.iter().map(Json::as_u64).collect()
 }
+
+/// Metadata key of the checksum written by [`encode_checked`].
+pub const CHECKSUM_KEY: &str = "checksum";
+
+/// FNV-1a (64-bit) over the data section (the bytes after the header) and every
+/// metadata entry except the checksum itself, as 16 hex digits. Detects truncation and
+/// corruption (it is not a cryptographic hash).
+fn checksum_of(bytes: &[u8], metadata: &Metadata) -> std::result::Result<String, String> {
+    let n = bytes
+        .get(..8)
+        .map(|p| u64::from_le_bytes(p.try_into().expect("8 bytes")) as usize)
+        .ok_or("file too short for a safetensors header")?;
+    let data = bytes
+        .get(8usize.saturating_add(n)..)
+        .ok_or("header runs past the end of the file")?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(data);
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != CHECKSUM_KEY) {
+        eat(k.as_bytes());
+        eat(&[0]);
+        eat(v.as_bytes());
+        eat(&[0]);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Like [`encode_params`], plus a [`CHECKSUM_KEY`] metadata entry covering the tensor
+/// data and the other metadata, which [`decode_checked`] verifies.
+///
+/// # Errors
+/// As [`encode_params`]; [`Error::Params`] if `metadata` already has a `checksum` key.
+pub fn encode_checked<F: Float>(
+    params: &Params<Tensor<F>>,
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    if metadata.iter().any(|(k, _)| *k == CHECKSUM_KEY) {
+        return Err(Error::Params {
+            name: CHECKSUM_KEY.into(),
+            reason: "this metadata key is reserved for the checksum".into(),
+        });
+    }
+    let plain = encode_params(params, metadata)?;
+    let meta: Metadata = metadata
+        .iter()
+        .map(|&(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sum = checksum_of(&plain, &meta).map_err(Error::Usage)?;
+    let mut with_sum = metadata.to_vec();
+    with_sum.push((CHECKSUM_KEY, &sum));
+    encode_params(params, &with_sum)
+}
+
+/// Parses bytes written by [`encode_checked`], refusing a file whose checksum is
+/// missing or does not match (truncated or corrupted). `path` names the file in errors.
+///
+/// # Errors
+/// [`Error::File`] naming `path` and what is wrong.
+pub fn decode_checked<F: Float>(
+    path: &str,
+    bytes: &[u8],
+    policy: DtypePolicy,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    let err = |reason: String| Error::File {
+        path: path.to_string(),
+        reason,
+    };
+    let (params, metadata) = decode(bytes, policy).map_err(err)?;
+    let Some(stored) = metadata.get(CHECKSUM_KEY) else {
+        return Err(err(format!(
+            "no `{CHECKSUM_KEY}` metadata entry (not written by datarater, or damaged)"
+        )));
+    };
+    let actual = checksum_of(bytes, &metadata).map_err(err)?;
+    if *stored != actual {
+        return Err(err(format!(
+            "checksum mismatch (stored {stored}, computed {actual}): the file is corrupted"
+        )));
+    }
+    Ok((params, metadata))
+}
+
+/// Writes `bytes` to `path` atomically: to a temporary file in the same directory,
+/// flushed to disk (fsync), then renamed over `path`. A reader (or a process killed at
+/// any moment) sees the old file or the new one, never part of one.
+///
+/// # Errors
+/// [`Error::File`] naming the path if any step fails (the temporary file is removed).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let err = |e: std::io::Error| Error::File {
+        path: path.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    };
+    let name = path.file_name().ok_or_else(|| Error::File {
+        path: path.display().to_string(),
+        reason: "not a file path".into(),
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable (best effort: not every platform can open a
+        // directory for syncing).
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(d) = std::fs::File::open(dir.unwrap_or(Path::new("."))) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}

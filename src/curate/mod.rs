@@ -10,6 +10,9 @@
 //!   `p` under the score distribution survives draw-`n`-keep-top-`N` with probability
 //!   [`acceptance_probability`]`(p, n, N)`; [`EmpiricalCdf`] estimates `p` from a sample
 //!   of scores and [`Acceptor`] turns it into a seeded Bernoulli decision per example.
+//! * **Whole documents**: [`documents`] cuts documents into the rater's sequences,
+//!   scores them in parallel and aggregates one score per document;
+//!   [`rater_file`] saves and loads a trained rater with its config.
 //! * **Dataset-level discard**: [`discard_bottom`] keeps all but the lowest-scoring
 //!   fraction, and [`sweep_discard_fractions`] tries several fractions with a
 //!   user-supplied evaluation (e.g. train a small model, return held-out loss) and picks
@@ -25,8 +28,10 @@
 //! ```
 
 mod accept;
+pub mod documents;
 mod filter;
 mod metrics;
+pub mod rater_file;
 mod sweep;
 
 pub use accept::{Acceptor, EmpiricalCdf, accept, acceptance_probability};

@@ -1,0 +1,250 @@
+//! The command line's arguments (clap derive): names and flags are a stable interface
+//! that scripts rely on.
+
+use crate::input::{Format, InputOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use datarater::curate::documents::Aggregate;
+use std::path::PathBuf;
+
+/// Meta-learned dataset curation: train a DataRater on your corpus, score it, filter it.
+#[derive(Debug, Parser)]
+#[command(name = "datarater", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Meta-train a rater on training data against held-out data (or resume a run).
+    Train(Box<TrainArgs>),
+    /// Score every document of an input with a trained rater (JSON Lines out).
+    Score(ScoreArgs),
+    /// Keep the better documents of an input, byte for byte, in input order.
+    Filter(FilterArgs),
+}
+
+/// How the input is read.
+#[derive(Debug, Args, Clone)]
+pub struct InputArgs {
+    /// Input format: `auto` picks from each file's extension (`.jsonl`, `.ndjson`,
+    /// `.json` -> jsonl, anything else -> lines; a `.gz` suffix is ignored, gzip is
+    /// detected by content).
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// JSON Lines: the field holding the document's text.
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_field: String,
+    /// JSON Lines: skip (and count) malformed lines, invalid UTF-8 and records without
+    /// the text field, instead of stopping at the first.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+impl InputArgs {
+    /// As reader options.
+    pub fn options(&self) -> InputOptions {
+        InputOptions {
+            format: self.format,
+            text_field: self.text_field.clone(),
+            skip_invalid: self.skip_invalid,
+        }
+    }
+}
+
+/// How chunk scores become a document score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AggregateArg {
+    /// Mean of the chunk scores.
+    Mean,
+    /// Lowest chunk score.
+    Min,
+}
+
+impl From<AggregateArg> for Aggregate {
+    fn from(a: AggregateArg) -> Aggregate {
+        match a {
+            AggregateArg::Mean => Aggregate::Mean,
+            AggregateArg::Min => Aggregate::Min,
+        }
+    }
+}
+
+/// `datarater score`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each document is cut into sequences of the rater's length (the last one \
+    aligned to the document's end); its score is the mean (or min) of their scores. \
+    Documents shorter than one sequence get \"score\": null and are counted."
+)]
+pub struct ScoreArgs {
+    /// The rater file written by `datarater train` (RUN_DIR/rater.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub rater: PathBuf,
+    /// The documents: a file or a directory of files.
+    #[arg(long, value_name = "DATA")]
+    pub input: PathBuf,
+    /// Where to write one JSON object per document: doc, source, line, bytes, chunks, score.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// How a document's chunk scores are combined.
+    #[arg(long, value_enum, default_value_t = AggregateArg::Mean)]
+    pub aggregate: AggregateArg,
+    /// Sequences per rater forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub input_args: InputArgs,
+}
+
+/// How `filter` decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FilterMode {
+    /// Drop the lowest-scoring fraction of the whole input (exact quantile; two passes,
+    /// holding only the scores).
+    Discard,
+    /// The paper's one-pass streaming acceptance: accept each document with the
+    /// probability that it survives keeping the top N of ceil(N / (1 - rho)) draws.
+    Accept,
+}
+
+/// What happens to documents too short to score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShortPolicy {
+    /// Keep them (the rater has no opinion on them).
+    Keep,
+    /// Discard them.
+    Discard,
+}
+
+/// `datarater filter`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Writes OUT (the kept documents exactly as in the input, in input order; \
+    lines and JSON Lines end with a newline, paragraphs are separated by a blank line), \
+    OUT.report.json (counts, per-source counts, settings) and OUT.histogram.svg."
+)]
+pub struct FilterArgs {
+    /// The rater file (not needed with --scores).
+    #[arg(long, value_name = "FILE", required_unless_present = "scores")]
+    pub rater: Option<PathBuf>,
+    /// The documents: a file or a directory of files.
+    #[arg(long, value_name = "DATA")]
+    pub input: PathBuf,
+    /// Where to write the kept documents.
+    #[arg(long, value_name = "KEPT")]
+    pub out: PathBuf,
+    /// Decision rule.
+    #[arg(long, value_enum, default_value_t = FilterMode::Discard)]
+    pub mode: FilterMode,
+    /// Discard mode: fraction of the scored documents to drop, lowest scores first.
+    #[arg(long, value_name = "F", required_if_eq("mode", "discard"))]
+    pub discard_fraction: Option<f64>,
+    /// Accept mode: the filter fraction rho in [0, 1).
+    #[arg(long, value_name = "R", required_if_eq("mode", "accept"))]
+    pub rho: Option<f64>,
+    /// Accept mode: seed of the acceptance decisions.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Accept mode: the batch size N whose top-N selection is emulated.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub accept_batch: usize,
+    /// Accept mode: how many leading documents' scores form the reference distribution.
+    #[arg(long, default_value_t = 10_000, value_name = "DOCS")]
+    pub reference: usize,
+    /// Reuse a score file written by `datarater score` for this input instead of scoring.
+    #[arg(long, value_name = "FILE")]
+    pub scores: Option<PathBuf>,
+    /// What to do with documents too short to score.
+    #[arg(long, value_enum, default_value_t = ShortPolicy::Keep)]
+    pub short: ShortPolicy,
+    /// How a document's chunk scores are combined.
+    #[arg(long, value_enum, default_value_t = AggregateArg::Mean)]
+    pub aggregate: AggregateArg,
+    /// Sequences per rater forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub input_args: InputArgs,
+}
+
+/// `datarater train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training data (what the rater learns to curate).
+    #[arg(long, value_name = "DATA", required_unless_present = "resume")]
+    pub train: Option<PathBuf>,
+    /// Held-out data (what the curated model should do well on).
+    #[arg(long, value_name = "DATA", required_unless_present = "resume")]
+    pub held_out: Option<PathBuf>,
+    /// The run directory: checkpoint and rater.safetensors go here.
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run in RUN_DIR.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["train", "held_out", "out"])]
+    pub resume: Option<PathBuf>,
+    /// Outer (meta) steps K.
+    #[arg(long, default_value_t = 200)]
+    pub outer_steps: usize,
+    /// Inner steps per outer step T.
+    #[arg(long, default_value_t = 2)]
+    pub inner_steps: usize,
+    /// Inner language models in the population.
+    #[arg(long, default_value_t = 2)]
+    pub population: usize,
+    /// Re-initialise each inner model every this many outer steps (0 = never).
+    #[arg(long, default_value_t = 50)]
+    pub reset_every: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Meta-optimiser (Adam) learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub meta_lr: f64,
+    /// Inner optimiser (Adam) learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub inner_lr: f64,
+    /// Language model width (d_model; the MLP is 4x).
+    #[arg(long, default_value_t = 32)]
+    pub lm_width: usize,
+    /// Language model layers.
+    #[arg(long, default_value_t = 2)]
+    pub lm_layers: usize,
+    /// Language model attention heads.
+    #[arg(long, default_value_t = 2)]
+    pub lm_heads: usize,
+    /// Rater width (d_model; the MLP is 2x).
+    #[arg(long, default_value_t = 32)]
+    pub rater_width: usize,
+    /// Rater layers.
+    #[arg(long, default_value_t = 1)]
+    pub rater_layers: usize,
+    /// Rater attention heads.
+    #[arg(long, default_value_t = 2)]
+    pub rater_heads: usize,
+    /// Bytes per sequence (documents are cut into sequences of this length).
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Sequences per inner and outer batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Write a checkpoint every N outer steps (and always at the end).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub checkpoint_every: usize,
+    /// Overwrite a RUN_DIR that already holds a run.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub input_args: InputArgs,
+}

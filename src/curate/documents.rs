@@ -1,0 +1,236 @@
+//! Scoring whole documents with a sequence rater.
+//!
+//! Users keep or drop *documents*; a rater scores fixed-length byte *sequences*. This
+//! module is the bridge:
+//!
+//! **Chunking rule.** A document of `n` bytes is cut into `k = ceil(n / L)` sequences of
+//! exactly `L = seq_len` bytes: sequence `i < k - 1` is bytes `i L .. (i + 1) L`, and the
+//! last one is the document's final `L` bytes `n - L .. n` (so when `L` does not divide
+//! `n` it overlaps the one before it). Every byte is covered, no sequence is padded, and
+//! the chunks of a document do not depend on what surrounds it. A document shorter than
+//! `L` bytes is *too short to score*: it has no chunks and no score ([`DocumentScore::score`]
+//! is `None`); callers count and report such documents.
+//!
+//! **Aggregation.** A document's score is the mean ([`Aggregate::Mean`]) or the minimum
+//! ([`Aggregate::Min`]) of its chunks' raw rater scores (higher = better data).
+//!
+//! ```
+//! use datarater::curate::documents::chunk_spans;
+//! assert_eq!(chunk_spans(10, 4), vec![0..4, 4..8, 6..10]);
+//! assert_eq!(chunk_spans(8, 4), vec![0..4, 4..8]);
+//! assert!(chunk_spans(3, 4).is_empty()); // too short to score
+//! ```
+
+use crate::autodiff::{Float, Indices, Params, Tensor};
+use crate::error::{Error, Result};
+use crate::nn::SequenceScorer;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// How a document's chunk scores become one score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aggregate {
+    /// The mean of the chunk scores.
+    #[default]
+    Mean,
+    /// The lowest chunk score (a document is as good as its worst part).
+    Min,
+}
+
+impl Aggregate {
+    /// Combines chunk scores (`None` when there are none).
+    pub fn apply(self, scores: &[f64]) -> Option<f64> {
+        if scores.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Aggregate::Mean => scores.iter().sum::<f64>() / scores.len() as f64,
+            Aggregate::Min => scores.iter().copied().fold(f64::INFINITY, f64::min),
+        })
+    }
+}
+
+/// The byte ranges of a document of `len` bytes cut into `seq_len`-byte sequences by
+/// the chunking rule (see the module docs); empty when `len < seq_len` or `seq_len == 0`.
+pub fn chunk_spans(len: usize, seq_len: usize) -> Vec<Range<usize>> {
+    if seq_len == 0 || len < seq_len {
+        return Vec::new();
+    }
+    let k = len.div_ceil(seq_len);
+    (0..k)
+        .map(|i| {
+            let start = if i + 1 == k {
+                len - seq_len
+            } else {
+                i * seq_len
+            };
+            start..start + seq_len
+        })
+        .collect()
+}
+
+/// One document's score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DocumentScore {
+    /// Number of sequences the document was cut into (0 if too short).
+    pub chunks: usize,
+    /// The aggregated score, `None` if the document is too short to score.
+    pub score: Option<f64>,
+}
+
+/// Scores documents with a trained [`SequenceScorer`], in parallel batches of
+/// sequences (rayon), without gradients.
+///
+/// ```
+/// use datarater::Rng;
+/// use datarater::curate::documents::{Aggregate, DocumentScorer};
+/// use datarater::nn::{SequenceScorer, TransformerConfig};
+/// let scorer = SequenceScorer::new(TransformerConfig {
+///     vocab: 256, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 4, causal: false,
+/// })?;
+/// let eta = scorer.init::<f32>(&mut Rng::new(0));
+/// let ds = DocumentScorer::new(&scorer, &eta, 4, Aggregate::Mean, 16)?;
+/// let out = ds.score(&[&b"hello world"[..], b"hi"])?;
+/// assert_eq!(out[0].chunks, 3);
+/// assert!(out[0].score.is_some());
+/// assert_eq!((out[1].chunks, out[1].score), (0, None)); // shorter than 4 bytes
+/// # Ok::<(), datarater::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct DocumentScorer<'a, F: Float> {
+    scorer: &'a SequenceScorer,
+    eta: &'a Params<Tensor<F>>,
+    seq_len: usize,
+    aggregate: Aggregate,
+    batch_size: usize,
+}
+
+impl<'a, F: Float> DocumentScorer<'a, F> {
+    /// A scorer cutting documents into `seq_len`-byte sequences and running the rater on
+    /// `batch_size` sequences at a time.
+    ///
+    /// # Errors
+    /// [`Error::Config`]: `seq_len` if 0 or longer than the rater's `max_len`;
+    /// `batch_size` if 0. [`Error::Params`] if `eta` does not fit the rater.
+    pub fn new(
+        scorer: &'a SequenceScorer,
+        eta: &'a Params<Tensor<F>>,
+        seq_len: usize,
+        aggregate: Aggregate,
+        batch_size: usize,
+    ) -> Result<Self> {
+        if seq_len == 0 || seq_len > scorer.cfg.max_len {
+            return Err(Error::Config {
+                field: "seq_len",
+                reason: format!(
+                    "{seq_len} is not in 1..={} (the rater's max_len)",
+                    scorer.cfg.max_len
+                ),
+            });
+        }
+        if batch_size == 0 {
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: "must be positive".into(),
+            });
+        }
+        scorer.init::<F>(&mut crate::Rng::new(0)).check_like(eta)?;
+        Ok(DocumentScorer {
+            scorer,
+            eta,
+            seq_len,
+            aggregate,
+            batch_size,
+        })
+    }
+
+    /// The sequence length documents are cut into.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Raw rater scores of equal-length sequences (`seq_len` bytes each), in order.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if a sequence is not `seq_len` bytes long.
+    pub fn score_sequences(&self, seqs: &[&[u8]]) -> Result<Vec<f64>> {
+        let batches: Vec<Vec<f64>> = seqs
+            .par_chunks(self.batch_size)
+            .map(|batch| {
+                let mut tokens = Vec::with_capacity(batch.len() * self.seq_len);
+                for s in batch {
+                    if s.len() != self.seq_len {
+                        return Err(Error::Shape {
+                            op: "DocumentScorer::score_sequences",
+                            lhs: vec![self.seq_len],
+                            rhs: vec![s.len()],
+                        });
+                    }
+                    tokens.extend(s.iter().map(|&b| b as usize));
+                }
+                let tokens = Indices::new(&[batch.len(), self.seq_len], tokens)?;
+                let s: Tensor<F> = self.scorer.scores(self.eta, &tokens)?;
+                Ok(s.to_vec().into_iter().map(Float::f64).collect())
+            })
+            .collect::<Result<_>>()?;
+        Ok(batches.into_iter().flatten().collect())
+    }
+
+    /// Scores documents: cuts each into sequences by the chunking rule, scores all the
+    /// sequences in parallel batches, and aggregates per document. The result is in
+    /// the order of `docs`, and depends only on the documents given (not on threads).
+    ///
+    /// # Errors
+    /// As the rater's forward pass.
+    pub fn score<D: AsRef<[u8]> + Sync>(&self, docs: &[D]) -> Result<Vec<DocumentScore>> {
+        let mut seqs: Vec<&[u8]> = Vec::new();
+        let mut counts = Vec::with_capacity(docs.len());
+        for d in docs {
+            let d = d.as_ref();
+            let spans = chunk_spans(d.len(), self.seq_len);
+            counts.push(spans.len());
+            seqs.extend(spans.into_iter().map(|r| &d[r]));
+        }
+        let scores = self.score_sequences(&seqs)?;
+        let mut at = 0;
+        Ok(counts
+            .into_iter()
+            .map(|k| {
+                let s = &scores[at..at + k];
+                at += k;
+                DocumentScore {
+                    chunks: k,
+                    score: self.aggregate.apply(s),
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_cover_every_byte_with_full_length_chunks() {
+        for seq_len in 1..6 {
+            for len in seq_len..30 {
+                let spans = chunk_spans(len, seq_len);
+                assert_eq!(spans.len(), len.div_ceil(seq_len));
+                let mut covered = vec![false; len];
+                for r in &spans {
+                    assert_eq!(r.len(), seq_len);
+                    covered[r.clone()].iter_mut().for_each(|c| *c = true);
+                }
+                assert!(covered.iter().all(|&c| c), "len {len} seq_len {seq_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn aggregates() {
+        assert_eq!(Aggregate::Mean.apply(&[1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(Aggregate::Min.apply(&[1.0, -2.0, 6.0]), Some(-2.0));
+        assert_eq!(Aggregate::Min.apply(&[]), None);
+    }
+}
