@@ -40,7 +40,11 @@ pub fn fails(args: &[&str], needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "datarater {args:?} should fail");
     assert_eq!(out.status.code(), Some(1), "exit code, stderr: {err}");
-    assert!(err.starts_with("error: "), "stderr: {err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: "),
+        "the last line is the error: {err}"
+    );
     assert!(!err.contains("panicked"), "stderr: {err}");
     assert!(
         !err.contains(" { "),

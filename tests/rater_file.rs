@@ -1,0 +1,123 @@
+//! Rater files, checksummed safetensors and document scoring.
+
+use datarater::curate::documents::{Aggregate, DocumentScorer, chunk_spans};
+use datarater::curate::rater_file::{RaterFile, config_mismatch};
+use datarater::io::{DtypePolicy, decode_checked, encode_checked, write_atomic};
+use datarater::nn::{SequenceScorer, TransformerConfig};
+use datarater::{Error, Params, Rng, Tensor};
+
+fn cfg(d_model: usize) -> TransformerConfig {
+    TransformerConfig {
+        vocab: 256,
+        d_model,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 2 * d_model,
+        max_len: 8,
+        causal: false,
+    }
+}
+
+fn rater_file(d_model: usize) -> RaterFile<f32> {
+    let scorer = SequenceScorer::new(cfg(d_model)).unwrap();
+    RaterFile {
+        eta: scorer.init(&mut Rng::new(0)),
+        scorer,
+        seq_len: 8,
+        training: serde_json::json!({"outer_steps": 3}),
+    }
+}
+
+#[test]
+fn round_trip_keeps_every_bit_and_setting() {
+    let f = rater_file(8);
+    let back = RaterFile::<f32>::from_bytes("mem", &f.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, f);
+    // Loaded in another precision, the values convert.
+    let wide = RaterFile::<f64>::from_bytes("mem", &f.to_bytes().unwrap()).unwrap();
+    assert_eq!(wide.eta, f.eta.cast::<f64>());
+}
+
+#[test]
+fn every_flipped_byte_of_the_data_is_detected() {
+    let mut p = Params::new();
+    p.insert(
+        "w",
+        Tensor::<f64>::from_vec(&[3], vec![1.0, 2.0, 3.0]).unwrap(),
+    );
+    let bytes = encode_checked(&p, &[("k", "v")]).unwrap();
+    assert!(decode_checked::<f64>("f", &bytes, DtypePolicy::Exact).is_ok());
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for i in 8 + header..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 1;
+        let e = decode_checked::<f64>("f", &bad, DtypePolicy::Exact).unwrap_err();
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    }
+    let e = decode_checked::<f64>("f", &bytes[..bytes.len() - 1], DtypePolicy::Exact).unwrap_err();
+    assert!(matches!(e, Error::File { .. }), "{e}");
+}
+
+#[test]
+fn config_mismatch_names_each_field() {
+    let f = rater_file(8);
+    assert!(f.expect_config(&f.scorer.cfg).is_ok());
+    let e = f.expect_config(&cfg(16)).unwrap_err().to_string();
+    assert!(e.contains("d_model 8 (file) vs 16 (expected)"), "{e}");
+    assert!(e.contains("d_ff 16 (file) vs 32 (expected)"), "{e}");
+    assert_eq!(config_mismatch(&cfg(4), &cfg(4)), None);
+}
+
+#[test]
+fn atomic_write_replaces_whole_files() {
+    let dir = std::env::temp_dir().join(format!("datarater-atomic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("f.bin");
+    write_atomic(&p, b"first").unwrap();
+    write_atomic(&p, b"second version").unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"second version");
+    // No temporary file is left behind.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn document_score_is_the_aggregate_of_its_chunk_scores() {
+    let f = rater_file(8);
+    let doc: Vec<u8> = b"a document of some thirty bytes".to_vec();
+    let mean = f.document_scorer(Aggregate::Mean, 2).unwrap();
+    let chunks: Vec<&[u8]> = chunk_spans(doc.len(), 8)
+        .into_iter()
+        .map(|r| &doc[r])
+        .collect();
+    let seq = mean.score_sequences(&chunks).unwrap();
+    assert_eq!(seq.len(), 4);
+    let got = mean.score(&[&doc[..]]).unwrap()[0];
+    assert_eq!(got.chunks, 4);
+    let want = seq.iter().sum::<f64>() / 4.0;
+    assert!((got.score.unwrap() - want).abs() < 1e-12);
+    let min = f.document_scorer(Aggregate::Min, 3).unwrap();
+    let got = min.score(&[&doc[..]]).unwrap()[0].score.unwrap();
+    assert_eq!(got, seq.iter().copied().fold(f64::INFINITY, f64::min));
+    // Batching and the neighbours in a call do not change a document's score.
+    let alone = mean.score(&[&doc[..]]).unwrap()[0];
+    let with_others = mean
+        .score(&[
+            &b"another document, longer than eight"[..],
+            &doc[..],
+            b"short",
+        ])
+        .unwrap();
+    assert_eq!(with_others[1], alone);
+    assert_eq!(with_others[2].score, None);
+}
+
+#[test]
+fn scorer_refuses_params_of_another_shape() {
+    let f = rater_file(8);
+    let other = SequenceScorer::new(cfg(16)).unwrap();
+    let e = DocumentScorer::new(&other, &f.eta, 8, Aggregate::Mean, 4).unwrap_err();
+    assert!(matches!(e, Error::Params { .. }), "{e}");
+    let e = DocumentScorer::new(&f.scorer, &f.eta, 9, Aggregate::Mean, 4).unwrap_err();
+    assert!(e.to_string().contains("seq_len"), "{e}");
+}
