@@ -24,6 +24,7 @@
 
 pub mod alloc;
 pub mod autodiff;
+pub mod checkpoint;
 pub mod curate;
 pub mod data;
 pub mod error;

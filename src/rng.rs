@@ -10,6 +10,14 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x853c_49e6_748f_ea9b)
     }
+    /// The generator's whole state (to save it; see [`Rng::from_state`]).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+    /// A generator continuing exactly from a saved [`Rng::state`].
+    pub fn from_state(state: u64) -> Self {
+        Rng(state)
+    }
     /// An independent generator derived from this one and `stream`.
     pub fn fork(&self, stream: u64) -> Self {
         let mut r = Rng(self.0 ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
