@@ -231,7 +231,22 @@ pub fn load_checkpoint<F: Float, M: StateTensors<F>>(
     expected: &Json,
 ) -> Result<TrainerState<F, M>> {
     let (name, bytes) = read(path.as_ref())?;
-    let (tensors, meta) = decode_checked::<F>(&name, &bytes, DtypePolicy::Exact)?;
+    decode_checkpoint(&name, &bytes, expected)
+}
+
+/// Parses checkpoint bytes (what [`load_checkpoint`] does after reading the file;
+/// errors name `name` as the file), so a checkpoint can also travel in memory, for
+/// example from the process that read it to the others of a distributed run.
+///
+/// # Errors
+/// As for [`load_checkpoint`].
+pub fn decode_checkpoint<F: Float, M: StateTensors<F>>(
+    name: &str,
+    bytes: &[u8],
+    expected: &Json,
+) -> Result<TrainerState<F, M>> {
+    let name = name.to_string();
+    let (tensors, meta) = decode_checked::<F>(&name, bytes, DtypePolicy::Exact)?;
     let (configs, scalars) = header(&name, &meta)?;
     let diffs = config_differences(&configs, expected);
     if !diffs.is_empty() {

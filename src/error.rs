@@ -77,6 +77,15 @@ pub enum Error {
         /// What went wrong, naming the field where applicable.
         reason: String,
     },
+    /// Another process of a distributed run failed ([`crate::distributed`]); every
+    /// process reports the failing one's message.
+    #[error("rank {rank}: {message}")]
+    Rank {
+        /// The failing process's rank.
+        rank: usize,
+        /// Its error message.
+        message: String,
+    },
     /// A caller used an API in an unsupported way (for example a second backward pass on a tape).
     #[error("{0}")]
     Usage(String),

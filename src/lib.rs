@@ -49,6 +49,7 @@ pub mod autodiff;
 pub mod checkpoint;
 pub mod curate;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod io;
 pub mod meta;

@@ -131,6 +131,35 @@ pub struct StepReport {
 }
 
 impl StepReport {
+    /// An empty report for outer step `step`.
+    pub(crate) fn new(step: usize) -> Self {
+        StepReport {
+            step,
+            outer_losses: vec![],
+            grad_norms: vec![],
+            ages: vec![],
+            resets: vec![],
+            seconds: 0.0,
+        }
+    }
+
+    /// Appends member `i`'s figures (members must come in order).
+    pub(crate) fn push(
+        &mut self,
+        i: usize,
+        outer_loss: f64,
+        grad_norm: f64,
+        age: usize,
+        reset: bool,
+    ) {
+        self.outer_losses.push(outer_loss);
+        self.grad_norms.push(grad_norm);
+        self.ages.push(age);
+        if reset {
+            self.resets.push(i);
+        }
+    }
+
     /// Mean held-out loss over the population.
     pub fn mean_outer_loss(&self) -> f64 {
         self.outer_losses.iter().sum::<f64>() / self.outer_losses.len() as f64
@@ -211,16 +240,44 @@ where
     /// parameters (for example a rater saved for another model config), naming the
     /// first mismatch.
     pub fn init(&self, eta: Option<Params<Tensor<F>>>) -> Result<TrainerState<F, M::State>> {
-        let root = Rng::new(self.config.seed);
-        let fresh = self.setup.rater.init(&mut root.fork(0));
-        let eta = match eta {
+        let eta = self.init_rater(eta)?;
+        let members = self.init_members(&eta, 0..self.config.population);
+        Ok(TrainerState {
+            eta,
+            members,
+            step: 0,
+        })
+    }
+
+    /// The initial rater of [`init`](Self::init): `eta` checked against this rater's
+    /// parameters, or fresh ones from random stream 0 of the seed.
+    ///
+    /// # Errors
+    /// As for [`init`](Self::init).
+    pub fn init_rater(&self, eta: Option<Params<Tensor<F>>>) -> Result<Params<Tensor<F>>> {
+        let fresh = self
+            .setup
+            .rater
+            .init(&mut Rng::new(self.config.seed).fork(0));
+        match eta {
             Some(e) => {
                 fresh.check_like(&e)?;
-                e
+                Ok(e)
             }
-            None => fresh,
-        };
-        let members = (0..self.config.population)
+            None => Ok(fresh),
+        }
+    }
+
+    /// Fresh members `range` of the population (what [`init`](Self::init) makes for
+    /// all of them): member `i` comes from random stream `1 + i` of the seed, whatever
+    /// else is initialised, so a process can make only the members it runs.
+    pub fn init_members(
+        &self,
+        eta: &Params<Tensor<F>>,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Member<F, M::State>> {
+        let root = Rng::new(self.config.seed);
+        range
             .into_par_iter()
             .map(|i| {
                 let mut rng = root.fork(1 + i as u64);
@@ -229,17 +286,12 @@ where
                 Member {
                     theta,
                     opt_state,
-                    meta_state: self.setup.meta_opt.init_state(&eta),
+                    meta_state: self.setup.meta_opt.init_state(eta),
                     age: 0,
                     rng,
                 }
             })
-            .collect();
-        Ok(TrainerState {
-            eta,
-            members,
-            step: 0,
-        })
+            .collect()
     }
 
     /// Member `i`'s part of outer step `k` with rater `eta`: reset if due, draw `T`
@@ -352,29 +404,13 @@ where
                 ),
             });
         }
-        let n = F::c(1.0 / advanced.len() as f64);
-        let mut mean = advanced[0].eta.scaled(n);
-        for a in &advanced[1..] {
-            mean = mean.add_scaled(&a.eta, n)?;
-        }
-        let mut report = StepReport {
-            step: state.step,
-            outer_losses: vec![],
-            grad_norms: vec![],
-            ages: vec![],
-            resets: vec![],
-            seconds: 0.0,
-        };
+        let mean = mean_in_order(advanced.iter().map(|a| &a.eta))?;
+        let mut report = StepReport::new(state.step);
         state.members = advanced
             .into_iter()
             .enumerate()
             .map(|(i, a)| {
-                report.outer_losses.push(a.outer_loss);
-                report.grad_norms.push(a.grad_norm);
-                report.ages.push(a.member.age);
-                if a.reset {
-                    report.resets.push(i);
-                }
+                report.push(i, a.outer_loss, a.grad_norm, a.member.age, a.reset);
                 a.member
             })
             .collect();
@@ -395,6 +431,26 @@ where
         }
         Ok(())
     }
+}
+
+/// The mean of the members' updated raters, summed in the order given: the one
+/// definition of `eta_{k+1}`, shared by [`Trainer::commit`] and the distributed step
+/// ([`crate::distributed`]) so that both give bitwise the same rater.
+pub(crate) fn mean_in_order<'e, F: Float>(
+    mut etas: impl ExactSizeIterator<Item = &'e Params<Tensor<F>>>,
+) -> Result<Params<Tensor<F>>> {
+    let n = F::c(1.0 / etas.len() as f64);
+    let Some(first) = etas.next() else {
+        return Err(Error::Config {
+            field: "population",
+            reason: "no member results to average".into(),
+        });
+    };
+    let mut mean = first.scaled(n);
+    for eta in etas {
+        mean = mean.add_scaled(eta, n)?;
+    }
+    Ok(mean)
 }
 
 fn at_outer_step(e: Error, k: usize, i: usize) -> Error {

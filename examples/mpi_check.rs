@@ -1,0 +1,365 @@
+//! Checks of distributed meta-training, run by `.ci/run` under `mpirun -n 2` and `-n 3`
+//! (and without `mpirun`, as one process). Each prints one `PASS` or `FAIL` line (rank
+//! 0) and exits non-zero on failure.
+//!
+//! ```text
+//! mpi_check same [N]                   P ranks give bitwise the single-process rater and population
+//! mpi_check save DIR                   2 outer steps, then a checkpoint DIR/ckpt.safetensors
+//! mpi_check resume DIR                 DIR's checkpoint + 2 steps == 4 uninterrupted steps (bitwise)
+//! mpi_check fault input|nonfinite|panic DIR
+//!                                      rank 1 fails in outer step 1 (after a checkpoint of
+//!                                      step 1): every rank must exit non-zero with its message
+//! mpi_check verify DIR                 DIR holds exactly one intact checkpoint, of step 1
+//! ```
+//!
+//! Build: `cargo build --release --features mpi --example mpi_check`.
+
+use datarater::data::Corpus;
+use datarater::distributed::{self, Communicator, Mpi, RankState, SingleProcess, launched_by_mpi};
+use datarater::meta::{InnerLoop, Mode, OuterLoop, Sampler};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::optim::Adam;
+use datarater::trainer::{
+    MetaAdam, MetaAdamState, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    TrainerState,
+};
+use datarater::{Error, Params, Result, Rng, Value};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type Inner = TextLm<Adam<f64>>;
+type State = TrainerState<f64, MetaAdamState<f64>>;
+
+fn cfg(causal: bool) -> TransformerConfig {
+    TransformerConfig {
+        vocab: 256,
+        d_model: 8,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 16,
+        max_len: 12,
+        causal,
+    }
+}
+
+/// The failure injected on rank 1 once armed.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Input,
+    NonFinite,
+    Panic,
+}
+
+struct Fault {
+    kind: Option<Kind>,
+    armed: AtomicBool,
+}
+
+impl Fault {
+    fn is(&self, kind: Kind) -> bool {
+        self.kind == Some(kind) && self.armed.load(Ordering::SeqCst)
+    }
+}
+
+/// The training pool, failing when the fault is armed (bad input in this rank's shard,
+/// or a panic).
+struct Train<'a> {
+    pool: TextPool,
+    fault: &'a Fault,
+}
+
+impl Sampler<TextBatch> for Train<'_> {
+    fn sample(&self, rng: &mut Rng) -> Result<TextBatch> {
+        if self.fault.is(Kind::Input) {
+            return Err(Error::File {
+                path: "train-shard-1.jsonl".into(),
+                reason: "line 17: field `text` is missing (injected fault)".into(),
+            });
+        }
+        if self.fault.is(Kind::Panic) {
+            panic!("injected panic in the training sampler");
+        }
+        self.pool.sample(rng)
+    }
+}
+
+/// The mean held-out loss, made NaN when the fault is armed (a non-finite meta-gradient).
+struct Objective<'a> {
+    fault: &'a Fault,
+}
+
+impl OuterLoop<f64, Inner> for Objective<'_> {
+    fn loss<V: Value<F = f64>>(
+        &self,
+        inner: &Inner,
+        theta: &Params<V>,
+        batch: &TextBatch,
+    ) -> Result<V> {
+        let loss = inner.per_example_loss(theta, batch)?.mean_all();
+        Ok(if self.fault.is(Kind::NonFinite) {
+            loss.scale(f64::NAN)
+        } else {
+            loss
+        })
+    }
+}
+
+struct Parts<'a> {
+    inner: Inner,
+    rater: TextRater,
+    objective: Objective<'a>,
+    meta: MetaAdam,
+    train: Train<'a>,
+    held: TextPool,
+}
+
+fn parts(fault: &Fault) -> Parts<'_> {
+    let seqs = Corpus::embedded().sequences(12).expect("embedded corpus");
+    Parts {
+        inner: TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap(),
+        rater: TextRater {
+            scorer: SequenceScorer::new(cfg(false)).unwrap(),
+        },
+        objective: Objective { fault },
+        meta: MetaAdam {
+            lr: 1e-2,
+            ..MetaAdam::default()
+        },
+        train: Train {
+            pool: TextPool::new(Arc::new(seqs[..200].to_vec()), 4).unwrap(),
+            fault,
+        },
+        held: TextPool::new(Arc::new(seqs[200..260].to_vec()), 4).unwrap(),
+    }
+}
+
+type T<'a> = Trainer<'a, f64, Inner, TextRater, Objective<'a>, MetaAdam>;
+
+fn trainer<'a>(p: &'a Parts<'a>, population: usize) -> T<'a> {
+    let config = TrainerConfig {
+        outer_steps: 4,
+        inner_steps: 2,
+        population,
+        // Resets every 2 steps, staggered: members reset at different steps.
+        reset_every: 2,
+        mode: Mode::Mixed,
+        seed: 5,
+    };
+    let setup = Setup {
+        inner: &p.inner,
+        rater: &p.rater,
+        outer: &p.objective,
+        meta_opt: &p.meta,
+        train: &p.train,
+        held_out: &p.held,
+    };
+    Trainer::new(setup, config).unwrap()
+}
+
+fn configs() -> serde_json::Value {
+    json!({"check": "mpi_check", "population": 6})
+}
+
+/// `steps` single-process outer steps from the start.
+fn reference(t: &T<'_>, steps: usize) -> (State, Vec<Vec<f64>>) {
+    let mut s = t.init(None).unwrap();
+    let losses = (0..steps)
+        .map(|_| t.step(&mut s).unwrap().outer_losses)
+        .collect();
+    (s, losses)
+}
+
+/// Bitwise equality of two whole states, or the first difference.
+fn same_state(a: &State, b: &State) -> std::result::Result<(), String> {
+    if a.step != b.step {
+        return Err(format!("step {} vs {}", a.step, b.step));
+    }
+    if a.eta != b.eta {
+        return Err("the raters differ".into());
+    }
+    if a.members.len() != b.members.len() {
+        return Err("population sizes differ".into());
+    }
+    for (i, (x, y)) in a.members.iter().zip(&b.members).enumerate() {
+        let same = x.theta == y.theta
+            && x.opt_state == y.opt_state
+            && x.meta_state.m == y.meta_state.m
+            && x.meta_state.v == y.meta_state.v
+            && x.meta_state.t == y.meta_state.t
+            && x.age == y.age
+            && x.rng.state() == y.rng.state();
+        if !same {
+            return Err(format!("member {i} differs"));
+        }
+    }
+    Ok(())
+}
+
+/// Rank 0's verdict, shared so every rank exits alike.
+fn verdict(
+    comm: &dyn Communicator,
+    name: &str,
+    check: std::result::Result<String, String>,
+) -> ExitCode {
+    let ok = comm.broadcast_bytes(vec![u8::from(check.is_ok())], 0) == [1];
+    if comm.rank() == 0 {
+        match &check {
+            Ok(what) => println!("PASS {name} (P = {}): {what}", comm.size()),
+            Err(why) => println!("FAIL {name} (P = {}): {why}", comm.size()),
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(
+    t: &T<'_>,
+    comm: &dyn Communicator,
+    s: &mut RankState<f64, MetaAdamState<f64>>,
+    steps: usize,
+) -> Vec<Vec<f64>> {
+    (0..steps)
+        .map(|_| distributed::step(t, comm, s).unwrap().outer_losses)
+        .collect()
+}
+
+fn ckpt(dir: &Path) -> PathBuf {
+    dir.join("ckpt.safetensors")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mpi = launched_by_mpi().then(|| Mpi::init().expect("MPI initialises"));
+    let comm: &dyn Communicator = match &mpi {
+        Some(m) => m,
+        None => &SingleProcess,
+    };
+    let kind = match (
+        args.first().map(String::as_str),
+        args.get(1).map(String::as_str),
+    ) {
+        (Some("fault"), Some("input")) => Some(Kind::Input),
+        (Some("fault"), Some("nonfinite")) => Some(Kind::NonFinite),
+        (Some("fault"), Some("panic")) => Some(Kind::Panic),
+        _ => None,
+    };
+    let fault = Fault {
+        kind,
+        armed: AtomicBool::new(false),
+    };
+    let p = parts(&fault);
+    // `same N` takes the population (default 6); the other checks use 6.
+    let population = match args.as_slice() {
+        [cmd, n] if cmd == "same" => n.parse().expect("a population size"),
+        _ => 6,
+    };
+    let t = trainer(&p, population);
+    let dir = |i: usize| PathBuf::from(args.get(i).expect("a directory argument"));
+    match args.first().map(String::as_str) {
+        Some("same") => {
+            let mut s = distributed::init(&t, comm, None).unwrap();
+            let losses = run(&t, comm, &mut s, 3);
+            let full = s.gather(comm).unwrap();
+            let check = match full {
+                None => Ok(String::new()),
+                Some(full) => {
+                    let (r, ref_losses) = reference(&t, 3);
+                    same_state(&full, &r).and_then(|()| {
+                        if losses == ref_losses {
+                            Ok(format!(
+                                "N = {population} over {} ranks (blocks of {:?} members), 3 outer steps: rater, every member and every \
+                                 held-out loss bitwise equal to one process",
+                                comm.size(),
+                                (0..comm.size())
+                                    .map(|r| distributed::share(r, comm.size(), population).len())
+                                    .collect::<Vec<_>>()
+                            ))
+                        } else {
+                            Err("held-out losses differ".into())
+                        }
+                    })
+                }
+            };
+            verdict(comm, "same", check)
+        }
+        Some("save") => {
+            let dir = dir(1);
+            let mut s = distributed::init(&t, comm, None).unwrap();
+            run(&t, comm, &mut s, 2);
+            distributed::save_checkpoint(ckpt(&dir), &s, &configs(), comm).unwrap();
+            verdict(comm, "save", Ok(format!("wrote {}", ckpt(&dir).display())))
+        }
+        Some("resume") => {
+            let dir = dir(1);
+            let mut s = distributed::load_checkpoint(ckpt(&dir), &configs(), comm).unwrap();
+            let resumed_at = s.local.step;
+            run(&t, comm, &mut s, 2);
+            let check = match s.gather(comm).unwrap() {
+                None => Ok(String::new()),
+                Some(full) => {
+                    let (r, _) = reference(&t, 4);
+                    same_state(&full, &r).map(|()| {
+                        format!("resumed at step {resumed_at}, 2 more steps: bitwise the uninterrupted run")
+                    })
+                }
+            };
+            verdict(comm, "resume", check)
+        }
+        Some("fault") => {
+            let dir = dir(2);
+            let mut s = distributed::init(&t, comm, None).unwrap();
+            run(&t, comm, &mut s, 1);
+            distributed::save_checkpoint(ckpt(&dir), &s, &configs(), comm).unwrap();
+            fault.armed.store(comm.rank() == 1, Ordering::SeqCst);
+            let result = distributed::step(&t, comm, &mut s)
+                .and_then(|_| distributed::save_checkpoint(ckpt(&dir), &s, &configs(), comm));
+            match result {
+                Ok(()) => {
+                    println!("FAIL fault: rank {} saw no error", comm.rank());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // Every rank must report rank 1's message.
+                    let agreed = matches!(e, Error::Rank { rank: 1, .. }) && s.local.step == 1;
+                    println!(
+                        "{} fault: rank {} stopped with: {e}",
+                        if agreed { "AGREED" } else { "FAIL" },
+                        comm.rank()
+                    );
+                    ExitCode::from(if agreed { 3 } else { 1 })
+                }
+            }
+        }
+        Some("verify") => {
+            let dir = dir(1);
+            let files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            let loaded = datarater::checkpoint::load_checkpoint::<f64, MetaAdamState<f64>>(
+                ckpt(&dir),
+                &configs(),
+            );
+            let check = match loaded {
+                Ok(s) if s.step == 1 && files == ["ckpt.safetensors"] => {
+                    Ok("the step-1 checkpoint is intact and alone".to_string())
+                }
+                Ok(s) => Err(format!("checkpoint of step {}, files {files:?}", s.step)),
+                Err(e) => Err(e.to_string()),
+            };
+            verdict(comm, "verify", check)
+        }
+        _ => {
+            eprintln!(
+                "usage: mpi_check same | save DIR | resume DIR | fault input|nonfinite|panic DIR | verify DIR"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
