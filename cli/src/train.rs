@@ -114,6 +114,8 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
     recorded!(seed, u("seed")? as u64);
     recorded!(meta_lr, f("meta_lr")?);
     recorded!(inner_lr, f("inner_lr")?);
+    recorded!(outer_steps, u("outer_steps")?);
+    recorded!(checkpoint_every, u("checkpoint_every")?);
     let text = |k: &str| s.get(k).and_then(Json::as_str).ok_or_else(|| bad(k));
     if !given("text_field") {
         a.input_args.text_field = text("text_field")?.to_string();
@@ -204,6 +206,22 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         "held_out_sequences": held_seqs.len(),
         "held_out_fingerprint": fingerprint(&held_seqs),
     });
+    // The run's length and checkpoint interval may change on resume: compare the
+    // recorded ones, then record the new ones.
+    let resumable = |c: &mut Json, from: &TrainArgs| {
+        c["outer_steps"] = json!(from.outer_steps);
+        c["checkpoint_every"] = json!(from.checkpoint_every);
+    };
+    let expected = match &recorded {
+        Some(r) => {
+            let mut e = configs.clone();
+            e["outer_steps"] = r["outer_steps"].clone();
+            e["checkpoint_every"] = r["checkpoint_every"].clone();
+            e
+        }
+        None => configs.clone(),
+    };
+    resumable(&mut configs, &a);
     println!(
         "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
         if resuming { "resuming; " } else { "" },
@@ -247,7 +265,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     )?;
     let ckpt = run_dir.join(CHECKPOINT);
     let mut state: TrainerState<f32, MetaAdamState<f32>> = match recorded {
-        Some(_) => load_checkpoint(&ckpt, &configs)?,
+        Some(_) => load_checkpoint(&ckpt, &expected)?,
         None => trainer.init(None)?,
     };
     let save = |state: &TrainerState<f32, MetaAdamState<f32>>| -> Result<()> {
