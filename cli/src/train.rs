@@ -305,6 +305,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     );
     let resume_hint = format!("datarater train --resume {}", run_dir.display());
     let mut last_saved = state.step;
+    let mut last_msg = String::from("nothing to do");
     while state.step < a.outer_steps {
         let report = match trainer.step(&mut state) {
             Ok(r) => r,
@@ -328,6 +329,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64
         );
         progress.set(state.step as u64, &msg);
+        last_msg.clone_from(&msg);
         if interrupted {
             progress.finish(&msg);
             fail!(
@@ -340,7 +342,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if last_saved != state.step {
         save(&state)?;
     }
-    progress.finish("done");
+    progress.finish(&last_msg);
     println!(
         "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
         state.step,
