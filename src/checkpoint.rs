@@ -56,6 +56,16 @@ fn uint(v: &Json, key: &str, at: &str) -> Result<usize> {
         .ok_or_else(|| bad(format!("{at}: `{key}` is missing or not a whole number")))
 }
 
+/// A stateless meta-optimiser's state.
+impl<F: Float> StateTensors<F> for () {
+    fn store(&self, _: &str, _: &mut Params<Tensor<F>>) -> Json {
+        Json::Null
+    }
+    fn restore(_: &str, _: &Params<Tensor<F>>, _: &Json) -> Result<Self> {
+        Ok(())
+    }
+}
+
 impl<F: Float> StateTensors<F> for OptState<Tensor<F>> {
     fn store(&self, prefix: &str, out: &mut Params<Tensor<F>>) -> Json {
         for (j, slot) in self.slots.iter().enumerate() {

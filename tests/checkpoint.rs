@@ -105,3 +105,226 @@ fn round_trip_is_bit_exact_and_checks_configs() {
     assert!(e.to_string().contains("checksum mismatch"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// Save, load and continue == uninterrupted, bitwise: the text trainer and a user problem.
+
+use datarater::autodiff::Value;
+use datarater::checkpoint::StateTensors;
+use datarater::meta::{InnerLoop, MeanLoss, MetaOptimizer, Mode, Rater};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig, normal};
+use datarater::optim::{Adam, Momentum};
+use datarater::trainer::{MetaAdam, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig};
+use std::sync::Arc;
+
+/// Runs `k` steps, checkpoints to a file, loads into a fresh state, runs the rest; and
+/// compares with running all `total` steps without stopping.
+fn resume_equals_uninterrupted<F, I, R, M>(
+    trainer: &Trainer<'_, F, I, R, MeanLoss, M>,
+    k: usize,
+    name: &str,
+) where
+    F: datarater::Float,
+    I: InnerLoop<F>,
+    R: Rater<F, I::Batch>,
+    M: MetaOptimizer<F>,
+    M::State: StateTensors<F> + PartialEq + std::fmt::Debug,
+    MeanLoss: datarater::meta::OuterLoop<F, I>,
+{
+    let mut full = trainer.init(None).unwrap();
+    trainer.run(&mut full, |_, _| {}).unwrap();
+
+    let mut part = trainer.init(None).unwrap();
+    for _ in 0..k {
+        trainer.step(&mut part).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("datarater-{name}-{}.ckpt", std::process::id()));
+    let configs = json!({"problem": name});
+    save_checkpoint(&path, &part, &configs).unwrap();
+    drop(part);
+    let mut resumed = load_checkpoint::<F, M::State>(&path, &configs).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(resumed.step, k);
+    trainer.run(&mut resumed, |_, _| {}).unwrap();
+    assert_eq!(resumed.eta, full.eta, "{name}: rater");
+    for (a, b) in resumed.members.iter().zip(&full.members) {
+        assert_eq!(a.theta, b.theta);
+        assert_eq!(a.opt_state, b.opt_state);
+        assert_eq!(a.meta_state, b.meta_state);
+        assert_eq!((a.age, a.rng.state()), (b.age, b.rng.state()));
+    }
+}
+
+#[test]
+fn text_trainer_resumes_bitwise() {
+    let cfg = |causal, max_len| TransformerConfig {
+        vocab: 256,
+        d_model: 8,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 16,
+        max_len,
+        causal,
+    };
+    let text = b"the quick brown fox jumps over the lazy dog; a rater learns what to keep. ";
+    let seqs: Vec<Vec<u8>> = (0..40)
+        .map(|i| text.iter().cycle().skip(i * 3).take(12).copied().collect())
+        .collect();
+    let inner = TextLm::new(CausalLm::new(cfg(true, 11)).unwrap(), Adam::new(1e-2f32)).unwrap();
+    let rater = TextRater {
+        scorer: SequenceScorer::new(cfg(false, 12)).unwrap(),
+    };
+    let pool = TextPool::new(Arc::new(seqs[..30].to_vec()), 4).unwrap();
+    let held = TextPool::new(Arc::new(seqs[30..].to_vec()), 4).unwrap();
+    let meta = MetaAdam::default();
+    let trainer = Trainer::new(
+        Setup {
+            inner: &inner,
+            rater: &rater,
+            outer: &MeanLoss,
+            meta_opt: &meta,
+            train: &pool,
+            held_out: &held,
+        },
+        TrainerConfig {
+            outer_steps: 7,
+            inner_steps: 2,
+            population: 3,
+            reset_every: 3,
+            mode: Mode::Mixed,
+            seed: 5,
+        },
+    )
+    .unwrap();
+    resume_equals_uninterrupted(&trainer, 4, "text");
+}
+
+/// A user's problem, as in `examples/custom_problem.rs`: linear regression, a small
+/// rater over `[x | y]`, and a meta-optimiser with state of its own type.
+#[derive(Clone)]
+struct Xy {
+    x: Tensor<f64>,
+    y: Tensor<f64>,
+}
+
+struct Regression {
+    opt: Momentum<f64>,
+}
+
+impl InnerLoop<f64> for Regression {
+    type Batch = Xy;
+    type Opt = Momentum<f64>;
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        Params::from_iter([
+            ("w".to_string(), normal(rng, &[3, 1], 0.1)),
+            ("b".to_string(), Tensor::zeros(&[1])),
+        ])
+    }
+    fn optimizer(&self) -> &Momentum<f64> {
+        &self.opt
+    }
+    fn per_example_loss<V: Value<F = f64>>(&self, t: &Params<V>, b: &Xy) -> datarater::Result<V> {
+        let n = b.x.shape()[0];
+        let pred = V::constant(b.x.clone()).matmul(&t["w"]).add(&t["b"]);
+        Ok(pred.sub(&V::constant(b.y.clone())).square().reshape(&[n]))
+    }
+}
+
+struct PairRater;
+
+impl Rater<f64, Xy> for PairRater {
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        Params::from_iter([
+            ("A".to_string(), normal(rng, &[4, 5], 0.3)),
+            ("c".to_string(), normal(rng, &[5, 1], 0.3)),
+        ])
+    }
+    fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &Xy) -> datarater::Result<V> {
+        let xy = Tensor::concat(&[&b.x, &b.y], 1);
+        let h = V::constant(xy).matmul(&eta["A"]).tanh();
+        Ok(h.matmul(&eta["c"]).reshape(&[b.x.shape()[0]]))
+    }
+}
+
+/// Heavy-ball meta-optimiser: its state (a velocity and a counter) is the user's type.
+struct MetaMomentum;
+
+#[derive(Clone, Debug, PartialEq)]
+struct Velocity {
+    v: Params<Tensor<f64>>,
+    updates: usize,
+}
+
+impl StateTensors<f64> for Velocity {
+    fn store(&self, prefix: &str, out: &mut Params<Tensor<f64>>) -> serde_json::Value {
+        out.extend_scoped(&format!("{prefix}.v"), self.v.clone());
+        json!({"updates": self.updates})
+    }
+    fn restore(
+        prefix: &str,
+        tensors: &Params<Tensor<f64>>,
+        scalars: &serde_json::Value,
+    ) -> datarater::Result<Self> {
+        Ok(Velocity {
+            v: tensors.scope(&format!("{prefix}.v")),
+            updates: scalars["updates"].as_u64().unwrap_or(0) as usize,
+        })
+    }
+}
+
+impl MetaOptimizer<f64> for MetaMomentum {
+    type State = Velocity;
+    fn init_state(&self, eta: &Params<Tensor<f64>>) -> Velocity {
+        Velocity {
+            v: eta.zeros_like(),
+            updates: 0,
+        }
+    }
+    fn update(
+        &self,
+        eta: &Params<Tensor<f64>>,
+        g: &Params<Tensor<f64>>,
+        s: &mut Velocity,
+        _: usize,
+    ) -> datarater::Result<Params<Tensor<f64>>> {
+        s.v = s.v.scaled(0.9).add_scaled(g, 1.0)?;
+        s.updates += 1;
+        eta.add_scaled(&s.v, -0.1)
+    }
+}
+
+#[test]
+fn user_problem_resumes_bitwise() {
+    let draw = |n: usize, noisy: bool, rng: &mut Rng| {
+        let x = normal::<f64>(rng, &[n, 3], 1.0);
+        let mut y = x.matmul(&Tensor::from_vec(&[3, 1], vec![1.0, -2.0, 0.5]).unwrap());
+        if noisy {
+            y = y.add(&normal::<f64>(rng, &[n, 1], 2.0));
+        }
+        Ok(Xy { x, y })
+    };
+    let train = |rng: &mut Rng| draw(8, true, rng);
+    let held_out = |rng: &mut Rng| draw(16, false, rng);
+    let inner = Regression {
+        opt: Momentum::new(0.05, 0.5),
+    };
+    let trainer = Trainer::new(
+        Setup {
+            inner: &inner,
+            rater: &PairRater,
+            outer: &MeanLoss,
+            meta_opt: &MetaMomentum,
+            train: &train,
+            held_out: &held_out,
+        },
+        TrainerConfig {
+            outer_steps: 9,
+            inner_steps: 3,
+            population: 2,
+            reset_every: 4,
+            mode: Mode::Mixed,
+            seed: 11,
+        },
+    )
+    .unwrap();
+    resume_equals_uninterrupted(&trainer, 5, "user");
+}

@@ -16,6 +16,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the process's arguments (exiting with clap's message on a usage error),
+    /// recording which `train` flags were given explicitly.
+    pub fn from_env() -> Cli {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let (Command::Train(t), Some(m)) =
+            (&mut cli.command, matches.subcommand_matches("train"))
+        {
+            t.explicit = m
+                .ids()
+                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect();
+        }
+        cli
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -182,7 +202,15 @@ pub struct FilterArgs {
 }
 
 /// `datarater train`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
+#[command(
+    after_help = "Documents are cut into --seq-len-byte sequences (the last one aligned to the \
+    document's end; shorter documents are counted and unused). RUN_DIR receives \
+    checkpoint.safetensors (the whole training state, written atomically every \
+    --checkpoint-every steps, on Ctrl-C and at the end) and rater.safetensors. With --resume, \
+    settings come from the run; a flag given explicitly must agree with it (--outer-steps may \
+    be raised to train longer)."
+)]
 pub struct TrainArgs {
     /// Training data (what the rater learns to curate).
     #[arg(long, value_name = "DATA", required_unless_present = "resume")]
@@ -250,6 +278,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub input_args: InputArgs,
+    /// Ids of the flags given on the command line (filled by [`Cli::from_env`]), so a
+    /// resume can tell a chosen value from a default.
+    #[arg(skip)]
+    pub explicit: Vec<String>,
 }
 
 impl TrainArgs {

@@ -12,8 +12,7 @@ pub mod input;
 pub mod output;
 pub mod progress;
 pub mod scoring;
-
-use error::CliError;
+pub mod train;
 
 /// Runs a parsed command line.
 ///
@@ -21,9 +20,7 @@ use error::CliError;
 /// The first failure, as a human-readable message.
 pub fn run(cli: &args::Cli) -> error::Result<()> {
     match &cli.command {
-        args::Command::Train(_) => Err(CliError(
-            "`datarater train` is not available in this build yet".into(),
-        )),
+        args::Command::Train(a) => train::train(a),
         args::Command::Score(a) => curate::score(a),
         args::Command::Filter(a) => curate::filter(a),
     }

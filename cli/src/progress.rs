@@ -1,8 +1,6 @@
 //! Progress on stderr: an indicatif bar when stderr is a terminal, plain lines every
 //! few seconds otherwise (logs, CI, pipes).
 
-#![allow(dead_code)] // `Unit::Steps` and `println` serve `train` (to come).
-
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -118,14 +116,6 @@ impl Progress {
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
             None => eprintln!("{}", self.line(msg)),
-        }
-    }
-
-    /// Prints a line without garbling the bar.
-    pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
         }
     }
 }

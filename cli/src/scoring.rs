@@ -103,6 +103,7 @@ pub fn for_each_scored(
         }
         ScoreSource::File(path) => {
             let mut scores = ScoreFile::open(path)?;
+            let mut stopped = false;
             for doc in docs.by_ref() {
                 let doc = doc?;
                 let Some(rec) = scores.next_record()? else {
@@ -128,13 +129,14 @@ pub fn for_each_scored(
                     score: rec.score,
                 };
                 if visit(&mut index, &doc, s, &mut stats)?.is_break() {
+                    stopped = true;
                     break;
                 }
                 if index % 4096 == 0 {
                     progress.set(bytes_read.load(Ordering::Relaxed), &message(index, &stats));
                 }
             }
-            if docs.stats.documents == index && scores.next_record()?.is_some() {
+            if !stopped && scores.next_record()?.is_some() {
                 fail!(
                     "{}: has more score records than the input has documents ({index}) (was it written for another input?)",
                     path.display()

@@ -1,0 +1,371 @@
+//! `datarater train`: Algorithm 1 on the user's training and held-out data, as a thin
+//! driver over the library's `Trainer::step`, with checkpoints, resume and Ctrl-C.
+//!
+//! The run directory holds `checkpoint.safetensors` (the whole training state and the
+//! run's settings, see `datarater::checkpoint`) and `rater.safetensors` (the rater
+//! file, rewritten with every checkpoint so a stopped run still leaves a usable rater).
+
+use crate::args::TrainArgs;
+use crate::error::{CliError, Result, io_error};
+use crate::fail;
+use crate::input::{Format, Input, InputOptions};
+use crate::progress::{Progress, Unit};
+use datarater::checkpoint::{load_checkpoint, read_checkpoint_configs, save_checkpoint};
+use datarater::curate::documents::chunk_spans;
+use datarater::curate::rater_file::{RaterFile, config_from_json, config_to_json};
+use datarater::meta::{MeanLoss, Mode};
+use datarater::nn::{CausalLm, SequenceScorer};
+use datarater::optim::Adam;
+use datarater::trainer::{
+    MetaAdam, MetaAdamState, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    TrainerState,
+};
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const RATER: &str = "rater.safetensors";
+
+/// Cuts every document of `path` into `seq_len`-byte sequences (the chunking rule of
+/// `datarater::curate::documents`); returns the sequences, the document count and the
+/// number of documents too short to use.
+fn sequences(path: &Path, opts: &InputOptions, seq_len: usize) -> Result<(Vec<Vec<u8>>, u64, u64)> {
+    let input = Input::open(path, opts.clone())?;
+    let (mut seqs, mut docs, mut short) = (Vec::new(), 0u64, 0u64);
+    for doc in input.documents(Arc::default()) {
+        let doc = doc?;
+        let text = doc.text();
+        let spans = chunk_spans(text.len(), seq_len);
+        docs += 1;
+        if spans.is_empty() {
+            short += 1;
+        }
+        seqs.extend(spans.into_iter().map(|r| text[r].to_vec()));
+    }
+    Ok((seqs, docs, short))
+}
+
+/// FNV-1a of a pool, recorded so a resume on changed data is refused.
+fn fingerprint(seqs: &[Vec<u8>]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in seqs {
+        for &b in s {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The settings a run is defined by (everything but `outer_steps` and
+/// `checkpoint_every`, which a resume may change).
+fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
+    json!({
+        "train": train.display().to_string(),
+        "held_out": held_out.display().to_string(),
+        "format": format!("{:?}", a.input_args.format).to_lowercase(),
+        "text_field": a.input_args.text_field,
+        "skip_invalid": a.input_args.skip_invalid,
+        "lm": config_to_json(&a.lm_config()),
+        "rater": config_to_json(&a.rater_config()),
+        "seq_len": a.seq_len,
+        "batch_size": a.batch_size,
+        "inner_steps": a.inner_steps,
+        "population": a.population,
+        "reset_every": a.reset_every,
+        "seed": a.seed,
+        "meta_lr": a.meta_lr,
+        "inner_lr": a.inner_lr,
+    })
+}
+
+/// Flags whose values come from the run on `--resume` unless given explicitly.
+fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
+    let bad = |k: &str| CliError(format!("the checkpoint's settings have no valid `{k}`"));
+    let u = |k: &str| {
+        s.get(k)
+            .and_then(Json::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| bad(k))
+    };
+    let f = |k: &str| s.get(k).and_then(Json::as_f64).ok_or_else(|| bad(k));
+    let given = |id: &str| a.explicit.iter().any(|e| e == id);
+    macro_rules! recorded {
+        ($field:ident, $value:expr) => {
+            if !given(stringify!($field)) {
+                a.$field = $value;
+            }
+        };
+    }
+    let lm = config_from_json(s.get("lm").ok_or_else(|| bad("lm"))?, true)?;
+    let rater = config_from_json(s.get("rater").ok_or_else(|| bad("rater"))?, false)?;
+    recorded!(lm_width, lm.d_model);
+    recorded!(lm_layers, lm.n_layers);
+    recorded!(lm_heads, lm.n_heads);
+    recorded!(rater_width, rater.d_model);
+    recorded!(rater_layers, rater.n_layers);
+    recorded!(rater_heads, rater.n_heads);
+    recorded!(seq_len, u("seq_len")?);
+    recorded!(batch_size, u("batch_size")?);
+    recorded!(inner_steps, u("inner_steps")?);
+    recorded!(population, u("population")?);
+    recorded!(reset_every, u("reset_every")?);
+    recorded!(seed, u("seed")? as u64);
+    recorded!(meta_lr, f("meta_lr")?);
+    recorded!(inner_lr, f("inner_lr")?);
+    recorded!(outer_steps, u("outer_steps")?);
+    recorded!(checkpoint_every, u("checkpoint_every")?);
+    let text = |k: &str| s.get(k).and_then(Json::as_str).ok_or_else(|| bad(k));
+    if !given("text_field") {
+        a.input_args.text_field = text("text_field")?.to_string();
+    }
+    if !given("format") {
+        a.input_args.format = match text("format")? {
+            "lines" => Format::Lines,
+            "paragraphs" => Format::Paragraphs,
+            "jsonl" => Format::Jsonl,
+            _ => Format::Auto,
+        };
+    }
+    if !given("skip_invalid") {
+        a.input_args.skip_invalid = s
+            .get("skip_invalid")
+            .and_then(Json::as_bool)
+            .unwrap_or(false);
+    }
+    Ok(())
+}
+
+/// `datarater train`.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let mut a = args.clone();
+    let resuming = a.resume.is_some();
+    let (run_dir, train_path, held_path, recorded) = match a.resume.clone() {
+        Some(dir) => {
+            let ckpt = dir.join(CHECKPOINT);
+            if !ckpt.exists() {
+                fail!(
+                    "{}: no checkpoint to resume from (was the run started with `datarater train --out {}`?)",
+                    ckpt.display(),
+                    dir.display()
+                );
+            }
+            let recorded = read_checkpoint_configs(&ckpt)?;
+            apply_recorded(&mut a, &recorded)?;
+            let path = |k: &str| {
+                recorded
+                    .get(k)
+                    .and_then(Json::as_str)
+                    .map(PathBuf::from)
+                    .ok_or_else(|| CliError(format!("the checkpoint's settings have no `{k}`")))
+            };
+            (dir, path("train")?, path("held_out")?, Some(recorded))
+        }
+        None => {
+            let dir = a.out.clone().expect("clap requires --out without --resume");
+            (
+                dir,
+                a.train.clone().expect("clap requires --train"),
+                a.held_out.clone().expect("clap requires --held-out"),
+                None,
+            )
+        }
+    };
+    // The run directory must be writable before any work.
+    prepare_run_dir(&run_dir, resuming, a.force)?;
+    if a.checkpoint_every == 0 {
+        fail!("--checkpoint-every must be at least 1");
+    }
+    if a.seq_len < 2 {
+        fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
+    }
+    let opts = a.input_args.options();
+    let (train_seqs, train_docs, train_short) = sequences(&train_path, &opts, a.seq_len)?;
+    if train_seqs.is_empty() {
+        fail!(
+            "{}: no document is long enough to train on: all {train_docs} are shorter than --seq-len {}",
+            train_path.display(),
+            a.seq_len
+        );
+    }
+    let (held_seqs, held_docs, _) = sequences(&held_path, &opts, a.seq_len)?;
+    if held_seqs.len() < a.batch_size {
+        fail!(
+            "{}: the held-out data is too small for one batch: {} sequences of {} bytes from {held_docs} documents, but --batch-size is {}",
+            held_path.display(),
+            held_seqs.len(),
+            a.seq_len,
+            a.batch_size
+        );
+    }
+    let mut configs = settings(&a, &train_path, &held_path);
+    configs["data"] = json!({
+        "train_sequences": train_seqs.len(),
+        "train_fingerprint": fingerprint(&train_seqs),
+        "held_out_sequences": held_seqs.len(),
+        "held_out_fingerprint": fingerprint(&held_seqs),
+    });
+    // The run's length and checkpoint interval may change on resume: compare the
+    // recorded ones, then record the new ones.
+    let resumable = |c: &mut Json, from: &TrainArgs| {
+        c["outer_steps"] = json!(from.outer_steps);
+        c["checkpoint_every"] = json!(from.checkpoint_every);
+    };
+    let expected = match &recorded {
+        Some(r) => {
+            let mut e = configs.clone();
+            e["outer_steps"] = r["outer_steps"].clone();
+            e["checkpoint_every"] = r["checkpoint_every"].clone();
+            e
+        }
+        None => configs.clone(),
+    };
+    resumable(&mut configs, &a);
+    println!(
+        "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
+        if resuming { "resuming; " } else { "" },
+        train_seqs.len(),
+        a.seq_len,
+        held_seqs.len()
+    );
+
+    let inner = TextLm::new(CausalLm::new(a.lm_config())?, Adam::new(a.inner_lr as f32))?;
+    let scorer = SequenceScorer::new(a.rater_config())?;
+    let rater = TextRater {
+        scorer: scorer.clone(),
+    };
+    let meta_opt = MetaAdam {
+        lr: a.meta_lr,
+        weight_decay: 0.01,
+        warmup_steps: 20,
+        clip_norm: 1.0,
+        ..MetaAdam::default()
+    };
+    let train_pool = TextPool::new(Arc::new(train_seqs), a.batch_size)?;
+    let held_pool = TextPool::new(Arc::new(held_seqs), a.batch_size)?;
+    let config = TrainerConfig {
+        outer_steps: a.outer_steps,
+        inner_steps: a.inner_steps,
+        population: a.population,
+        reset_every: a.reset_every,
+        mode: Mode::Mixed,
+        seed: a.seed,
+    };
+    let trainer = Trainer::new(
+        Setup {
+            inner: &inner,
+            rater: &rater,
+            outer: &MeanLoss,
+            meta_opt: &meta_opt,
+            train: &train_pool,
+            held_out: &held_pool,
+        },
+        config,
+    )?;
+    let ckpt = run_dir.join(CHECKPOINT);
+    let mut state: TrainerState<f32, MetaAdamState<f32>> = match recorded {
+        Some(_) => load_checkpoint(&ckpt, &expected)?,
+        None => trainer.init(None)?,
+    };
+    let save = |state: &TrainerState<f32, MetaAdamState<f32>>| -> Result<()> {
+        save_checkpoint(&ckpt, state, &configs)?;
+        let mut training = configs.clone();
+        training["outer_steps_done"] = json!(state.step);
+        RaterFile {
+            scorer: scorer.clone(),
+            seq_len: a.seq_len,
+            training,
+            eta: state.eta.clone(),
+        }
+        .save(run_dir.join(RATER))?;
+        Ok(())
+    };
+    if !resuming {
+        save(&state)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while the step finishes kills the process (the last
+        // checkpoint is intact either way).
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
+    }
+    let mut progress = Progress::new(
+        "train",
+        Unit::Steps,
+        a.outer_steps as u64,
+        state.step as u64,
+    );
+    let resume_hint = format!("datarater train --resume {}", run_dir.display());
+    let mut last_saved = state.step;
+    let mut last_msg = String::from("nothing to do");
+    while state.step < a.outer_steps {
+        let report = match trainer.step(&mut state) {
+            Ok(r) => r,
+            Err(e) => {
+                progress.finish("stopped");
+                fail!(
+                    "outer step {} failed: {e}. The last good checkpoint (after step {last_saved}) is intact in {}",
+                    state.step,
+                    run_dir.display()
+                );
+            }
+        };
+        let interrupted = stop.load(Ordering::SeqCst);
+        if state.step % a.checkpoint_every == 0 || state.step == a.outer_steps || interrupted {
+            save(&state)?;
+            last_saved = state.step;
+        }
+        let msg = format!(
+            "held-out loss {:.4}, |meta-grad| {:.2e}",
+            report.mean_outer_loss(),
+            report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64
+        );
+        progress.set(state.step as u64, &msg);
+        last_msg.clone_from(&msg);
+        if interrupted {
+            progress.finish(&msg);
+            fail!(
+                "interrupted: stopped after outer step {} of {} and wrote a checkpoint; continue with `{resume_hint}`",
+                state.step,
+                a.outer_steps
+            );
+        }
+    }
+    if last_saved != state.step {
+        save(&state)?;
+    }
+    progress.finish(&last_msg);
+    println!(
+        "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
+        state.step,
+        run_dir.join(RATER).display(),
+        run_dir.join(RATER).display()
+    );
+    Ok(())
+}
+
+/// Creates the run directory (or checks the one to resume) and proves it writable.
+fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<()> {
+    if !resuming && dir.join(CHECKPOINT).exists() && !force {
+        fail!(
+            "{}: already holds a run (resume it with `datarater train --resume {}`, or pass --force to start over)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io_error(dir, "cannot create the run directory", e))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| io_error(dir, "cannot write to the run directory", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

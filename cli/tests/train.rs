@@ -1,0 +1,268 @@
+//! `datarater train` through the real binary: the train -> score -> filter round trip,
+//! kill (SIGKILL) and resume == uninterrupted, Ctrl-C, and bad settings.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tiny, fast configuration.
+const TINY: [&str; 16] = [
+    "--lm-width",
+    "8",
+    "--lm-layers",
+    "1",
+    "--lm-heads",
+    "1",
+    "--rater-width",
+    "8",
+    "--rater-heads",
+    "1",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--population",
+    "2",
+];
+
+fn corpus(dir: &Path) -> (PathBuf, PathBuf) {
+    let (train, held) = (dir.join("train.jsonl"), dir.join("held.jsonl"));
+    write_jsonl(&train, &documents(120, 1));
+    write_jsonl(&held, &documents(30, 2));
+    (train, held)
+}
+
+fn train_args<'a>(train: &'a Path, held: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--train",
+        s(train),
+        "--held-out",
+        s(held),
+        "--out",
+        s(out),
+        "--outer-steps",
+        steps,
+        "--checkpoint-every",
+        "1",
+    ];
+    a.extend(TINY);
+    a
+}
+
+/// The rater parameters and recorded settings of a rater file.
+fn rater_of(path: &Path) -> (datarater::Params<datarater::Tensor<f32>>, String) {
+    let (eta, meta) = datarater::io::load_params::<f32>(path).unwrap();
+    (eta, meta["rater_config"].clone())
+}
+
+/// The outer step stored in a run's checkpoint (0 if none readable yet).
+fn checkpoint_step(run: &Path) -> usize {
+    let rater = run.join("rater.safetensors");
+    datarater::io::load_params::<f32>(&rater)
+        .ok()
+        .and_then(|(_, m)| serde_json::from_str::<serde_json::Value>(&m["training"]).ok())
+        .and_then(|t| t["outer_steps_done"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+#[test]
+fn train_score_filter_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let run = dir.path().join("run");
+    let out = ok(&train_args(&train, &held, &run, "3"));
+    assert!(out.contains("trained 3 outer steps"), "{out}");
+    let rater = run.join("rater.safetensors");
+    let scores = dir.path().join("scores.jsonl");
+    ok(&[
+        "score",
+        "--rater",
+        s(&rater),
+        "--input",
+        s(&train),
+        "--out",
+        s(&scores),
+    ]);
+    assert_eq!(read_scores(&scores).len(), 120);
+    let kept = dir.path().join("kept.jsonl");
+    let out = ok(&[
+        "filter",
+        "--rater",
+        s(&rater),
+        "--input",
+        s(&train),
+        "--out",
+        s(&kept),
+        "--discard-fraction",
+        "0.5",
+    ]);
+    assert!(out.contains("of 120 documents"), "{out}");
+    // The rater file records its settings: nothing else is needed to use it.
+    let (_, meta) = datarater::io::load_params::<f32>(&rater).unwrap();
+    let training: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
+    assert_eq!(training["seq_len"], 16);
+    assert_eq!(training["outer_steps_done"], 3);
+    // A second run into the same directory is refused without --force.
+    fails(
+        &train_args(&train, &held, &run, "3"),
+        &["already holds a run", "--resume"],
+    );
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let steps = "40";
+    let full = dir.path().join("full");
+    ok(&train_args(&train, &held, &full, steps));
+
+    let run = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datarater"))
+        .args(train_args(&train, &held, &run, steps))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_step(&run) < 3 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at = checkpoint_step(&run);
+    assert!(still_running && (3..40).contains(&at), "killed at step {at}");
+    let out = ok(&["train", "--resume", s(&run)]);
+    assert!(out.contains("trained 40 outer steps"), "{out}");
+    assert_eq!(
+        rater_of(&run.join("rater.safetensors")),
+        rater_of(&full.join("rater.safetensors")),
+        "resumed after step {at}: the rater must be bitwise the uninterrupted one"
+    );
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let run = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_datarater"))
+        .args(train_args(&train, &held, &run, "400"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_step(&run) < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        err.contains(&format!("datarater train --resume {}", s(&run))),
+        "{err}"
+    );
+    // The checkpoint holds the step the message names.
+    let at = checkpoint_step(&run);
+    assert!(
+        err.contains(&format!("after outer step {at} of 400")),
+        "step {at}: {err}"
+    );
+    // And resuming continues from there.
+    let out = ok(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--outer-steps",
+        &(at + 2).to_string(),
+    ]);
+    assert!(
+        out.contains(&format!("trained {} outer steps", at + 2)),
+        "{out}"
+    );
+}
+
+#[test]
+fn resume_with_another_model_config_names_the_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let run = dir.path().join("run");
+    ok(&train_args(&train, &held, &run, "1"));
+    fails(
+        &[
+            "train",
+            "--resume",
+            s(&run),
+            "--rater-width",
+            "16",
+            "--outer-steps",
+            "2",
+        ],
+        &["rater.d_model: 8 (checkpoint) vs 16 (requested)"],
+    );
+    fails(
+        &["train", "--resume", s(&dir.path().join("nothing"))],
+        &["no checkpoint to resume from"],
+    );
+    // A damaged checkpoint is refused with a clear message.
+    let ckpt = run.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["train", "--resume", s(&run)], &["checkpoint.safetensors"]);
+}
+
+#[test]
+fn bad_training_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = corpus(dir.path());
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "just one document of some length\n").unwrap();
+    let run = dir.path().join("run");
+    fails(
+        &train_args(&train, &small, &run, "2"),
+        &[
+            "held-out data is too small for one batch",
+            "--batch-size is 4",
+        ],
+    );
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "tiny\nwords\n").unwrap();
+    fails(
+        &train_args(&short, &train, &run, "2"),
+        &["no document is long enough"],
+    );
+    fails(
+        &train_args(&train, &train, Path::new("/proc/datarater-run"), "2"),
+        &["/proc/datarater-run", "cannot"],
+    );
+    fails(
+        &train_args(&train, &dir.path().join("missing.jsonl"), &run, "2"),
+        &["missing.jsonl", "cannot open input"],
+    );
+}
+
+#[test]
+fn a_non_finite_meta_gradient_stops_the_run_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let run = dir.path().join("run");
+    let mut a = train_args(&train, &held, &run, "5");
+    a.extend(["--inner-lr", "1e30"]);
+    fails(&a, &["non-finite", "outer step 0", "last good checkpoint"]);
+    // The checkpoint written before the failure is intact and resumable.
+    assert!(
+        datarater::checkpoint::read_checkpoint_configs(run.join("checkpoint.safetensors")).is_ok()
+    );
+}
