@@ -10,6 +10,9 @@
 //!                                      rank 1 fails in outer step 1 (after a checkpoint of
 //!                                      step 1): every rank must exit non-zero with its message
 //! mpi_check verify DIR                 DIR holds exactly one intact checkpoint, of step 1
+//! mpi_check bench [P1_SECONDS]         benchmark: outer-step time of a population of 4
+//!                                      (d_model 32, 2 layers, batch 16, T = 2), time and bytes
+//!                                      exchanged per step; the speed-up over P1_SECONDS
 //! ```
 //!
 //! Build: `cargo build --release --features mpi --example mpi_check`.
@@ -33,13 +36,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 type Inner = TextLm<Adam<f64>>;
 type State = TrainerState<f64, MetaAdamState<f64>>;
 
-fn cfg(causal: bool) -> TransformerConfig {
+/// The models: tiny for the checks, `d_model` 32 (two layers) for `bench`.
+fn cfg(causal: bool, d_model: usize) -> TransformerConfig {
     TransformerConfig {
         vocab: 256,
-        d_model: 8,
-        n_layers: 1,
+        d_model,
+        n_layers: if d_model > 8 { 2 } else { 1 },
         n_heads: 2,
-        d_ff: 16,
+        d_ff: 2 * d_model,
         max_len: 12,
         causal,
     }
@@ -116,12 +120,12 @@ struct Parts<'a> {
     held: TextPool,
 }
 
-fn parts(fault: &Fault) -> Parts<'_> {
+fn parts(fault: &Fault, d_model: usize, batch: usize) -> Parts<'_> {
     let seqs = Corpus::embedded().sequences(12).expect("embedded corpus");
     Parts {
-        inner: TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap(),
+        inner: TextLm::new(CausalLm::new(cfg(true, d_model)).unwrap(), Adam::new(1e-2)).unwrap(),
         rater: TextRater {
-            scorer: SequenceScorer::new(cfg(false)).unwrap(),
+            scorer: SequenceScorer::new(cfg(false, d_model)).unwrap(),
         },
         objective: Objective { fault },
         meta: MetaAdam {
@@ -129,10 +133,10 @@ fn parts(fault: &Fault) -> Parts<'_> {
             ..MetaAdam::default()
         },
         train: Train {
-            pool: TextPool::new(Arc::new(seqs[..200].to_vec()), 4).unwrap(),
+            pool: TextPool::new(Arc::new(seqs[..200].to_vec()), batch).unwrap(),
             fault,
         },
-        held: TextPool::new(Arc::new(seqs[200..260].to_vec()), 4).unwrap(),
+        held: TextPool::new(Arc::new(seqs[200..260].to_vec()), batch).unwrap(),
     }
 }
 
@@ -253,10 +257,16 @@ fn main() -> ExitCode {
         kind,
         armed: AtomicBool::new(false),
     };
-    let p = parts(&fault);
-    // `same N` takes the population (default 6); the other checks use 6.
+    let bench = args.first().map(String::as_str) == Some("bench");
+    let p = if bench {
+        parts(&fault, 32, 16)
+    } else {
+        parts(&fault, 8, 4)
+    };
+    // `same N` takes the population (default 6); `bench` uses 4, the other checks 6.
     let population = match args.as_slice() {
         [cmd, n] if cmd == "same" => n.parse().expect("a population size"),
+        _ if bench => 4,
         _ => 6,
     };
     let t = trainer(&p, population);
@@ -335,6 +345,43 @@ fn main() -> ExitCode {
                     ExitCode::from(if agreed { 3 } else { 1 })
                 }
             }
+        }
+        Some("bench") => {
+            let mut s = distributed::init(&t, comm, None).unwrap();
+            run(&t, comm, &mut s, 1); // warm-up
+            let steps = 5;
+            let (mut total, mut exchange, mut bytes) = (0.0, 0.0, 0);
+            for _ in 0..steps {
+                total += distributed::step(&t, comm, &mut s).unwrap().seconds;
+                exchange += s.last_exchange.seconds;
+                bytes = s.last_exchange.bytes;
+            }
+            let (step_s, comm_s) = (total / steps as f64, exchange / steps as f64);
+            // Rank 0's figures; every rank waits for the slowest in the exchange.
+            if comm.rank() == 0 {
+                let eta_bytes = s.local.eta.nbytes();
+                println!(
+                    "P = {} ranks x {} threads, population 4: {:.1} ms per outer step, of which \
+                     {:.2} ms exchanging ({bytes} bytes gathered per step; rater {eta_bytes} bytes x 4 = {})",
+                    comm.size(),
+                    rayon::current_num_threads(),
+                    step_s * 1e3,
+                    comm_s * 1e3,
+                    4 * eta_bytes
+                );
+                if let Some(p1) = args.get(1).and_then(|x| x.parse::<f64>().ok()) {
+                    println!(
+                        "speed-up over one rank ({:.1} ms): {:.2}x",
+                        p1 * 1e3,
+                        p1 / step_s
+                    );
+                } else {
+                    println!(
+                        "seconds per step: {step_s:.4} (pass it to the P = 2 run for the speed-up)"
+                    );
+                }
+            }
+            ExitCode::SUCCESS
         }
         Some("verify") => {
             let dir = dir(1);
