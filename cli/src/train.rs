@@ -4,21 +4,26 @@
 //! The run directory holds `checkpoint.safetensors` (the whole training state and the
 //! run's settings, see `datarater::checkpoint`) and `rater.safetensors` (the rater
 //! file, rewritten with every checkpoint so a stopped run still leaves a usable rater).
+//!
+//! Under `mpirun` (a build with the `mpi` feature) the population is split over the
+//! ranks (`datarater::distributed`): every rank reads the data, rank 0 alone prepares
+//! the run directory, writes the files and shows progress, and every decision that
+//! could differ between ranks (a failure, Ctrl-C) is agreed on before anyone acts.
 
 use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
 use crate::input::{Format, Input, InputOptions};
 use crate::progress::{Progress, Unit};
-use datarater::checkpoint::{load_checkpoint, read_checkpoint_configs, save_checkpoint};
+use datarater::checkpoint::read_checkpoint_configs;
 use datarater::curate::documents::chunk_spans;
 use datarater::curate::rater_file::{RaterFile, config_from_json, config_to_json};
+use datarater::distributed::{self, Communicator, RankState};
 use datarater::meta::{MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer};
 use datarater::optim::Adam;
 use datarater::trainer::{
     MetaAdam, MetaAdamState, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
-    TrainerState,
 };
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
@@ -137,8 +142,25 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
     Ok(())
 }
 
-/// `datarater train`.
-pub fn train(args: &TrainArgs) -> Result<()> {
+/// Runs `f` on rank 0 only; every rank returns its outcome.
+fn on_root(comm: &dyn Communicator, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let r = if comm.rank() == 0 { f() } else { Ok(()) };
+    agree(comm, r)
+}
+
+/// `local` if every rank succeeded, else the first failing rank's message on every rank.
+fn agree<T>(comm: &dyn Communicator, local: Result<T>) -> Result<T> {
+    let (value, outcome) = match local {
+        Ok(v) => (Some(v), Ok(())),
+        Err(e) => (None, Err(datarater::Error::Usage(e.0))),
+    };
+    comm.agree(outcome)?;
+    Ok(value.expect("no rank failed"))
+}
+
+/// `datarater train` (on every rank of `comm`).
+pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
+    let root = comm.rank() == 0;
     let mut a = args.clone();
     let resuming = a.resume.is_some();
     let (run_dir, train_path, held_path, recorded) = match a.resume.clone() {
@@ -173,7 +195,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
     };
     // The run directory must be writable before any work.
-    prepare_run_dir(&run_dir, resuming, a.force)?;
+    on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?;
     if a.checkpoint_every == 0 {
         fail!("--checkpoint-every must be at least 1");
     }
@@ -181,7 +203,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
     }
     let opts = a.input_args.options();
-    let (train_seqs, train_docs, train_short) = sequences(&train_path, &opts, a.seq_len)?;
+    let (train_seqs, train_docs, train_short) =
+        agree(comm, sequences(&train_path, &opts, a.seq_len))?;
     if train_seqs.is_empty() {
         fail!(
             "{}: no document is long enough to train on: all {train_docs} are shorter than --seq-len {}",
@@ -189,7 +212,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             a.seq_len
         );
     }
-    let (held_seqs, held_docs, _) = sequences(&held_path, &opts, a.seq_len)?;
+    let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
     if held_seqs.len() < a.batch_size {
         fail!(
             "{}: the held-out data is too small for one batch: {} sequences of {} bytes from {held_docs} documents, but --batch-size is {}",
@@ -222,13 +245,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => configs.clone(),
     };
     resumable(&mut configs, &a);
-    println!(
-        "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
-        if resuming { "resuming; " } else { "" },
-        train_seqs.len(),
-        a.seq_len,
-        held_seqs.len()
-    );
+    if root {
+        println!(
+            "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
+            if resuming { "resuming; " } else { "" },
+            train_seqs.len(),
+            a.seq_len,
+            held_seqs.len()
+        );
+    }
 
     let inner = TextLm::new(CausalLm::new(a.lm_config())?, Adam::new(a.inner_lr as f32))?;
     let scorer = SequenceScorer::new(a.rater_config())?;
@@ -264,22 +289,25 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         config,
     )?;
     let ckpt = run_dir.join(CHECKPOINT);
-    let mut state: TrainerState<f32, MetaAdamState<f32>> = match recorded {
-        Some(_) => load_checkpoint(&ckpt, &expected)?,
-        None => trainer.init(None)?,
+    // Each rank holds the rater and its own members.
+    let mut state: RankState<f32, MetaAdamState<f32>> = match recorded {
+        Some(_) => distributed::load_checkpoint(&ckpt, &expected, comm)?,
+        None => distributed::init(&trainer, comm, None)?,
     };
-    let save = |state: &TrainerState<f32, MetaAdamState<f32>>| -> Result<()> {
-        save_checkpoint(&ckpt, state, &configs)?;
-        let mut training = configs.clone();
-        training["outer_steps_done"] = json!(state.step);
-        RaterFile {
-            scorer: scorer.clone(),
-            seq_len: a.seq_len,
-            training,
-            eta: state.eta.clone(),
-        }
-        .save(run_dir.join(RATER))?;
-        Ok(())
+    let save = |state: &RankState<f32, MetaAdamState<f32>>| -> Result<()> {
+        distributed::save_checkpoint(&ckpt, state, &configs, comm)?;
+        on_root(comm, || {
+            let mut training = configs.clone();
+            training["outer_steps_done"] = json!(state.local.step);
+            RaterFile {
+                scorer: scorer.clone(),
+                seq_len: a.seq_len,
+                training,
+                eta: state.local.eta.clone(),
+            }
+            .save(run_dir.join(RATER))?;
+            Ok(())
+        })
     };
     if !resuming {
         save(&state)?;
@@ -297,59 +325,77 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         })
         .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
-    let mut progress = Progress::new(
-        "train",
-        Unit::Steps,
-        a.outer_steps as u64,
-        state.step as u64,
-    );
+    // Progress is shown once, by rank 0.
+    let mut progress = root.then(|| {
+        Progress::new(
+            "train",
+            Unit::Steps,
+            a.outer_steps as u64,
+            state.local.step as u64,
+        )
+    });
     let resume_hint = format!("datarater train --resume {}", run_dir.display());
-    let mut last_saved = state.step;
+    let mut last_saved = state.local.step;
     let mut last_msg = String::from("nothing to do");
-    while state.step < a.outer_steps {
-        let report = match trainer.step(&mut state) {
+    while state.local.step < a.outer_steps {
+        let report = match distributed::step(&trainer, comm, &mut state) {
             Ok(r) => r,
             Err(e) => {
-                progress.finish("stopped");
+                finish(&mut progress, "stopped");
                 fail!(
                     "outer step {} failed: {e}. The last good checkpoint (after step {last_saved}) is intact in {}",
-                    state.step,
+                    state.local.step,
                     run_dir.display()
                 );
             }
         };
-        let interrupted = stop.load(Ordering::SeqCst);
-        if state.step % a.checkpoint_every == 0 || state.step == a.outer_steps || interrupted {
+        // Ranks may see Ctrl-C at different steps: stop when any rank has.
+        let interrupted = comm
+            .all_gather_bytes(&[u8::from(stop.load(Ordering::SeqCst))])
+            .iter()
+            .any(|b| b == &[1]);
+        let step = state.local.step;
+        if step % a.checkpoint_every == 0 || step == a.outer_steps || interrupted {
             save(&state)?;
-            last_saved = state.step;
+            last_saved = step;
         }
         let msg = format!(
             "held-out loss {:.4}, |meta-grad| {:.2e}",
             report.mean_outer_loss(),
             report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64
         );
-        progress.set(state.step as u64, &msg);
+        if let Some(p) = progress.as_mut() {
+            p.set(step as u64, &msg);
+        }
         last_msg.clone_from(&msg);
         if interrupted {
-            progress.finish(&msg);
+            finish(&mut progress, &msg);
             fail!(
-                "interrupted: stopped after outer step {} of {} and wrote a checkpoint; continue with `{resume_hint}`",
-                state.step,
+                "interrupted: stopped after outer step {step} of {} and wrote a checkpoint; continue with `{resume_hint}`",
                 a.outer_steps
             );
         }
     }
-    if last_saved != state.step {
+    if last_saved != state.local.step {
         save(&state)?;
     }
-    progress.finish(&last_msg);
-    println!(
-        "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
-        state.step,
-        run_dir.join(RATER).display(),
-        run_dir.join(RATER).display()
-    );
+    finish(&mut progress, &last_msg);
+    if root {
+        println!(
+            "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
+            state.local.step,
+            run_dir.join(RATER).display(),
+            run_dir.join(RATER).display()
+        );
+    }
     Ok(())
+}
+
+/// Ends rank 0's progress display.
+fn finish(progress: &mut Option<Progress>, msg: &str) {
+    if let Some(p) = progress {
+        p.finish(msg);
+    }
 }
 
 /// Creates the run directory (or checks the one to resume) and proves it writable.
