@@ -10,6 +10,8 @@
 //!                                      rank 1 fails in outer step 1 (after a checkpoint of
 //!                                      step 1): every rank must exit non-zero with its message
 //! mpi_check verify DIR                 DIR holds exactly one intact checkpoint, of step 1
+//! mpi_check compare A B               two checkpoints of `datarater train` (f32) hold the same
+//!                                      state, bitwise
 //! mpi_check bench [P1_SECONDS]         benchmark: outer-step time of a population of 4
 //!                                      (d_model 32, 2 layers, batch 16, T = 2), time and bytes
 //!                                      exchanged per step; the speed-up over P1_SECONDS
@@ -177,7 +179,10 @@ fn reference(t: &T<'_>, steps: usize) -> (State, Vec<Vec<f64>>) {
 }
 
 /// Bitwise equality of two whole states, or the first difference.
-fn same_state(a: &State, b: &State) -> std::result::Result<(), String> {
+fn same_state<F: datarater::Float>(
+    a: &TrainerState<F, MetaAdamState<F>>,
+    b: &TrainerState<F, MetaAdamState<F>>,
+) -> std::result::Result<(), String> {
     if a.step != b.step {
         return Err(format!("step {} vs {}", a.step, b.step));
     }
@@ -382,6 +387,25 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Some("compare") => {
+            let load = |i: usize| {
+                let path = dir(i);
+                let configs = datarater::checkpoint::read_checkpoint_configs(&path).unwrap();
+                datarater::checkpoint::load_checkpoint::<f32, MetaAdamState<f32>>(&path, &configs)
+                    .unwrap()
+            };
+            let (a, b) = (load(1), load(2));
+            let check = same_state(&a, &b).map(|()| {
+                format!(
+                    "{} and {}: rater and all {} members bitwise equal after {} steps",
+                    args[1],
+                    args[2],
+                    a.members.len(),
+                    a.step
+                )
+            });
+            verdict(comm, "compare", check)
         }
         Some("verify") => {
             let dir = dir(1);
