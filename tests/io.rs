@@ -1,8 +1,8 @@
 //! Safetensors checkpoints: exact round trips, malformed files, dtype policy.
 
 use datarater::io::{
-    DtypePolicy, METADATA_KEY, decode_params, encode_params, load_params, load_params_with,
-    save_params,
+    DtypePolicy, METADATA_KEY, decode_params, decode_params_like, encode_params, load_params,
+    load_params_like, load_params_with, save_params,
 };
 use datarater::{Error, Params, Rng, Tensor};
 use std::path::PathBuf;
@@ -448,4 +448,146 @@ fn io_errors_and_reserved_names() {
         save_params(dir.path("r.safetensors"), &r, &[]),
         Err(Error::Params { name, .. }) if name == METADATA_KEY
     ));
+}
+
+// ---- loading against the model that will use the file --------------------------------
+
+/// The `(name, reason)` of a parameter-mismatch error.
+fn params_mismatch<T: std::fmt::Debug>(r: Result<T, Error>) -> (String, String) {
+    match r {
+        Err(Error::Params { name, reason }) => (name, reason),
+        other => panic!("expected a Params error, got {other:?}"),
+    }
+}
+
+#[test]
+fn load_like_accepts_a_matching_file_and_reads_no_template_values() {
+    let dir = TempDir::new("like-ok");
+    let p = random_params::<f64>(10);
+    let path = dir.path("p.safetensors");
+    save_params(&path, &p, &[("step", "7")]).unwrap();
+    // The template's values are irrelevant: only names and shapes count.
+    let template = p.zeros_like();
+    let (q, meta) = load_params_like(&path, &template).unwrap();
+    assert_eq!(q, p);
+    assert_eq!(meta["step"], "7");
+    let (q, _) = decode_params_like(&std::fs::read(&path).unwrap(), &template).unwrap();
+    assert_eq!(q, p);
+}
+
+#[test]
+fn load_like_names_a_missing_tensor() {
+    let dir = TempDir::new("like-missing");
+    let model = random_params::<f32>(11);
+    let mut saved = model.clone();
+    saved = saved
+        .iter()
+        .filter(|(n, _)| *n != "conv")
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let path = dir.path("p.safetensors");
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "conv");
+    assert!(reason.contains("missing"), "{reason}");
+    assert!(reason.contains(&path.display().to_string()), "{reason}");
+    assert!(reason.contains("[2, 3, 4]"), "{reason}");
+    // Plain loading accepts the same file: the check is what load_params_like adds.
+    assert!(load_params::<f32>(&path).is_ok());
+}
+
+#[test]
+fn load_like_names_an_unexpected_tensor() {
+    let model = random_params::<f32>(12);
+    let mut saved = model.clone();
+    saved.insert("block1.extra", Tensor::zeros(&[2]));
+    let bytes = encode_params(&saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(decode_params_like(&bytes, &model));
+    assert_eq!(name, "block1.extra");
+    assert!(reason.contains("unexpected"), "{reason}");
+    assert!(reason.contains(MEM), "{reason}");
+}
+
+#[test]
+fn load_like_names_a_shape_mismatch() {
+    let dir = TempDir::new("like-shape");
+    let model = random_params::<f64>(13);
+    let mut saved = model.clone();
+    saved.insert("head.bias", Tensor::zeros(&[4]));
+    let path = dir.path("p.safetensors");
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "head.bias");
+    assert!(reason.contains("[4]") && reason.contains("[3]"), "{reason}");
+    // Same element count, other shape: still a mismatch.
+    saved.insert("head.bias", model["head.bias"].clone());
+    saved.insert("block0.attn.wq", Tensor::zeros(&[25]));
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "block0.attn.wq");
+    assert!(
+        reason.contains("[25]") && reason.contains("[5, 5]"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn load_like_names_a_dtype_mismatch() {
+    let model = random_params::<f32>(14);
+    // The same names and shapes saved in f64.
+    let bytes = encode_params(&model.cast::<f64>(), &[]).unwrap();
+    let (name, reason) = params_mismatch(decode_params_like(&bytes, &model));
+    assert_eq!(name, "block0.attn.wq", "first name in order");
+    assert!(reason.contains("F64") && reason.contains("F32"), "{reason}");
+}
+
+#[test]
+fn load_like_reports_the_first_mismatch_in_name_order() {
+    let model = random_params::<f64>(15);
+    let mut saved = Params::new();
+    for (n, t) in model.iter() {
+        match n {
+            "block0.ln.gain" => {}                               // missing
+            "head.bias" => saved.insert(n, Tensor::zeros(&[9])), // wrong shape
+            _ => saved.insert(n, t.clone()),
+        }
+    }
+    saved.insert("zzz", Tensor::zeros(&[1])); // unexpected
+    saved.insert("aaa", Tensor::zeros(&[1])); // unexpected, and first of all
+    let bytes = encode_params(&saved, &[]).unwrap();
+    let name_of = |saved: &Params<Tensor<f64>>| {
+        params_mismatch(decode_params_like(
+            &encode_params(saved, &[]).unwrap(),
+            &model,
+        ))
+        .0
+    };
+    assert_eq!(params_mismatch(decode_params_like(&bytes, &model)).0, "aaa");
+    let mut s = saved.clone();
+    s = s
+        .iter()
+        .filter(|(n, _)| *n != "aaa")
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    assert_eq!(name_of(&s), "block0.ln.gain");
+    s.insert("block0.ln.gain", model["block0.ln.gain"].clone());
+    assert_eq!(name_of(&s), "head.bias");
+    s.insert("head.bias", model["head.bias"].clone());
+    assert_eq!(name_of(&s), "zzz");
+}
+
+#[test]
+fn load_like_reports_a_malformed_file_as_a_file_error_first() {
+    let model = random_params::<f32>(16);
+    let mut bytes = encode_params(&model, &[]).unwrap();
+    bytes.pop(); // truncated: the format problem wins over any mismatch
+    let reason = file_reason(decode_params_like(&bytes, &model), MEM);
+    assert!(
+        reason.contains("trailing") || reason.contains("past the end"),
+        "{reason}"
+    );
+    let dir = TempDir::new("like-missing-file");
+    let path = dir.path("absent.safetensors");
+    let reason = file_reason(load_params_like(&path, &model), &path.display().to_string());
+    assert!(reason.contains("cannot read"), "{reason}");
 }
