@@ -518,6 +518,18 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Header, String> {
                     "tensor `{name}`: field `data_offsets` is not a pair of non-negative integers"
                 )
             })?;
+        // ndarray indexes with `isize`: the product of the non-zero axes must fit, even
+        // for an empty tensor (e.g. shape [0, 2^32, 2^32]).
+        let indexable = shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_some_and(|n| n <= isize::MAX as u64);
+        if !indexable {
+            return Err(format!(
+                "tensor `{name}`: field `shape` {shape:?} is too large to index on this platform"
+            ));
+        }
         let (begin, end) = (offsets[0], offsets[1]);
         if begin > end {
             return Err(format!(

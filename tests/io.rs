@@ -5,6 +5,7 @@ use datarater::io::{
     load_params_like, load_params_with, save_params,
 };
 use datarater::{Error, Params, Rng, Tensor};
+use proptest::prelude::*;
 use std::path::PathBuf;
 
 struct TempDir(PathBuf);
@@ -590,4 +591,206 @@ fn load_like_reports_a_malformed_file_as_a_file_error_first() {
     let path = dir.path("absent.safetensors");
     let reason = file_reason(load_params_like(&path, &model), &path.display().to_string());
     assert!(reason.contains("cannot read"), "{reason}");
+}
+
+// ---- hostile bytes: every loader returns Ok or Err, never panics -----------------------
+
+/// Runs every loader on `bytes` (in memory and from a file) with both element types and
+/// both dtype policies, with and without a template. Any panic fails the calling test;
+/// the results themselves may be `Ok` or `Err`.
+fn every_loader(bytes: &[u8], path: &std::path::Path) {
+    for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+        let _ = decode_params::<f32>(bytes, policy);
+        let _ = decode_params::<f64>(bytes, policy);
+    }
+    let t32 = random_params::<f32>(1);
+    let t64 = random_params::<f64>(1);
+    let _ = decode_params_like(bytes, &t32);
+    let _ = decode_params_like(bytes, &t64);
+    std::fs::write(path, bytes).unwrap();
+    let _ = load_params::<f32>(path);
+    let _ = load_params::<f64>(path);
+    for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+        let _ = load_params_with::<f32>(path, policy);
+        let _ = load_params_with::<f64>(path, policy);
+    }
+    let _ = load_params_like(path, &t32);
+    let _ = load_params_like(path, &t64);
+    // A template that agrees with whatever the file declares, so the like-loaders get
+    // past the name and shape checks to the data as well.
+    if let Ok((p, _)) = decode_params::<f32>(bytes, DtypePolicy::Convert) {
+        let _ = decode_params_like(bytes, &p);
+        let _ = load_params_like(path, &p);
+        let _ = decode_params_like(bytes, &p.cast::<f64>());
+    }
+}
+
+#[test]
+fn every_truncation_of_a_valid_file_is_an_error() {
+    let dir = TempDir::new("every-cut");
+    let path = dir.path("cut.safetensors");
+    let p = random_params::<f32>(21);
+    let full = encode_params(&p, &[("k", "v")]).unwrap();
+    for cut in 0..full.len() {
+        every_loader(&full[..cut], &path);
+        // Each of the strict loaders must say it failed (the file is incomplete).
+        file_reason(decode_params::<f32>(&full[..cut], DtypePolicy::Exact), MEM);
+        file_reason(decode_params_like(&full[..cut], &p), MEM);
+    }
+    every_loader(&full, &path);
+    assert_eq!(decode_params_like(&full, &p).unwrap().0, p);
+}
+
+/// JSON for a header field value: ordinary and hostile numbers, negative, fractional,
+/// huge, or not numbers at all.
+fn json_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..64).prop_map(|n| n.to_string()),
+        Just("0".to_string()),
+        Just((1u64 << 31).to_string()),
+        Just((1u64 << 32).to_string()),
+        Just((1u64 << 62).to_string()),
+        Just((1u64 << 63).to_string()),
+        Just(u64::MAX.to_string()),
+        Just("18446744073709551616".to_string()), // 2^64
+        Just("1e300".to_string()),
+        Just("-1".to_string()),
+        Just("-9223372036854775808".to_string()),
+        Just("1.5".to_string()),
+        Just("null".to_string()),
+        Just("\"8\"".to_string()),
+        Just("[]".to_string()),
+    ]
+}
+
+fn json_dtype() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "\"F32\"",
+        "\"F64\"",
+        "\"F16\"",
+        "\"BF16\"",
+        "\"F8_E4M3\"",
+        "\"F8_E5M2\"",
+        "\"F4\"",
+        "\"F6_E2M3\"",
+        "\"I64\"",
+        "\"U8\"",
+        "\"BOOL\"",
+        "\"C64\"",
+        "\"f32\"",
+        "\"\"",
+        "7",
+        "null",
+    ])
+    .prop_map(str::to_string)
+}
+
+/// A hand-made header with hostile shapes and offsets, and some data bytes.
+fn crafted_file() -> impl Strategy<Value = Vec<u8>> {
+    let entry = (
+        prop::sample::select(vec!["a", "b", "__metadata__", "", "a.b"]),
+        json_dtype(),
+        prop::collection::vec(json_number(), 0..4),
+        prop::collection::vec(json_number(), 0..4),
+    )
+        .prop_map(|(name, dtype, shape, offsets)| {
+            format!(
+                "\"{name}\":{{\"dtype\":{dtype},\"shape\":[{}],\"data_offsets\":[{}]}}",
+                shape.join(","),
+                offsets.join(",")
+            )
+        });
+    (
+        prop::collection::vec(entry, 0..4),
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(entries, data)| raw_file(&format!("{{{}}}", entries.join(",")), &data))
+}
+
+/// Files that are wrong before the tensors: lengths, encodings, JSON shapes.
+fn hostile_header() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // A length prefix far larger than the file (or than memory).
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..32)).prop_map(|(n, rest)| {
+            let mut b = n.to_le_bytes().to_vec();
+            b.extend(rest);
+            b
+        }),
+        Just({
+            let mut b = u64::MAX.to_le_bytes().to_vec();
+            b.extend_from_slice(b"{}");
+            b
+        }),
+        // Deeply nested JSON.
+        (1usize..5000).prop_map(|d| raw_file(&("[".repeat(d) + &"]".repeat(d)), &[])),
+        (1usize..5000)
+            .prop_map(|d| { raw_file(&("{\"a\":".repeat(d) + "1" + &"}".repeat(d)), &[]) }),
+        // Non-UTF-8 bytes inside the header.
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|h| {
+            let mut b = (h.len() as u64).to_le_bytes().to_vec();
+            b.extend(h);
+            b
+        }),
+        Just(raw_bytes_header(b"{\"a\xff\":{}}")),
+        Just(raw_file(
+            "{\"__metadata__\":{\"k\":{\"nested\":[1,2]}}}",
+            &[]
+        )),
+        Just(raw_file(
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,4294967296,4294967296],\"data_offsets\":[0,0]}}",
+            &[]
+        )),
+        Just(raw_file(
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,18446744073709551615,2],\"data_offsets\":[0,0]}}",
+            &[]
+        )),
+    ]
+}
+
+fn raw_bytes_header(h: &[u8]) -> Vec<u8> {
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(h);
+    b
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let dir = TempDir::new("hostile-random");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn byte_flips_in_a_valid_file_never_panic(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..6),
+        f64_file in any::<bool>(),
+    ) {
+        let dir = TempDir::new("hostile-flip");
+        let mut bytes = if f64_file {
+            encode_params(&random_params::<f64>(3), &[("k", "v")]).unwrap()
+        } else {
+            encode_params(&random_params::<f32>(3), &[("k", "v")]).unwrap()
+        };
+        for (i, x) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn crafted_headers_never_panic(bytes in crafted_file()) {
+        let dir = TempDir::new("hostile-crafted");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn hostile_headers_never_panic(bytes in hostile_header()) {
+        let dir = TempDir::new("hostile-header");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+        // None of these is a valid file.
+        prop_assert!(decode_params::<f32>(&bytes, DtypePolicy::Convert).is_err());
+    }
 }

@@ -22,19 +22,27 @@ impl<F: Float> Tensor<F> {
     /// use datarater::Tensor;
     /// let t = Tensor::<f64>::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
     /// assert_eq!(t.shape(), &[2, 2]);
+    /// assert!(Tensor::<f64>::from_vec(&[3], vec![1.0]).is_err());
+    /// assert!(Tensor::<f64>::from_vec(&[0, 1 << 32, 1 << 32], vec![]).is_err());
     /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] (shape first, then `[data.len()]`) if the element count differs
+    /// or the shape is too large to index (ndarray needs the product of the non-zero axis
+    /// lengths to fit in `isize`, even for an empty tensor such as `[0, 2^32, 2^32]`).
     pub fn from_vec(shape: &[usize], data: Vec<F>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::Shape {
-                op: "from_vec",
-                lhs: shape.to_vec(),
-                rhs: vec![data.len()],
-            });
+        let len = data.len();
+        let err = || Error::Shape {
+            op: "from_vec",
+            lhs: shape.to_vec(),
+            rhs: vec![len],
+        };
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(len) {
+            return Err(err());
         }
-        Ok(Self::from_array(
-            ArrayD::from_shape_vec(IxDyn(shape), data).expect("checked length"),
-        ))
+        let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| err())?;
+        Ok(Self::from_array(a))
     }
 
     /// A rank-0 tensor.
