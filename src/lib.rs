@@ -34,6 +34,8 @@ pub mod optim;
 pub mod rng;
 pub mod trainer;
 
+pub use ndarray;
+
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};
 pub use error::{Error, Result};
 pub use rng::Rng;
