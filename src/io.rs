@@ -18,6 +18,13 @@
 //! offending part: the header length, the header, `__metadata__`, or
 //! ``tensor `name`: field `dtype` / `shape` / `data_offsets` `` and what is wrong.
 //!
+//! **Loading for a model.** [`load_params_like`] (and [`decode_params_like`]) also check
+//! a well-formed file against the parameters of the model that will use it: the same
+//! tensor names, each with the model's shape and the dtype of `F`. A difference is an
+//! [`Error::Params`] naming the first offending tensor in name order, with a reason that
+//! names the file; use it to load a checkpoint, so that a file saved for another model
+//! configuration fails at load time rather than deep inside the model.
+//!
 //! ```
 //! use datarater::{Params, Tensor, io::{load_params, save_params}};
 //! let mut p = Params::new();
@@ -37,7 +44,7 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde_json::Value as Json;
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// String-to-string metadata stored in a file's `__metadata__` header entry.
@@ -190,13 +197,54 @@ pub fn load_params_with<F: Float>(
     path: impl AsRef<Path>,
     policy: DtypePolicy,
 ) -> Result<(Params<Tensor<F>>, Metadata)> {
-    let path = path.as_ref();
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::File {
-        path: name.clone(),
-        reason: format!("cannot read: {e}"),
-    })?;
-    decode(&bytes, policy).map_err(|reason| Error::File { path: name, reason })
+    let (bytes, source) = read(path.as_ref())?;
+    decode(&bytes, &source, policy, None)
+}
+
+/// Reads a safetensors file that must fit `template`, typically the freshly initialised
+/// parameters of the model that will use it (`rater.init(rng)`, `inner.init(rng)`), so
+/// a file saved for another model configuration is rejected here instead of failing
+/// later inside the model.
+///
+/// The file must hold exactly the template's tensor names, each with the template's
+/// shape and stored with the dtype of `F` ([`DtypePolicy::Exact`]). Only the names and
+/// shapes of `template` are read, never its values.
+///
+/// # Errors
+/// - [`Error::File`] naming the path if the file cannot be read or is not a valid
+///   safetensors file (as for [`load_params`]); this is checked first.
+/// - Otherwise [`Error::Params`] for the first mismatch in name order, with `name` the
+///   tensor and a `reason` that names the path and says which of these it is: missing
+///   from the file, not in the model (unexpected), stored with another dtype, or of
+///   another shape (dtype is checked before shape for the same tensor).
+///
+/// ```
+/// use datarater::{Error, Params, Tensor, io::{load_params_like, save_params}};
+/// let mut model = Params::new();
+/// model.insert("w", Tensor::<f32>::zeros(&[3, 2]));
+/// let mut other = Params::new();
+/// other.insert("w", Tensor::<f32>::zeros(&[4, 2])); // another configuration
+/// let path = std::env::temp_dir().join("datarater-io-like-doc.safetensors");
+/// save_params(&path, &other, &[])?;
+/// match load_params_like(&path, &model) {
+///     Err(Error::Params { name, reason }) => {
+///         assert_eq!(name, "w");
+///         assert!(reason.contains("[4, 2]") && reason.contains("[3, 2]"));
+///     }
+///     r => panic!("expected a shape mismatch, got {r:?}"),
+/// }
+/// save_params(&path, &model, &[])?;
+/// let (w, _) = load_params_like(&path, &model)?;
+/// assert_eq!(w, model);
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), datarater::Error>(())
+/// ```
+pub fn load_params_like<F: Float>(
+    path: impl AsRef<Path>,
+    template: &Params<Tensor<F>>,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    let (bytes, source) = read(path.as_ref())?;
+    decode(&bytes, &source, DtypePolicy::Exact, Some(template))
 }
 
 /// Parses safetensors bytes (what [`load_params_with`] does after reading the file).
@@ -208,33 +256,111 @@ pub fn decode_params<F: Float>(
     bytes: &[u8],
     policy: DtypePolicy,
 ) -> Result<(Params<Tensor<F>>, Metadata)> {
-    decode(bytes, policy).map_err(|reason| Error::File {
-        path: IN_MEMORY.into(),
-        reason,
-    })
+    decode(bytes, IN_MEMORY, policy, None)
+}
+
+/// Parses safetensors bytes that must fit `template` (what [`load_params_like`] does
+/// after reading the file); errors name the source `"<in-memory safetensors>"`.
+///
+/// # Errors
+/// As for [`load_params_like`].
+pub fn decode_params_like<F: Float>(
+    bytes: &[u8],
+    template: &Params<Tensor<F>>,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    decode(bytes, IN_MEMORY, DtypePolicy::Exact, Some(template))
+}
+
+/// The file's bytes and its display name for errors.
+fn read(path: &Path) -> Result<(Vec<u8>, String)> {
+    let source = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => Ok((bytes, source)),
+        Err(e) => Err(Error::File {
+            path: source,
+            reason: format!("cannot read: {e}"),
+        }),
+    }
 }
 
 /// Upper bound on the header size, as in the reference implementation.
 const MAX_HEADER: u64 = 100_000_000;
 
-/// Validates the header with precise messages, then reads the tensors through the
-/// safetensors crate.
+/// Validates the header with precise messages, checks it against `template` if given,
+/// then reads the tensors through the safetensors crate. `source` names the file in
+/// errors.
 fn decode<F: Float>(
     bytes: &[u8],
+    source: &str,
     policy: DtypePolicy,
-) -> std::result::Result<(Params<Tensor<F>>, Metadata), String> {
-    let metadata = validate_header(bytes)?;
-    let st =
-        SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
+    template: Option<&Params<Tensor<F>>>,
+) -> Result<(Params<Tensor<F>>, Metadata)> {
+    let file_err = |reason| Error::File {
+        path: source.to_string(),
+        reason,
+    };
+    let header = validate_header(bytes).map_err(file_err)?;
+    if let Some(template) = template {
+        check_against(&header.tensors, template, source)?;
+    }
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| file_err(format!("invalid safetensors file: {e}")))?;
     let mut params = Params::new();
     // Name order, so the first offending tensor reported is deterministic.
     let mut tensors = st.tensors();
     tensors.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in tensors {
-        let tensor = decode_tensor::<F>(&name, view.dtype(), view.shape(), view.data(), policy)?;
+        let tensor = decode_tensor::<F>(&name, view.dtype(), view.shape(), view.data(), policy)
+            .map_err(file_err)?;
         params.insert(name, tensor);
     }
-    Ok((params, metadata))
+    Ok((params, header.metadata))
+}
+
+/// The first difference, in name order, between the file's tensors and `template`.
+fn check_against<F: Float>(
+    file: &BTreeMap<String, (Dtype, Vec<u64>)>,
+    template: &Params<Tensor<F>>,
+    source: &str,
+) -> Result<()> {
+    let names: BTreeSet<&str> = file
+        .keys()
+        .map(String::as_str)
+        .chain(template.names())
+        .collect();
+    let want = dtype_of::<F>();
+    for name in names {
+        let reason = match (file.get(name), template.get(name)) {
+            (None, Some(t)) => format!(
+                "missing from {source}: the model has a tensor of this name with shape {:?}",
+                t.shape()
+            ),
+            (Some(_), None) => {
+                format!("unexpected: {source} has a tensor of this name but the model does not")
+            }
+            (Some((dtype, _)), Some(_)) if *dtype != want => format!(
+                "{source} stores it as {dtype:?} but the model uses {want:?} \
+                 (load_params_with with DtypePolicy::Convert converts)"
+            ),
+            (Some((_, shape)), Some(t))
+                if !shape
+                    .iter()
+                    .copied()
+                    .eq(t.shape().iter().map(|&d| d as u64)) =>
+            {
+                format!(
+                    "{source} has shape {shape:?} but the model expects {:?}",
+                    t.shape()
+                )
+            }
+            _ => continue,
+        };
+        return Err(Error::Params {
+            name: name.to_string(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 fn decode_tensor<F: Float>(
@@ -312,9 +438,16 @@ fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
+/// What a validated header holds.
+struct Header {
+    metadata: Metadata,
+    /// Each tensor's dtype and shape, by name.
+    tensors: BTreeMap<String, (Dtype, Vec<u64>)>,
+}
+
 /// Checks the length prefix, header JSON, metadata and every tensor entry, naming the
-/// offending field. Returns the metadata.
-fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
+/// offending field.
+fn validate_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     let Some(prefix) = bytes.get(..8) else {
         return Err(format!(
             "file is {} bytes, too short for the 8-byte header length that starts a \
@@ -346,6 +479,7 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
     };
     let data_len = bytes.len() - 8 - n;
     let mut metadata = Metadata::new();
+    let mut tensors = BTreeMap::new();
     let mut spans = Vec::new();
     for (name, entry) in &entries {
         if name == METADATA_KEY {
@@ -384,6 +518,18 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
                     "tensor `{name}`: field `data_offsets` is not a pair of non-negative integers"
                 )
             })?;
+        // ndarray indexes with `isize`: the product of the non-zero axes must fit, even
+        // for an empty tensor (e.g. shape [0, 2^32, 2^32]).
+        let indexable = shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_some_and(|n| n <= isize::MAX as u64);
+        if !indexable {
+            return Err(format!(
+                "tensor `{name}`: field `shape` {shape:?} is too large to index on this platform"
+            ));
+        }
         let (begin, end) = (offsets[0], offsets[1]);
         if begin > end {
             return Err(format!(
@@ -409,6 +555,7 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
             ));
         }
         spans.push((begin, end, name));
+        tensors.insert(name.clone(), (dtype, shape));
     }
     // The data section must be tiled by the tensors, without gaps or overlaps.
     spans.sort();
@@ -433,7 +580,7 @@ fn validate_header(bytes: &[u8]) -> std::result::Result<Metadata, String> {
              (trailing bytes after the last tensor)"
         ));
     }
-    Ok(metadata)
+    Ok(Header { metadata, tensors })
 }
 
 fn uint_array(v: &Json) -> Option<Vec<u64>> {

@@ -58,6 +58,13 @@ pub mod optim;
 pub mod rng;
 pub mod trainer;
 
+pub use ndarray;
+
+/// README.md's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};
 pub use error::{Error, Result};
 pub use rng::Rng;

@@ -1,10 +1,11 @@
 //! Safetensors checkpoints: exact round trips, malformed files, dtype policy.
 
 use datarater::io::{
-    DtypePolicy, METADATA_KEY, decode_params, encode_params, load_params, load_params_with,
-    save_params,
+    DtypePolicy, METADATA_KEY, decode_params, decode_params_like, encode_params, load_params,
+    load_params_like, load_params_with, save_params,
 };
 use datarater::{Error, Params, Rng, Tensor};
+use proptest::prelude::*;
 use std::path::PathBuf;
 
 struct TempDir(PathBuf);
@@ -448,4 +449,348 @@ fn io_errors_and_reserved_names() {
         save_params(dir.path("r.safetensors"), &r, &[]),
         Err(Error::Params { name, .. }) if name == METADATA_KEY
     ));
+}
+
+// ---- loading against the model that will use the file --------------------------------
+
+/// The `(name, reason)` of a parameter-mismatch error.
+fn params_mismatch<T: std::fmt::Debug>(r: Result<T, Error>) -> (String, String) {
+    match r {
+        Err(Error::Params { name, reason }) => (name, reason),
+        other => panic!("expected a Params error, got {other:?}"),
+    }
+}
+
+#[test]
+fn load_like_accepts_a_matching_file_and_reads_no_template_values() {
+    let dir = TempDir::new("like-ok");
+    let p = random_params::<f64>(10);
+    let path = dir.path("p.safetensors");
+    save_params(&path, &p, &[("step", "7")]).unwrap();
+    // The template's values are irrelevant: only names and shapes count.
+    let template = p.zeros_like();
+    let (q, meta) = load_params_like(&path, &template).unwrap();
+    assert_eq!(q, p);
+    assert_eq!(meta["step"], "7");
+    let (q, _) = decode_params_like(&std::fs::read(&path).unwrap(), &template).unwrap();
+    assert_eq!(q, p);
+}
+
+#[test]
+fn load_like_names_a_missing_tensor() {
+    let dir = TempDir::new("like-missing");
+    let model = random_params::<f32>(11);
+    let mut saved = model.clone();
+    saved = saved
+        .iter()
+        .filter(|(n, _)| *n != "conv")
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let path = dir.path("p.safetensors");
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "conv");
+    assert!(reason.contains("missing"), "{reason}");
+    assert!(reason.contains(&path.display().to_string()), "{reason}");
+    assert!(reason.contains("[2, 3, 4]"), "{reason}");
+    // Plain loading accepts the same file: the check is what load_params_like adds.
+    assert!(load_params::<f32>(&path).is_ok());
+}
+
+#[test]
+fn load_like_names_an_unexpected_tensor() {
+    let model = random_params::<f32>(12);
+    let mut saved = model.clone();
+    saved.insert("block1.extra", Tensor::zeros(&[2]));
+    let bytes = encode_params(&saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(decode_params_like(&bytes, &model));
+    assert_eq!(name, "block1.extra");
+    assert!(reason.contains("unexpected"), "{reason}");
+    assert!(reason.contains(MEM), "{reason}");
+}
+
+#[test]
+fn load_like_names_a_shape_mismatch() {
+    let dir = TempDir::new("like-shape");
+    let model = random_params::<f64>(13);
+    let mut saved = model.clone();
+    saved.insert("head.bias", Tensor::zeros(&[4]));
+    let path = dir.path("p.safetensors");
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "head.bias");
+    assert!(reason.contains("[4]") && reason.contains("[3]"), "{reason}");
+    // Same element count, other shape: still a mismatch.
+    saved.insert("head.bias", model["head.bias"].clone());
+    saved.insert("block0.attn.wq", Tensor::zeros(&[25]));
+    save_params(&path, &saved, &[]).unwrap();
+    let (name, reason) = params_mismatch(load_params_like(&path, &model));
+    assert_eq!(name, "block0.attn.wq");
+    assert!(
+        reason.contains("[25]") && reason.contains("[5, 5]"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn load_like_names_a_dtype_mismatch() {
+    let model = random_params::<f32>(14);
+    // The same names and shapes saved in f64.
+    let bytes = encode_params(&model.cast::<f64>(), &[]).unwrap();
+    let (name, reason) = params_mismatch(decode_params_like(&bytes, &model));
+    assert_eq!(name, "block0.attn.wq", "first name in order");
+    assert!(reason.contains("F64") && reason.contains("F32"), "{reason}");
+}
+
+#[test]
+fn load_like_reports_the_first_mismatch_in_name_order() {
+    let model = random_params::<f64>(15);
+    let mut saved = Params::new();
+    for (n, t) in model.iter() {
+        match n {
+            "block0.ln.gain" => {}                               // missing
+            "head.bias" => saved.insert(n, Tensor::zeros(&[9])), // wrong shape
+            _ => saved.insert(n, t.clone()),
+        }
+    }
+    saved.insert("zzz", Tensor::zeros(&[1])); // unexpected
+    saved.insert("aaa", Tensor::zeros(&[1])); // unexpected, and first of all
+    let bytes = encode_params(&saved, &[]).unwrap();
+    let name_of = |saved: &Params<Tensor<f64>>| {
+        params_mismatch(decode_params_like(
+            &encode_params(saved, &[]).unwrap(),
+            &model,
+        ))
+        .0
+    };
+    assert_eq!(params_mismatch(decode_params_like(&bytes, &model)).0, "aaa");
+    let mut s = saved.clone();
+    s = s
+        .iter()
+        .filter(|(n, _)| *n != "aaa")
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    assert_eq!(name_of(&s), "block0.ln.gain");
+    s.insert("block0.ln.gain", model["block0.ln.gain"].clone());
+    assert_eq!(name_of(&s), "head.bias");
+    s.insert("head.bias", model["head.bias"].clone());
+    assert_eq!(name_of(&s), "zzz");
+}
+
+#[test]
+fn load_like_reports_a_malformed_file_as_a_file_error_first() {
+    let model = random_params::<f32>(16);
+    let mut bytes = encode_params(&model, &[]).unwrap();
+    bytes.pop(); // truncated: the format problem wins over any mismatch
+    let reason = file_reason(decode_params_like(&bytes, &model), MEM);
+    assert!(
+        reason.contains("trailing") || reason.contains("past the end"),
+        "{reason}"
+    );
+    let dir = TempDir::new("like-missing-file");
+    let path = dir.path("absent.safetensors");
+    let reason = file_reason(load_params_like(&path, &model), &path.display().to_string());
+    assert!(reason.contains("cannot read"), "{reason}");
+}
+
+// ---- hostile bytes: every loader returns Ok or Err, never panics -----------------------
+
+/// Runs every loader on `bytes` (in memory and from a file) with both element types and
+/// both dtype policies, with and without a template. Any panic fails the calling test;
+/// the results themselves may be `Ok` or `Err`.
+fn every_loader(bytes: &[u8], path: &std::path::Path) {
+    for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+        let _ = decode_params::<f32>(bytes, policy);
+        let _ = decode_params::<f64>(bytes, policy);
+    }
+    let t32 = random_params::<f32>(1);
+    let t64 = random_params::<f64>(1);
+    let _ = decode_params_like(bytes, &t32);
+    let _ = decode_params_like(bytes, &t64);
+    std::fs::write(path, bytes).unwrap();
+    let _ = load_params::<f32>(path);
+    let _ = load_params::<f64>(path);
+    for policy in [DtypePolicy::Exact, DtypePolicy::Convert] {
+        let _ = load_params_with::<f32>(path, policy);
+        let _ = load_params_with::<f64>(path, policy);
+    }
+    let _ = load_params_like(path, &t32);
+    let _ = load_params_like(path, &t64);
+    // A template that agrees with whatever the file declares, so the like-loaders get
+    // past the name and shape checks to the data as well.
+    if let Ok((p, _)) = decode_params::<f32>(bytes, DtypePolicy::Convert) {
+        let _ = decode_params_like(bytes, &p);
+        let _ = load_params_like(path, &p);
+        let _ = decode_params_like(bytes, &p.cast::<f64>());
+    }
+}
+
+#[test]
+fn every_truncation_of_a_valid_file_is_an_error() {
+    let dir = TempDir::new("every-cut");
+    let path = dir.path("cut.safetensors");
+    let p = random_params::<f32>(21);
+    let full = encode_params(&p, &[("k", "v")]).unwrap();
+    for cut in 0..full.len() {
+        every_loader(&full[..cut], &path);
+        // Each of the strict loaders must say it failed (the file is incomplete).
+        file_reason(decode_params::<f32>(&full[..cut], DtypePolicy::Exact), MEM);
+        file_reason(decode_params_like(&full[..cut], &p), MEM);
+    }
+    every_loader(&full, &path);
+    assert_eq!(decode_params_like(&full, &p).unwrap().0, p);
+}
+
+/// JSON for a header field value: ordinary and hostile numbers, negative, fractional,
+/// huge, or not numbers at all.
+fn json_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..64).prop_map(|n| n.to_string()),
+        Just("0".to_string()),
+        Just((1u64 << 31).to_string()),
+        Just((1u64 << 32).to_string()),
+        Just((1u64 << 62).to_string()),
+        Just((1u64 << 63).to_string()),
+        Just(u64::MAX.to_string()),
+        Just("18446744073709551616".to_string()), // 2^64
+        Just("1e300".to_string()),
+        Just("-1".to_string()),
+        Just("-9223372036854775808".to_string()),
+        Just("1.5".to_string()),
+        Just("null".to_string()),
+        Just("\"8\"".to_string()),
+        Just("[]".to_string()),
+    ]
+}
+
+fn json_dtype() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "\"F32\"",
+        "\"F64\"",
+        "\"F16\"",
+        "\"BF16\"",
+        "\"F8_E4M3\"",
+        "\"F8_E5M2\"",
+        "\"F4\"",
+        "\"F6_E2M3\"",
+        "\"I64\"",
+        "\"U8\"",
+        "\"BOOL\"",
+        "\"C64\"",
+        "\"f32\"",
+        "\"\"",
+        "7",
+        "null",
+    ])
+    .prop_map(str::to_string)
+}
+
+/// A hand-made header with hostile shapes and offsets, and some data bytes.
+fn crafted_file() -> impl Strategy<Value = Vec<u8>> {
+    let entry = (
+        prop::sample::select(vec!["a", "b", "__metadata__", "", "a.b"]),
+        json_dtype(),
+        prop::collection::vec(json_number(), 0..4),
+        prop::collection::vec(json_number(), 0..4),
+    )
+        .prop_map(|(name, dtype, shape, offsets)| {
+            format!(
+                "\"{name}\":{{\"dtype\":{dtype},\"shape\":[{}],\"data_offsets\":[{}]}}",
+                shape.join(","),
+                offsets.join(",")
+            )
+        });
+    (
+        prop::collection::vec(entry, 0..4),
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(entries, data)| raw_file(&format!("{{{}}}", entries.join(",")), &data))
+}
+
+/// Files that are wrong before the tensors: lengths, encodings, JSON shapes.
+fn hostile_header() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // A length prefix far larger than the file (or than memory).
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..32)).prop_map(|(n, rest)| {
+            let mut b = n.to_le_bytes().to_vec();
+            b.extend(rest);
+            b
+        }),
+        Just({
+            let mut b = u64::MAX.to_le_bytes().to_vec();
+            b.extend_from_slice(b"{}");
+            b
+        }),
+        // Deeply nested JSON.
+        (1usize..5000).prop_map(|d| raw_file(&("[".repeat(d) + &"]".repeat(d)), &[])),
+        (1usize..5000)
+            .prop_map(|d| { raw_file(&("{\"a\":".repeat(d) + "1" + &"}".repeat(d)), &[]) }),
+        // Non-UTF-8 bytes inside the header.
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|h| {
+            let mut b = (h.len() as u64).to_le_bytes().to_vec();
+            b.extend(h);
+            b
+        }),
+        Just(raw_bytes_header(b"{\"a\xff\":{}}")),
+        Just(raw_file(
+            "{\"__metadata__\":{\"k\":{\"nested\":[1,2]}}}",
+            &[]
+        )),
+        Just(raw_file(
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,4294967296,4294967296],\"data_offsets\":[0,0]}}",
+            &[]
+        )),
+        Just(raw_file(
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,18446744073709551615,2],\"data_offsets\":[0,0]}}",
+            &[]
+        )),
+    ]
+}
+
+fn raw_bytes_header(h: &[u8]) -> Vec<u8> {
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(h);
+    b
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let dir = TempDir::new("hostile-random");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn byte_flips_in_a_valid_file_never_panic(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..6),
+        f64_file in any::<bool>(),
+    ) {
+        let dir = TempDir::new("hostile-flip");
+        let mut bytes = if f64_file {
+            encode_params(&random_params::<f64>(3), &[("k", "v")]).unwrap()
+        } else {
+            encode_params(&random_params::<f32>(3), &[("k", "v")]).unwrap()
+        };
+        for (i, x) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn crafted_headers_never_panic(bytes in crafted_file()) {
+        let dir = TempDir::new("hostile-crafted");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+    }
+
+    #[test]
+    fn hostile_headers_never_panic(bytes in hostile_header()) {
+        let dir = TempDir::new("hostile-header");
+        every_loader(&bytes, &dir.path("f.safetensors"));
+        // None of these is a valid file.
+        prop_assert!(decode_params::<f32>(&bytes, DtypePolicy::Convert).is_err());
+    }
 }

@@ -629,11 +629,7 @@ fn invalid_inner_optimisers_are_config_errors() {
     let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
     let mut rng = Rng::new(5);
     let eta = rater.init(&mut rng);
-    let no_eps = Adam {
-        eps: 0.0,
-        eps_root: 0.0,
-        ..Adam::new(0.05)
-    };
+    let no_eps = Adam::new(0.05).with_eps(0.0).with_eps_root(0.0);
     let adam = regression(no_eps);
     let sgd = sgd_regression(Sgd::new(-0.1));
     let theta = adam.init(&mut rng);

@@ -1034,3 +1034,92 @@ fn f32_gradient_matches_f64() {
     let r = compare(&h32.cast(), &h64).unwrap();
     assert!(r.rel <= 1e-3, "{r:?}");
 }
+
+// ---- checked helpers on plain tensors ---------------------------------------------------
+
+fn index_err<T: std::fmt::Debug>(r: datarater::Result<T>) -> (&'static str, usize, usize) {
+    match r {
+        Err(datarater::Error::Index { op, index, size }) => (op, index, size),
+        other => panic!("expected an index error, got {other:?}"),
+    }
+}
+
+#[test]
+fn try_concat_matches_the_differentiable_concat_and_checks_shapes() {
+    let mut rng = Rng::new(31);
+    let a = normal(&mut rng, &[2, 3, 4]);
+    let b = normal(&mut rng, &[2, 1, 4]);
+    let c = normal(&mut rng, &[2, 5, 4]);
+    for (parts, axis) in [(vec![&a, &b, &c], 1), (vec![&a, &a], 0), (vec![&a, &a], 2)] {
+        assert_eq!(
+            Tensor::try_concat(&parts, axis).unwrap(),
+            <Tensor<f64> as Value>::concat(&parts, axis)
+        );
+    }
+    let shape_err = |r: datarater::Result<Tensor<f64>>| match r {
+        Err(datarater::Error::Shape { lhs, rhs, .. }) => (lhs, rhs),
+        other => panic!("expected a shape error, got {other:?}"),
+    };
+    assert_eq!(
+        shape_err(Tensor::try_concat(&[&a, &b], 0)),
+        (vec![2, 3, 4], vec![2, 1, 4])
+    );
+    let flat = normal(&mut rng, &[24]);
+    assert_eq!(
+        shape_err(Tensor::try_concat(&[&a, &flat], 0)),
+        (vec![2, 3, 4], vec![24])
+    );
+    assert_eq!(index_err(Tensor::try_concat(&[&a], 3)).1, 3);
+    assert!(matches!(
+        Tensor::<f64>::try_concat(&[], 0),
+        Err(datarater::Error::Usage(_))
+    ));
+}
+
+#[test]
+fn rows_and_select_rows_take_rows_in_order_and_check_indices() {
+    let x = Tensor::<f64>::from_vec(&[4, 2, 1], (0..8).map(f64::from).collect()).unwrap();
+    assert_eq!(x.rows(1..3).unwrap().shape(), &[2, 2, 1]);
+    assert_eq!(x.rows(1..3).unwrap().to_vec(), vec![2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(x.rows(4..4).unwrap().shape(), &[0, 2, 1]);
+    assert_eq!(x.rows(0..4).unwrap(), x);
+    assert_eq!(index_err(x.rows(2..5)), ("Tensor::rows", 5, 4));
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = x.rows(3..1);
+    assert_eq!(index_err(reversed), ("Tensor::rows", 3, 4));
+    assert_eq!(index_err(Tensor::scalar(1.0f64).rows(0..0)).2, 0);
+
+    let y = x.select_rows(&[3, 0, 3]).unwrap();
+    assert_eq!(y.shape(), &[3, 2, 1]);
+    assert_eq!(y.to_vec(), vec![6.0, 7.0, 0.0, 1.0, 6.0, 7.0]);
+    assert_eq!(x.select_rows(&[]).unwrap().shape(), &[0, 2, 1]);
+    assert_eq!(
+        index_err(x.select_rows(&[1, 4, 9])),
+        ("Tensor::select_rows", 4, 4)
+    );
+    assert_eq!(index_err(Tensor::scalar(1.0f64).select_rows(&[])).2, 0);
+    // Same rows as the differentiable gather for a 2-D table.
+    let t = x.reshape(&[4, 2]);
+    let idx = Indices::new(&[3], vec![3, 0, 3]).unwrap();
+    assert_eq!(
+        t.select_rows(&[3, 0, 3]).unwrap(),
+        t.gather_rows(&idx).unwrap()
+    );
+}
+
+#[test]
+fn one_hot_puts_one_one_per_row() {
+    let t = Tensor::<f64>::one_hot(&[1, 3, 1, 0], 4).unwrap();
+    assert_eq!(t.shape(), &[4, 4]);
+    for (row, &c) in [1, 3, 1, 0].iter().enumerate() {
+        let r = t.rows(row..row + 1).unwrap().to_vec();
+        let want: Vec<f64> = (0..4).map(|j| if j == c { 1.0 } else { 0.0 }).collect();
+        assert_eq!(r, want, "row {row}");
+    }
+    assert_eq!(Tensor::<f32>::one_hot(&[], 5).unwrap().shape(), &[0, 5]);
+    assert_eq!(
+        index_err(Tensor::<f32>::one_hot(&[0, 5, 7], 5)),
+        ("Tensor::one_hot", 5, 5)
+    );
+    assert_eq!(index_err(Tensor::<f32>::one_hot(&[0], 0)).2, 0);
+}

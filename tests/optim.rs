@@ -5,6 +5,7 @@
 
 use datarater::autodiff::check::{compare, fd_gradient};
 use datarater::optim::{Adam, Adjoint, DEFAULT_EPS_ROOT, Momentum, OptState, Optimizer, Sgd};
+use datarater::transforms::{grad, value_and_grad};
 use datarater::{Error, Params, Rng, Tape, Tensor, Value, Var};
 use proptest::prelude::*;
 
@@ -647,15 +648,22 @@ fn validation_rejects_bad_hyper_parameters() {
         .is_ok()
     );
 
-    for lr in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+    for lr in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert_eq!(bad_field(Sgd::new(lr).validate()), "lr");
+        assert_eq!(bad_field(Optimizer::validate(&Sgd::new(lr))), "lr");
         assert_eq!(bad_field(Momentum::new(lr, 0.9).validate()), "lr");
+        assert_eq!(bad_field(Momentum::nesterov(lr, 0.9).validate()), "lr");
+        assert_eq!(
+            bad_field(Optimizer::validate(&Momentum::new(lr, 0.9))),
+            "lr"
+        );
         assert_eq!(bad_field(Adam::new(lr).validate()), "lr");
         // Through the trait as well.
         assert_eq!(bad_field(Optimizer::validate(&Adam::new(lr))), "lr");
     }
-    for beta in [1.0, 1.5, -0.1, f64::NAN] {
+    for beta in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
         assert_eq!(bad_field(Momentum::new(0.1, beta).validate()), "beta");
+        assert_eq!(bad_field(Momentum::nesterov(0.1, beta).validate()), "beta");
         let a = Adam::new(1e-3);
         assert_eq!(bad_field(Adam { beta1: beta, ..a }.validate()), "beta1");
         assert_eq!(bad_field(Adam { beta2: beta, ..a }.validate()), "beta2");
@@ -721,4 +729,130 @@ fn adjoint_panics_on_a_state_of_the_wrong_optimiser() {
     let theta = normal_params(&mut rng, 1.0);
     let mom_state = Momentum::new(0.1, 0.9).init(&theta);
     let _ = Adam::new(1e-3).adjoint(&theta, &mom_state, &theta, &theta, &[]);
+}
+
+// ---- builders and the eps_root default ----------------------------------------------
+
+#[test]
+fn adam_builders_set_one_field_each() {
+    let base = Adam::new(0.01);
+    let opt = base
+        .with_eps_root(1e-20)
+        .with_weight_decay(0.1)
+        .with_betas(0.8, 0.95)
+        .with_eps(1e-6);
+    assert_eq!(
+        opt,
+        Adam {
+            lr: 0.01,
+            beta1: 0.8,
+            beta2: 0.95,
+            eps: 1e-6,
+            eps_root: 1e-20,
+            weight_decay: 0.1,
+        }
+    );
+    assert_eq!(base.with_weight_decay(0.1), Adam::adamw(0.01, 0.1));
+    assert_eq!(base.eps_root, DEFAULT_EPS_ROOT);
+    assert_eq!(bad_field(base.with_betas(0.9, 1.0).validate()), "beta2");
+    assert_eq!(bad_field(base.with_eps(f64::NAN).validate()), "eps");
+}
+
+/// `dJ/d eta` for a small weighted regression, by reverse-over-reverse autodiff through
+/// `steps` Adam steps: inner loss `sum_i softmax(x eta)_i (x_i . w - y_i)^2`, outer loss
+/// the mean squared error on held-out rows. Feature 3 is zero in every training row, so
+/// its gradient is exactly zero at every step (`v_hat = 0`, where `eps_root` matters).
+fn adam_meta_gradient(opt: Adam<f64>, steps: usize) -> P {
+    let mut rng = Rng::new(5);
+    let (n, d) = (8, 4);
+    let rows = |rng: &mut Rng, dead: bool| {
+        let x: Vec<f64> = (0..n * d)
+            .map(|i| {
+                if dead && i % d == 3 {
+                    0.0
+                } else {
+                    rng.normal()
+                }
+            })
+            .collect();
+        let y: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        (
+            Tensor::from_vec(&[n, d], x).unwrap(),
+            Tensor::from_vec(&[n, 1], y).unwrap(),
+        )
+    };
+    let (x, y) = rows(&mut rng, true);
+    let (xo, yo) = rows(&mut rng, false);
+    let mut eta = Params::new();
+    eta.insert(
+        "e",
+        Tensor::from_vec(&[d, 1], vec![0.3, -0.2, 0.5, 0.1]).unwrap(),
+    );
+    let mut theta0 = Params::new();
+    theta0.insert(
+        "w",
+        Tensor::from_vec(&[d, 1], vec![0.1, 0.2, -0.1, 0.4]).unwrap(),
+    );
+    let state0 = opt.init(&theta0);
+    let (_, g) = value_and_grad(
+        |eta: &Params<Var<Tensor<f64>>>| -> datarater::Result<Var<Tensor<f64>>> {
+            let c = |t: &Tensor<f64>| Var::constant(t.clone());
+            let mut theta = theta0.map(c);
+            let mut state = OptState {
+                step: state0.step,
+                slots: state0.slots.iter().map(|s| s.map(c)).collect(),
+            };
+            for _ in 0..steps {
+                // Differentiate the inner loss with respect to theta and eta together
+                // (so eta stays live on the outer tape), then keep theta's part.
+                let mut both = Params::new();
+                both.extend_scoped("theta", theta.clone());
+                both.extend_scoped("eta", eta.clone());
+                let g_all = grad(
+                    |p| {
+                        let cc = |t: &Tensor<f64>| Var::<Var<Tensor<f64>>>::constant(t.clone());
+                        let w = p.scope("eta")["e"].clone();
+                        let weights = cc(&x).matmul(&w).softmax(0);
+                        let r = cc(&x).matmul(&p.scope("theta")["w"]).sub(&cc(&y));
+                        weights.mul(&r.square()).sum_all()
+                    },
+                    &both,
+                )?;
+                (theta, state) = opt.update(&theta, &state, &g_all.scope("theta"));
+            }
+            let r = c(&xo).matmul(&theta["w"]).sub(&c(&yo));
+            Ok(r.square().mean_all())
+        },
+        &eta,
+    )
+    .unwrap();
+    g
+}
+
+/// optax's `adam` has `eps_root = 0`; ours defaults to 1e-12. Measures what that does to
+/// a meta-gradient (quoted in the docs of `Adam::with_eps_root`): with a dead feature,
+/// exactly 0 gives NaN, while 1e-12 and a tiny 1e-30 agree closely.
+#[test]
+fn eps_root_default_barely_moves_a_meta_gradient() {
+    let opt = Adam::new(0.1);
+    let ours = adam_meta_gradient(opt, 3);
+    let tiny = adam_meta_gradient(opt.with_eps_root(1e-30), 3);
+    let zero = adam_meta_gradient(opt.with_eps_root(0.0), 3);
+    assert!(ours["e"].is_finite() && tiny["e"].is_finite());
+    assert!(
+        !zero["e"].is_finite(),
+        "textbook Adam's adjoint is NaN at v = 0"
+    );
+    let (a, b) = (ours["e"].to_vec(), tiny["e"].to_vec());
+    let max_abs = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let diff: Vec<f64> = a.iter().zip(&b).map(|(p, q)| p - q).collect();
+    let rel = max_abs(&diff) / max_abs(&b);
+    println!("meta-gradient, eps_root 1e-12: {a:?}");
+    println!("meta-gradient, eps_root 1e-30: {b:?}");
+    println!("relative difference (max norm): {rel:.3e}");
+    assert!(
+        max_abs(&b) > 1e-3,
+        "the meta-gradient is not trivially zero"
+    );
+    assert!(rel > 0.0 && rel < 1e-6, "relative difference {rel:e}");
 }

@@ -419,11 +419,7 @@ fn bad_settings_name_the_field() {
         field(
             TextLm::new(
                 t.inner.lm.clone(),
-                Adam {
-                    eps: 0.0,
-                    eps_root: 0.0,
-                    ..Adam::<f64>::new(0.1)
-                }
+                Adam::<f64>::new(0.1).with_eps(0.0).with_eps_root(0.0)
             )
             .map(|_| ())
         ),

@@ -22,19 +22,27 @@ impl<F: Float> Tensor<F> {
     /// use datarater::Tensor;
     /// let t = Tensor::<f64>::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
     /// assert_eq!(t.shape(), &[2, 2]);
+    /// assert!(Tensor::<f64>::from_vec(&[3], vec![1.0]).is_err());
+    /// assert!(Tensor::<f64>::from_vec(&[0, 1 << 32, 1 << 32], vec![]).is_err());
     /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] (shape first, then `[data.len()]`) if the element count differs
+    /// or the shape is too large to index (ndarray needs the product of the non-zero axis
+    /// lengths to fit in `isize`, even for an empty tensor such as `[0, 2^32, 2^32]`).
     pub fn from_vec(shape: &[usize], data: Vec<F>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::Shape {
-                op: "from_vec",
-                lhs: shape.to_vec(),
-                rhs: vec![data.len()],
-            });
+        let len = data.len();
+        let err = || Error::Shape {
+            op: "from_vec",
+            lhs: shape.to_vec(),
+            rhs: vec![len],
+        };
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(len) {
+            return Err(err());
         }
-        Ok(Self::from_array(
-            ArrayD::from_shape_vec(IxDyn(shape), data).expect("checked length"),
-        ))
+        let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| err())?;
+        Ok(Self::from_array(a))
     }
 
     /// A rank-0 tensor.
@@ -128,6 +136,150 @@ impl<F: Float> Tensor<F> {
     /// Bytes held by the buffer.
     pub fn nbytes(&self) -> usize {
         self.len() * std::mem::size_of::<F>()
+    }
+
+    // ---- checked helpers for preparing data -------------------------------------
+    //
+    // The differentiable shape ops (`Value::concat`, `Value::slice`,
+    // `Value::gather_rows`) are model code: a bad shape there is a bug and panics. These
+    // build plain tensors from user data, so bad input is a typed error.
+
+    /// Concatenates plain tensors along `axis` (all other axes must agree): the checked
+    /// form of [`Value::concat`] for data preparation.
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// let a = Tensor::<f32>::from_vec(&[1, 2], vec![1.0, 2.0])?;
+    /// let b = Tensor::<f32>::from_vec(&[2, 2], vec![3.0, 4.0, 5.0, 6.0])?;
+    /// let c = Tensor::try_concat(&[&a, &b], 0)?;
+    /// assert_eq!(c.shape(), &[3, 2]);
+    /// assert_eq!(c.to_vec(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    /// assert!(Tensor::try_concat(&[&a, &b], 1).is_err()); // 1 row vs 2 rows
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for no parts; [`Error::Index`] if `axis` is not an axis of the
+    /// first part; [`Error::Shape`] (first part, offending part) if a part's rank or
+    /// another axis differs.
+    pub fn try_concat(parts: &[&Self], axis: usize) -> Result<Self> {
+        const OP: &str = "Tensor::try_concat";
+        let Some(first) = parts.first() else {
+            return Err(Error::Usage(format!("{OP}: no tensors to concatenate")));
+        };
+        let rank = first.shape().len();
+        if axis >= rank {
+            return Err(Error::Index {
+                op: OP,
+                index: axis,
+                size: rank,
+            });
+        }
+        for p in parts {
+            let agree = p.shape().len() == rank
+                && (0..rank).all(|i| i == axis || p.shape()[i] == first.shape()[i]);
+            if !agree {
+                return Err(Error::Shape {
+                    op: OP,
+                    lhs: first.shape().to_vec(),
+                    rhs: p.shape().to_vec(),
+                });
+            }
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(axis), &views)
+            .map(Self::from_array)
+            .map_err(|e| Error::Usage(format!("{OP}: {e}")))
+    }
+
+    /// The rows `range` (along axis 0), e.g. a mini-batch of examples.
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// let x = Tensor::<f64>::from_vec(&[3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// assert_eq!(x.rows(1..3)?.to_vec(), vec![3.0, 4.0, 5.0, 6.0]);
+    /// assert!(x.rows(2..4).is_err());
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Index`] (index `max(start, end)`, size the row count) if the range is
+    /// reversed or runs past the last row, or the tensor is rank 0 (size 0).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let n = self.shape().first().copied().unwrap_or(0);
+        if self.shape().is_empty() || range.start > range.end || range.end > n {
+            return Err(Error::Index {
+                op: "Tensor::rows",
+                index: range.end.max(range.start),
+                size: n,
+            });
+        }
+        let r = self
+            .0
+            .slice_axis(ndarray::Axis(0), (range.start..range.end).into());
+        Ok(Self::from_array(r.to_owned()))
+    }
+
+    /// The rows at `index` (along axis 0), in that order and with repeats allowed: a
+    /// tensor of shape `[index.len(), ..]`, e.g. a shuffled or resampled batch.
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// let x = Tensor::<f64>::from_vec(&[3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// let y = x.select_rows(&[2, 0, 2])?;
+    /// assert_eq!(y.shape(), &[3, 2]);
+    /// assert_eq!(y.to_vec(), vec![5.0, 6.0, 1.0, 2.0, 5.0, 6.0]);
+    /// assert!(x.select_rows(&[3]).is_err());
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Index`] naming the first index that is not a row (for a rank-0
+    /// tensor, which has no rows, always an error with size 0).
+    pub fn select_rows(&self, index: &[usize]) -> Result<Self> {
+        let n = self.shape().first().copied().unwrap_or(0);
+        let bad = match self.shape() {
+            [] => Some(index.first().copied().unwrap_or(0)),
+            _ => index.iter().copied().find(|&i| i >= n),
+        };
+        if let Some(index) = bad {
+            return Err(Error::Index {
+                op: "Tensor::select_rows",
+                index,
+                size: n,
+            });
+        }
+        Ok(Self::from_array(self.0.select(ndarray::Axis(0), index)))
+    }
+
+    /// One-hot rows: shape `[indices.len(), classes]`, with a one at `(i, indices[i])`
+    /// and zeros elsewhere (e.g. class labels as regression targets or features).
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// let t = Tensor::<f32>::one_hot(&[2, 0], 3)?;
+    /// assert_eq!(t.shape(), &[2, 3]);
+    /// assert_eq!(t.to_vec(), vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+    /// assert!(Tensor::<f32>::one_hot(&[3], 3).is_err());
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Index`] naming the first index `>= classes`.
+    pub fn one_hot(indices: &[usize], classes: usize) -> Result<Self> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= classes) {
+            return Err(Error::Index {
+                op: "Tensor::one_hot",
+                index: bad,
+                size: classes,
+            });
+        }
+        let shape = [indices.len(), classes];
+        let mut a = ArrayD::zeros(IxDyn(&shape));
+        for (row, &c) in indices.iter().enumerate() {
+            a[[row, c]] = F::one();
+        }
+        Ok(Self::from_array(a))
     }
 
     /// Reshapes without copying when the data is contiguous.

@@ -76,6 +76,64 @@ impl<F: Float> Adam<F> {
         }
     }
 
+    /// The same optimiser with `eps_root` (added to `v_hat` inside the square root).
+    ///
+    /// **Differs from optax:** `optax.adam` defaults `eps_root` to `0`, ours to
+    /// [`DEFAULT_EPS_ROOT`] `= 1e-12`, because with `0` the adjoint is NaN wherever
+    /// `v_hat = 0` (see the [module docs](super)). To reproduce an optax run, either set a
+    /// tiny `eps_root` (exactly `0` fails only where `v_hat = 0`) or accept the
+    /// difference, which is small: on the f64 meta-gradient problem of
+    /// `tests/optim.rs::eps_root_default_barely_moves_a_meta_gradient` (3 Adam steps,
+    /// lr 0.1, one dead feature) the meta-gradient with `eps_root = 1e-12` differs from
+    /// the one with `eps_root = 1e-30` by a relative `2.4e-12` in max norm
+    /// (`cargo test --release --test optim eps_root -- --nocapture` prints it). The
+    /// forward update moves by at most a relative `eps_root / (2 v_hat)` per coordinate,
+    /// so the difference grows where gradients are tiny but not exactly zero.
+    ///
+    /// ```
+    /// use datarater::optim::Adam;
+    /// let optax_like = Adam::new(1e-3).with_eps_root(1e-30);
+    /// assert_eq!(optax_like.eps_root, 1e-30);
+    /// assert!(optax_like.validate().is_ok());
+    /// ```
+    #[must_use]
+    pub fn with_eps_root(self, eps_root: F) -> Self {
+        Adam { eps_root, ..self }
+    }
+
+    /// The same optimiser with decoupled weight decay `weight_decay` (AdamW).
+    #[must_use]
+    pub fn with_weight_decay(self, weight_decay: F) -> Self {
+        Adam {
+            weight_decay,
+            ..self
+        }
+    }
+
+    /// The same optimiser with moment decays `beta1` and `beta2`.
+    ///
+    /// ```
+    /// use datarater::optim::Adam;
+    /// let opt = Adam::new(3e-4f32).with_betas(0.9, 0.95).with_weight_decay(0.1).with_eps(1e-6);
+    /// assert_eq!((opt.beta1, opt.beta2, opt.weight_decay, opt.eps), (0.9, 0.95, 0.1, 1e-6));
+    /// // Builders do not validate; `validate` names a bad field.
+    /// assert!(Adam::new(1e-3f32).with_betas(0.9, 1.0).validate().is_err());
+    /// ```
+    #[must_use]
+    pub fn with_betas(self, beta1: F, beta2: F) -> Self {
+        Adam {
+            beta1,
+            beta2,
+            ..self
+        }
+    }
+
+    /// The same optimiser with `eps` (added to the denominator outside the square root).
+    #[must_use]
+    pub fn with_eps(self, eps: F) -> Self {
+        Adam { eps, ..self }
+    }
+
     /// Checks every hyper-parameter: `lr > 0`, betas in `[0, 1)`, `eps`, `eps_root` and
     /// `weight_decay` finite and `>= 0`, and `eps` and `eps_root` not both zero (the
     /// update would divide zero by zero where `g = v = 0`).
