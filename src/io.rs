@@ -657,7 +657,7 @@ pub fn decode_checked<F: Float>(
         path: path.to_string(),
         reason,
     };
-    let (params, metadata) = decode(bytes, policy).map_err(err)?;
+    let (params, metadata) = decode(bytes, path, policy, None)?;
     let Some(stored) = metadata.get(CHECKSUM_KEY) else {
         return Err(err(format!(
             "no `{CHECKSUM_KEY}` metadata entry (not written by datarater, or damaged)"
