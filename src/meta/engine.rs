@@ -68,7 +68,7 @@ pub struct MetaStats {
     pub recomputed_steps: usize,
 }
 
-/// The result of [`meta_gradient`].
+/// The result of [`MetaRequest::run`].
 #[derive(Clone, Debug)]
 pub struct MetaGradient<F: Float> {
     /// `d J(theta_T(eta)) / d eta`.

@@ -31,7 +31,7 @@ use std::ops::Range;
 ///
 /// `scores` must return shape `[batch]`, one score per example; the engines check it
 /// against the per-example losses and report any other shape (for example `[batch, 1]`)
-/// as [`Error::Shape`](crate::Error::Shape) instead of broadcasting it.
+/// as [`Error::Shape`] instead of broadcasting it.
 pub trait Rater<F: Float, B>: Sync {
     /// Fresh rater parameters `eta`.
     fn init(&self, rng: &mut Rng) -> Params<Tensor<F>>;
@@ -128,7 +128,7 @@ pub trait MetaOptimizer<F: Float>: Sync {
         state: &mut Self::State,
         step: usize,
     ) -> Result<Params<Tensor<F>>>;
-    /// Checks the hyper-parameters, returning [`Error::Config`](crate::Error::Config)
+    /// Checks the hyper-parameters, returning [`Error::Config`]
     /// naming the first bad one.
     fn validate(&self) -> Result<()> {
         Ok(())
