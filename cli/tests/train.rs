@@ -136,7 +136,10 @@ fn killed_and_resumed_equals_uninterrupted() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at = checkpoint_step(&run);
-    assert!(still_running && (3..40).contains(&at), "killed at step {at}");
+    assert!(
+        still_running && (3..40).contains(&at),
+        "killed at step {at}"
+    );
     let out = ok(&["train", "--resume", s(&run)]);
     assert!(out.contains("trained 40 outer steps"), "{out}");
     assert_eq!(
