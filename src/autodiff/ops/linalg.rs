@@ -2,6 +2,7 @@
 //! batch axes. Transposed operands are passed as strided views, never copied.
 
 use super::super::float::Float;
+use super::super::flops::{self, GemmShape};
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
@@ -26,6 +27,9 @@ fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
 }
 
 impl MatMul {
+    /// The op's name (what [`flops`](crate::autodiff::flops) tells it apart by).
+    pub const NAME: &'static str = "matmul";
+
     /// `(batch, m, k, n)` of `op_a(a) x op_b(b)` and the output shape, or a shape panic.
     fn dims(&self, sa: &[usize], sb: &[usize]) -> ((usize, usize, usize, usize), Vec<usize>) {
         let nd = sa.len();
@@ -58,6 +62,14 @@ impl MatMul {
         let nd = sa.len();
         let (batch, m, n) = c.dim();
         let k = if self.ta { sa[nd - 2] } else { sa[nd - 1] };
+        flops::add_gemm(GemmShape {
+            batch,
+            m,
+            k,
+            n,
+            ta: self.ta,
+            tb: self.tb,
+        });
         let a = a.array().as_standard_layout();
         let b = b.array().as_standard_layout();
         let a3 = a
@@ -92,7 +104,7 @@ fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
 
 impl<F: Float> Op<F> for MatMul {
     fn name(&self) -> &'static str {
-        "matmul"
+        Self::NAME
     }
     fn saves(&self) -> Saves {
         Saves::INPUTS
