@@ -16,6 +16,9 @@ use datarater::transforms::{jvp_grad_with, value_and_grad};
 use datarater::{Dual, Error, Float, Indices, Params, Result, Rng, Tensor, Value, Var};
 use std::time::Instant;
 
+/// One timed pass.
+type Pass<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
 fn flag(args: &[String], name: &'static str, default: usize) -> Result<usize> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
@@ -96,7 +99,7 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
             .build()
             .map_err(|e| Error::Usage(e.to_string()))?;
         pool.install(|| -> Result<()> {
-            let passes: [(&str, Box<dyn Fn() -> Result<()>>); 3] = [
+            let passes: [(&str, Pass); 3] = [
                 ("forward", Box::new(|| lm.logits(&p, &x).map(drop))),
                 ("gradient", Box::new(|| {
                         value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p)
