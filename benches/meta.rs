@@ -13,7 +13,7 @@
 //! ```
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use datarater::meta::{MetaProblem, Mode, meta_gradient};
+use datarater::meta::{MetaProblem, MetaRequest, Mode, weighted_sum};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::{Indices, Params, Result, Rng, Tensor, Value};
@@ -32,11 +32,16 @@ struct Batch {
 struct Problem {
     lm: CausalLm,
     rater: SequenceScorer,
+    opt: Adam<f32>,
     weighted: bool,
 }
 
 impl MetaProblem<f32> for Problem {
     type Batch = Batch;
+    type Opt = Adam<f32>;
+    fn optimizer(&self) -> &Adam<f32> {
+        &self.opt
+    }
     fn inner_loss<V: Value<F = f32>>(
         &self,
         theta: &Params<V>,
@@ -44,10 +49,7 @@ impl MetaProblem<f32> for Problem {
         b: &Batch,
     ) -> Result<V> {
         let w = self.rater.scores(eta, &b.inputs)?.softmax(0);
-        Ok(
-            w.mul(&self.lm.per_example_loss(theta, &b.inputs, &b.targets)?)
-                .sum_all(),
-        )
+        weighted_sum(&w, &self.lm.per_example_loss(theta, &b.inputs, &b.targets)?)
     }
     fn outer_loss<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Result<V> {
         Ok(self
@@ -62,6 +64,9 @@ impl MetaProblem<f32> for Problem {
     fn example_losses<V: Value<F = f32>>(&self, theta: &Params<V>, b: &Batch) -> Option<Result<V>> {
         self.weighted
             .then(|| self.lm.per_example_loss(theta, &b.inputs, &b.targets))
+    }
+    fn batch_len(&self, b: &Batch) -> Option<usize> {
+        Some(b.inputs.shape()[0])
     }
     fn sub_batch(&self, b: &Batch, r: Range<usize>) -> Option<Batch> {
         Some(Batch {
@@ -100,18 +105,19 @@ fn main() {
     let problem = Problem {
         lm: CausalLm::new(cfg(32, 2, true)).expect("valid"),
         rater: SequenceScorer::new(cfg(16, 2, false)).expect("valid"),
+        opt: Adam::new(1e-3),
         weighted: false,
     };
     let weighted = Problem {
         lm: problem.lm.clone(),
         rater: problem.rater.clone(),
+        opt: problem.opt,
         weighted: true,
     };
     let mut rng = Rng::new(0);
     let theta: Params<Tensor<f32>> = problem.lm.init(&mut rng);
     let eta: Params<Tensor<f32>> = problem.rater.init(&mut rng);
-    let opt = Adam::<f32>::new(1e-3);
-    let state = opt.init(&theta);
+    let state = problem.opt.init(&theta);
     let batches: Vec<Batch> = (0..steps).map(|_| batch(&mut rng, n, seq)).collect();
     let outer = batch(&mut rng, n, seq);
     let mut c = Criterion::default()
@@ -132,10 +138,17 @@ fn main() {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    black_box(
-                        meta_gradient(mode, p, &opt, &eta, &theta, &state, &batches, &outer)
-                            .expect("meta-gradient"),
-                    );
+                    let request = MetaRequest {
+                        problem: p,
+                        eta: &eta,
+                        theta: &theta,
+                        state: &state,
+                        batches: &batches,
+                        outer_batch: &outer,
+                        mode,
+                        memory_budget: None,
+                    };
+                    black_box(request.run().expect("meta-gradient"));
                     let e = t.elapsed();
                     total += e;
                     TIMES

@@ -3,19 +3,18 @@
 //!
 //! The problem: linear regression `y = <w*, x>` where a third of the training labels
 //! are replaced by noise. The inner model is our own linear regressor (trained with
-//! momentum SGD), the rater our own two-layer network on `(x, y)`, and the outer loop
-//! our own held-out mean squared error with a plain SGD meta-update. Algorithm 1 then
-//! learns to down-weight the examples with corrupted labels.
+//! momentum SGD), the rater our own two-layer network on `(x, y)`, the held-out
+//! objective the mean squared error on clean data (the ready-made `MeanLoss`), the
+//! meta-optimiser a plain SGD step of our own, and the batches come from two closures.
+//! Algorithm 1 then learns to down-weight the examples with corrupted labels.
 //!
 //! ```text
 //! cargo run --release --example custom_problem
 //! ```
 
-use datarater::meta::{InnerLoop, Mode, OuterLoop, Rater};
+use datarater::Result;
 use datarater::nn::normal;
-use datarater::optim::Momentum;
-use datarater::trainer::{Trainer, TrainerConfig};
-use datarater::{Params, Result, Rng, Tensor, Value};
+use datarater::prelude::*;
 
 const DIM: usize = 8;
 
@@ -47,7 +46,6 @@ fn draw(w_star: &Tensor<f64>, n: usize, noise_rate: f64, rng: &mut Rng) -> Batch
 
 /// The inner model: `y_hat = x w + b`, squared error per example.
 struct Regression {
-    w_star: Tensor<f64>,
     opt: Momentum<f64>,
 }
 
@@ -72,9 +70,6 @@ impl InnerLoop<f64> for Regression {
             .square()
             .reshape(&[b.noisy.len()]))
     }
-    fn sample_batch(&self, rng: &mut Rng) -> Batch {
-        draw(&self.w_star, 32, 1.0 / 3.0, rng)
-    }
 }
 
 /// The rater: `tanh([x | y] A + a) c`, one score per example.
@@ -89,25 +84,19 @@ impl Rater<f64, Batch> for PairRater {
         p
     }
     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &Batch) -> Result<V> {
-        let xy = Tensor::from_array(
-            ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap(),
-        );
+        let xy = Tensor::concat(&[&b.x, &b.y], 1);
         let h = V::constant(xy).matmul(&eta["A"]).add(&eta["a"]).tanh();
         Ok(h.matmul(&eta["c"]).reshape(&[b.noisy.len()]))
     }
 }
 
-/// The outer loop: clean held-out data, mean squared error, SGD on the rater.
-struct HeldOut {
-    w_star: Tensor<f64>,
+/// The meta-optimiser: one SGD step on the rater, no state.
+struct MetaStep {
     lr: f64,
 }
 
-impl OuterLoop<f64, Regression> for HeldOut {
-    type MetaState = ();
-    fn sample_batch(&self, rng: &mut Rng) -> Batch {
-        draw(&self.w_star, 64, 0.0, rng)
-    }
+impl MetaOptimizer<f64> for MetaStep {
+    type State = ();
     fn init_state(&self, _: &Params<Tensor<f64>>) {}
     fn update(
         &self,
@@ -124,12 +113,12 @@ impl OuterLoop<f64, Regression> for HeldOut {
 fn weights(
     rater: &PairRater,
     eta: &Params<Tensor<f64>>,
-    inner: &Regression,
+    w_star: &Tensor<f64>,
     rng: &mut Rng,
 ) -> Result<(f64, f64)> {
     let (mut clean, mut noisy) = (Vec::new(), Vec::new());
     for _ in 0..20 {
-        let b = inner.sample_batch(rng);
+        let b = draw(w_star, 32, 1.0 / 3.0, rng);
         let w = rater.scores(eta, &b)?.softmax(0).to_vec();
         for (wi, &n) in w.iter().zip(&b.noisy) {
             (if n { &mut noisy } else { &mut clean }).push(wi * b.noisy.len() as f64);
@@ -142,11 +131,12 @@ fn weights(
 fn main() -> Result<()> {
     let w_star = normal::<f64>(&mut Rng::new(42), &[DIM], 1.0);
     let inner = Regression {
-        w_star: w_star.clone(),
         opt: Momentum::new(0.02, 0.5),
     };
-    let outer = HeldOut { w_star, lr: 0.5 };
     let rater = PairRater;
+    // Training batches have a third of their labels corrupted; held-out ones are clean.
+    let train = |rng: &mut Rng| Ok(draw(&w_star, 32, 1.0 / 3.0, rng));
+    let held_out = |rng: &mut Rng| Ok(draw(&w_star, 64, 0.0, rng));
     let config = TrainerConfig {
         outer_steps: 200,
         inner_steps: 4,
@@ -155,19 +145,27 @@ fn main() -> Result<()> {
         mode: Mode::Mixed,
         seed: 1,
     };
-    let trainer = Trainer::new(&inner, &rater, &outer, config)?;
-    let mut state = trainer.init(None);
+    let setup = Setup {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+        meta_opt: &MetaStep { lr: 0.5 },
+        train: &train,
+        held_out: &held_out,
+    };
+    let trainer = Trainer::new(setup, config)?;
+    let mut state = trainer.init(None)?;
     let mut rng = Rng::new(7);
     println!(
         "{:>5} {:>14} {:>14} {:>14}",
         "step", "held-out MSE", "clean weight", "noisy weight"
     );
-    let (c, n) = weights(&rater, &state.eta, &inner, &mut rng)?;
+    let (c, n) = weights(&rater, &state.eta, &w_star, &mut rng)?;
     println!("{:>5} {:>14} {c:>14.3} {n:>14.3}", 0, "-");
     let mut err = None;
     trainer.run(&mut state, |r, s| {
         if s.step % 40 == 0 {
-            match weights(&rater, &s.eta, &inner, &mut rng) {
+            match weights(&rater, &s.eta, &w_star, &mut rng) {
                 Ok((c, n)) => println!(
                     "{:>5} {:>14.4} {c:>14.3} {n:>14.3}",
                     s.step,

@@ -26,11 +26,11 @@ use datarater::data::{
     Corpus, Corruption, LabeledSequence, SplitConfig, corrupted_pool, default_mix,
 };
 use datarater::io::save_params;
-use datarater::meta::{InnerLoop, Mode};
+use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{
-    HeldOutText, MetaAdam, TextBatch, TextLm, TextRater, Trainer, TrainerConfig, evaluate,
+    MetaAdam, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig, evaluate,
     score_sequences, train_step,
 };
 use datarater::{Error, Params, Result, Rng, Tensor};
@@ -298,7 +298,8 @@ fn main() -> Result<()> {
     let eval_labels: Vec<String> = eval.iter().map(|s| label(s.kind, s.level)).collect();
 
     let lm = CausalLm::new(lm_config())?;
-    let inner = TextLm::new(lm, Adam::new(3e-3f32), train_bytes.clone(), BATCH)?;
+    let inner = TextLm::new(lm, Adam::new(3e-3f32))?;
+    let train_pool = TextPool::new(train_bytes.clone(), BATCH)?;
     let rater = TextRater {
         scorer: SequenceScorer::new(rater_config())?,
     };
@@ -309,7 +310,7 @@ fn main() -> Result<()> {
         clip_norm: 1.0,
         ..MetaAdam::default()
     };
-    let outer = HeldOutText::new(Arc::new(meta_held_out.to_vec()), BATCH, meta)?;
+    let held_out_pool = TextPool::new(Arc::new(meta_held_out.to_vec()), BATCH)?;
     let config = TrainerConfig {
         outer_steps: args.outer_steps,
         inner_steps: args.inner_steps,
@@ -322,8 +323,16 @@ fn main() -> Result<()> {
         "meta-training: K = {} outer steps, population {} (reset every {}, staggered), T = {} inner Adam steps, batch {}, mixed-mode meta-gradients",
         config.outer_steps, config.population, config.reset_every, config.inner_steps, BATCH
     );
-    let trainer = Trainer::new(&inner, &rater, &outer, config.clone())?;
-    let mut state = trainer.init(None);
+    let setup = Setup {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+        meta_opt: &meta,
+        train: &train_pool,
+        held_out: &held_out_pool,
+    };
+    let trainer = Trainer::new(setup, config.clone())?;
+    let mut state = trainer.init(None)?;
 
     let columns: Vec<String> = mix
         .iter()
@@ -445,12 +454,7 @@ fn main() -> Result<()> {
     println!("  AUC clean vs byte replacement >= 0.5: {auc_clean:.3}   (target >= 0.95)");
 
     // Curation.
-    let lm_small = TextLm::new(
-        CausalLm::new(lm_config())?,
-        Adam::new(3e-3f32),
-        train_bytes.clone(),
-        BATCH,
-    )?;
+    let lm_small = TextLm::new(CausalLm::new(lm_config())?, Adam::new(3e-3f32))?;
     let init: Params<Tensor<f32>> = lm_small.init(&mut Rng::new(args.seed ^ 0xfeed));
     let pool_scores = score_sequences(&rater, &state.eta, &pool, 128)?;
     let uniform = |rows: Arc<Vec<usize>>| {

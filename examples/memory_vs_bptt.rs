@@ -25,35 +25,16 @@
 
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::data::Corpus;
-use datarater::meta::{DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater, meta_gradient};
+use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
-use datarater::trainer::{TextBatch, TextLm, TextRater};
+use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
 use datarater::{Float, Params, Result, Rng, Tensor};
 use std::sync::Arc;
 use std::time::Instant;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-
-struct HeldOut;
-
-impl<F: Float, I: InnerLoop<F>> OuterLoop<F, I> for HeldOut {
-    type MetaState = ();
-    fn sample_batch(&self, _: &mut Rng) -> I::Batch {
-        unreachable!("batches are drawn by the benchmark")
-    }
-    fn init_state(&self, _: &Params<Tensor<F>>) {}
-    fn update(
-        &self,
-        eta: &Params<Tensor<F>>,
-        _: &Params<Tensor<F>>,
-        _: &mut (),
-        _: usize,
-    ) -> Result<Params<Tensor<F>>> {
-        Ok(eta.clone())
-    }
-}
 
 fn mib(b: usize) -> f64 {
     b as f64 / (1024.0 * 1024.0)
@@ -85,20 +66,21 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
         max_len: 128,
         causal: false,
     })?;
-    let inner = TextLm::new(lm.clone(), Adam::<F>::new(F::c(1e-3)), pool.clone(), 16)?;
+    let inner = TextLm::new(lm.clone(), Adam::<F>::new(F::c(1e-3)))?;
+    let pool = TextPool::new(pool, 16)?;
     let rater = TextRater { scorer };
     let problem = DataRaterProblem {
         inner: &inner,
         rater: &rater,
-        outer: &HeldOut,
+        outer: &MeanLoss,
     };
     // The reference the modes' accuracy is measured against: mixed mode in f64 on one
     // thread, from the same starting point.
-    let inner64 = TextLm::new(lm, Adam::<f64>::new(1e-3), pool, 16)?;
+    let inner64 = TextLm::new(lm, Adam::<f64>::new(1e-3))?;
     let problem64 = DataRaterProblem {
         inner: &inner64,
         rater: &rater,
-        outer: &HeldOut,
+        outer: &MeanLoss,
     };
     let one_thread = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -128,19 +110,27 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
         "mixed faster"
     );
     for &t in steps {
-        let batches: Vec<TextBatch> = (0..t).map(|_| inner.sample_batch(&mut rng)).collect();
-        let outer = inner.sample_batch(&mut rng);
+        let batches: Vec<TextBatch> = (0..t)
+            .map(|_| pool.sample(&mut rng))
+            .collect::<Result<_>>()?;
+        let outer = pool.sample(&mut rng)?;
         let mut row = Vec::new();
         let mut grads = Vec::new();
         for mode in [Mode::Unrolled, Mode::Mixed, Mode::Checkpointed { every: 0 }] {
             let (mut peak, mut secs) = (0, Vec::new());
             for _ in 0..reps {
                 let start = Instant::now();
-                let (r, p) = measure_peak(|| {
-                    meta_gradient(
-                        mode, &problem, &inner.opt, &eta, &theta, &state, &batches, &outer,
-                    )
-                });
+                let request = MetaRequest {
+                    problem: &problem,
+                    eta: &eta,
+                    theta: &theta,
+                    state: &state,
+                    batches: &batches,
+                    outer_batch: &outer,
+                    mode,
+                    memory_budget: None,
+                };
+                let (r, p) = measure_peak(|| request.run());
                 secs.push(start.elapsed().as_secs_f64());
                 peak = peak.max(p);
                 grads.push(r?.grad);
@@ -149,17 +139,19 @@ fn run<F: Float>(steps: &[usize], reps: usize) -> Result<()> {
         }
         let (u, m, c) = (row[0], row[1], row[2]);
         let (theta64, eta64) = (theta.cast(), eta.cast());
+        let state64 = inner64.opt.init(&theta64);
         let exact = one_thread.install(|| {
-            meta_gradient(
-                Mode::Mixed,
-                &problem64,
-                &inner64.opt,
-                &eta64,
-                &theta64,
-                &inner64.opt.init(&theta64),
-                &batches,
-                &outer,
-            )
+            MetaRequest {
+                problem: &problem64,
+                eta: &eta64,
+                theta: &theta64,
+                state: &state64,
+                batches: &batches,
+                outer_batch: &outer,
+                mode: Mode::Mixed,
+                memory_budget: None,
+            }
+            .run()
         })?;
         let err = |i: usize| -> Result<f64> {
             Ok(datarater::autodiff::check::compare(&grads[i * reps].cast(), &exact.grad)?.rel)

@@ -52,6 +52,23 @@ pub enum Error {
         /// Which quantity was non-finite (e.g. `"meta-gradient"`, `"inner gradient"`).
         quantity: String,
     },
+    /// A meta-gradient computation passed its memory budget
+    /// ([`MetaRequest::memory_budget`](crate::meta::MetaRequest::memory_budget)); what it
+    /// had allocated has been freed.
+    #[error(
+        "memory budget of {budget} bytes exceeded: {in_use} bytes of tapes and trajectory \
+         in use in {mode} mode at inner step {step}"
+    )]
+    MemoryBudget {
+        /// The budget, in bytes.
+        budget: usize,
+        /// Bytes of tapes and stored trajectory alive when the budget was checked.
+        in_use: usize,
+        /// The engine that was running.
+        mode: crate::meta::Mode,
+        /// The inner step (0-based) at which it was passed.
+        step: usize,
+    },
     /// Reading or parsing a file failed.
     #[error("{path}: {reason}")]
     File {

@@ -20,6 +20,28 @@
 //! assert_eq!(hv["x"].to_vec(), vec![6.0, 24.0]);
 //! ```
 
+//!
+//! # Imports
+//!
+//! [`prelude`] brings the traits and the types most programs use. It deliberately does
+//! not export [`Result`], the crate's alias `Result<T, E = Error>`, so a glob import
+//! never shadows `std::result::Result`; name it as `datarater::Result` where wanted.
+//!
+//! ```
+//! use datarater::prelude::*;
+//! fn sum_of_squares(x: &Tensor<f64>) -> datarater::Result<f64> {
+//!     let (_, g) = datarater::transforms::value_and_grad(|p| p["x"].square().sum_all(), &{
+//!         let mut p = Params::new();
+//!         p.insert("x", x.clone());
+//!         p
+//!     })?;
+//!     Ok(g["x"].dot_all(x) / 2.0)
+//! }
+//! let x = Tensor::from_vec(&[2], vec![3.0, 4.0])?;
+//! assert_eq!(sum_of_squares(&x)?, 25.0);
+//! # Ok::<(), datarater::Error>(())
+//! ```
+
 #![warn(missing_docs)]
 
 pub mod alloc;
@@ -37,3 +59,17 @@ pub mod trainer;
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};
 pub use error::{Error, Result};
 pub use rng::Rng;
+
+/// The traits and types most programs use: `use datarater::prelude::*;`. Does not export
+/// the crate's `Result` alias (see the [crate docs](crate#imports)).
+pub mod prelude {
+    pub use crate::autodiff::{Float, Indices, Params, Tensor, Value};
+    pub use crate::error::Error;
+    pub use crate::meta::{
+        DataRaterProblem, InnerLoop, MeanLoss, MetaOptimizer, MetaProblem, MetaRequest, Mode,
+        OuterLoop, Rater, Sampler,
+    };
+    pub use crate::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
+    pub use crate::rng::Rng;
+    pub use crate::trainer::{MetaAdam, MetaSgd, Setup, Trainer, TrainerConfig, TrainerState};
+}

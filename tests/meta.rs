@@ -5,14 +5,36 @@
 
 use datarater::autodiff::check::compare;
 use datarater::meta::{
-    DataRaterProblem, InnerLoop, MetaProblem, Mode, OuterLoop, Rater, meta_gradient,
+    DataRaterProblem, InnerLoop, MeanLoss, MetaGradient, MetaProblem, MetaRequest, Mode, Rater,
 };
 use datarater::nn::{Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
 use datarater::transforms::value_and_grad;
 use datarater::{Error, Indices, Params, Result, Rng, Tensor, Value, Var};
-use ndarray::s;
 use std::ops::Range;
+
+/// One meta-gradient of `p` from `(theta, state)` through `batches`.
+fn meta_grad<P: MetaProblem<f64>>(
+    mode: Mode,
+    p: &P,
+    eta: &Params<Tensor<f64>>,
+    theta: &Params<Tensor<f64>>,
+    state: &OptState<Tensor<f64>>,
+    batches: &[P::Batch],
+    outer: &P::Batch,
+) -> Result<MetaGradient<f64>> {
+    MetaRequest {
+        problem: p,
+        eta,
+        theta,
+        state,
+        batches,
+        outer_batch: outer,
+        mode,
+        memory_budget: None,
+    }
+    .run()
+}
 
 // ---- a regression problem: MLP inner model, MLP rater on (x, y) ------------------------
 
@@ -44,29 +66,33 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Regression<O> {
         Ok(out.sub(&V::constant(b.y.clone())).square().reshape(&[n]))
     }
     fn sub_batch(&self, b: &XyBatch, r: Range<usize>) -> Option<XyBatch> {
-        let rows =
-            |t: &Tensor<f64>| Tensor::from_array(t.array().slice(s![r.clone(), ..]).to_owned());
         Some(XyBatch {
-            x: rows(&b.x),
-            y: rows(&b.y),
+            x: b.x.slice(0, r.start, r.end),
+            y: b.y.slice(0, r.start, r.end),
         })
     }
-    fn sample_batch(&self, rng: &mut Rng) -> XyBatch {
+    fn batch_len(&self, b: &XyBatch) -> Option<usize> {
+        Some(b.x.shape()[0])
+    }
+}
+
+impl<O> Regression<O> {
+    /// Six examples `y = sin(sum x) + noise`.
+    fn sample(&self, rng: &mut Rng) -> XyBatch {
         let n = 6;
-        let mut x = normal::<f64>(rng, &[n, 3], 1.0).to_owned_array();
+        let mut x = normal::<f64>(rng, &[n, 3], 1.0).to_vec();
         if self.dead_feature {
-            x.index_axis_mut(ndarray::Axis(1), 2).fill(0.0);
+            x.iter_mut().skip(2).step_by(3).for_each(|v| *v = 0.0);
         }
-        let noise = normal::<f64>(rng, &[n, 1], 0.3);
-        let y = Tensor::from_array(
-            x.sum_axis(ndarray::Axis(1))
-                .insert_axis(ndarray::Axis(1))
-                .mapv(f64::sin)
-                + noise.array(),
-        );
+        let noise = normal::<f64>(rng, &[n], 0.3).to_vec();
+        let y = x
+            .chunks(3)
+            .zip(noise)
+            .map(|(row, e)| row.iter().sum::<f64>().sin() + e)
+            .collect();
         XyBatch {
-            x: Tensor::from_array(x),
-            y,
+            x: Tensor::from_vec(&[n, 3], x).unwrap(),
+            y: Tensor::from_vec(&[n, 1], y).unwrap(),
         }
     }
 }
@@ -78,31 +104,9 @@ impl Rater<f64, XyBatch> for XyRater {
         self.0.init(rng)
     }
     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &XyBatch) -> Result<V> {
-        let xy = V::constant(Tensor::from_array(
-            ndarray::concatenate(ndarray::Axis(1), &[b.x.view(), b.y.view()]).unwrap(),
-        ));
+        let xy = V::constant(Tensor::concat(&[&b.x, &b.y], 1));
         let n = b.x.shape()[0];
         Ok(self.0.forward(eta, &xy)?.reshape(&[n]))
-    }
-}
-
-/// Held-out mean loss; plain SGD meta-update (the trainer's Adam is tested elsewhere).
-struct MeanHeldOut;
-
-impl<I: InnerLoop<f64>> OuterLoop<f64, I> for MeanHeldOut {
-    type MetaState = ();
-    fn sample_batch(&self, _: &mut Rng) -> I::Batch {
-        unreachable!("the tests pass held-out batches explicitly")
-    }
-    fn init_state(&self, _: &Params<Tensor<f64>>) {}
-    fn update(
-        &self,
-        eta: &Params<Tensor<f64>>,
-        g: &Params<Tensor<f64>>,
-        _: &mut (),
-        _: usize,
-    ) -> Result<Params<Tensor<f64>>> {
-        eta.add_scaled(g, -0.1)
     }
 }
 
@@ -137,7 +141,14 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Lm<O> {
             targets: b.targets.rows(r).ok()?,
         })
     }
-    fn sample_batch(&self, rng: &mut Rng) -> TokBatch {
+    fn batch_len(&self, b: &TokBatch) -> Option<usize> {
+        Some(b.inputs.shape()[0])
+    }
+}
+
+impl<O> Lm<O> {
+    /// Three random token sequences.
+    fn sample(&self, rng: &mut Rng) -> TokBatch {
         let (n, t, v) = (3, 5, self.lm.cfg.vocab);
         let seq: Vec<usize> = (0..n * (t + 1)).map(|_| rng.below(v)).collect();
         let rows: Vec<&[usize]> = seq.chunks(t + 1).collect();
@@ -161,11 +172,12 @@ impl Rater<f64, TokBatch> for TokRater {
     }
 }
 
+/// Two layers, so checkpointed mode recomputes a layer inside a meta-gradient.
 fn tiny(causal: bool) -> TransformerConfig {
     TransformerConfig {
         vocab: 7,
         d_model: 8,
-        n_layers: 1,
+        n_layers: 2,
         n_heads: 2,
         d_ff: 16,
         max_len: 5,
@@ -176,9 +188,8 @@ fn tiny(causal: bool) -> TransformerConfig {
 // ---- the checks --------------------------------------------------------------------
 
 /// `J(eta)` by plain first-order rollout (no meta-gradient machinery).
-fn rollout<P: MetaProblem<f64>, O: Optimizer<f64>>(
+fn rollout<P: MetaProblem<f64>>(
     p: &P,
-    opt: &O,
     eta: &Params<Tensor<f64>>,
     theta: &Params<Tensor<f64>>,
     state: &OptState<Tensor<f64>>,
@@ -189,7 +200,7 @@ fn rollout<P: MetaProblem<f64>, O: Optimizer<f64>>(
     let (mut th, mut st) = (theta.clone(), state.clone());
     for b in batches {
         let (_, g) = value_and_grad(|q| p.inner_loss(q, &eta_c, b), &th).unwrap();
-        (th, st) = opt.update(&th, &st, &g);
+        (th, st) = p.optimizer().update(&th, &st, &g);
     }
     p.outer_loss(&th, outer).unwrap().item()
 }
@@ -197,10 +208,9 @@ fn rollout<P: MetaProblem<f64>, O: Optimizer<f64>>(
 /// Runs all three modes, checks they agree to `1e-9` and match finite differences of
 /// the rollout along `dirs` random directions (or the full FD gradient when `dirs == 0`).
 #[allow(clippy::too_many_arguments)]
-fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
+fn check_modes<P: MetaProblem<f64>>(
     label: &str,
     p: &P,
-    opt: &O,
     eta: &Params<Tensor<f64>>,
     theta: &Params<Tensor<f64>>,
     batches: &[P::Batch],
@@ -208,7 +218,7 @@ fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
     dirs: usize,
     rng: &mut Rng,
 ) {
-    let state = opt.init(theta);
+    let state = p.optimizer().init(theta);
     // Mixed-mode passes are split over the examples, one slice per thread: run them
     // whole (one thread) and in three slices.
     let run = |mode, threads| {
@@ -216,7 +226,7 @@ fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| meta_gradient(mode, p, opt, eta, theta, &state, batches, outer).unwrap())
+        pool.install(|| meta_grad(mode, p, eta, theta, &state, batches, outer).unwrap())
     };
     let mixed = run(Mode::Mixed, 1);
     let unrolled = run(Mode::Unrolled, 1);
@@ -242,7 +252,7 @@ fn check_modes<P: MetaProblem<f64>, O: Optimizer<f64>>(
         "{label}"
     );
     assert_eq!(mixed.stats.steps, batches.len());
-    let j = |e: &Params<Tensor<f64>>| rollout(p, opt, e, theta, &state, batches, outer);
+    let j = |e: &Params<Tensor<f64>>| rollout(p, e, theta, &state, batches, outer);
     assert!(
         (j(eta) - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0),
         "{label}: outer loss"
@@ -276,6 +286,10 @@ struct Whole<'a, P>(&'a P);
 
 impl<P: MetaProblem<f64>> MetaProblem<f64> for Whole<'_, P> {
     type Batch = P::Batch;
+    type Opt = P::Opt;
+    fn optimizer(&self) -> &P::Opt {
+        self.0.optimizer()
+    }
     fn inner_loss<V: Value<F = f64>>(
         &self,
         theta: &Params<V>,
@@ -300,16 +314,15 @@ fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_fe
     let problem = DataRaterProblem {
         inner: &inner,
         rater: &rater,
-        outer: &MeanHeldOut,
+        outer: &MeanLoss,
     };
     let theta = inner.init(&mut rng);
     let eta = rater.init(&mut rng);
-    let batches: Vec<XyBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
-    let outer = inner.sample_batch(&mut rng);
+    let batches: Vec<XyBatch> = (0..steps).map(|_| inner.sample(&mut rng)).collect();
+    let outer = inner.sample(&mut rng);
     check_modes(
         &format!("{label}, T={steps}"),
         &problem,
-        &opt,
         &eta,
         &theta,
         &batches,
@@ -320,7 +333,6 @@ fn regression_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize, dead_fe
     check_modes(
         &format!("{label}, T={steps}, generic path"),
         &Whole(&problem),
-        &opt,
         &eta,
         &theta,
         &batches,
@@ -376,18 +388,15 @@ fn lm_case<O: Optimizer<f64>>(label: &str, opt: O, steps: usize) {
     let problem = DataRaterProblem {
         inner: &inner,
         rater: &rater,
-        outer: &MeanHeldOut,
+        outer: &MeanLoss,
     };
     let theta = inner.init(&mut rng);
-    let eta = rater
-        .init(&mut rng)
-        .map(|t| Tensor::from_array(t.array() * 20.0));
-    let batches: Vec<TokBatch> = (0..steps).map(|_| inner.sample_batch(&mut rng)).collect();
-    let outer = inner.sample_batch(&mut rng);
+    let eta = rater.init(&mut rng).map(|t| t.map(|x| x * 20.0));
+    let batches: Vec<TokBatch> = (0..steps).map(|_| inner.sample(&mut rng)).collect();
+    let outer = inner.sample(&mut rng);
     check_modes(
         &format!("{label}, T={steps}"),
         &problem,
-        &opt,
         &eta,
         &theta,
         &batches,
@@ -412,10 +421,15 @@ fn transformer_all_optimisers() {
 /// `dJ/deta = (1 - (1 - lr)^T) (theta_T - c)`.
 struct Quadratic {
     c: Tensor<f64>,
+    opt: Sgd<f64>,
 }
 
 impl MetaProblem<f64> for Quadratic {
     type Batch = ();
+    type Opt = Sgd<f64>;
+    fn optimizer(&self) -> &Sgd<f64> {
+        &self.opt
+    }
     fn inner_loss<V: Value<F = f64>>(
         &self,
         theta: &Params<V>,
@@ -438,24 +452,15 @@ fn custom_inner_objective_matches_closed_form() {
     let w =
         |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[3], v).unwrap())]);
     let (theta, eta) = (w(vec![1.0, -2.0, 0.5]), w(vec![0.3, 0.1, -1.0]));
+    let (lr, steps) = (0.3, 5);
     let problem = Quadratic {
         c: Tensor::from_vec(&[3], vec![2.0, 0.0, 1.0]).unwrap(),
+        opt: Sgd::new(lr),
     };
-    let (lr, steps) = (0.3, 5);
-    let opt = Sgd::new(lr);
     let decay = (1.0f64 - lr).powi(steps as i32);
+    let state = problem.opt.init(&theta);
     for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 0 }] {
-        let r = meta_gradient(
-            mode,
-            &problem,
-            &opt,
-            &eta,
-            &theta,
-            &opt.init(&theta),
-            &vec![(); steps],
-            &(),
-        )
-        .unwrap();
+        let r = meta_grad(mode, &problem, &eta, &theta, &state, &vec![(); steps], &()).unwrap();
         for i in 0..3 {
             let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
             let expect = (1.0 - decay) * (th - problem.c.to_vec()[i]);
@@ -467,10 +472,14 @@ fn custom_inner_objective_matches_closed_form() {
 
 /// `L = sum(theta * eta) + 0 * sum(ln theta)`: with `eta = 1`, `lr = 1`, theta goes
 /// 1.5, 0.5, -0.5, so the inner loss is NaN exactly at step 2.
-struct BlowsUp;
+struct BlowsUp(Sgd<f64>);
 
 impl MetaProblem<f64> for BlowsUp {
     type Batch = ();
+    type Opt = Sgd<f64>;
+    fn optimizer(&self) -> &Sgd<f64> {
+        &self.0
+    }
     fn inner_loss<V: Value<F = f64>>(
         &self,
         theta: &Params<V>,
@@ -491,19 +500,10 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
         |x: f64| Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![x]).unwrap())]);
     let (theta, eta) = (w(1.5), w(1.0));
     let (theta_before, eta_before) = (theta.clone(), eta.clone());
-    let opt = Sgd::new(1.0);
+    let problem = BlowsUp(Sgd::new(1.0));
+    let state = problem.0.init(&theta);
     for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }] {
-        let err = meta_gradient(
-            mode,
-            &BlowsUp,
-            &opt,
-            &eta,
-            &theta,
-            &opt.init(&theta),
-            &[(); 4],
-            &(),
-        )
-        .unwrap_err();
+        let err = meta_grad(mode, &problem, &eta, &theta, &state, &[(); 4], &()).unwrap_err();
         match err {
             Error::NonFinite { step, quantity } => {
                 assert_eq!(step, 2, "{mode:?}: {quantity}");
@@ -512,19 +512,7 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
             other => panic!("{mode:?}: expected NonFinite, got {other:?}"),
         }
         // Two steps are fine.
-        assert!(
-            meta_gradient(
-                mode,
-                &BlowsUp,
-                &opt,
-                &eta,
-                &theta,
-                &opt.init(&theta),
-                &[(); 2],
-                &()
-            )
-            .is_ok()
-        );
+        assert!(meta_grad(mode, &problem, &eta, &theta, &state, &[(); 2], &()).is_ok());
     }
     assert_eq!(theta, theta_before);
     assert_eq!(eta, eta_before);
@@ -533,9 +521,8 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
 #[test]
 fn empty_window_is_a_config_error() {
     let w = Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![1.0]).unwrap())]);
-    let opt = Sgd::new(0.1);
-    let err =
-        meta_gradient(Mode::Mixed, &BlowsUp, &opt, &w, &w, &opt.init(&w), &[], &()).unwrap_err();
+    let problem = BlowsUp(Sgd::new(0.1));
+    let err = meta_grad(Mode::Mixed, &problem, &w, &w, &problem.0.init(&w), &[], &()).unwrap_err();
     assert!(matches!(
         err,
         Error::Config {
@@ -543,4 +530,216 @@ fn empty_window_is_a_config_error() {
             ..
         }
     ));
+}
+
+// ---- bad input is a typed error, in every mode ------------------------------------------
+
+const MODES: [Mode; 3] = [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }];
+
+/// The shape a rater gives its scores for a batch of `n` examples.
+type ScoreShape = fn(usize) -> Vec<usize>;
+
+/// The regression problem's rater, giving its scores the shape `ScoreShape(n)`.
+struct ShapedRater(XyRater, ScoreShape);
+
+impl Rater<f64, XyBatch> for ShapedRater {
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.0.init(rng)
+    }
+    fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &XyBatch) -> Result<V> {
+        let s = self.0.scores(eta, b)?;
+        let n = s.shape()[0];
+        let want = (self.1)(n);
+        if want.iter().product::<usize>() == n {
+            Ok(s.reshape(&want))
+        } else {
+            Ok(s.slice(0, 0, want[0]))
+        }
+    }
+}
+
+fn regression(opt: Adam<f64>) -> Regression<Adam<f64>> {
+    Regression {
+        mlp: Mlp::new(&[3, 4, 1], Activation::Tanh).unwrap(),
+        opt,
+        dead_feature: false,
+    }
+}
+
+#[test]
+fn rater_scores_that_are_not_one_per_example_are_a_shape_error() {
+    let inner = regression(Adam::new(0.05));
+    let mut rng = Rng::new(3);
+    let theta = inner.init(&mut rng);
+    let batches = vec![inner.sample(&mut rng), inner.sample(&mut rng)];
+    let outer = inner.sample(&mut rng);
+    // [6, 1] would broadcast against the [6] losses into [6, 6]; [5] is a short batch.
+    let shapes: [(ScoreShape, Vec<usize>); 2] =
+        [(|n| vec![n, 1], vec![6, 1]), (|n| vec![n - 1], vec![5])];
+    for (shape, got) in shapes {
+        let rater = ShapedRater(
+            XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap()),
+            shape,
+        );
+        let eta = rater.init(&mut rng);
+        let problem = DataRaterProblem {
+            inner: &inner,
+            rater: &rater,
+            outer: &MeanLoss,
+        };
+        for mode in MODES {
+            let check = |r: Result<MetaGradient<f64>>, path: &str| match r {
+                Err(Error::Shape { lhs, rhs, .. }) => {
+                    assert!(lhs == got || rhs == got, "{mode} {path}: {lhs:?} {rhs:?}");
+                }
+                other => panic!("{mode} {path}: expected a shape error, got {other:?}"),
+            };
+            let state = inner.opt.init(&theta);
+            check(
+                meta_grad(mode, &problem, &eta, &theta, &state, &batches, &outer),
+                "weighted form",
+            );
+            check(
+                meta_grad(
+                    mode,
+                    &Whole(&problem),
+                    &eta,
+                    &theta,
+                    &state,
+                    &batches,
+                    &outer,
+                ),
+                "generic path",
+            );
+        }
+    }
+}
+
+/// Regression with SGD, for optimiser-validation tests.
+fn sgd_regression(opt: Sgd<f64>) -> Regression<Sgd<f64>> {
+    Regression {
+        mlp: Mlp::new(&[3, 4, 1], Activation::Tanh).unwrap(),
+        opt,
+        dead_feature: false,
+    }
+}
+
+#[test]
+fn invalid_inner_optimisers_are_config_errors() {
+    let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
+    let mut rng = Rng::new(5);
+    let eta = rater.init(&mut rng);
+    let no_eps = Adam {
+        eps: 0.0,
+        eps_root: 0.0,
+        ..Adam::new(0.05)
+    };
+    let adam = regression(no_eps);
+    let sgd = sgd_regression(Sgd::new(-0.1));
+    let theta = adam.init(&mut rng);
+    let batches = vec![adam.sample(&mut rng)];
+    let outer = adam.sample(&mut rng);
+    for mode in MODES {
+        let p = DataRaterProblem {
+            inner: &adam,
+            rater: &rater,
+            outer: &MeanLoss,
+        };
+        let state = adam.opt.init(&theta);
+        let err = meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { field: "eps", .. }),
+            "{mode}: {err}"
+        );
+        let p = DataRaterProblem {
+            inner: &sgd,
+            rater: &rater,
+            outer: &MeanLoss,
+        };
+        let state = sgd.opt.init(&theta);
+        let err = meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { field: "lr", .. }),
+            "{mode}: {err}"
+        );
+    }
+}
+
+#[test]
+fn optimiser_state_that_does_not_match_theta_is_a_params_error() {
+    let inner = regression(Adam::new(0.05));
+    let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
+    let p = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+    };
+    let mut rng = Rng::new(6);
+    let (theta, eta) = (inner.init(&mut rng), rater.init(&mut rng));
+    let batches = vec![inner.sample(&mut rng)];
+    let outer = inner.sample(&mut rng);
+    // Momentum keeps one slot, Adam two.
+    let one_slot = Momentum::new(0.1, 0.9).init(&theta);
+    // Adam state for another model.
+    let other = Mlp::new(&[3, 7, 1], Activation::Tanh).unwrap();
+    let wrong_shapes = inner.opt.init(&other.init::<f64>(&mut rng));
+    for mode in MODES {
+        for (state, what) in [(&one_slot, "slots given"), (&wrong_shapes, "slot 0")] {
+            match meta_grad(mode, &p, &eta, &theta, state, &batches, &outer) {
+                Err(Error::Params { reason, .. }) => assert!(reason.contains(what), "{reason}"),
+                other => panic!("{mode}: expected a params error, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// An inner loop whose `sub_batch` ignores the range: the slices' losses then do not
+/// line up with the slices' weights.
+struct BadSlices(Regression<Adam<f64>>);
+
+impl InnerLoop<f64> for BadSlices {
+    type Batch = XyBatch;
+    type Opt = Adam<f64>;
+    fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
+        self.0.init(rng)
+    }
+    fn optimizer(&self) -> &Adam<f64> {
+        &self.0.opt
+    }
+    fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &XyBatch) -> Result<V> {
+        self.0.per_example_loss(theta, b)
+    }
+    fn sub_batch(&self, b: &XyBatch, _: Range<usize>) -> Option<XyBatch> {
+        Some(b.clone())
+    }
+    fn batch_len(&self, b: &XyBatch) -> Option<usize> {
+        self.0.batch_len(b)
+    }
+}
+
+#[test]
+fn sub_batches_of_the_wrong_size_are_a_shape_error() {
+    let inner = BadSlices(regression(Adam::new(0.05)));
+    let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
+    let p = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+    };
+    let mut rng = Rng::new(8);
+    let (theta, eta) = (inner.init(&mut rng), rater.init(&mut rng));
+    let batches = vec![inner.0.sample(&mut rng), inner.0.sample(&mut rng)];
+    let outer = inner.0.sample(&mut rng);
+    let state = inner.0.opt.init(&theta);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for mode in [Mode::Mixed, Mode::Checkpointed { every: 2 }] {
+        let r = pool.install(|| meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer));
+        match r {
+            Err(Error::Shape { lhs, rhs, .. }) => assert_eq!((lhs, rhs), (vec![2], vec![6])),
+            other => panic!("{mode}: expected a shape error, got {other:?}"),
+        }
+    }
 }

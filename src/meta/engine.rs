@@ -17,7 +17,7 @@
 //! thread when the problem can cut batches ([`MetaProblem::sub_batch`]), and step 0's
 //! pass is forward mode only (`theta_0` does not depend on `eta`).
 
-use super::MetaProblem;
+use super::{MetaProblem, check_weighted, weighted_sum};
 use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
@@ -40,6 +40,17 @@ pub enum Mode {
     },
     /// Reverse-over-reverse through the whole unrolled window (the baseline).
     Unrolled,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Mixed => write!(f, "mixed"),
+            Mode::Checkpointed { every: 0 } => write!(f, "checkpointed (every sqrt(T) steps)"),
+            Mode::Checkpointed { every } => write!(f, "checkpointed (every {every} steps)"),
+            Mode::Unrolled => write!(f, "unrolled"),
+        }
+    }
 }
 
 /// Measurements of one meta-gradient computation.
@@ -131,61 +142,179 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
     }
 }
 
-/// The meta-gradient of `J(theta_T)` with respect to the rater parameters `eta`, where
-/// `theta_T` comes from `batches.len()` steps of `opt` on `problem.inner_loss` from
-/// `(theta, state)`, and `J = problem.outer_loss(., outer_batch)`.
+/// One meta-gradient computation: what to differentiate, from where, and how.
 ///
-/// Inputs are never modified. A NaN or infinity anywhere is reported as
-/// [`Error::NonFinite`] naming the inner step and the quantity.
-#[allow(clippy::too_many_arguments)]
-pub fn meta_gradient<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
-    mode: Mode,
-    problem: &P,
+/// `theta_T` comes from `batches.len()` steps of the problem's own optimiser
+/// ([`MetaProblem::optimizer`]) on `problem.inner_loss` from `(theta, state)`, and
+/// `J = problem.outer_loss(theta_T, outer_batch)`; [`run`](Self::run) returns
+/// `dJ/d eta`.
+///
+/// ```
+/// use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater};
+/// use datarater::optim::{Optimizer, Sgd};
+/// use datarater::{Params, Result, Rng, Tensor, Value};
+///
+/// // Inner model: one scalar `m` fitted to the batch by squared error.
+/// struct Mean(Sgd<f64>);
+/// impl InnerLoop<f64> for Mean {
+///     type Batch = Tensor<f64>;
+///     type Opt = Sgd<f64>;
+///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
+///         Params::from_iter([("m".to_string(), Tensor::zeros(&[1]))])
+///     }
+///     fn optimizer(&self) -> &Sgd<f64> {
+///         &self.0
+///     }
+///     fn per_example_loss<V: Value<F = f64>>(&self, th: &Params<V>, x: &Tensor<f64>) -> Result<V> {
+///         Ok(V::constant(x.clone()).sub(&th["m"]).square())
+///     }
+/// }
+/// // Rater: score_i = a * x_i.
+/// struct Linear;
+/// impl Rater<f64, Tensor<f64>> for Linear {
+///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
+///         Params::from_iter([("a".to_string(), Tensor::zeros(&[1]))])
+///     }
+///     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, x: &Tensor<f64>) -> Result<V> {
+///         Ok(V::constant(x.clone()).mul(&eta["a"]))
+///     }
+/// }
+///
+/// let inner = Mean(Sgd::new(0.5));
+/// let problem = DataRaterProblem { inner: &inner, rater: &Linear, outer: &MeanLoss };
+/// let (eta, theta) = (Linear.init(&mut Rng::new(0)), inner.init(&mut Rng::new(0)));
+/// let batch = Tensor::from_vec(&[3], vec![0.0, 1.0, 5.0])?;
+/// let held_out = Tensor::from_vec(&[2], vec![0.9, 1.1])?;
+/// let r = MetaRequest {
+///     problem: &problem,
+///     eta: &eta,
+///     theta: &theta,
+///     state: &inner.optimizer().init(&theta),
+///     batches: &[batch],
+///     outer_batch: &held_out,
+///     mode: Mode::Mixed,
+///     memory_budget: None,
+/// }
+/// .run()?;
+/// // Up-weighting large x (a > 0) would pull m towards the outlier 5 and away from the
+/// // held-out data near 1, so the meta-gradient in `a` is positive (descent lowers `a`).
+/// assert!(r.grad["a"].item() > 0.0);
+/// # Ok::<(), datarater::Error>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct MetaRequest<'a, F: Float, P: MetaProblem<F>> {
+    /// The inner and outer objectives (and the inner optimiser).
+    pub problem: &'a P,
+    /// Rater parameters: what the meta-gradient is taken with respect to.
+    pub eta: &'a Params<Tensor<F>>,
+    /// Inner parameters at the start of the window.
+    pub theta: &'a Params<Tensor<F>>,
+    /// Inner optimiser state at the start of the window (from the problem's optimiser's
+    /// `init`, or carried over from earlier steps).
+    pub state: &'a OptState<Tensor<F>>,
+    /// One training batch per inner step (at least one).
+    pub batches: &'a [P::Batch],
+    /// The held-out batch of the outer objective.
+    pub outer_batch: &'a P::Batch,
+    /// Which engine to run.
+    pub mode: Mode,
+    /// Optional limit on the bytes of tapes and stored trajectory alive at once. A run
+    /// that passes it stops with [`Error::MemoryBudget`] naming the bytes in use, the mode
+    /// and the inner step, and frees everything it held. Checked after every inner step
+    /// of the forward sweep and every step of the backward sweep, so the overshoot is
+    /// at most one step's tape.
+    pub memory_budget: Option<usize>,
+}
+
+impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
+    /// Computes the meta-gradient `dJ(theta_T(eta))/d eta`.
+    ///
+    /// Inputs are never modified.
+    ///
+    /// # Errors
+    /// - [`Error::Config`] for an empty window or an invalid optimiser
+    ///   ([`Optimizer::validate`]);
+    /// - [`Error::Params`] when `state` does not match `theta` or the optimiser (slot
+    ///   count, names, shapes);
+    /// - [`Error::Shape`] when per-example weights and losses are not both `[batch]`;
+    /// - [`Error::NonFinite`] naming the inner step and the quantity where a NaN or
+    ///   infinity appeared;
+    /// - [`Error::MemoryBudget`] when the budget is passed;
+    /// - the problem's own errors.
+    pub fn run(&self) -> Result<MetaGradient<F>> {
+        let opt = self.problem.optimizer();
+        opt.validate()?;
+        if self.batches.is_empty() {
+            return Err(Error::Config {
+                field: "batches",
+                reason: "need at least one inner step".into(),
+            });
+        }
+        check_state(opt, self.theta, self.state)?;
+        let budget = Budget {
+            limit: self.memory_budget,
+            mode: self.mode,
+        };
+        let n = self.batches.len();
+        match self.mode {
+            Mode::Unrolled => unrolled(self, &budget),
+            Mode::Mixed => mixed(self, &budget, 1, true, false),
+            Mode::Checkpointed { every } => {
+                let k = if every == 0 {
+                    (n as f64).sqrt().ceil() as usize
+                } else {
+                    every
+                };
+                mixed(self, &budget, k, false, true)
+            }
+        }
+    }
+}
+
+/// `state` must be what `opt` keeps for `theta`: as many slots, each shaped like `theta`.
+fn check_state<F: Float, O: Optimizer<F>>(
     opt: &O,
-    eta: &Params<Tensor<F>>,
     theta: &Params<Tensor<F>>,
     state: &OptState<Tensor<F>>,
-    batches: &[P::Batch],
-    outer_batch: &P::Batch,
-) -> Result<MetaGradient<F>> {
-    if batches.is_empty() {
-        return Err(Error::Config {
-            field: "batches",
-            reason: "need at least one inner step".into(),
+) -> Result<()> {
+    let want = opt.init(theta).slots.len();
+    if state.slots.len() != want {
+        return Err(Error::Params {
+            name: "optimiser state".into(),
+            reason: format!(
+                "{} slots given, the optimiser keeps {want}",
+                state.slots.len()
+            ),
         });
     }
-    match mode {
-        Mode::Unrolled => unrolled(problem, opt, eta, theta, state, batches, outer_batch),
-        Mode::Mixed => mixed(
-            problem,
-            opt,
-            eta,
-            theta,
-            state,
-            batches,
-            outer_batch,
-            1,
-            true,
-            false,
-        ),
-        Mode::Checkpointed { every } => {
-            let k = if every == 0 {
-                (batches.len() as f64).sqrt().ceil() as usize
-            } else {
-                every
-            };
-            mixed(
-                problem,
-                opt,
-                eta,
-                theta,
-                state,
-                batches,
-                outer_batch,
-                k,
-                false,
-                true,
-            )
+    for (i, slot) in state.slots.iter().enumerate() {
+        theta.check_like(slot).map_err(|e| match e {
+            Error::Params { name, reason } => Error::Params {
+                name,
+                reason: format!("optimiser state slot {i} vs theta: {reason}"),
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// The memory budget of one run.
+struct Budget {
+    limit: Option<usize>,
+    mode: Mode,
+}
+
+impl Budget {
+    fn check(&self, in_use: usize, step: usize) -> Result<()> {
+        match self.limit {
+            Some(budget) if in_use > budget => Err(Error::MemoryBudget {
+                budget,
+                in_use,
+                mode: self.mode,
+                step,
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -204,9 +333,8 @@ type StepOut<F> = (
 /// numbers (and returned for the backward sweep); otherwise `inner_loss` runs with
 /// `eta` as constants.
 #[allow(clippy::too_many_arguments)]
-fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
+fn inner_step<F: Float, P: MetaProblem<F>>(
     problem: &P,
-    opt: &O,
     eta: &Params<Tensor<F>>,
     eta_c: &Params<Var<Tensor<F>>>,
     theta: &Params<Tensor<F>>,
@@ -219,12 +347,7 @@ fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let w = w?;
             let parts = for_shards(problem, batch, &w, |w, b| {
                 let w = Var::constant_of(w);
-                value_and_grad(
-                    |th| -> Result<Var<Tensor<F>>> {
-                        Ok(w.mul(&losses(problem, th, b)?).sum_all())
-                    },
-                    theta,
-                )
+                value_and_grad(|th| weighted_sum(&w, &losses(problem, th, b)?), theta)
             })?;
             let loss = parts.iter().map(|(l, _)| l.item()).sum::<F>();
             let g = sum(parts.into_iter().map(|(_, g)| g))?;
@@ -237,23 +360,27 @@ fn inner_step<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     };
     finite_scalar(loss, t, "inner loss")?;
     finite(&g, t, "inner gradient")?;
-    let (th, st) = opt.update(theta, state, &g);
+    let (th, st) = problem.optimizer().update(theta, state, &g);
     Ok((loss, g, th, st, w))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
-    problem: &P,
-    opt: &O,
-    eta: &Params<Tensor<F>>,
-    theta0: &Params<Tensor<F>>,
-    state0: &OptState<Tensor<F>>,
-    batches: &[P::Batch],
-    outer_batch: &P::Batch,
+fn mixed<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
+    budget: &Budget,
     every: usize,
     keep_grads: bool,
     remat: bool,
 ) -> Result<MetaGradient<F>> {
+    let MetaRequest {
+        problem,
+        eta,
+        theta: theta0,
+        state: state0,
+        batches,
+        outer_batch,
+        ..
+    } = *req;
+    let opt = problem.optimizer();
     let n = batches.len();
     let eta_c = eta.map(|e| Var::constant_of(e.clone()));
     let mut stats = MetaStats {
@@ -266,7 +393,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
     let mut stored: Vec<Step<F>> = Vec::new();
     let (mut theta, mut state) = (theta0.clone(), state0.clone());
     for (t, batch) in batches.iter().enumerate() {
-        let (loss, g, th, st, w) = inner_step(problem, opt, eta, &eta_c, &theta, &state, batch, t)?;
+        let (loss, g, th, st, w) = inner_step(problem, eta, &eta_c, &theta, &state, batch, t)?;
         inner_losses.push(loss);
         if t % every == 0 {
             stored.push(Step {
@@ -275,10 +402,11 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 grad: keep_grads.then_some(g),
                 weights: w,
             });
+            stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
+            budget.check(stats.trajectory_bytes, t)?;
         }
         (theta, state) = (th, st);
     }
-    stats.trajectory_bytes = stored.iter().map(Step::nbytes).sum();
 
     // Backward sweep.
     let (outer_loss, mut theta_bar) =
@@ -298,7 +426,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
             let s = segment.last_mut().expect("non-empty");
             if s.grad.is_none() {
                 let (_, g, th, st, w) =
-                    inner_step(problem, opt, eta, &eta_c, &s.theta, &s.state, batch, t)?;
+                    inner_step(problem, eta, &eta_c, &s.theta, &s.state, batch, t)?;
                 s.grad = Some(g);
                 s.weights = w;
                 if t + 1 < end {
@@ -314,6 +442,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         }
         let alive: usize = stored.iter().chain(&segment).map(Step::nbytes).sum();
         stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
+        budget.check(alive, start)?;
         for (t, s) in (start..end).zip(segment.iter()).rev() {
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
@@ -330,6 +459,7 @@ fn mixed<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
                 t > 0,
             )?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
+            budget.check(alive + tape_bytes, t)?;
             if let Some(h) = &h_gbar {
                 finite(h, t, "Hessian-vector product")?;
             }
@@ -405,6 +535,7 @@ fn products<F: Float, P: MetaProblem<F>>(
     let parts = for_shards(problem, batch, &w?, |w, b| {
         if !need_h {
             let (_, d) = jvp(|th| losses(problem, th, b), theta, g)?;
+            check_weighted(w.shape().to_vec(), d.shape().to_vec())?;
             return Ok((None, d, 0));
         }
         let w = Var::constant_of(Dual::constant_of(w));
@@ -413,7 +544,7 @@ fn products<F: Float, P: MetaProblem<F>>(
             |gs| -> Result<Var<Dual<Tensor<F>>>> {
                 let l = losses(problem, &gs[0], b)?;
                 d = Some(l.value().tangent_or_zeros());
-                Ok(w.mul(&l).sum_all())
+                weighted_sum(&w, &l)
             },
             &[theta],
             &[Some(g)],
@@ -443,8 +574,8 @@ fn products<F: Float, P: MetaProblem<F>>(
 
 /// Runs `f(w_k, batch_k)` on slices of a weighted-form batch (`w` its weights, one per
 /// example along axis 0) and returns the results in order: one slice per rayon thread
-/// when the problem can split its batches ([`MetaProblem::sub_batch`]), else the whole
-/// batch.
+/// when the problem can split its batches ([`MetaProblem::sub_batch`] and
+/// [`MetaProblem::batch_len`], against which `w` is checked), else the whole batch.
 fn for_shards<F: Float, P: MetaProblem<F>, R: Send>(
     problem: &P,
     batch: &P::Batch,
@@ -452,6 +583,10 @@ fn for_shards<F: Float, P: MetaProblem<F>, R: Send>(
     f: impl Fn(Tensor<F>, &P::Batch) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
     let n = w.shape().first().copied().unwrap_or(1);
+    let Some(len) = problem.batch_len(batch) else {
+        return Ok(vec![f(w.clone(), batch)?]);
+    };
+    check_weighted(w.shape().to_vec(), vec![len])?;
     let k = rayon::current_num_threads().min(n);
     if k > 1 {
         let ranges: Vec<Range<usize>> = (0..k).map(|i| i * n / k..(i + 1) * n / k).collect();
@@ -477,15 +612,20 @@ fn sum<F: Float>(parts: impl IntoIterator<Item = Params<Tensor<F>>>) -> Result<P
     parts.try_fold(first, |acc, p| acc.add_scaled(&p, F::one()))
 }
 
-fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
-    problem: &P,
-    opt: &O,
-    eta: &Params<Tensor<F>>,
-    theta0: &Params<Tensor<F>>,
-    state0: &OptState<Tensor<F>>,
-    batches: &[P::Batch],
-    outer_batch: &P::Batch,
+fn unrolled<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
+    budget: &Budget,
 ) -> Result<MetaGradient<F>> {
+    let MetaRequest {
+        problem,
+        eta,
+        theta: theta0,
+        state: state0,
+        batches,
+        outer_batch,
+        ..
+    } = *req;
+    let opt = problem.optimizer();
     let n = batches.len();
     let tape = Tape::<Tensor<F>>::with_checkpointing(false);
     let eta_v = eta.map(|e| tape.var(e.clone()));
@@ -505,6 +645,7 @@ fn unrolled<F: Float, P: MetaProblem<F>, O: Optimizer<F>>(
         finite(&g.map(|v| v.value().clone()), t, "inner gradient")?;
         inner_losses.push(loss.item());
         (theta, state) = opt.update(&theta, &state, &g);
+        budget.check(tape.bytes(), t)?;
     }
     let j = problem.outer_loss(&theta, outer_batch)?;
     finite_scalar(j.item(), n, "outer loss")?;

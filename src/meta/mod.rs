@@ -1,21 +1,37 @@
-//! Meta-learning: the public traits a downstream crate implements ([`Rater`],
-//! [`InnerLoop`], [`OuterLoop`]), the inner objective that connects them
-//! ([`MetaProblem`], with the DataRater weighting [`DataRaterProblem`] as the default),
-//! and the exact meta-gradient engines ([`meta_gradient`]: mixed mode, unrolled
-//! reverse-over-reverse, checkpointed mixed mode).
+//! Meta-learning: the public traits a downstream crate implements, the inner objective
+//! that connects them, and the exact meta-gradient engines.
+//!
+//! Each use implements only what it uses:
+//!
+//! | to ... | implement | or use the ready-made |
+//! | --- | --- | --- |
+//! | score examples | [`Rater`] | `trainer::TextRater`, `trainer::MlpRater` |
+//! | train an inner model on weighted examples | [`InnerLoop`] | `trainer::TextLm` |
+//! | say what "better on held-out data" means | [`OuterLoop`] | [`MeanLoss`] |
+//! | compute one meta-gradient | (the three above, joined by [`DataRaterProblem`]) or [`MetaProblem`] directly; then [`MetaRequest::run`] | |
+//! | update the rater from meta-gradients | [`MetaOptimizer`] | `trainer::MetaAdam`, `trainer::MetaSgd` |
+//! | draw training and held-out batches (Algorithm 1) | [`Sampler`] (any `Fn(&mut Rng) -> Result<B>`) | `trainer::TextPool` |
+//!
+//! [`MetaRequest`] runs one of three engines ([`Mode`]): mixed mode (MixFlow-MG),
+//! checkpointed mixed mode, and unrolled reverse-over-reverse, the baseline. They give
+//! the same meta-gradient to rounding.
 
 mod engine;
 
-pub use engine::{MetaGradient, MetaStats, Mode, meta_gradient};
+pub use engine::{MetaGradient, MetaRequest, MetaStats, Mode};
 
 use crate::autodiff::{Float, Params, Tensor, Value};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 use std::ops::Range;
 
 /// A model that scores a batch: one raw score per example (higher = more useful).
 /// Written generically over the algebra so the engines can differentiate it.
+///
+/// `scores` must return shape `[batch]`, one score per example; the engines check it
+/// against the per-example losses and report any other shape (for example `[batch, 1]`)
+/// as [`Error::Shape`](crate::Error::Shape) instead of broadcasting it.
 pub trait Rater<F: Float, B>: Sync {
     /// Fresh rater parameters `eta`.
     fn init(&self, rng: &mut Rng) -> Params<Tensor<F>>;
@@ -23,8 +39,8 @@ pub trait Rater<F: Float, B>: Sync {
     fn scores<V: Value<F = F>>(&self, eta: &Params<V>, batch: &B) -> Result<V>;
 }
 
-/// The inner problem: the model being trained, its per-example loss, its optimiser, and
-/// how it draws training batches.
+/// The inner problem: the model being trained, its per-example loss and its optimiser.
+/// Where its batches come from is a [`Sampler`]'s business.
 pub trait InnerLoop<F: Float>: Sync {
     /// A batch of training examples.
     type Batch: Sync + Send;
@@ -32,7 +48,7 @@ pub trait InnerLoop<F: Float>: Sync {
     type Opt: Optimizer<F>;
     /// Fresh inner parameters `theta`.
     fn init(&self, rng: &mut Rng) -> Params<Tensor<F>>;
-    /// The inner optimiser.
+    /// The inner optimiser (the one every meta-gradient differentiates through).
     fn optimizer(&self) -> &Self::Opt;
     /// Per-example losses `[batch]`.
     fn per_example_loss<V: Value<F = F>>(
@@ -40,41 +56,83 @@ pub trait InnerLoop<F: Float>: Sync {
         theta: &Params<V>,
         batch: &Self::Batch,
     ) -> Result<V>;
-    /// Draws a training batch.
-    fn sample_batch(&self, rng: &mut Rng) -> Self::Batch;
     /// Optional, for speed: the examples `range` of `batch` as a batch of their own,
-    /// whose per-example losses are exactly those rows of `batch`'s. With it the
-    /// mixed-mode engines split each inner step's passes over rayon's threads (see
-    /// [`MetaProblem::sub_batch`]). The default `None` keeps every pass whole.
+    /// whose per-example losses are exactly those rows of `batch`'s. With it and
+    /// [`batch_len`](Self::batch_len) the mixed-mode engines split each inner step's
+    /// passes over rayon's threads (see [`MetaProblem::sub_batch`]). The default `None`
+    /// keeps every pass whole.
     fn sub_batch(&self, batch: &Self::Batch, range: Range<usize>) -> Option<Self::Batch> {
         let _ = (batch, range);
         None
     }
+    /// Optional: the number of examples in `batch`. The engines check the rater's
+    /// weights against it before cutting a batch with [`sub_batch`](Self::sub_batch),
+    /// which they do only when both are given. The default `None` keeps every pass whole.
+    fn batch_len(&self, batch: &Self::Batch) -> Option<usize> {
+        let _ = batch;
+        None
+    }
 }
 
-/// The outer problem: the held-out objective, and the meta-update applied to the
-/// meta-gradient.
+/// The outer objective: the scalar held-out loss of inner parameters, whose gradient
+/// with respect to the rater is the meta-gradient. The default is the mean per-example
+/// inner loss ([`MeanLoss`] is that default, ready-made).
 pub trait OuterLoop<F: Float, I: InnerLoop<F>>: Sync {
-    /// Per-model state of the meta-optimiser (e.g. Adam moments).
-    type MetaState: Clone + Send;
-    /// Draws a held-out batch.
-    fn sample_batch(&self, rng: &mut Rng) -> I::Batch;
-    /// The scalar held-out objective of inner parameters; by default the mean
-    /// per-example inner loss.
+    /// The scalar held-out objective `J(theta; batch)`.
     fn loss<V: Value<F = F>>(&self, inner: &I, theta: &Params<V>, batch: &I::Batch) -> Result<V> {
         Ok(inner.per_example_loss(theta, batch)?.mean_all())
     }
-    /// Fresh meta-optimiser state for rater parameters `eta`.
-    fn init_state(&self, eta: &Params<Tensor<F>>) -> Self::MetaState;
-    /// One meta-optimiser step: the updated rater parameters given the meta-gradient.
-    /// `state` is updated in place; `step` counts outer steps from 0.
+}
+
+/// The held-out objective "mean per-example inner loss".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeanLoss;
+
+impl<F: Float, I: InnerLoop<F>> OuterLoop<F, I> for MeanLoss {}
+
+/// Draws batches: the training stream of an inner model, or held-out batches.
+///
+/// Any `Fn(&mut Rng) -> Result<B> + Sync` closure is a sampler:
+///
+/// ```
+/// use datarater::meta::Sampler;
+/// use datarater::Rng;
+/// let dice = |rng: &mut Rng| Ok(1 + rng.below(6));
+/// let roll = dice.sample(&mut Rng::new(0)).unwrap();
+/// assert!((1..=6).contains(&roll));
+/// ```
+pub trait Sampler<B>: Sync {
+    /// One batch, drawing every random choice from `rng`.
+    fn sample(&self, rng: &mut Rng) -> Result<B>;
+}
+
+impl<B, S: Fn(&mut Rng) -> Result<B> + Sync> Sampler<B> for S {
+    fn sample(&self, rng: &mut Rng) -> Result<B> {
+        self(rng)
+    }
+}
+
+/// The meta-optimiser: turns a meta-gradient into updated rater parameters. In
+/// Algorithm 1 each inner model has its own state.
+pub trait MetaOptimizer<F: Float>: Sync {
+    /// Per-model state (e.g. Adam moments).
+    type State: Clone + Send + Sync;
+    /// Fresh state for rater parameters `eta`.
+    fn init_state(&self, eta: &Params<Tensor<F>>) -> Self::State;
+    /// One step: the updated rater parameters given the meta-gradient. `state` is
+    /// updated in place; `step` counts outer steps from 0.
     fn update(
         &self,
         eta: &Params<Tensor<F>>,
         meta_grad: &Params<Tensor<F>>,
-        state: &mut Self::MetaState,
+        state: &mut Self::State,
         step: usize,
     ) -> Result<Params<Tensor<F>>>;
+    /// Checks the hyper-parameters, returning [`Error::Config`](crate::Error::Config)
+    /// naming the first bad one.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a meta-gradient differentiates: an inner objective `L(theta, eta; batch)` whose
@@ -82,6 +140,10 @@ pub trait OuterLoop<F: Float, I: InnerLoop<F>>: Sync {
 pub trait MetaProblem<F: Float>: Sync {
     /// A batch.
     type Batch: Sync + Send;
+    /// The inner optimiser.
+    type Opt: Optimizer<F>;
+    /// The inner optimiser the meta-gradient differentiates through.
+    fn optimizer(&self) -> &Self::Opt;
     /// The scalar inner objective.
     fn inner_loss<V: Value<F = F>>(
         &self,
@@ -135,6 +197,14 @@ pub trait MetaProblem<F: Float>: Sync {
         let _ = (batch, range);
         None
     }
+
+    /// The number of examples in `batch`, which the split needs alongside
+    /// [`sub_batch`](Self::sub_batch): the weights must have exactly this length
+    /// (otherwise [`Error::Shape`]). The default `None` keeps every pass whole.
+    fn batch_len(&self, batch: &Self::Batch) -> Option<usize> {
+        let _ = batch;
+        None
+    }
 }
 
 /// The DataRater objective: `L(theta, eta) = sum_i softmax_i(rater(eta, batch)) * l_i(theta)`
@@ -144,7 +214,7 @@ pub struct DataRaterProblem<'a, I, R, O> {
     pub inner: &'a I,
     /// The rater.
     pub rater: &'a R,
-    /// The outer loop.
+    /// The outer objective.
     pub outer: &'a O,
 }
 
@@ -156,14 +226,18 @@ where
     O: OuterLoop<F, I>,
 {
     type Batch = I::Batch;
+    type Opt = I::Opt;
+    fn optimizer(&self) -> &I::Opt {
+        self.inner.optimizer()
+    }
     fn inner_loss<V: Value<F = F>>(
         &self,
         theta: &Params<V>,
         eta: &Params<V>,
         batch: &I::Batch,
     ) -> Result<V> {
-        let w = self.rater.scores(eta, batch)?.softmax(0);
-        Ok(w.mul(&self.inner.per_example_loss(theta, batch)?).sum_all())
+        let w = softmax_weights(self.rater.scores(eta, batch)?)?;
+        weighted_sum(&w, &self.inner.per_example_loss(theta, batch)?)
     }
     fn outer_loss<V: Value<F = F>>(&self, theta: &Params<V>, batch: &I::Batch) -> Result<V> {
         self.outer.loss(self.inner, theta, batch)
@@ -173,7 +247,7 @@ where
         eta: &Params<V>,
         batch: &I::Batch,
     ) -> Option<Result<V>> {
-        Some(self.rater.scores(eta, batch).map(|s| s.softmax(0)))
+        Some(self.rater.scores(eta, batch).and_then(softmax_weights))
     }
     fn example_losses<V: Value<F = F>>(
         &self,
@@ -185,13 +259,52 @@ where
     fn sub_batch(&self, batch: &I::Batch, range: Range<usize>) -> Option<I::Batch> {
         self.inner.sub_batch(batch, range)
     }
+    fn batch_len(&self, batch: &I::Batch) -> Option<usize> {
+        self.inner.batch_len(batch)
+    }
+}
+
+/// The softmax over the batch of a rater's scores, which must have shape `[batch]`.
+fn softmax_weights<V: Value>(scores: V) -> Result<V> {
+    let shape = scores.shape();
+    if shape.len() != 1 || shape[0] == 0 {
+        return Err(Error::Shape {
+            op: "rater scores (expected [batch])",
+            lhs: shape,
+            rhs: vec![],
+        });
+    }
+    Ok(scores.softmax(0))
+}
+
+/// `sum_i w_i l_i` for per-example weights and losses that must both have shape
+/// `[batch]`: anything else (a `[batch, 1]` score column, a batch of another size) is an
+/// [`Error::Shape`] naming both shapes, never a silent broadcast.
+pub fn weighted_sum<V: Value>(w: &V, losses: &V) -> Result<V> {
+    check_weighted(w.shape(), losses.shape())?;
+    Ok(w.mul(losses).sum_all())
+}
+
+/// Weights and losses (or their tangents) must both be `[batch]`.
+fn check_weighted(w: Vec<usize>, losses: Vec<usize>) -> Result<()> {
+    if w.len() != 1 || w != losses {
+        return Err(Error::Shape {
+            op: "weights * per-example losses (both must be [batch])",
+            lhs: w,
+            rhs: losses,
+        });
+    }
+    Ok(())
 }
 
 /// Softmax weights the rater assigns to the examples of a batch (they sum to 1).
+///
+/// # Errors
+/// The rater's errors, and [`Error::Shape`] when its scores are not `[batch]`.
 pub fn weights<F: Float, B, R: Rater<F, B>>(
     rater: &R,
     eta: &Params<Tensor<F>>,
     batch: &B,
 ) -> Result<Tensor<F>> {
-    Ok(rater.scores(eta, batch)?.softmax(0))
+    softmax_weights(rater.scores(eta, batch)?)
 }

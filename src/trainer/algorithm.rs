@@ -5,7 +5,9 @@
 
 use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
-use crate::meta::{DataRaterProblem, InnerLoop, Mode, OuterLoop, Rater, meta_gradient};
+use crate::meta::{
+    DataRaterProblem, InnerLoop, MetaOptimizer, MetaRequest, Mode, OuterLoop, Rater, Sampler,
+};
 use crate::optim::{OptState, Optimizer};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -135,34 +137,67 @@ impl StepReport {
     }
 }
 
-/// Algorithm 1 over any inner loop, rater and outer loop, in precision `F`.
-pub struct Trainer<'a, F, I, R, O> {
-    /// The inner problem.
+/// The parts Algorithm 1 is made of. Each is a trait of [`crate::meta`], so a
+/// downstream crate can supply any of them.
+pub struct Setup<'a, B, I, R, O, M> {
+    /// The inner model, its per-example loss and its optimiser.
     pub inner: &'a I,
     /// The rater.
     pub rater: &'a R,
-    /// The outer problem and meta-optimiser.
+    /// The held-out objective ([`MeanLoss`](crate::meta::MeanLoss) for the mean
+    /// per-example loss).
     pub outer: &'a O,
+    /// The meta-optimiser (one state per inner model).
+    pub meta_opt: &'a M,
+    /// Draws each inner model's training batches.
+    pub train: &'a dyn Sampler<B>,
+    /// Draws held-out batches for the outer objective.
+    pub held_out: &'a dyn Sampler<B>,
+}
+
+/// One inner model's part of an outer step, computed by [`Trainer::advance`]: the
+/// model after its `T` inner steps and the rater it proposes.
+#[derive(Clone, Debug)]
+pub struct Advanced<F: Float, M> {
+    /// The member after its inner steps (and reset, if one was due).
+    pub member: Member<F, M>,
+    /// Its updated rater parameters `eta_bar^i`.
+    pub eta: Params<Tensor<F>>,
+    /// Its held-out loss after the inner steps.
+    pub outer_loss: f64,
+    /// Global norm of its meta-gradient.
+    pub grad_norm: f64,
+    /// Whether it was re-initialised at this step.
+    pub reset: bool,
+}
+
+/// Algorithm 1 over any inner loop, rater, objective and meta-optimiser, in precision `F`.
+pub struct Trainer<'a, F: Float, I: InnerLoop<F>, R, O, M> {
+    /// The parts.
+    pub setup: Setup<'a, I::Batch, I, R, O, M>,
     /// Settings.
     pub config: TrainerConfig,
     precision: PhantomData<fn() -> F>,
 }
 
-impl<'a, F, I, R, O> Trainer<'a, F, I, R, O>
+impl<'a, F, I, R, O, M> Trainer<'a, F, I, R, O, M>
 where
     F: Float,
     I: InnerLoop<F>,
     R: Rater<F, I::Batch>,
     O: OuterLoop<F, I>,
-    O::MetaState: Sync,
+    M: MetaOptimizer<F>,
 {
-    /// Validates the config.
-    pub fn new(inner: &'a I, rater: &'a R, outer: &'a O, config: TrainerConfig) -> Result<Self> {
+    /// Checks the config, the inner optimiser and the meta-optimiser.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid setting.
+    pub fn new(setup: Setup<'a, I::Batch, I, R, O, M>, config: TrainerConfig) -> Result<Self> {
         config.validate()?;
+        setup.inner.optimizer().validate()?;
+        setup.meta_opt.validate()?;
         Ok(Trainer {
-            inner,
-            rater,
-            outer,
+            setup,
             config,
             precision: PhantomData,
         })
@@ -170,125 +205,189 @@ where
 
     /// Fresh state from the seed: a new rater (or `eta`, to continue from saved
     /// parameters) and a freshly initialised population.
-    pub fn init(&self, eta: Option<Params<Tensor<F>>>) -> TrainerState<F, O::MetaState> {
+    ///
+    /// # Errors
+    /// [`Error::Params`] when `eta` does not have the names and shapes of this rater's
+    /// parameters (for example a rater saved for another model config), naming the
+    /// first mismatch.
+    pub fn init(&self, eta: Option<Params<Tensor<F>>>) -> Result<TrainerState<F, M::State>> {
         let root = Rng::new(self.config.seed);
+        let fresh = self.setup.rater.init(&mut root.fork(0));
         let eta = match eta {
-            Some(e) => e,
-            None => self.rater.init(&mut root.fork(0)),
+            Some(e) => {
+                fresh.check_like(&e)?;
+                e
+            }
+            None => fresh,
         };
         let members = (0..self.config.population)
             .into_par_iter()
             .map(|i| {
                 let mut rng = root.fork(1 + i as u64);
-                let theta = self.inner.init(&mut rng);
-                let opt_state = self.inner.optimizer().init(&theta);
+                let theta = self.setup.inner.init(&mut rng);
+                let opt_state = self.setup.inner.optimizer().init(&theta);
                 Member {
                     theta,
                     opt_state,
-                    meta_state: self.outer.init_state(&eta),
+                    meta_state: self.setup.meta_opt.init_state(&eta),
                     age: 0,
                     rng,
                 }
             })
             .collect();
-        TrainerState {
+        Ok(TrainerState {
             eta,
             members,
             step: 0,
-        }
+        })
     }
 
-    /// One outer step of Algorithm 1. On error (for example a non-finite
-    /// meta-gradient) `state` is left exactly as it was: the last good rater is kept.
-    pub fn step(&self, state: &mut TrainerState<F, O::MetaState>) -> Result<StepReport> {
-        let start = Instant::now();
-        let k = state.step;
+    /// Member `i`'s part of outer step `k` with rater `eta`: reset if due, draw `T`
+    /// training batches and one held-out batch from its own stream, compute its
+    /// meta-gradient and apply its meta-optimiser. A pure function of its inputs, so
+    /// members can be advanced on any thread or process, in any order.
+    ///
+    /// # Errors
+    /// Whatever the parts report; a non-finite meta-gradient or update is
+    /// [`Error::NonFinite`] naming the outer step and the member.
+    pub fn advance(
+        &self,
+        eta: &Params<Tensor<F>>,
+        member: &Member<F, M::State>,
+        i: usize,
+        k: usize,
+    ) -> Result<Advanced<F, M::State>> {
+        let Setup {
+            inner,
+            rater,
+            outer,
+            meta_opt,
+            train,
+            held_out,
+        } = self.setup;
+        let mut m = member.clone();
+        let reset = self.config.resets_at(i, k);
+        if reset {
+            m.theta = inner.init(&mut m.rng);
+            m.opt_state = inner.optimizer().init(&m.theta);
+            m.age = 0;
+        }
+        let batches: Vec<I::Batch> = (0..self.config.inner_steps)
+            .map(|_| train.sample(&mut m.rng))
+            .collect::<Result<_>>()?;
+        let outer_batch = held_out.sample(&mut m.rng)?;
         let problem = DataRaterProblem {
-            inner: self.inner,
-            rater: self.rater,
-            outer: self.outer,
+            inner,
+            rater,
+            outer,
         };
-        let eta = &state.eta;
-        let results = state
+        let r = MetaRequest {
+            problem: &problem,
+            eta,
+            theta: &m.theta,
+            state: &m.opt_state,
+            batches: &batches,
+            outer_batch: &outer_batch,
+            mode: self.config.mode,
+            memory_budget: None,
+        }
+        .run()
+        .map_err(|e| at_outer_step(e, k, i))?;
+        let grad_norm = r.grad.norm().f64();
+        let eta_i = meta_opt
+            .update(eta, &r.grad, &mut m.meta_state, k)
+            .map_err(|e| at_outer_step(e, k, i))?;
+        if let Some(name) = eta_i.first_non_finite() {
+            return Err(Error::NonFinite {
+                step: k,
+                quantity: format!("rater update `{name}` (outer step {k}, model {i})"),
+            });
+        }
+        (m.theta, m.opt_state, m.age) = (r.theta, r.state, m.age + self.config.inner_steps);
+        Ok(Advanced {
+            member: m,
+            eta: eta_i,
+            outer_loss: r.outer_loss.f64(),
+            grad_norm,
+            reset,
+        })
+    }
+
+    /// One outer step of Algorithm 1: every member advanced in parallel, then
+    /// [`commit`](Self::commit). On error (for example a non-finite meta-gradient)
+    /// `state` is left exactly as it was: the last good rater is kept.
+    pub fn step(&self, state: &mut TrainerState<F, M::State>) -> Result<StepReport> {
+        let start = Instant::now();
+        let (k, eta) = (state.step, &state.eta);
+        let advanced = state
             .members
             .par_iter()
             .enumerate()
-            .map(|(i, m)| {
-                let mut m = m.clone();
-                let reset = self.config.resets_at(i, k);
-                if reset {
-                    m.theta = self.inner.init(&mut m.rng);
-                    m.opt_state = self.inner.optimizer().init(&m.theta);
-                    m.age = 0;
-                }
-                let batches: Vec<I::Batch> = (0..self.config.inner_steps)
-                    .map(|_| self.inner.sample_batch(&mut m.rng))
-                    .collect();
-                let held_out = self.outer.sample_batch(&mut m.rng);
-                let r = meta_gradient(
-                    self.config.mode,
-                    &problem,
-                    self.inner.optimizer(),
-                    eta,
-                    &m.theta,
-                    &m.opt_state,
-                    &batches,
-                    &held_out,
-                )
-                .map_err(|e| at_outer_step(e, k, i))?;
-                let norm = r.grad.norm().f64();
-                let eta_i = self
-                    .outer
-                    .update(eta, &r.grad, &mut m.meta_state, k)
-                    .map_err(|e| at_outer_step(e, k, i))?;
-                if let Some(name) = eta_i.first_non_finite() {
-                    return Err(Error::NonFinite {
-                        step: k,
-                        quantity: format!("rater update `{name}` (outer step {k}, model {i})"),
-                    });
-                }
-                (m.theta, m.opt_state, m.age) = (r.theta, r.state, m.age + self.config.inner_steps);
-                Ok((m, eta_i, r.outer_loss.f64(), norm, reset))
-            })
+            .map(|(i, m)| self.advance(eta, m, i, k))
             .collect::<Result<Vec<_>>>()?;
-        // Everything succeeded: commit. eta_{k+1} is the mean of the per-model updates.
-        let n = F::c(1.0 / results.len() as f64);
-        let mut mean = results[0].1.scaled(n);
-        for r in &results[1..] {
-            mean = mean.add_scaled(&r.1, n)?;
+        let mut report = Self::commit(state, advanced)?;
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Completes an outer step from every member's [`Advanced`] result, in member
+    /// order: `eta_{k+1}` is the mean of the per-member updated raters, summed in that
+    /// order (so the result does not depend on where the members ran), and the members
+    /// are replaced. `seconds` in the report is left at 0.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `advanced` does not hold one result per member; `state` is
+    /// then unchanged.
+    pub fn commit(
+        state: &mut TrainerState<F, M::State>,
+        advanced: Vec<Advanced<F, M::State>>,
+    ) -> Result<StepReport> {
+        if advanced.len() != state.members.len() || advanced.is_empty() {
+            return Err(Error::Config {
+                field: "population",
+                reason: format!(
+                    "{} member results for a population of {}",
+                    advanced.len(),
+                    state.members.len()
+                ),
+            });
+        }
+        let n = F::c(1.0 / advanced.len() as f64);
+        let mut mean = advanced[0].eta.scaled(n);
+        for a in &advanced[1..] {
+            mean = mean.add_scaled(&a.eta, n)?;
         }
         let mut report = StepReport {
-            step: k,
+            step: state.step,
             outer_losses: vec![],
             grad_norms: vec![],
             ages: vec![],
             resets: vec![],
             seconds: 0.0,
         };
-        state.members = results
+        state.members = advanced
             .into_iter()
             .enumerate()
-            .map(|(i, (m, _, loss, norm, reset))| {
-                report.outer_losses.push(loss);
-                report.grad_norms.push(norm);
-                report.ages.push(m.age);
-                if reset {
+            .map(|(i, a)| {
+                report.outer_losses.push(a.outer_loss);
+                report.grad_norms.push(a.grad_norm);
+                report.ages.push(a.member.age);
+                if a.reset {
                     report.resets.push(i);
                 }
-                m
+                a.member
             })
             .collect();
         state.eta = mean;
         state.step += 1;
-        report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }
 
     /// Runs the remaining outer steps, calling `on_step` after each (for progress).
     pub fn run(
         &self,
-        state: &mut TrainerState<F, O::MetaState>,
-        mut on_step: impl FnMut(&StepReport, &TrainerState<F, O::MetaState>),
+        state: &mut TrainerState<F, M::State>,
+        mut on_step: impl FnMut(&StepReport, &TrainerState<F, M::State>),
     ) -> Result<()> {
         while state.step < self.config.outer_steps {
             let report = self.step(state)?;

@@ -3,6 +3,7 @@
 
 use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
+use crate::meta::MetaOptimizer;
 use ndarray::Zip;
 
 /// Adam on the rater's parameters with decoupled weight decay, linear learning-rate
@@ -80,15 +81,6 @@ impl MetaAdam {
         Ok(())
     }
 
-    /// Fresh state for `eta`.
-    pub fn init<F: Float>(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
-        MetaAdamState {
-            m: eta.zeros_like(),
-            v: eta.zeros_like(),
-            t: 0,
-        }
-    }
-
     /// Learning rate at outer step `step` (0-based): linear warm-up, then constant.
     pub fn lr_at(&self, step: usize) -> f64 {
         if self.warmup_steps == 0 {
@@ -97,15 +89,31 @@ impl MetaAdam {
             self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
         }
     }
+}
 
-    /// One update of `eta` with meta-gradient `g` (clipped first); `state` is advanced.
-    pub fn update<F: Float>(
+impl<F: Float> MetaOptimizer<F> for MetaAdam {
+    type State = MetaAdamState<F>;
+
+    fn init_state(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
+        MetaAdamState {
+            m: eta.zeros_like(),
+            v: eta.zeros_like(),
+            t: 0,
+        }
+    }
+
+    /// One update of `eta` with meta-gradient `g` (clipped first); `state` is advanced
+    /// only when the update succeeds.
+    fn update(
         &self,
         eta: &Params<Tensor<F>>,
         g: &Params<Tensor<F>>,
         state: &mut MetaAdamState<F>,
         step: usize,
     ) -> Result<Params<Tensor<F>>> {
+        eta.check_like(g)?;
+        eta.check_like(&state.m)?;
+        eta.check_like(&state.v)?;
         let norm = g.norm().f64();
         let scale = if self.clip_norm > 0.0 && norm > self.clip_norm {
             self.clip_norm / norm
@@ -114,26 +122,17 @@ impl MetaAdam {
         };
         state.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
-        let c1 = 1.0 / (1.0 - b1.powi(state.t as i32));
-        let c2 = 1.0 / (1.0 - b2.powi(state.t as i32));
+        let t = i32::try_from(state.t).unwrap_or(i32::MAX);
+        let c1 = 1.0 / (1.0 - b1.powi(t));
+        let c2 = 1.0 / (1.0 - b2.powi(t));
         let lr = self.lr_at(step);
         let f = F::c;
         let mut out = Params::new();
         for (name, e) in eta.iter() {
-            let gk = g.get(name).ok_or_else(|| Error::Params {
-                name: name.into(),
-                reason: "missing in meta-gradient".into(),
-            })?;
-            let mut m = state
-                .m
-                .get(name)
-                .expect("state built from eta")
-                .to_owned_array();
-            let mut v = state
-                .v
-                .get(name)
-                .expect("state built from eta")
-                .to_owned_array();
+            // Names and shapes were checked above.
+            let gk = &g[name];
+            let mut m = state.m[name].to_owned_array();
+            let mut v = state.v[name].to_owned_array();
             let mut new = e.to_owned_array();
             Zip::from(&mut new)
                 .and(&mut m)
@@ -151,5 +150,37 @@ impl MetaAdam {
             out.insert(name, Tensor::from_array(new));
         }
         Ok(out)
+    }
+
+    fn validate(&self) -> Result<()> {
+        MetaAdam::validate(self)
+    }
+}
+
+/// Plain gradient descent on the rater, `eta <- eta - lr * g`: a stateless
+/// meta-optimiser, for experiments and tests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetaSgd {
+    /// Learning rate (finite, `> 0`).
+    pub lr: f64,
+}
+
+impl<F: Float> MetaOptimizer<F> for MetaSgd {
+    type State = ();
+
+    fn init_state(&self, _: &Params<Tensor<F>>) {}
+
+    fn update(
+        &self,
+        eta: &Params<Tensor<F>>,
+        g: &Params<Tensor<F>>,
+        _: &mut (),
+        _: usize,
+    ) -> Result<Params<Tensor<F>>> {
+        eta.add_scaled(g, F::c(-self.lr))
+    }
+
+    fn validate(&self) -> Result<()> {
+        crate::optim::check_positive("meta lr", self.lr)
     }
 }

@@ -6,7 +6,7 @@ pub mod meta_opt;
 pub mod text;
 pub mod vector;
 
-pub use algorithm::{Member, StepReport, Trainer, TrainerConfig, TrainerState};
-pub use meta_opt::{MetaAdam, MetaAdamState};
-pub use text::{HeldOutText, TextBatch, TextLm, TextRater, evaluate, score_sequences, train_step};
+pub use algorithm::{Advanced, Member, Setup, StepReport, Trainer, TrainerConfig, TrainerState};
+pub use meta_opt::{MetaAdam, MetaAdamState, MetaSgd};
+pub use text::{TextBatch, TextLm, TextPool, TextRater, evaluate, score_sequences, train_step};
 pub use vector::{MlpRater, VectorBatch};

@@ -1,12 +1,11 @@
 //! The byte-level text setting: a causal transformer language model as the inner loop
 //! and a bidirectional transformer as the rater, both over [`TextBatch`]es drawn from a
-//! pool of byte sequences.
+//! [`TextPool`] of byte sequences.
 
-use super::meta_opt::{MetaAdam, MetaAdamState};
 use crate::autodiff::{Float, Indices, Params, Tensor, Value};
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::meta::{InnerLoop, OuterLoop, Rater};
+use crate::meta::{InnerLoop, Rater, Sampler};
 use crate::nn::{CausalLm, SequenceScorer};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -87,37 +86,42 @@ fn draw_rows(pool: usize, n: usize, rng: &mut Rng) -> Vec<usize> {
     }
 }
 
-/// The inner loop: a byte-level causal LM trained by `opt` on batches of `batch_size`
-/// sequences drawn uniformly from `pool`.
+/// A pool of equal-length byte sequences from which batches of `batch_size` are drawn
+/// (distinct rows, or with replacement when the pool is smaller than a batch): the
+/// [`Sampler`] of the text setting, for training and held-out data alike.
 #[derive(Clone, Debug)]
-pub struct TextLm<O> {
-    /// The model.
-    pub lm: CausalLm,
-    /// Its optimiser.
-    pub opt: O,
-    /// Training sequences (all of one length, at most `max_len + 1` bytes).
-    pub pool: Arc<Vec<Vec<u8>>>,
-    /// Sequences per inner batch.
-    pub batch_size: usize,
+pub struct TextPool {
+    seqs: Arc<Vec<Vec<u8>>>,
+    batch_size: usize,
 }
 
-impl<O> TextLm<O> {
-    /// Checks the pool is non-empty and its sequences fit the model's context.
-    pub fn new(lm: CausalLm, opt: O, pool: Arc<Vec<Vec<u8>>>, batch_size: usize) -> Result<Self> {
-        let Some(first) = pool.first() else {
+impl TextPool {
+    /// Checks the pool is non-empty, its sequences all have one length of at least 2
+    /// bytes (an input byte and its next-byte target), and `batch_size > 0`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `pool`, `seq_len` (with the first offending row) or
+    /// `batch_size`.
+    pub fn new(seqs: Arc<Vec<Vec<u8>>>, batch_size: usize) -> Result<Self> {
+        let Some(first) = seqs.first() else {
             return Err(Error::Config {
                 field: "pool",
-                reason: "no training sequences".into(),
+                reason: "no sequences".into(),
             });
         };
-        if first.len() < 2 || first.len() > lm.cfg.max_len + 1 {
+        let len = first.len();
+        if len < 2 {
+            return Err(Error::Config {
+                field: "seq_len",
+                reason: format!("sequences of {len} bytes; at least 2 are needed"),
+            });
+        }
+        if let Some((row, s)) = seqs.iter().enumerate().find(|(_, s)| s.len() != len) {
             return Err(Error::Config {
                 field: "seq_len",
                 reason: format!(
-                    "sequences of {} bytes need 2..={} for max_len {}",
-                    first.len(),
-                    lm.cfg.max_len + 1,
-                    lm.cfg.max_len
+                    "sequence {row} has {} bytes but sequence 0 has {len}: all must have one length",
+                    s.len()
                 ),
             });
         }
@@ -127,17 +131,61 @@ impl<O> TextLm<O> {
                 reason: "must be positive".into(),
             });
         }
-        Ok(TextLm {
-            lm,
-            opt,
-            pool,
-            batch_size,
-        })
+        Ok(TextPool { seqs, batch_size })
     }
 
-    /// A batch of rows of the pool.
+    /// The sequences.
+    pub fn seqs(&self) -> &Arc<Vec<Vec<u8>>> {
+        &self.seqs
+    }
+
+    /// Sequences per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Bytes per sequence.
+    pub fn seq_len(&self) -> usize {
+        self.seqs[0].len()
+    }
+
+    /// A batch of the given rows.
+    ///
+    /// # Errors
+    /// [`Error::Index`] for a row past the end.
     pub fn batch(&self, rows: Vec<usize>) -> Result<TextBatch> {
-        TextBatch::from_pool(&self.pool, rows)
+        TextBatch::from_pool(&self.seqs, rows)
+    }
+}
+
+impl Sampler<TextBatch> for TextPool {
+    fn sample(&self, rng: &mut Rng) -> Result<TextBatch> {
+        self.batch(draw_rows(self.seqs.len(), self.batch_size, rng))
+    }
+}
+
+/// The inner loop: a byte-level causal LM trained by `opt`. Its batches come from a
+/// [`TextPool`]; sequences longer than the model's `max_len + 1` are reported as
+/// [`Error::Shape`] by the model.
+#[derive(Clone, Debug)]
+pub struct TextLm<O> {
+    /// The model.
+    pub lm: CausalLm,
+    /// Its optimiser.
+    pub opt: O,
+}
+
+impl<O> TextLm<O> {
+    /// Checks the optimiser's settings.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the optimiser's first invalid setting.
+    pub fn new<F: Float>(lm: CausalLm, opt: O) -> Result<Self>
+    where
+        O: Optimizer<F>,
+    {
+        opt.validate()?;
+        Ok(TextLm { lm, opt })
     }
 }
 
@@ -153,12 +201,11 @@ impl<F: Float, O: Optimizer<F>> InnerLoop<F> for TextLm<O> {
     fn per_example_loss<V: Value<F = F>>(&self, theta: &Params<V>, b: &TextBatch) -> Result<V> {
         self.lm.per_example_loss(theta, &b.inputs, &b.targets)
     }
-    fn sample_batch(&self, rng: &mut Rng) -> TextBatch {
-        let rows = draw_rows(self.pool.len(), self.batch_size, rng);
-        self.batch(rows).expect("pool validated in TextLm::new")
-    }
     fn sub_batch(&self, b: &TextBatch, range: Range<usize>) -> Option<TextBatch> {
         b.slice(range).ok()
+    }
+    fn batch_len(&self, b: &TextBatch) -> Option<usize> {
+        Some(b.len())
     }
 }
 
@@ -176,62 +223,6 @@ impl<F: Float> Rater<F, TextBatch> for TextRater {
     }
     fn scores<V: Value<F = F>>(&self, eta: &Params<V>, b: &TextBatch) -> Result<V> {
         self.scorer.scores(eta, &b.tokens)
-    }
-}
-
-/// The outer loop for text: mean next-byte loss on batches of held-out sequences, and
-/// [`MetaAdam`] as the meta-optimiser.
-#[derive(Clone, Debug)]
-pub struct HeldOutText {
-    /// Held-out sequences (clean data the curated model should do well on).
-    pub pool: Arc<Vec<Vec<u8>>>,
-    /// Sequences per outer batch.
-    pub batch_size: usize,
-    /// The meta-optimiser.
-    pub meta: MetaAdam,
-}
-
-impl HeldOutText {
-    /// Checks the pool is non-empty and the meta-optimiser's settings.
-    pub fn new(pool: Arc<Vec<Vec<u8>>>, batch_size: usize, meta: MetaAdam) -> Result<Self> {
-        if pool.is_empty() {
-            return Err(Error::Config {
-                field: "held_out",
-                reason: "no held-out sequences".into(),
-            });
-        }
-        if batch_size == 0 {
-            return Err(Error::Config {
-                field: "outer_batch",
-                reason: "must be positive".into(),
-            });
-        }
-        meta.validate()?;
-        Ok(HeldOutText {
-            pool,
-            batch_size,
-            meta,
-        })
-    }
-}
-
-impl<F: Float, O: Optimizer<F>> OuterLoop<F, TextLm<O>> for HeldOutText {
-    type MetaState = MetaAdamState<F>;
-    fn sample_batch(&self, rng: &mut Rng) -> TextBatch {
-        let rows = draw_rows(self.pool.len(), self.batch_size, rng);
-        TextBatch::from_pool(&self.pool, rows).expect("pool checked in HeldOutText::new")
-    }
-    fn init_state(&self, eta: &Params<Tensor<F>>) -> MetaAdamState<F> {
-        self.meta.init(eta)
-    }
-    fn update(
-        &self,
-        eta: &Params<Tensor<F>>,
-        meta_grad: &Params<Tensor<F>>,
-        state: &mut MetaAdamState<F>,
-        step: usize,
-    ) -> Result<Params<Tensor<F>>> {
-        self.meta.update(eta, meta_grad, state, step)
     }
 }
 
@@ -282,12 +273,22 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
 }
 
 /// Mean per-example loss of `theta` over `seqs`, in chunks of `chunk` sequences.
+///
+/// # Errors
+/// [`Error::Config`] when `seqs` is empty (there is no mean to report); the model's
+/// errors otherwise.
 pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(
     lm: &TextLm<O>,
     theta: &Params<Tensor<F>>,
     seqs: &[S],
     chunk: usize,
 ) -> Result<f64> {
+    if seqs.is_empty() {
+        return Err(Error::Config {
+            field: "seqs",
+            reason: "cannot evaluate on an empty set".into(),
+        });
+    }
     let (mut total, mut n) = (0.0, 0usize);
     for start in (0..seqs.len()).step_by(chunk.max(1)) {
         let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
@@ -296,5 +297,5 @@ pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(
         total += l.to_vec().into_iter().map(|x: F| x.f64()).sum::<f64>();
         n += b.len();
     }
-    Ok(total / n.max(1) as f64)
+    Ok(total / n as f64)
 }
