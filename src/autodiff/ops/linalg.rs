@@ -22,6 +22,13 @@ pub struct MatMul {
 /// Work (multiply-adds) above which a batched product is spread over rayon's threads.
 const PAR_WORK: usize = 1 << 18;
 
+/// Work (multiply-adds) above which ONE product is split by output rows over rayon's
+/// threads. Below it a band finishes before another thread picks up its half (the
+/// reference workload's largest products, `[2032, 64] x [64, 256]`, are 2^25 and got
+/// slower split); the scale workload's (`[2048, 256] x [256, 1024]` and the like, from
+/// 2^27) run close to twice as fast.
+const SPLIT_WORK: usize = 1 << 26;
+
 fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
     if t { v.reversed_axes() } else { v }
 }
@@ -81,7 +88,19 @@ impl MatMul {
             .into_shape_with_order((batch, sb[nd - 2], sb[nd - 1]))
             .expect("contiguous");
         let one = |(mut c, a, b): (ndarray::ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
-            general_mat_mul(F::one(), &op2(a, self.ta), &op2(b, self.tb), beta, &mut c)
+            let (a, b) = (op2(a, self.ta), op2(b, self.tb));
+            let threads = rayon::current_num_threads();
+            if threads > 1 && m * n * k >= SPLIT_WORK && m >= 2 * threads {
+                // One large product: its output rows in one band per thread (each band
+                // repacks `b`, a small cost at this size).
+                let rows = m.div_ceil(threads);
+                c.axis_chunks_iter_mut(Axis(0), rows)
+                    .into_par_iter()
+                    .zip(a.axis_chunks_iter(Axis(0), rows).into_par_iter())
+                    .for_each(|(mut c, a)| general_mat_mul(F::one(), &a, &b, beta, &mut c));
+            } else {
+                general_mat_mul(F::one(), &a, &b, beta, &mut c)
+            }
         };
         if batch > 1 && batch * m * n * k >= PAR_WORK {
             c.axis_iter_mut(Axis(0))
