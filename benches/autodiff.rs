@@ -4,8 +4,13 @@
 //! * `grad`: value and gradient, one reverse pass (`transforms::value_and_grad`);
 //! * `hvp`: value, gradient and Hessian-vector product in one forward-over-reverse pass
 //!   (`transforms::hvp`, `Var<Dual<Tensor>>`);
+//! * `hvp-keep`: the same pass with checkpointed blocks recorded op by op instead of
+//!   rematerialised (`transforms::jvp_grad_with(.., false)`);
 //! * `gradgrad`: the same `H v` by reverse-over-reverse (`transforms::hvp_rev_rev`,
-//!   `Var<Var<Tensor>>`: a recorded backward pass, differentiated again).
+//!   `Var<Var<Tensor>>`: a recorded backward pass, differentiated again). It cannot
+//!   rematerialise (on a tape over recorded values a block runs inline), so `hvp-keep`
+//!   is its like-for-like comparison: the memory gap between `hvp` and `gradgrad` is
+//!   part mode, part rematerialisation, and the table shows both parts.
 //!
 //! Workloads: an MLP `[256, 512, 512, 10]` (GELU) on a batch of 256 with mean
 //! cross-entropy, and a byte-level causal transformer LM (`nn::CausalLm`: vocabulary
@@ -30,7 +35,7 @@ use criterion::{Criterion, SamplingMode};
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::check::compare;
 use datarater::nn::{Activation, CausalLm, Mlp, TransformerConfig, normal};
-use datarater::transforms::{hvp, hvp_rev_rev, value_and_grad};
+use datarater::transforms::{hvp, hvp_rev_rev, jvp_grad_with, value_and_grad};
 use datarater::{Float, Indices, Params, Result, Rng, Tensor, Value};
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -161,7 +166,7 @@ fn wanted(row: &str) -> bool {
             filters.push(a.as_str());
         }
     }
-    let ids = ["forward", "grad", "hvp", "gradgrad"].map(|w| format!("{row}/{w}"));
+    let ids = ["forward", "grad", "hvp", "hvp-keep", "gradgrad"].map(|w| format!("{row}/{w}"));
     filters.is_empty() || filters.iter().any(|f| ids.iter().any(|id| id.contains(f)))
 }
 
@@ -182,11 +187,14 @@ fn bench_workload<F: Float, W: Workload<F>>(
     // The quantities, as closures over the same function.
     let grad = || value_and_grad(|q| w.loss(q), p).expect("grad");
     let fwd_over_rev = || hvp(|q| w.loss(q), p, v).expect("hvp");
+    let fwd_over_rev_keep =
+        || jvp_grad_with(|g| w.loss(&g[0]), &[p], &[Some(v)], false).expect("hvp, no remat");
     let rev_over_rev = || hvp_rev_rev(|q| w.loss(q), p, v).expect("grad of grad");
 
     // Once, untimed: both HVPs agree, and the peak heap of each call.
     let (_, peak_g) = measure_peak(grad);
     let ((_, _, hv), peak_h) = measure_peak(fwd_over_rev);
+    let (_, peak_hk) = measure_peak(fwd_over_rev_keep);
     let (hv2, peak_gg) = measure_peak(rev_over_rev);
     let rel = compare(&hv.cast::<f64>(), &hv2.cast::<f64>())
         .expect("same names")
@@ -194,7 +202,12 @@ fn bench_workload<F: Float, W: Workload<F>>(
     with_facts(|facts| {
         facts.order.push(row.to_string());
         facts.agree.insert(row.to_string(), rel);
-        for (what, b) in [("grad", peak_g), ("hvp", peak_h), ("gradgrad", peak_gg)] {
+        for (what, b) in [
+            ("grad", peak_g),
+            ("hvp", peak_h),
+            ("hvp-keep", peak_hk),
+            ("gradgrad", peak_gg),
+        ] {
             facts.peak.insert((row.to_string(), what), b);
         }
         if let Some(fl) = w.matmul_flops() {
@@ -210,6 +223,7 @@ fn bench_workload<F: Float, W: Workload<F>>(
     }
     g.bench_function("grad", |b| b.iter(grad));
     g.bench_function("hvp", |b| b.iter(fwd_over_rev));
+    g.bench_function("hvp-keep", |b| b.iter(fwd_over_rev_keep));
     g.bench_function("gradgrad", |b| b.iter(rev_over_rev));
     g.finish();
 
@@ -229,6 +243,7 @@ fn bench_workload<F: Float, W: Workload<F>>(
         }
         time("grad", &|| drop(black_box(grad())));
         time("hvp", &|| drop(black_box(fwd_over_rev())));
+        time("hvp-keep", &|| drop(black_box(fwd_over_rev_keep())));
         time("gradgrad", &|| drop(black_box(rev_over_rev())));
     }
     with_facts(|facts| {
@@ -319,40 +334,52 @@ fn summary() {
         "\n=== summary: median wall time per call over {rounds} interleaved rounds (this run) ==="
     );
     println!(
-        "{:<16} {:>9} {:>9} {:>11} | {:>8} {:>13} | {:>8} {:>8} {:>8} | {:>9}",
+        "{:<16} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>9}",
         "workload",
         "grad ms",
         "hvp ms",
-        "gradgrad ms",
+        "keep ms",
+        "gg ms",
         "hvp/grad",
-        "gradgrad/grad",
+        "keep/grad",
+        "gg/grad",
         "grad MiB",
         "hvp MiB",
+        "keep MiB",
         "gg MiB",
         "hvp agree"
     );
     for row in &facts.order {
-        let (Some(g), Some(h), Some(gg)) =
-            (med(row, "grad"), med(row, "hvp"), med(row, "gradgrad"))
-        else {
+        let (Some(g), Some(h), Some(hk), Some(gg)) = (
+            med(row, "grad"),
+            med(row, "hvp"),
+            med(row, "hvp-keep"),
+            med(row, "gradgrad"),
+        ) else {
             continue;
         };
         let peak = |what| mib(facts.peak[&(row.clone(), what)]);
         println!(
-            "{:<16} {:>9.2} {:>9.2} {:>11.2} | {:>7.2}x {:>12.2}x | {:>8.1} {:>8.1} {:>8.1} | {:>9.1e}",
+            "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>7.2}x {:>7.2}x {:>7.2}x | {:>8.1} {:>8.1} {:>8.1} {:>8.1} | {:>9.1e}",
             row,
             g * 1e3,
             h * 1e3,
+            hk * 1e3,
             gg * 1e3,
             h / g,
+            hk / g,
             gg / g,
             peak("grad"),
             peak("hvp"),
+            peak("hvp-keep"),
             peak("gradgrad"),
             facts.agree[row],
         );
     }
     println!("MiB: peak heap of one call above the live bytes at the call (counting allocator).");
+    println!(
+        "hvp rematerialises checkpointed blocks; keep (hvp-keep) records them op by op, as gradgrad must: compare keep with gg for the mode alone."
+    );
     println!(
         "hvp agree: max relative difference between the forward-over-reverse and reverse-over-reverse H v."
     );

@@ -10,6 +10,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod dual;
 pub mod float;
+pub mod flops;
 pub mod ops;
 pub mod params;
 pub mod tape;

@@ -1,6 +1,7 @@
 //! `Tensor`: the concrete algebra, an n-d array of `f32`/`f64` with shared storage.
 
 use super::float::Float;
+use super::ops::linalg::MatMul;
 use super::value::{Op, Value};
 use crate::error::{Error, Result};
 use ndarray::{ArcArray, ArrayD, IxDyn};
@@ -296,6 +297,14 @@ impl<F: Float> Tensor<F> {
     }
 }
 
+/// Counts a primitive's written elements as "other" work; matrix products count their
+/// FLOPs themselves, inside the gemm routine.
+fn count_other<F: Float, O: Op<F>>(op: &O, elements: usize) {
+    if op.name() != MatMul::NAME {
+        super::flops::add_other(elements);
+    }
+}
+
 impl<F: Float> From<ArrayD<F>> for Tensor<F> {
     fn from(a: ArrayD<F>) -> Self {
         Self::from_array(a)
@@ -318,12 +327,17 @@ impl<F: Float> Value for Tensor<F> {
     }
 
     fn apply<O: Op<F>>(op: O, xs: &[&Self]) -> Self {
-        op.forward(xs)
+        let y = op.forward(xs);
+        count_other(&op, y.len());
+        y
     }
 
     fn apply_jvp<O: Op<F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> (Self, Self) {
         match op.forward_jvp(xs, dxs) {
-            Some(fused) => fused,
+            Some(fused) => {
+                count_other(&op, fused.0.len() + fused.1.len());
+                fused
+            }
             None => super::value::apply_then_jvp(op, xs, dxs),
         }
     }

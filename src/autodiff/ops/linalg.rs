@@ -2,6 +2,7 @@
 //! batch axes. Transposed operands are passed as strided views, never copied.
 
 use super::super::float::Float;
+use super::super::flops::{self, GemmShape};
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
@@ -21,11 +22,21 @@ pub struct MatMul {
 /// Work (multiply-adds) above which a batched product is spread over rayon's threads.
 const PAR_WORK: usize = 1 << 18;
 
+/// Work (multiply-adds) above which ONE product is split by output rows over rayon's
+/// threads. Below it a band finishes before another thread picks up its half (the
+/// reference workload's largest products, `[2032, 64] x [64, 256]`, are 2^25 and got
+/// slower split); the scale workload's (`[2048, 256] x [256, 1024]` and the like, from
+/// 2^27) run close to twice as fast.
+const SPLIT_WORK: usize = 1 << 26;
+
 fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
     if t { v.reversed_axes() } else { v }
 }
 
 impl MatMul {
+    /// The op's name (what [`flops`](crate::autodiff::flops) tells it apart by).
+    pub const NAME: &'static str = "matmul";
+
     /// `(batch, m, k, n)` of `op_a(a) x op_b(b)` and the output shape, or a shape panic.
     fn dims(&self, sa: &[usize], sb: &[usize]) -> ((usize, usize, usize, usize), Vec<usize>) {
         let nd = sa.len();
@@ -58,6 +69,14 @@ impl MatMul {
         let nd = sa.len();
         let (batch, m, n) = c.dim();
         let k = if self.ta { sa[nd - 2] } else { sa[nd - 1] };
+        flops::add_gemm(GemmShape {
+            batch,
+            m,
+            k,
+            n,
+            ta: self.ta,
+            tb: self.tb,
+        });
         let a = a.array().as_standard_layout();
         let b = b.array().as_standard_layout();
         let a3 = a
@@ -69,7 +88,19 @@ impl MatMul {
             .into_shape_with_order((batch, sb[nd - 2], sb[nd - 1]))
             .expect("contiguous");
         let one = |(mut c, a, b): (ndarray::ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
-            general_mat_mul(F::one(), &op2(a, self.ta), &op2(b, self.tb), beta, &mut c)
+            let (a, b) = (op2(a, self.ta), op2(b, self.tb));
+            let threads = rayon::current_num_threads();
+            if threads > 1 && m * n * k >= SPLIT_WORK && m >= 2 * threads {
+                // One large product: its output rows in one band per thread (each band
+                // repacks `b`, a small cost at this size).
+                let rows = m.div_ceil(threads);
+                c.axis_chunks_iter_mut(Axis(0), rows)
+                    .into_par_iter()
+                    .zip(a.axis_chunks_iter(Axis(0), rows).into_par_iter())
+                    .for_each(|(mut c, a)| general_mat_mul(F::one(), &a, &b, beta, &mut c));
+            } else {
+                general_mat_mul(F::one(), &a, &b, beta, &mut c)
+            }
         };
         if batch > 1 && batch * m * n * k >= PAR_WORK {
             c.axis_iter_mut(Axis(0))
@@ -92,7 +123,7 @@ fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
 
 impl<F: Float> Op<F> for MatMul {
     fn name(&self) -> &'static str {
-        "matmul"
+        Self::NAME
     }
     fn saves(&self) -> Saves {
         Saves::INPUTS

@@ -1,0 +1,148 @@
+//! How close the engine runs to the machine's gemm: achieved GFLOP/s of a causal LM's
+//! forward pass, gradient and forward-over-reverse pass (gradient plus HVP, the unit of
+//! work of a mixed-mode meta-gradient step), against the crate's own gemm replayed on
+//! exactly the products each pass ran, with the same thread pool, in the same run.
+//!
+//! Defaults: the scale workload (f32, width 256, 4 layers, 4 heads, MLP 1024, 256-byte
+//! sequences, batch 8; about 3.4M parameters), on one thread and on all threads.
+//!
+//! ```text
+//! cargo run --release --example roofline [-- --d 256 --layers 4 --heads 4 --seq 256 --batch 8 --reps 3 --f64]
+//! ```
+
+use datarater::autodiff::flops::{self, FlopCount};
+use datarater::nn::{CausalLm, TransformerConfig};
+use datarater::transforms::{jvp_grad_with, value_and_grad};
+use datarater::{Dual, Error, Float, Indices, Params, Result, Rng, Tensor, Value, Var};
+use std::time::Instant;
+
+/// One timed pass.
+type Pass<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
+fn flag(args: &[String], name: &'static str, default: usize) -> Result<usize> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|s| s.parse().ok())
+            .filter(|&v| v > 0)
+            .ok_or(Error::Config {
+                field: name,
+                reason: "needs a positive integer".into(),
+            }),
+    }
+}
+
+/// Median seconds of `reps` calls (after one warm-up call) and the work of one call.
+fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, FlopCount)> {
+    flops::reset();
+    let (r, work) = flops::count(&mut f);
+    r?;
+    let mut secs = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    secs.sort_by(|a, b| a.total_cmp(b));
+    Ok((secs[secs.len() / 2], work))
+}
+
+fn run<F: Float>(args: &[String]) -> Result<()> {
+    let (d, layers, heads) = (
+        flag(args, "--d", 256)?,
+        flag(args, "--layers", 4)?,
+        flag(args, "--heads", 4)?,
+    );
+    let (seq, batch, reps) = (
+        flag(args, "--seq", 256)?,
+        flag(args, "--batch", 8)?,
+        flag(args, "--reps", 3)?,
+    );
+    let lm = CausalLm::new(TransformerConfig {
+        vocab: 256,
+        d_model: d,
+        n_layers: layers,
+        n_heads: heads,
+        d_ff: 4 * d,
+        max_len: seq,
+        causal: true,
+    })?;
+    let mut rng = Rng::new(0);
+    let p: Params<Tensor<F>> = lm.init(&mut rng);
+    let v: Params<Tensor<F>> = lm.init(&mut rng);
+    let mut ids = || {
+        Indices::new(
+            &[batch, seq],
+            (0..batch * seq).map(|_| rng.below(256)).collect(),
+        )
+    };
+    let (x, y) = (ids()?, ids()?);
+    println!(
+        "causal LM: width {d}, {layers} layers, {heads} heads, MLP {}, seq {seq}, batch {batch}, {} parameters, {}",
+        4 * d,
+        p.numel(),
+        std::any::type_name::<F>()
+    );
+    println!(
+        "{:>7} {:>13} | {:>9} {:>10} {:>9} | {:>10} {:>7} | {:>12}",
+        "threads", "pass", "ms", "GFLOP", "GFLOP/s", "peak GF/s", "of peak", "other Melem"
+    );
+    let all = rayon::current_num_threads();
+    let mut counts = vec![1];
+    if all > 1 {
+        counts.push(all);
+    }
+    for threads in counts {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        pool.install(|| -> Result<()> {
+            let passes: [(&str, Pass); 3] = [
+                ("forward", Box::new(|| lm.logits(&p, &x).map(drop))),
+                ("gradient", Box::new(|| {
+                        value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p)
+                            .map(drop)
+                    })),
+                (
+                    "fwd-over-rev",
+                    Box::new(|| {
+                        let f = |g: &[Params<Var<Dual<Tensor<F>>>>]| {
+                            Ok(lm.per_example_loss(&g[0], &x, &y)?.mean_all())
+                        };
+                        jvp_grad_with(f, &[&p], &[Some(&v)], false).map(drop)
+                    }),
+                ),
+            ];
+            for (name, f) in passes {
+                let (secs, work) = time(reps, &f)?;
+                let peak = flops::gemm_peak::<F>(&flops::gemm_shapes(), 3.0 * secs);
+                let rate = work.matmul as f64 / secs / 1e9;
+                println!(
+                    "{threads:>7} {name:>13} | {:>9.1} {:>10.2} {:>9.1} | {:>10.1} {:>6.0}% | {:>12.1}",
+                    secs * 1e3,
+                    work.matmul as f64 / 1e9,
+                    rate,
+                    peak.gflops(),
+                    100.0 * rate / peak.gflops(),
+                    work.other as f64 / 1e6
+                );
+            }
+            Ok(())
+        })?;
+    }
+    println!(
+        "GFLOP/s counts matmul FLOPs only (2mnk); peak = the crate's gemm replayed on the same products, same threads"
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--f64") {
+        run::<f64>(&args)
+    } else {
+        run::<f32>(&args)
+    }
+}

@@ -1,0 +1,99 @@
+//! The FLOP counter against hand counts. The counters are process-wide, so the tests
+//! of this file take a lock and run one at a time (no other test binary shares them).
+
+use datarater::autodiff::flops::{self, FlopCount, GemmShape};
+use datarater::nn::{CausalLm, TransformerConfig};
+use datarater::transforms::{jvp, value_and_grad};
+use datarater::{Indices, Params, Rng, Tensor, Value};
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn counted<T>(f: impl FnOnce() -> T) -> (T, FlopCount) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    flops::count(f)
+}
+
+fn ab() -> Params<Tensor<f64>> {
+    let mut p = Params::new();
+    p.insert("a", Tensor::full(&[6, 4], 0.5));
+    p.insert("b", Tensor::full(&[4, 3], 0.25));
+    p
+}
+
+#[test]
+fn one_matmul_forward_gradient_and_jvp() {
+    let p = ab();
+    let mm = 2 * 6 * 3 * 4;
+    let (y, w) = counted(|| p["a"].matmul(&p["b"]));
+    assert_eq!(y.shape(), &[6, 3]);
+    assert_eq!(w.matmul, mm);
+    // Gradient: the forward product, then dA = dC B^T and dB = A^T dC.
+    let (_, w) = counted(|| value_and_grad(|q| q["a"].matmul(&q["b"]).sum_all(), &p).unwrap());
+    assert_eq!(w.matmul, 3 * mm);
+    // Forward mode with tangents on both operands: A B, dA B and A dB.
+    let (_, w) = counted(|| jvp(|q| q["a"].matmul(&q["b"]).sum_all(), &p, &p).unwrap());
+    assert_eq!(w.matmul, 3 * mm);
+    // A batched product counts every slice, and elementwise work goes to `other`.
+    let a = Tensor::<f32>::full(&[5, 2, 7], 1.0);
+    let b = Tensor::<f32>::full(&[5, 3, 7], 1.0);
+    let (_, w) = counted(|| a.matmul_t(&b, false, true).tanh());
+    assert_eq!(w.matmul, 5 * 2 * 2 * 3 * 7);
+    assert_eq!(w.other, 5 * 2 * 3);
+}
+
+#[test]
+fn gemm_shapes_are_recorded_and_replayed() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    flops::reset();
+    let a = Tensor::<f32>::full(&[8, 16], 1.0);
+    let b = Tensor::<f32>::full(&[8, 4], 1.0);
+    a.matmul_t(&b, true, false);
+    a.matmul_t(&b, true, false);
+    let shapes = flops::gemm_shapes();
+    let want = GemmShape {
+        batch: 1,
+        m: 16,
+        k: 8,
+        n: 4,
+        ta: true,
+        tb: false,
+    };
+    assert_eq!(shapes, vec![(want, 2)]);
+    let peak = flops::gemm_peak::<f32>(&shapes, 0.0);
+    assert_eq!(peak.flops, 2 * 2 * 16 * 4 * 8);
+    assert!(peak.secs > 0.0 && peak.gflops() > 0.0);
+}
+
+#[test]
+fn small_transformer_forward_and_gradient() {
+    let cfg = TransformerConfig {
+        vocab: 11,
+        d_model: 8,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 12,
+        max_len: 6,
+        causal: true,
+    };
+    let lm = CausalLm::new(cfg).unwrap();
+    let (b, t, d, ff, h, v) = (3u64, 5u64, 8u64, 12u64, 2u64, 11u64);
+    let mut rng = Rng::new(1);
+    let p: Params<Tensor<f64>> = lm.init(&mut rng);
+    let ids =
+        |rng: &mut Rng| Indices::new(&[3, 5], (0..15).map(|_| rng.below(11)).collect()).unwrap();
+    let (x, y) = (ids(&mut rng), ids(&mut rng));
+    // By hand: per layer the q, k, v and output projections, the MLP's two, and the
+    // two attention products per (example, head); then the head.
+    let rows = b * t;
+    let layer = 4 * 2 * rows * d * d + 2 * 2 * rows * d * ff + 2 * b * h * 2 * t * t * (d / h);
+    let forward = 2 * layer + 2 * rows * d * v;
+    let (_, w) = counted(|| lm.logits(&p, &x).unwrap());
+    assert_eq!(w.matmul, forward);
+    assert!(w.other > 0);
+    // Every product's operands depend on the parameters, so the gradient adds both
+    // VJP products of each: three times the forward pass.
+    let (_, w) =
+        counted(|| value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p).unwrap());
+    assert_eq!(w.matmul, 3 * forward);
+}
