@@ -34,7 +34,7 @@ fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
 }
 
 impl MatMul {
-    /// The op's name (what [`flops`](crate::autodiff::flops) tells it apart by).
+    /// The op's name (what [`flops`] tells it apart by).
     pub const NAME: &'static str = "matmul";
 
     /// `(batch, m, k, n)` of `op_a(a) x op_b(b)` and the output shape, or a shape panic.
