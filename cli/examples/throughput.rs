@@ -113,7 +113,7 @@ fn run(args: &[&str]) -> (f64, usize) {
 /// GFLOP/s of `n x n x n` f32 matmuls on `threads` threads at once.
 fn gemm_gflops(n: usize, threads: usize) -> f64 {
     use rayon::prelude::*;
-    let a = ndarray::Array2::<f32>::from_elem((n, n), 0.5);
+    let a = datarater::ndarray::Array2::<f32>::from_elem((n, n), 0.5);
     let reps = 20;
     let t = Instant::now();
     (0..threads).into_par_iter().for_each(|_| {
