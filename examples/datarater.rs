@@ -19,13 +19,13 @@
 //! Writes to DIR (default `out/`): `weights.svg`, `loss.svg`, `scores.csv`
 //! (`kind,level,score` per scored test sequence), `summary.json` and `rater.safetensors`.
 
+use datarater::curate::rater_file::RaterFile;
 use datarater::curate::{
     auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions,
 };
 use datarater::data::{
     Corpus, Corruption, LabeledSequence, SplitConfig, corrupted_pool, default_mix,
 };
-use datarater::io::save_params;
 use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
@@ -386,18 +386,20 @@ fn main() -> Result<()> {
     })?;
     let meta_seconds = meta_start.elapsed().as_secs_f64();
     println!("meta-training took {meta_seconds:.1}s");
-    save_params(
-        args.out.join("rater.safetensors"),
-        &state.eta,
-        &[
-            ("model", "SequenceScorer"),
-            ("d_model", "32"),
-            ("n_layers", "1"),
-            ("n_heads", "2"),
-            ("d_ff", "64"),
-            ("max_len", "64"),
-        ],
-    )?;
+    // A rater file the command line can use: `datarater score --rater OUT/rater.safetensors`.
+    RaterFile {
+        scorer: rater.scorer.clone(),
+        seq_len: SEQ_LEN,
+        training: serde_json::json!({
+            "source": "examples/datarater.rs",
+            "outer_steps": config.outer_steps,
+            "inner_steps": config.inner_steps,
+            "population": config.population,
+            "seed": config.seed,
+        }),
+        eta: state.eta.clone(),
+    }
+    .save(args.out.join("rater.safetensors"))?;
 
     // Final scores of the labelled evaluation set.
     let scores = score_sequences(&rater, &state.eta, &eval, 128)?;
