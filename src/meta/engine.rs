@@ -251,22 +251,31 @@ impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
             });
         }
         check_state(opt, self.theta, self.state)?;
-        let budget = Budget {
-            limit: self.memory_budget,
-            mode: self.mode,
-        };
         let n = self.batches.len();
         match self.mode {
-            Mode::Unrolled => unrolled(self, &budget),
-            Mode::Mixed => mixed(self, &budget, 1, true, false),
+            Mode::Unrolled => unrolled(self),
+            Mode::Mixed => mixed(self, 1, true, false),
             Mode::Checkpointed { every } => {
                 let k = if every == 0 {
                     (n as f64).sqrt().ceil() as usize
                 } else {
                     every
                 };
-                mixed(self, &budget, k, false, true)
+                mixed(self, k, false, true)
             }
+        }
+    }
+
+    /// [`Error::MemoryBudget`] if `in_use` bytes pass the budget at inner step `step`.
+    fn check_budget(&self, in_use: usize, step: usize) -> Result<()> {
+        match self.memory_budget {
+            Some(budget) if in_use > budget => Err(Error::MemoryBudget {
+                budget,
+                in_use,
+                mode: self.mode,
+                step,
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -297,26 +306,6 @@ fn check_state<F: Float, O: Optimizer<F>>(
         })?;
     }
     Ok(())
-}
-
-/// The memory budget of one run.
-struct Budget {
-    limit: Option<usize>,
-    mode: Mode,
-}
-
-impl Budget {
-    fn check(&self, in_use: usize, step: usize) -> Result<()> {
-        match self.limit {
-            Some(budget) if in_use > budget => Err(Error::MemoryBudget {
-                budget,
-                in_use,
-                mode: self.mode,
-                step,
-            }),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// What one first-order inner step yields: `(L_t, g_t, theta_{t+1}, s_{t+1}, w_t)`,
@@ -366,7 +355,6 @@ fn inner_step<F: Float, P: MetaProblem<F>>(
 
 fn mixed<F: Float, P: MetaProblem<F>>(
     req: &MetaRequest<'_, F, P>,
-    budget: &Budget,
     every: usize,
     keep_grads: bool,
     remat: bool,
@@ -403,7 +391,7 @@ fn mixed<F: Float, P: MetaProblem<F>>(
                 weights: w,
             });
             stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
-            budget.check(stats.trajectory_bytes, t)?;
+            req.check_budget(stats.trajectory_bytes, t)?;
         }
         (theta, state) = (th, st);
     }
@@ -442,7 +430,7 @@ fn mixed<F: Float, P: MetaProblem<F>>(
         }
         let alive: usize = stored.iter().chain(&segment).map(Step::nbytes).sum();
         stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
-        budget.check(alive, start)?;
+        req.check_budget(alive, start)?;
         for (t, s) in (start..end).zip(segment.iter()).rev() {
             let g = s.grad.as_ref().expect("filled above");
             let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
@@ -459,7 +447,7 @@ fn mixed<F: Float, P: MetaProblem<F>>(
                 t > 0,
             )?;
             stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
-            budget.check(alive + tape_bytes, t)?;
+            req.check_budget(alive + tape_bytes, t)?;
             if let Some(h) = &h_gbar {
                 finite(h, t, "Hessian-vector product")?;
             }
@@ -612,10 +600,7 @@ fn sum<F: Float>(parts: impl IntoIterator<Item = Params<Tensor<F>>>) -> Result<P
     parts.try_fold(first, |acc, p| acc.add_scaled(&p, F::one()))
 }
 
-fn unrolled<F: Float, P: MetaProblem<F>>(
-    req: &MetaRequest<'_, F, P>,
-    budget: &Budget,
-) -> Result<MetaGradient<F>> {
+fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<MetaGradient<F>> {
     let MetaRequest {
         problem,
         eta,
@@ -645,7 +630,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(
         finite(&g.map(|v| v.value().clone()), t, "inner gradient")?;
         inner_losses.push(loss.item());
         (theta, state) = opt.update(&theta, &state, &g);
-        budget.check(tape.bytes(), t)?;
+        req.check_budget(tape.bytes(), t)?;
     }
     let j = problem.outer_loss(&theta, outer_batch)?;
     finite_scalar(j.item(), n, "outer loss")?;
