@@ -2,37 +2,44 @@
 
 use crate::args::{FilterArgs, FilterMode, ScoreArgs, ShortPolicy};
 use crate::error::Result;
-use crate::fail;
 use crate::histogram::Histogram;
 use crate::input::Input;
 use crate::output::OutputFile;
 use crate::scoring::{ScoreRecord, ScoreSource, for_each_scored};
+use crate::{agree, fail, on_root};
 use datarater::Rng;
 use datarater::curate::rater_file::RaterFile;
 use datarater::curate::{Acceptor, EmpiricalCdf, discard_bottom};
+use datarater::distributed::Communicator;
 use serde_json::json;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// `datarater score`.
-pub fn score(args: &ScoreArgs) -> Result<()> {
-    let input = Input::open(&args.input, args.input_args.options())?;
-    let mut out = OutputFile::create(&args.out, args.force)?;
-    let rater = RaterFile::<f32>::load(&args.rater)?;
+/// `datarater score` (on every rank of `comm`; rank 0 writes and reports).
+pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
+    let input = agree(comm, Input::open(&args.input, args.input_args.options()))?;
+    let mut out = OutputFile::create(&args.out, args.force, comm)?;
+    let rater = agree(comm, RaterFile::<f32>::load(&args.rater))?;
     let scorer = rater.document_scorer(args.aggregate.into(), args.batch_size)?;
     let start = Instant::now();
-    let stats = for_each_scored(&input, &ScoreSource::Rater(scorer), "score", |i, doc, s| {
-        let rec = ScoreRecord {
-            doc: i,
-            source: input.sources()[doc.source].clone(),
-            line: doc.line,
-            chunks: s.chunks,
-            score: s.score,
-        };
-        out.write(rec.to_json_line(doc.text().len()).as_bytes())?;
-        Ok(ControlFlow::Continue(()))
-    })?;
+    let stats = for_each_scored(
+        &input,
+        &ScoreSource::Rater(scorer),
+        "score",
+        comm,
+        |i, doc, s| {
+            let rec = ScoreRecord {
+                doc: i,
+                source: input.sources()[doc.source].clone(),
+                line: doc.line,
+                chunks: s.chunks,
+                score: s.score,
+            };
+            out.write(rec.to_json_line(doc.text().len()).as_bytes())?;
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     if stats.short == stats.read.documents {
         fail!(
             "no document is long enough to score: all {} are shorter than the rater's {} bytes",
@@ -40,7 +47,10 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
             rater.seq_len
         );
     }
-    out.commit()?;
+    out.commit(comm)?;
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     let secs = start.elapsed().as_secs_f64();
     let n = stats.read.documents;
     println!(
@@ -79,19 +89,21 @@ struct SourceCounts {
     short: u64,
 }
 
-/// `datarater filter`.
-pub fn filter(args: &FilterArgs) -> Result<()> {
-    let input = Input::open(&args.input, args.input_args.options())?;
+/// `datarater filter` (on every rank of `comm`; rank 0 writes and reports).
+pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
+    let input = agree(comm, Input::open(&args.input, args.input_args.options()))?;
     let report_path = sibling(&args.out, "report.json");
     let svg_path = sibling(&args.out, "histogram.svg");
-    crate::output::check_absent(&report_path, args.force)?;
-    crate::output::check_absent(&svg_path, args.force)?;
-    let mut out = OutputFile::create(&args.out, args.force)?;
-    let mut report_file = OutputFile::create(&report_path, args.force)?;
-    let mut svg_file = OutputFile::create(&svg_path, args.force)?;
+    on_root(comm, || {
+        crate::output::check_absent(&report_path, args.force)?;
+        crate::output::check_absent(&svg_path, args.force)
+    })?;
+    let mut out = OutputFile::create(&args.out, args.force, comm)?;
+    let mut report_file = OutputFile::create(&report_path, args.force, comm)?;
+    let mut svg_file = OutputFile::create(&svg_path, args.force, comm)?;
     let rater = match (&args.rater, &args.scores) {
         (_, Some(_)) => None,
-        (Some(r), None) => Some(RaterFile::<f32>::load(r)?),
+        (Some(r), None) => Some(agree(comm, RaterFile::<f32>::load(r))?),
         (None, None) => fail!("filter needs --rater FILE or --scores FILE"),
     };
     let source = match (&rater, &args.scores) {
@@ -132,7 +144,7 @@ pub fn filter(args: &FilterArgs) -> Result<()> {
             }
             // Pass 1: every document's score (only the scores are held).
             let mut scores: Vec<Option<f64>> = Vec::new();
-            let stats = for_each_scored(&input, &source, "filter: scoring", |_, _, s| {
+            let stats = for_each_scored(&input, &source, "filter: scoring", comm, |_, _, s| {
                 scores.push(s.score);
                 Ok(ControlFlow::Continue(()))
             })?;
@@ -155,29 +167,33 @@ pub fn filter(args: &FilterArgs) -> Result<()> {
                 .fold(f64::INFINITY, f64::min);
             let (lo, hi) = min_max(&scored);
             let mut hist = Histogram::new(lo, hi, 40);
-            // Pass 2: copy the kept documents.
-            let mut at = 0;
-            let mut docs = input.documents(Arc::default());
-            for (doc, score) in docs.by_ref().zip(&scores) {
-                let doc = doc?;
-                let keep = match score {
-                    Some(s) => {
-                        let k = keep_scored[at];
-                        hist.add(*s, k);
-                        at += 1;
-                        k
-                    }
-                    None => keep_short,
-                };
-                write_doc(&doc, keep, score.is_none())?;
-            }
-            if docs.stats.documents != scores.len() as u64 {
-                fail!(
-                    "the input changed while filtering ({} documents, then {})",
-                    scores.len(),
-                    docs.stats.documents
-                );
-            }
+            // Pass 2: copy the kept documents (rank 0 alone: the others write nothing,
+            // and their counts and histogram are not reported).
+            on_root(comm, || {
+                let mut at = 0;
+                let mut docs = input.documents(Arc::default());
+                for (doc, score) in docs.by_ref().zip(&scores) {
+                    let doc = doc?;
+                    let keep = match score {
+                        Some(s) => {
+                            let k = keep_scored[at];
+                            hist.add(*s, k);
+                            at += 1;
+                            k
+                        }
+                        None => keep_short,
+                    };
+                    write_doc(&doc, keep, score.is_none())?;
+                }
+                if docs.stats.documents != scores.len() as u64 {
+                    fail!(
+                        "the input changed while filtering ({} documents, then {})",
+                        scores.len(),
+                        docs.stats.documents
+                    );
+                }
+                Ok(())
+            })?;
             let r =
                 json!({"mode": "discard", "discard_fraction": fraction, "threshold": threshold});
             (stats, hist, Some(threshold), r)
@@ -186,7 +202,7 @@ pub fn filter(args: &FilterArgs) -> Result<()> {
             let rho = args.rho.expect("clap requires it in accept mode");
             // The reference score distribution: the first `--reference` scored documents.
             let mut reference = Vec::new();
-            for_each_scored(&input, &source, "filter: reference", |_, _, s| {
+            for_each_scored(&input, &source, "filter: reference", comm, |_, _, s| {
                 reference.extend(s.score);
                 Ok(if reference.len() >= args.reference {
                     ControlFlow::Break(())
@@ -203,7 +219,7 @@ pub fn filter(args: &FilterArgs) -> Result<()> {
             let acceptor = Acceptor::new(EmpiricalCdf::new(&reference)?, args.accept_batch, rho)?;
             let mut hist = Histogram::new(lo, hi, 40);
             let mut rng = Rng::new(args.seed);
-            let stats = for_each_scored(&input, &source, "filter", |_, doc, s| {
+            let stats = for_each_scored(&input, &source, "filter", comm, |_, doc, s| {
                 let keep = match s.score {
                     Some(x) => {
                         let k = acceptor.accept(x, &mut rng);
@@ -259,9 +275,12 @@ pub fn filter(args: &FilterArgs) -> Result<()> {
             .as_bytes(),
     )?;
     report_file.write(b"\n")?;
-    out.commit()?;
-    report_file.commit()?;
-    svg_file.commit()?;
+    out.commit(comm)?;
+    report_file.commit(comm)?;
+    svg_file.commit(comm)?;
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     println!(
         "kept {kept} of {n} documents ({:.1}%), discarded {discarded}; {:.2} of {:.2} MB kept ({secs:.1}s)",
         100.0 * kept as f64 / n.max(1) as f64,

@@ -14,6 +14,8 @@ pub mod progress;
 pub mod scoring;
 pub mod train;
 
+use datarater::distributed::Communicator;
+
 /// This process's communicator: one process, or, in a build with the `mpi` feature
 /// launched by `mpirun`, MPI's (initialised here; finalised when dropped).
 ///
@@ -27,21 +29,50 @@ pub fn communicator() -> error::Result<Box<dyn datarater::distributed::Communica
     Ok(Box::new(datarater::distributed::SingleProcess))
 }
 
+/// `local` if every rank of `comm` succeeded, else the first failing rank's message
+/// (`rank R: ...`) on every rank. Collective. With one process, `local` unchanged.
+///
+/// # Errors
+/// As above.
+pub fn agree<T, E: Into<error::CliError>>(
+    comm: &dyn Communicator,
+    local: Result<T, E>,
+) -> error::Result<T> {
+    let (value, outcome) = match local {
+        Ok(v) => (Some(v), Ok(())),
+        Err(e) => (None, Err(datarater::Error::Usage(e.into().0))),
+    };
+    comm.agree(outcome)?;
+    Ok(value.expect("no rank failed"))
+}
+
+/// Runs `f` on rank 0 only (the others get `None`); every rank returns its outcome
+/// ([`agree`]). Collective.
+///
+/// # Errors
+/// `f`'s error, on every rank.
+pub fn on_root<T>(
+    comm: &dyn Communicator,
+    f: impl FnOnce() -> error::Result<T>,
+) -> error::Result<Option<T>> {
+    let local = if comm.rank() == 0 {
+        f().map(Some)
+    } else {
+        Ok(None)
+    };
+    agree(comm, local)
+}
+
 /// Runs a parsed command line.
 ///
 /// # Errors
 /// The first failure, as a human-readable message.
 pub fn run(cli: &args::Cli) -> error::Result<()> {
     let comm = communicator()?;
-    if comm.size() > 1 && !matches!(cli.command, args::Command::Train(_)) {
-        // Every rank would write the same output: refuse (on every rank alike).
-        fail!(
-            "only `datarater train` runs on several MPI ranks so far; run score and filter without mpirun"
-        );
-    }
+    let comm = comm.as_ref();
     match &cli.command {
-        args::Command::Train(a) => train::train(a, comm.as_ref()),
-        args::Command::Score(a) => curate::score(a),
-        args::Command::Filter(a) => curate::filter(a),
+        args::Command::Train(a) => train::train(a, comm),
+        args::Command::Score(a) => curate::score(a, comm),
+        args::Command::Filter(a) => curate::filter(a, comm),
     }
 }

@@ -1,12 +1,21 @@
 //! Streaming passes that pair each document with its score, computed with a rater
 //! (in blocks of documents, each block scored in parallel) or read back from a score
 //! file written by `datarater score`.
+//!
+//! Under `mpirun` every rank reads the whole input (and the score file) and builds the
+//! same blocks; the ranks check that they read the same documents, a block's rater
+//! batches are shared over the ranks ([`DocumentScorer::score_on`]), and every rank
+//! visits every document with every score, so the passes make the same decisions on
+//! every rank (rank 0 alone writes, see [`crate::output`]). A failure on any rank
+//! (reading, scoring, visiting) is agreed on at the end of its block: every rank
+//! returns the failing rank's message.
 
 use crate::error::{CliError, Result, io_error};
-use crate::fail;
-use crate::input::{Document, Input, ReadStats};
+use crate::input::{Document, Documents, Input, ReadStats};
 use crate::progress::{Progress, Unit};
+use crate::{agree, fail};
 use datarater::curate::documents::{DocumentScore, DocumentScorer};
+use datarater::distributed::Communicator;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -38,115 +47,121 @@ pub struct PassStats {
 }
 
 /// Calls `f(index, document, score)` for every document in input order, until `f`
-/// breaks. Shows progress labelled `label`.
+/// breaks, on every rank of `comm` (see the module docs). Rank 0 shows progress
+/// labelled `label`. Collective.
+///
+/// # Errors
+/// The first failure on any rank, on every rank.
 pub fn for_each_scored(
     input: &Input,
     source: &ScoreSource<'_>,
     label: &'static str,
+    comm: &dyn Communicator,
     mut f: impl FnMut(u64, &Document, DocumentScore) -> Result<ControlFlow<()>>,
 ) -> Result<PassStats> {
     let bytes_read = Arc::new(AtomicU64::new(0));
-    let mut progress = Progress::new(label, Unit::Bytes, input.total_bytes(), 0);
+    let mut progress =
+        (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, input.total_bytes(), 0));
     let mut docs = input.documents(bytes_read.clone());
+    let (seq_len, mut file) = match source {
+        ScoreSource::Rater(scorer) => (Some(scorer.seq_len()), None),
+        ScoreSource::File(path) => (None, Some(agree(comm, ScoreFile::open(path))?)),
+    };
     let mut stats = PassStats::default();
     let mut index = 0u64;
-    let mut visit = |index: &mut u64, doc: &Document, s: DocumentScore, stats: &mut PassStats| {
-        if s.score.is_none() {
-            stats.short += 1;
-        }
-        stats.text_bytes += doc.text().len() as u64;
-        let flow = f(*index, doc, s)?;
-        *index += 1;
-        Ok::<_, CliError>(flow)
-    };
-    let message = |n: u64, stats: &PassStats| format!("{n} documents, {} too short", stats.short);
-    match source {
-        ScoreSource::Rater(scorer) => {
-            let seq_len = scorer.seq_len();
-            let mut block: Vec<Document> = Vec::new();
-            let mut seqs = 0;
-            let mut ended = false;
-            while !ended {
-                match docs.next() {
-                    Some(doc) => {
-                        let doc = doc?;
-                        seqs += doc.text().len().div_ceil(seq_len);
-                        block.push(doc);
-                        if block.len() < BLOCK_DOCS && seqs < BLOCK_SEQS {
-                            continue;
-                        }
-                    }
-                    None => ended = true,
-                }
+    let mut block: Vec<Document> = Vec::new();
+    loop {
+        let read = read_block(&mut docs, &mut block, seq_len);
+        let ended = agree_on_block(comm, read, &block)?;
+        let scores = match (source, file.as_mut()) {
+            (ScoreSource::Rater(scorer), _) => {
                 let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
-                let scores = scorer.score(&texts)?;
-                for (doc, s) in block.iter().zip(scores) {
-                    if let Some(x) = s.score {
-                        if !x.is_finite() {
-                            fail!(
-                                "{}:{}: the rater gave a non-finite score ({x}); is the rater file damaged?",
-                                input.sources()[doc.source],
-                                doc.line
-                            );
-                        }
-                    }
-                    if visit(&mut index, doc, s, &mut stats)?.is_break() {
-                        progress.finish(&message(index, &stats));
-                        stats.read = docs.stats.clone();
-                        return Ok(stats);
-                    }
+                scorer.score_on(&texts, comm, |i| {
+                    format!("{}:{}", input.sources()[block[i].source], block[i].line)
+                })?
+            }
+            (ScoreSource::File(_), Some(file)) => {
+                agree(comm, file.scores_for(&block, index, input, ended))?
+            }
+            (ScoreSource::File(_), None) => unreachable!("opened above"),
+        };
+        let visit = || -> Result<bool> {
+            for (doc, s) in block.iter().zip(scores) {
+                if s.score.is_none() {
+                    stats.short += 1;
                 }
-                block.clear();
-                seqs = 0;
-                progress.set(bytes_read.load(Ordering::Relaxed), &message(index, &stats));
+                stats.text_bytes += doc.text().len() as u64;
+                let flow = f(index, doc, s)?;
+                index += 1;
+                if flow.is_break() {
+                    return Ok(true);
+                }
+            }
+            Ok(ended)
+        };
+        let stop = agree(comm, visit())?;
+        block.clear();
+        let message = format!("{index} documents, {} too short", stats.short);
+        if let Some(p) = progress.as_mut() {
+            if stop {
+                p.finish(&message);
+            } else {
+                p.set(bytes_read.load(Ordering::Relaxed), &message);
             }
         }
-        ScoreSource::File(path) => {
-            let mut scores = ScoreFile::open(path)?;
-            let mut stopped = false;
-            for doc in docs.by_ref() {
-                let doc = doc?;
-                let Some(rec) = scores.next_record()? else {
-                    fail!(
-                        "{}: has scores for {index} documents but the input has more (was it written for another input?)",
-                        path.display()
-                    );
-                };
-                let src = &input.sources()[doc.source];
-                if rec.doc != index || rec.source != *src || rec.line != doc.line {
-                    fail!(
-                        "{}:{}: the score record is for document {} ({}:{}) but document {index} of the input is {src}:{} (was the score file written for another input?)",
-                        path.display(),
-                        scores.line,
-                        rec.doc,
-                        rec.source,
-                        rec.line,
-                        doc.line
-                    );
-                }
-                let s = DocumentScore {
-                    chunks: rec.chunks,
-                    score: rec.score,
-                };
-                if visit(&mut index, &doc, s, &mut stats)?.is_break() {
-                    stopped = true;
-                    break;
-                }
-                if index % 4096 == 0 {
-                    progress.set(bytes_read.load(Ordering::Relaxed), &message(index, &stats));
-                }
-            }
-            if !stopped && scores.next_record()?.is_some() {
-                fail!(
-                    "{}: has more score records than the input has documents ({index}) (was it written for another input?)",
-                    path.display()
-                );
-            }
+        if stop {
+            break;
         }
     }
-    progress.finish(&message(index, &stats));
     stats.read = docs.stats.clone();
     Ok(stats)
+}
+
+/// Reads the next block into `block` (at most [`BLOCK_DOCS`] documents, and with a
+/// rater's `seq_len`, about [`BLOCK_SEQS`] sequences); whether the input ended.
+fn read_block(
+    docs: &mut Documents<'_>,
+    block: &mut Vec<Document>,
+    seq_len: Option<usize>,
+) -> Result<bool> {
+    let mut seqs = 0;
+    while block.len() < BLOCK_DOCS && seqs < BLOCK_SEQS {
+        let Some(doc) = docs.next() else {
+            return Ok(true);
+        };
+        let doc = doc?;
+        if let Some(l) = seq_len {
+            seqs += doc.text().len().div_ceil(l);
+        }
+        block.push(doc);
+    }
+    Ok(false)
+}
+
+/// Whether the input ended, agreed by every rank; fails on every rank if any rank
+/// failed to read or the ranks read different blocks (an input that differs between
+/// nodes would otherwise mix different documents' scores).
+fn agree_on_block(comm: &dyn Communicator, read: Result<bool>, block: &[Document]) -> Result<bool> {
+    let summary = read.map(|ended| {
+        // FNV-1a of the texts, with the count and the end flag.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for doc in block {
+            for &b in doc.text().iter().chain(&[0xff]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        let mut bytes = vec![u8::from(ended)];
+        bytes.extend_from_slice(&(block.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&h.to_le_bytes());
+        bytes
+    });
+    let all = comm.all_gather_result(summary.map_err(|e| datarater::Error::Usage(e.0)))?;
+    if all.iter().any(|s| s != &all[0]) {
+        fail!(
+            "the ranks read different documents (every rank reads the input: it must be the same at the same path on every node)"
+        );
+    }
+    Ok(all[0][0] == 1)
 }
 
 /// One record of a score file.
@@ -247,5 +262,50 @@ impl ScoreFile {
             chunks: uint("chunks")? as usize,
             score,
         }))
+    }
+
+    /// The next `block.len()` records, checked against the block's documents (the
+    /// first is document `first` of the input); at the `end` of the input, also
+    /// checks that no record is left.
+    fn scores_for(
+        &mut self,
+        block: &[Document],
+        first: u64,
+        input: &Input,
+        end: bool,
+    ) -> Result<Vec<DocumentScore>> {
+        let mut scores = Vec::with_capacity(block.len());
+        for (index, doc) in (first..).zip(block) {
+            let Some(rec) = self.next_record()? else {
+                fail!(
+                    "{}: has scores for {index} documents but the input has more (was it written for another input?)",
+                    self.path.display()
+                );
+            };
+            let src = &input.sources()[doc.source];
+            if rec.doc != index || rec.source != *src || rec.line != doc.line {
+                fail!(
+                    "{}:{}: the score record is for document {} ({}:{}) but document {index} of the input is {src}:{} (was the score file written for another input?)",
+                    self.path.display(),
+                    self.line,
+                    rec.doc,
+                    rec.source,
+                    rec.line,
+                    doc.line
+                );
+            }
+            scores.push(DocumentScore {
+                chunks: rec.chunks,
+                score: rec.score,
+            });
+        }
+        if end && self.next_record()?.is_some() {
+            fail!(
+                "{}: has more score records than the input has documents ({}) (was it written for another input?)",
+                self.path.display(),
+                first + block.len() as u64
+            );
+        }
+        Ok(scores)
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{CliError, Result, io_error};
 use crate::fail;
 use crate::input::{Format, Input, InputOptions};
 use crate::progress::{Progress, Unit};
+use crate::{agree, on_root};
 use datarater::checkpoint::read_checkpoint_configs;
 use datarater::curate::documents::chunk_spans;
 use datarater::curate::rater_file::{RaterFile, config_from_json, config_to_json};
@@ -140,22 +141,6 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
             .unwrap_or(false);
     }
     Ok(())
-}
-
-/// Runs `f` on rank 0 only; every rank returns its outcome.
-fn on_root(comm: &dyn Communicator, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    let r = if comm.rank() == 0 { f() } else { Ok(()) };
-    agree(comm, r)
-}
-
-/// `local` if every rank succeeded, else the first failing rank's message on every rank.
-fn agree<T>(comm: &dyn Communicator, local: Result<T>) -> Result<T> {
-    let (value, outcome) = match local {
-        Ok(v) => (Some(v), Ok(())),
-        Err(e) => (None, Err(datarater::Error::Usage(e.0))),
-    };
-    comm.agree(outcome)?;
-    Ok(value.expect("no rank failed"))
 }
 
 /// `datarater train` (on every rank of `comm`).
@@ -307,7 +292,8 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             }
             .save(run_dir.join(RATER))?;
             Ok(())
-        })
+        })?;
+        Ok(())
     };
     if !resuming {
         save(&state)?;

@@ -22,6 +22,7 @@
 //! ```
 
 use crate::autodiff::{Float, Indices, Params, Tensor};
+use crate::distributed::{Communicator, SingleProcess, share};
 use crate::error::{Error, Result};
 use crate::nn::SequenceScorer;
 use rayon::prelude::*;
@@ -181,17 +182,73 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
     /// the order of `docs`, and depends only on the documents given (not on threads).
     ///
     /// # Errors
-    /// As the rater's forward pass.
+    /// As the rater's forward pass; [`Error::File`] naming `document i` if the rater
+    /// gives one of document `i`'s sequences a non-finite score.
     pub fn score<D: AsRef<[u8]> + Sync>(&self, docs: &[D]) -> Result<Vec<DocumentScore>> {
+        self.score_on(docs, &SingleProcess, |i| format!("document {i}"))
+    }
+
+    /// [`score`](Self::score), with the rater batches shared over `comm`'s ranks: every
+    /// rank passes the same `docs`, rank `r` of `P` runs batches [`share`]`(r, P, n)` of
+    /// the `n` batches of `batch_size` sequences, and every rank receives every score.
+    /// The batches are exactly those of one process, so the scores are bitwise those
+    /// of [`score`](Self::score) (with the same threads per rank). Collective.
+    ///
+    /// # Errors
+    /// The first failing rank's error on every rank ([`Error::Rank`] when there are
+    /// several): as [`score`](Self::score), a non-finite score naming the document as
+    /// `name(i)`.
+    pub fn score_on<D: AsRef<[u8]> + Sync>(
+        &self,
+        docs: &[D],
+        comm: &dyn Communicator,
+        name: impl Fn(usize) -> String,
+    ) -> Result<Vec<DocumentScore>> {
         let mut seqs: Vec<&[u8]> = Vec::new();
+        let mut owner = Vec::new();
         let mut counts = Vec::with_capacity(docs.len());
-        for d in docs {
+        for (i, d) in docs.iter().enumerate() {
             let d = d.as_ref();
             let spans = chunk_spans(d.len(), self.seq_len);
             counts.push(spans.len());
+            owner.extend(std::iter::repeat_n(i, spans.len()));
             seqs.extend(spans.into_iter().map(|r| &d[r]));
         }
-        let scores = self.score_sequences(&seqs)?;
+        let batches = share(
+            comm.rank(),
+            comm.size(),
+            seqs.len().div_ceil(self.batch_size),
+        );
+        let mine =
+            (batches.start * self.batch_size)..(batches.end * self.batch_size).min(seqs.len());
+        let local = self.score_sequences(&seqs[mine.clone()]).and_then(|s| {
+            let mut bytes = Vec::with_capacity(8 * s.len());
+            for (j, x) in s.into_iter().enumerate() {
+                if !x.is_finite() {
+                    return Err(Error::File {
+                        path: name(owner[mine.start + j]),
+                        reason: format!(
+                            "the rater gave a non-finite score ({x}); is the rater file damaged?"
+                        ),
+                    });
+                }
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            Ok(bytes)
+        });
+        let scores: Vec<f64> = comm
+            .all_gather_result(local)?
+            .concat()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        if scores.len() != seqs.len() {
+            return Err(Error::Usage(format!(
+                "the ranks scored {} sequences of {} (do they all read the same documents?)",
+                scores.len(),
+                seqs.len()
+            )));
+        }
         let mut at = 0;
         Ok(counts
             .into_iter()
