@@ -12,6 +12,9 @@
 //! mpi_check verify DIR                 DIR holds exactly one intact checkpoint, of step 1
 //! mpi_check compare A B               two checkpoints of `datarater train` (f32) hold the same
 //!                                      state, bitwise
+//! mpi_check poison RATER OUT BYTE    writes a copy of a `datarater train` rater whose token
+//!                                      embedding of byte BYTE is NaN: documents holding
+//!                                      that byte score NaN (a fault for `datarater score`)
 //! mpi_check bench [P1_SECONDS]         benchmark: outer-step time of a population of 4
 //!                                      (d_model 32, 2 layers, batch 16, T = 2), time and bytes
 //!                                      exchanged per step; the speed-up over P1_SECONDS
@@ -19,6 +22,7 @@
 //!
 //! Build: `cargo build --release --features mpi --example mpi_check`.
 
+use datarater::curate::rater_file::RaterFile;
 use datarater::data::Corpus;
 use datarater::distributed::{self, Communicator, Mpi, RankState, SingleProcess, launched_by_mpi};
 use datarater::meta::{InnerLoop, Mode, OuterLoop, Sampler};
@@ -426,9 +430,26 @@ fn main() -> ExitCode {
             };
             verdict(comm, "verify", check)
         }
+        Some("poison") => {
+            // A rater damaged in one row: byte BYTE's token embedding is NaN, so exactly
+            // the sequences holding that byte score NaN (for `datarater score`'s fault check).
+            let [_, input, output, byte] = args.as_slice() else {
+                eprintln!("usage: mpi_check poison RATER OUT BYTE");
+                return ExitCode::FAILURE;
+            };
+            let mut f = RaterFile::<f32>::load(input).unwrap();
+            let byte: usize = byte.parse().expect("a byte value");
+            let emb = f.eta.get_mut("tok_emb").expect("a token embedding");
+            let (shape, mut data) = (emb.shape().to_vec(), emb.to_vec());
+            data[byte * shape[1]..(byte + 1) * shape[1]].fill(f32::NAN);
+            *emb = datarater::Tensor::from_vec(&shape, data).unwrap();
+            f.save(output).unwrap();
+            ExitCode::SUCCESS
+        }
+
         _ => {
             eprintln!(
-                "usage: mpi_check same | save DIR | resume DIR | fault input|nonfinite|panic DIR | verify DIR"
+                "usage: mpi_check same | save DIR | resume DIR | fault input|nonfinite|panic DIR | verify DIR | poison RATER OUT BYTE"
             );
             ExitCode::FAILURE
         }

@@ -190,6 +190,22 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let opts = a.input_args.options();
     let (train_seqs, train_docs, train_short) =
         agree(comm, sequences(&train_path, &opts, a.seq_len))?;
+    let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
+    let mut configs = settings(&a, &train_path, &held_path);
+    configs["data"] = json!({
+        "train_sequences": train_seqs.len(),
+        "train_fingerprint": fingerprint(&train_seqs),
+        "held_out_sequences": held_seqs.len(),
+        "held_out_fingerprint": fingerprint(&held_seqs),
+    });
+    // Every rank reads the data itself: ranks that read different data would train
+    // different members on it, silently.
+    let data = configs["data"].to_string();
+    if comm.all_gather_bytes(data.as_bytes()).iter().any(|d| d != data.as_bytes()) {
+        fail!(
+            "the ranks read different training or held-out data (every rank reads it: it must be the same at the same path on every node)"
+        );
+    }
     if train_seqs.is_empty() {
         fail!(
             "{}: no document is long enough to train on: all {train_docs} are shorter than --seq-len {}",
@@ -197,7 +213,6 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             a.seq_len
         );
     }
-    let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
     if held_seqs.len() < a.batch_size {
         fail!(
             "{}: the held-out data is too small for one batch: {} sequences of {} bytes from {held_docs} documents, but --batch-size is {}",
@@ -207,13 +222,6 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             a.batch_size
         );
     }
-    let mut configs = settings(&a, &train_path, &held_path);
-    configs["data"] = json!({
-        "train_sequences": train_seqs.len(),
-        "train_fingerprint": fingerprint(&train_seqs),
-        "held_out_sequences": held_seqs.len(),
-        "held_out_fingerprint": fingerprint(&held_seqs),
-    });
     // The run's length and checkpoint interval may change on resume: compare the
     // recorded ones, then record the new ones.
     let resumable = |c: &mut Json, from: &TrainArgs| {
