@@ -63,16 +63,23 @@ pub fn on_root<T>(
     agree(comm, local)
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line in this process ([`communicator`]).
 ///
 /// # Errors
 /// The first failure, as a human-readable message.
 pub fn run(cli: &args::Cli) -> error::Result<()> {
-    let comm = communicator()?;
-    let comm = comm.as_ref();
+    run_on(cli, communicator()?.as_ref())
+}
+
+/// Runs a parsed command line on `comm`'s ranks.
+///
+/// # Errors
+/// The first failure on any rank, as a human-readable message (the same on every rank).
+pub fn run_on(cli: &args::Cli, comm: &dyn Communicator) -> error::Result<()> {
     match &cli.command {
         args::Command::Train(a) => train::train(a, comm),
         args::Command::Score(a) => curate::score(a, comm),
         args::Command::Filter(a) => curate::filter(a, comm),
     }
 }
+
