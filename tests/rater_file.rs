@@ -2,6 +2,7 @@
 
 use datarater::curate::documents::{Aggregate, DocumentScorer, chunk_spans};
 use datarater::curate::rater_file::{RaterFile, config_mismatch};
+use datarater::distributed::SingleProcess;
 use datarater::io::{DtypePolicy, decode_checked, encode_checked, write_atomic};
 use datarater::nn::{SequenceScorer, TransformerConfig};
 use datarater::{Error, Params, Rng, Tensor};
@@ -120,4 +121,33 @@ fn scorer_refuses_params_of_another_shape() {
     assert!(matches!(e, Error::Params { .. }), "{e}");
     let e = DocumentScorer::new(&f.scorer, &f.eta, 9, Aggregate::Mean, 4).unwrap_err();
     assert!(e.to_string().contains("seq_len"), "{e}");
+}
+
+#[test]
+fn a_non_finite_chunk_score_is_an_error_naming_the_document() {
+    // A rater damaged in one row: exactly the sequences holding byte '~' score NaN.
+    let mut f = rater_file(8);
+    let emb = f.eta.get_mut("tok_emb").unwrap();
+    let (shape, mut data) = (emb.shape().to_vec(), emb.to_vec());
+    let row = usize::from(b'~') * shape[1];
+    data[row..row + shape[1]].fill(f32::NAN);
+    *emb = Tensor::from_vec(&shape, data).unwrap();
+    let docs: [&[u8]; 3] = [
+        b"a clean document",
+        b"one ~ in its first chunk, of five",
+        b"clean",
+    ];
+    // Every chunk is checked: the minimum of the chunk scores would skip a NaN.
+    for aggregate in [Aggregate::Mean, Aggregate::Min] {
+        let scorer = f.document_scorer(aggregate, 2).unwrap();
+        assert_eq!(
+            scorer.score(&docs).unwrap_err().to_string(),
+            "document 1: the rater gave a non-finite score (NaN); is the rater file damaged?"
+        );
+        let e = scorer
+            .score_on(&docs, &SingleProcess, |i| format!("input.txt:{}", i + 1))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("input.txt:2: "), "{e}");
+        assert!(scorer.score(&[docs[0], docs[2]]).is_ok());
+    }
 }
