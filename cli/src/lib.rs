@@ -82,4 +82,3 @@ pub fn run_on(cli: &args::Cli, comm: &dyn Communicator) -> error::Result<()> {
         args::Command::Filter(a) => curate::filter(a, comm),
     }
 }
-

@@ -201,7 +201,11 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     // Every rank reads the data itself: ranks that read different data would train
     // different members on it, silently.
     let data = configs["data"].to_string();
-    if comm.all_gather_bytes(data.as_bytes()).iter().any(|d| d != data.as_bytes()) {
+    if comm
+        .all_gather_bytes(data.as_bytes())
+        .iter()
+        .any(|d| d != data.as_bytes())
+    {
         fail!(
             "the ranks read different training or held-out data (every rank reads it: it must be the same at the same path on every node)"
         );
