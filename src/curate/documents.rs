@@ -219,8 +219,8 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
             comm.size(),
             seqs.len().div_ceil(self.batch_size),
         );
-        let mine =
-            (batches.start * self.batch_size)..(batches.end * self.batch_size).min(seqs.len());
+        let first_seq = |b: usize| (b * self.batch_size).min(seqs.len());
+        let mine = first_seq(batches.start)..first_seq(batches.end);
         let local = self.score_sequences(&seqs[mine.clone()]).and_then(|s| {
             let mut bytes = Vec::with_capacity(8 * s.len());
             for (j, x) in s.into_iter().enumerate() {
