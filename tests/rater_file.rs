@@ -2,10 +2,11 @@
 
 use datarater::curate::documents::{Aggregate, DocumentScorer, chunk_spans};
 use datarater::curate::rater_file::{RaterFile, config_mismatch};
-use datarater::distributed::SingleProcess;
+use datarater::distributed::{Communicator, SingleProcess};
 use datarater::io::{DtypePolicy, decode_checked, encode_checked, write_atomic};
 use datarater::nn::{SequenceScorer, TransformerConfig};
 use datarater::{Error, Params, Rng, Tensor};
+use std::sync::{Arc, Barrier, Mutex};
 
 fn cfg(d_model: usize) -> TransformerConfig {
     TransformerConfig {
@@ -149,5 +150,98 @@ fn a_non_finite_chunk_score_is_an_error_naming_the_document() {
             .unwrap_err();
         assert!(e.to_string().starts_with("input.txt:2: "), "{e}");
         assert!(scorer.score(&[docs[0], docs[2]]).is_ok());
+    }
+}
+
+/// `size` ranks as threads of one process: enough of a communicator for `score_on`.
+struct ThreadRank {
+    rank: usize,
+    size: usize,
+    slots: Arc<(Mutex<Vec<Vec<u8>>>, Barrier)>,
+}
+
+impl Communicator for ThreadRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>> {
+        let (slots, barrier) = &*self.slots;
+        slots.lock().unwrap()[self.rank] = local.to_vec();
+        barrier.wait();
+        let all = slots.lock().unwrap().clone();
+        barrier.wait(); // nobody writes the next round before everyone has read
+        all
+    }
+    fn gather_bytes(&self, local: &[u8], root: usize) -> Option<Vec<Vec<u8>>> {
+        let all = self.all_gather_bytes(local);
+        (self.rank == root).then_some(all)
+    }
+    fn broadcast_bytes(&self, bytes: Vec<u8>, root: usize) -> Vec<u8> {
+        self.all_gather_bytes(&bytes).swap_remove(root)
+    }
+    fn abort(&self, message: &str) -> ! {
+        panic!("{message}")
+    }
+}
+
+/// `f` on every rank of `size` thread ranks; their results in rank order.
+fn on_ranks<T: Send>(size: usize, f: impl Fn(&dyn Communicator) -> T + Sync) -> Vec<T> {
+    let slots = Arc::new((Mutex::new(vec![Vec::new(); size]), Barrier::new(size)));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..size)
+            .map(|rank| {
+                let comm = ThreadRank {
+                    rank,
+                    size,
+                    slots: slots.clone(),
+                };
+                let f = &f;
+                s.spawn(move || f(&comm))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn scores_shared_over_ranks_are_bitwise_those_of_one_process() {
+    let mut f = rater_file(8);
+    let docs: Vec<Vec<u8>> = (0..23)
+        .map(|i| format!("document {i}: {}", "words ".repeat(i % 7)).into_bytes())
+        .collect();
+    let scorer = f.document_scorer(Aggregate::Mean, 3).unwrap();
+    let alone = scorer.score(&docs).unwrap();
+    assert!(alone.iter().all(|s| s.score.is_some()));
+    for size in 1..=5 {
+        for got in on_ranks(size, |comm| scorer.score_on(&docs, comm, |i| i.to_string())) {
+            assert_eq!(got.unwrap(), alone, "{size} ranks");
+        }
+    }
+    // Damage the rater so that only document 10 (sequences 37..41 of 95: batches 12 and
+    // 13 of 32) scores NaN: on 3 ranks, rank 1 (batches 10..21) fails, and every rank
+    // reports its error.
+    let emb = f.eta.get_mut("tok_emb").unwrap();
+    let (shape, mut data) = (emb.shape().to_vec(), emb.to_vec());
+    let row = usize::from(b'~') * shape[1];
+    data[row..row + shape[1]].fill(f32::NAN);
+    *emb = Tensor::from_vec(&shape, data).unwrap();
+    let mut docs = docs;
+    docs[10][0] = b'~';
+    let scorer = f.document_scorer(Aggregate::Mean, 3).unwrap();
+    for got in on_ranks(3, |comm| {
+        scorer.score_on(&docs, comm, |i| format!("doc {i}"))
+    }) {
+        assert_eq!(
+            got.unwrap_err(),
+            Error::Rank {
+                rank: 1,
+                message:
+                    "doc 10: the rater gave a non-finite score (NaN); is the rater file damaged?"
+                        .into()
+            }
+        );
     }
 }
