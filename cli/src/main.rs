@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    datarater_cli::tune_allocator();
     let cli = datarater_cli::args::Cli::from_env();
     match datarater_cli::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,9 +28,15 @@ fn log_softmax_lane<F: Float>(lane: &mut [F]) {
 fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
     let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
     let m = if m.is_finite() { m } else { F::zero() };
+    // The exponentials a block at a time (a loop that vectorises), summed in order.
     let mut s = F::zero();
-    for &v in lane {
-        s += (v - m).exp();
+    let mut buf = [F::zero(); 16];
+    for block in lane.chunks(16) {
+        let buf = &mut buf[..block.len()];
+        for (e, &v) in buf.iter_mut().zip(block) {
+            *e = (v - m).vexp();
+        }
+        s = buf.iter().fold(s, |s, &e| s + e);
     }
     m + s.ln()
 }
@@ -38,13 +44,12 @@ fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
 /// Softmax of one contiguous lane in place: one `exp` per element. With a mask (the
 /// lane's entries to exclude), masked entries become 0 and a fully masked lane is all 0.
 fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
-    let mut sum = F::zero();
+    // Exponentials in one loop (it vectorises), their sum in order in another.
     match mask {
         None => {
             let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
             for v in lane.iter_mut() {
-                *v = (*v - m).exp();
-                sum += *v;
+                *v = (*v - m).vexp();
             }
         }
         Some(mask) => {
@@ -54,11 +59,11 @@ fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
                 .filter(|&(_, &k)| !k)
                 .fold(F::neg_infinity(), |a, (&b, _)| a.max(b));
             for (v, &k) in lane.iter_mut().zip(mask) {
-                *v = if k { F::zero() } else { (*v - m).exp() };
-                sum += *v;
+                *v = if k { F::zero() } else { (*v - m).vexp() };
             }
         }
     }
+    let sum = lane.iter().fold(F::zero(), |s, &v| s + v);
     if sum > F::zero() {
         let inv = sum.recip();
         for v in lane {
@@ -392,7 +397,7 @@ impl<F: Float> Op<F> for LogSoftmax {
             let s = y
                 .iter()
                 .zip(dx)
-                .fold(F::zero(), |s, (&y, &dx)| s + y.exp() * dx);
+                .fold(F::zero(), |s, (&y, &dx)| s + y.vexp() * dx);
             for (t, &dx) in t.iter_mut().zip(dx) {
                 *t = dx - s;
             }
@@ -453,7 +458,7 @@ impl<F: Float> Op<F> for LogSumExp {
             t[0] = x
                 .iter()
                 .zip(dx)
-                .fold(F::zero(), |s, (&x, &dx)| s + (x - l).exp() * dx);
+                .fold(F::zero(), |s, (&x, &dx)| s + (x - l).vexp() * dx);
         }))
     }
 }
