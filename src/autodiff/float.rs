@@ -52,12 +52,12 @@ impl Float for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
-    #[inline]
+    #[inline(always)]
     fn vexp(self) -> f32 {
         const HI: f32 = 88.722_83; // ln(f32::MAX)
         const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
-        const LN2_HI: f32 = 0.693_145_75; // ln 2 with its low bits zero: n * LN2_HI is exact
-        const LN2_LO: f32 = 1.428_606_8e-6;
+        const LN2_HI: f32 = f32::from_bits(0x3f31_7180); // ln 2 with its low bits zero: n * LN2_HI is exact
+        const LN2_LO: f32 = f32::from_bits(0x3717_f7d1); // ln 2 - LN2_HI
         const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
         let x = self.clamp(LO, HI);
         let t = x * std::f32::consts::LOG2_E + SHIFTER;
@@ -98,12 +98,12 @@ impl Float for f64 {
     fn f64(self) -> f64 {
         self
     }
-    #[inline]
+    #[inline(always)]
     fn vexp(self) -> f64 {
         const HI: f64 = 709.782_712_893_383_9; // ln(f64::MAX)
         const LO: f64 = -708.396_418_532_264_1; // ln(f64::MIN_POSITIVE)
-        const LN2_HI: f64 = 6.931_471_803_691_238_2e-1; // fdlibm's: n * LN2_HI is exact
-        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+        const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000); // fdlibm's: n * LN2_HI is exact
+        const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76); // ln 2 - LN2_HI
         const SHIFTER: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
         let x = self.clamp(LO, HI);
         let t = x * std::f64::consts::LOG2_E + SHIFTER;

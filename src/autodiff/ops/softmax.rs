@@ -43,6 +43,7 @@ fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
 
 /// Softmax of one contiguous lane in place: one `exp` per element. With a mask (the
 /// lane's entries to exclude), masked entries become 0 and a fully masked lane is all 0.
+#[inline(always)]
 fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
     // Exponentials in one loop (it vectorises), their sum in order in another.
     match mask {
@@ -70,6 +71,29 @@ fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
             *v *= inv;
         }
     }
+}
+
+/// Softmax of each `n`-element row of `data`, compiled for AVX2 when the CPU has it
+/// (the exponentials run 8 `f32` wide instead of SSE2's 4; FMA stays off, so every
+/// result bit is the same either way). Attention's scores are most of the rater's
+/// elementwise work.
+fn softmax_rows<F: Float>(data: &mut [F], n: usize) {
+    #[inline(always)]
+    fn rows<F: Float>(data: &mut [F], n: usize) {
+        for lane in data.chunks_exact_mut(n) {
+            softmax_lane(lane, None);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<F: Float>(data: &mut [F], n: usize) {
+            rows(data, n)
+        }
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2(data, n) };
+    }
+    rows(data, n)
 }
 
 /// Runs `f` on every lane of `out` along `axis`: contiguous slices when `axis` is the
@@ -179,6 +203,10 @@ impl<F: Float> Op<F> for Softmax {
         }
         let mut out = xs[0].array().as_standard_layout().into_owned();
         match &self.mask {
+            None if self.axis + 1 == out.ndim() && !out.is_empty() => {
+                let n = out.shape()[self.axis];
+                softmax_rows(out.as_slice_mut().expect("standard layout"), n);
+            }
             None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, None)),
             Some(mask) => {
                 // The mask's lanes, in the order `for_each_lane` visits the output's: a
