@@ -26,8 +26,40 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize>
         .collect()
 }
 
-fn check<F: Float>(op: &'static str, xs: &[&Tensor<F>]) {
-    broadcast_shape(op, xs[0].shape(), xs[1].shape());
+/// `f(a, b)` elementwise with numpy broadcasting (a panic naming `op` on a mismatch).
+/// When both are contiguous and one is the other's shape or repeats whole over it (a
+/// scalar, a bias over rows) this is a plain slice loop, which vectorises; otherwise
+/// ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same arithmetic,
+/// element for element, either way.
+fn zip_with<F: Float>(op: &'static str, xs: &[&Tensor<F>], f: impl Fn(F, F) -> F) -> Tensor<F> {
+    let (a, b) = (xs[0], xs[1]);
+    let shape = broadcast_shape(op, a.shape(), b.shape());
+    let n: usize = shape.iter().product();
+    if let (Some(x), Some(y), true) = (a.array().as_slice(), b.array().as_slice(), n > 0) {
+        let mut out = Vec::with_capacity(n);
+        if x.len() == n && repeats_whole(b.shape(), &shape) {
+            for xc in x.chunks_exact(y.len()) {
+                out.extend(xc.iter().zip(y).map(|(&x, &y)| f(x, y)));
+            }
+        } else if y.len() == n && repeats_whole(a.shape(), &shape) {
+            for yc in y.chunks_exact(x.len()) {
+                out.extend(x.iter().zip(yc).map(|(&x, &y)| f(x, y)));
+            }
+        }
+        if out.len() == n {
+            return Tensor::from_vec(&shape, out).expect("broadcast size");
+        }
+    }
+    let shape = IxDyn(&shape);
+    let (a, b) = (broadcast_view(a, &shape), broadcast_view(b, &shape));
+    Tensor::from_array(Zip::from(&a).and(&b).map_collect(|&a, &b| f(a, b)))
+}
+
+/// Whether an operand of shape `s` broadcast to `out` is its data repeated whole: `s`
+/// without its leading 1s is a suffix of `out`.
+fn repeats_whole(s: &[usize], out: &[usize]) -> bool {
+    let lead = s.iter().take_while(|&&d| d == 1).count();
+    out.ends_with(&s[lead..])
 }
 
 /// Cotangent of a broadcast operand: reduce the output-shaped `g` to the operand's shape.
@@ -53,8 +85,7 @@ impl<F: Float> Op<F> for Add {
         Saves::NONE
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        check("add", xs);
-        Tensor::from_array(xs[0].array() + xs[1].array())
+        zip_with("add", xs, |a, b| a + b)
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         match (d[0], d[1]) {
@@ -82,8 +113,7 @@ impl<F: Float> Op<F> for Sub {
         Saves::NONE
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        check("sub", xs);
-        Tensor::from_array(xs[0].array() - xs[1].array())
+        zip_with("sub", xs, |a, b| a - b)
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         match (d[0], d[1]) {
@@ -112,8 +142,7 @@ impl<F: Float> Op<F> for Mul {
         Saves::INPUTS
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        check("mul", xs);
-        Tensor::from_array(xs[0].array() * xs[1].array())
+        zip_with("mul", xs, |a, b| a * b)
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         let (a, b) = (ctx.x(0), ctx.x(1));
@@ -162,8 +191,7 @@ impl<F: Float> Op<F> for Div {
         "div"
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        check("div", xs);
-        Tensor::from_array(xs[0].array() / xs[1].array())
+        zip_with("div", xs, |a, b| a / b)
     }
     /// `d(a/b) = (da - y db) / b`.
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {

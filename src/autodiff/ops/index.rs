@@ -7,7 +7,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
 use super::shape_panic;
 use crate::error::{Error, Result};
-use ndarray::{ArcArray, ArrayD, Axis, IxDyn, Zip};
+use ndarray::{ArcArray, ArrayD, IxDyn, Zip};
 use std::sync::Arc;
 
 /// An n-d array of integer indices (tokens, classes, rows), cheap to clone.
@@ -138,8 +138,14 @@ impl<F: Float> Op<F> for GatherRows {
         let d = t.shape()[1];
         let mut shape = self.idx.shape.clone();
         shape.push(d);
-        let g = t.array().select(Axis(0), &self.idx.data);
-        Tensor::from_array(g.into_shape_with_order(IxDyn(&shape)).expect("same size"))
+        // Row by row (ndarray's `select` grows its output one row at a time).
+        let table = t.array().as_standard_layout();
+        let table = table.as_slice().expect("standard layout");
+        let mut out = Vec::with_capacity(self.idx.data.len() * d);
+        for &i in self.idx.data.iter() {
+            out.extend_from_slice(&table[i * d..(i + 1) * d]);
+        }
+        Tensor::from_vec(&shape, out).expect("one row per index")
     }
     fn jvp<V: Value<F = F>>(&self, _: &Ctx<V>, d: &[Option<&V>]) -> V {
         V::apply(self.clone(), &[d[0].expect("one tangent")])

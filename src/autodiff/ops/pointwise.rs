@@ -85,13 +85,13 @@ impl Elementwise for Exp {
     const NAME: &'static str = "exp";
     const SAVES: Saves = Saves::OUTPUT;
     fn f<F: Float>(&self, x: F) -> F {
-        x.exp()
+        x.vexp()
     }
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         y.expect("saved output").clone()
     }
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
-        let y = x.exp();
+        let y = x.vexp();
         Some((y, y))
     }
 }
@@ -141,7 +141,7 @@ impl Elementwise for Sigmoid {
     const NAME: &'static str = "sigmoid";
     const SAVES: Saves = Saves::OUTPUT;
     fn f<F: Float>(&self, x: F) -> F {
-        F::one() / (F::one() + (-x).exp())
+        F::one() / (F::one() + (-x).vexp())
     }
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         let y = y.expect("saved output");
@@ -223,7 +223,7 @@ const GELU_A: f64 = 0.044_715;
 fn gelu_parts<F: Float>(x: F) -> (F, F, F, F) {
     let (k, a) = (F::c(GELU_K), F::c(GELU_A));
     let u = k * (x + a * x * x * x);
-    let s = F::one() / (F::one() + (-(u + u)).exp());
+    let s = F::one() / (F::one() + (-(u + u)).vexp());
     let du = k * (F::one() + F::c(3.0) * a * x * x);
     (du, s, s * (F::one() - s), F::one() - s - s)
 }

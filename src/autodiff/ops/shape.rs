@@ -5,7 +5,7 @@ use super::super::float::Float;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
-use ndarray::{Axis, IxDyn, Slice as NdSlice};
+use ndarray::{Axis, Slice as NdSlice};
 
 /// Reshape to a shape with the same number of elements.
 #[derive(Clone, Debug)]
@@ -54,8 +54,10 @@ impl<F: Float> Op<F> for Permute {
         {
             shape_panic("permute", xs[0].shape(), &self.0);
         }
-        let v = xs[0].view().permuted_axes(IxDyn(&self.0));
-        Tensor::from_array(v.as_standard_layout().into_owned())
+        let x = xs[0].array().as_standard_layout();
+        let out = permuted(x.as_slice().expect("standard layout"), x.shape(), &self.0);
+        let shape: Vec<usize> = self.0.iter().map(|&p| x.shape()[p]).collect();
+        Tensor::from_vec(&shape, out).expect("same size")
     }
     fn jvp<V: Value<F = F>>(&self, _: &Ctx<V>, d: &[Option<&V>]) -> V {
         d[0].expect("one tangent").permute(&self.0)
@@ -66,6 +68,51 @@ impl<F: Float> Op<F> for Permute {
             inv[p] = i;
         }
         vec![Some(dy.permute(&inv))]
+    }
+}
+
+/// The elements of a standard-layout array of `shape` with its axes reordered by `perm`,
+/// in standard layout: one run along the output's last axis at a time (a slice copy
+/// when that axis is also the input's last; ndarray's copy of a permuted dynamic-rank
+/// view steps element by element).
+fn permuted<F: Copy>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
+    let n = shape.len();
+    let mut out = Vec::with_capacity(src.len());
+    if n == 0 || src.is_empty() {
+        out.extend_from_slice(src);
+        return out;
+    }
+    let mut stride = vec![1; n];
+    for i in (0..n - 1).rev() {
+        stride[i] = stride[i + 1] * shape[i + 1];
+    }
+    // Extent and source stride of each output axis.
+    let ext: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let step: Vec<usize> = perm.iter().map(|&p| stride[p]).collect();
+    let (len, inner) = (ext[n - 1], step[n - 1]);
+    let mut idx = vec![0; n - 1];
+    let mut at = 0;
+    loop {
+        if inner == 1 {
+            out.extend_from_slice(&src[at..at + len]);
+        } else {
+            out.extend((0..len).map(|j| src[at + j * inner]));
+        }
+        // Advance the outer axes like an odometer.
+        let mut ax = n - 1;
+        loop {
+            if ax == 0 {
+                return out;
+            }
+            ax -= 1;
+            idx[ax] += 1;
+            at += step[ax];
+            if idx[ax] < ext[ax] {
+                break;
+            }
+            at -= idx[ax] * step[ax];
+            idx[ax] = 0;
+        }
     }
 }
 
