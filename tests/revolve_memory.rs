@@ -73,19 +73,21 @@ fn checkpointed_peak_memory_follows_its_snapshots() {
         });
         (r.stats, peak)
     };
-    let (_, one_step) = peak(1, Mode::Checkpointed { snapshots: 1 });
+    // Step 0 needs no forward-over-reverse tape (theta_0 does not depend on eta), so
+    // the window of two steps is the one whose working set longer windows share.
+    let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: 2 });
     let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: 2 });
     let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: 16 });
     let (_, mixed_peak) = peak(16, Mode::Mixed);
     println!(
-        "state {x} B; peaks: T=1 {one_step}, T=16 with 2 snapshots {few_peak}, with 16 {all_peak}, mixed {mixed_peak}"
+        "state {x} B; peaks: T=2 {two_steps}, T=16 with 2 snapshots {few_peak}, with 16 {all_peak}, mixed {mixed_peak}"
     );
     assert_eq!((few.stored_states, all.stored_states), (2, 16));
-    // Two snapshots: the second stored state and the one being run forward, with room
-    // for one more in passing.
+    // Two snapshots: the second stored state and the one being run forward are about
+    // what T = 2 holds anyway (its two stored states, one borrowed).
     assert!(
-        few_peak < one_step + 3 * x,
-        "2 snapshots: {few_peak} B vs {one_step} B at T = 1 (state {x} B)"
+        few_peak < two_steps + 2 * x,
+        "2 snapshots: {few_peak} B vs {two_steps} B at T = 2 (state {x} B)"
     );
     // Every state stored: 14 states more than with 2 snapshots.
     assert!(

@@ -104,11 +104,11 @@ pub struct MetaGradient<F: Float> {
     pub stats: MetaStats,
 }
 
-/// One inner step's stored values.
+/// One inner step's stored values (mixed mode).
 struct Step<F: Float> {
     theta: Params<Tensor<F>>,
     state: OptState<Tensor<F>>,
-    grad: Option<Params<Tensor<F>>>,
+    grad: Params<Tensor<F>>,
     /// The per-example weights `w(eta)` of a weighted-form problem (see
     /// [`MetaProblem::example_weights`]), so the backward sweep need not recompute them.
     weights: Option<Tensor<F>>,
@@ -116,9 +116,8 @@ struct Step<F: Float> {
 
 impl<F: Float> Step<F> {
     fn nbytes(&self) -> usize {
-        let slots: usize = self.state.slots.iter().map(Params::nbytes).sum();
         let w = self.weights.as_ref().map_or(0, Tensor::nbytes);
-        self.theta.nbytes() + slots + self.grad.as_ref().map_or(0, Params::nbytes) + w
+        state_bytes(&self.theta, &self.state) + self.grad.nbytes() + w
     }
 }
 
@@ -386,27 +385,35 @@ impl<F: Float> Adjoint<F> {
 
     /// Steps the adjoints back over inner step `t` (from `theta_t, s_t` with gradient
     /// `g_t` and weights `w_t`): the optimiser's adjoint, then one forward-over-reverse
-    /// pass ([`products`]). `alive`: the trajectory bytes held meanwhile, for the budget.
+    /// pass ([`products`]). `alive`: the trajectory bytes held meanwhile, for the budget;
+    /// `g_t` and an owned `s_t` are freed before the pass, which needs neither.
     #[allow(clippy::too_many_arguments)]
     fn step_back<P: MetaProblem<F>>(
         &mut self,
         req: &MetaRequest<'_, F, P>,
         t: usize,
-        x: (&Params<Tensor<F>>, &OptState<Tensor<F>>),
-        g: &Params<Tensor<F>>,
+        theta: &Params<Tensor<F>>,
+        state: Cow<'_, OptState<Tensor<F>>>,
+        g: Params<Tensor<F>>,
         weights: Option<&Tensor<F>>,
         remat: bool,
         alive: usize,
         stats: &mut MetaStats,
     ) -> Result<()> {
-        let (theta, state) = x;
         let adj = req
             .problem
             .optimizer()
-            .adjoint(theta, state, g, &self.theta, &self.state);
+            .adjoint(theta, &state, &g, &self.theta, &self.state);
         finite(&adj.grad, t, "optimiser adjoint")?;
-        // The adjoints of step t + 1 are not needed any more: free them before the pass.
+        let freed = g.nbytes()
+            + match state {
+                Cow::Owned(s) => s.slots.iter().map(Params::nbytes).sum(),
+                Cow::Borrowed(_) => 0,
+            };
+        drop(g);
+        // Nor are the adjoints of step t + 1.
         (self.theta, self.state) = (adj.theta, adj.state);
+        let alive = alive - freed;
         // theta_0 does not depend on eta: its adjoint is not needed.
         let (h_gbar, m_gbar, tape_bytes) = products(
             req.problem,
@@ -469,7 +476,7 @@ fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<Met
         stored.push(Step {
             theta,
             state,
-            grad: Some(g),
+            grad: g,
             weights: w,
         });
         stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
@@ -482,18 +489,19 @@ fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<Met
     let mut alive = stats.trajectory_bytes;
     for t in (0..n).rev() {
         let s = stored.pop().expect("one stored step per inner step");
-        let g = s.grad.as_ref().expect("mixed mode keeps the gradients");
+        let bytes = s.nbytes();
         adjoint.step_back(
             req,
             t,
-            (&s.theta, &s.state),
-            g,
+            &s.theta,
+            Cow::Owned(s.state),
+            s.grad,
             s.weights.as_ref(),
             false,
             alive,
             &mut stats,
         )?;
-        alive -= s.nbytes();
+        alive -= bytes;
     }
     Ok(MetaGradient {
         grad: adjoint.eta,
@@ -652,23 +660,33 @@ fn checkpointed<F: Float, P: MetaProblem<F>>(
         }
         sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
         for t in (a..b).rev() {
-            let x = sweep.advance(top, t, stored)?;
-            let (theta, state) = x.as_ref().map_or((&*top.theta, &*top.state), |(a, b)| (a, b));
-            let (_, g, th, st, w) = sweep.step(t, theta, state)?;
-            let working = x.as_ref().map_or(0, |(a, b)| state_bytes(a, b));
+            // x_t: the snapshot, or a working state run forward from it.
+            let (theta, state) = match sweep.advance(top, t, stored)? {
+                Some((theta, state)) => (Cow::Owned(theta), Cow::Owned(state)),
+                None => (Cow::Borrowed(&*top.theta), Cow::Borrowed(&*top.state)),
+            };
+            let working = match &theta {
+                Cow::Owned(th) => state_bytes(th, &state),
+                Cow::Borrowed(_) => 0,
+            };
+            let (_, g, th, st, w) = sweep.step(t, &theta, &state)?;
             let alive = stored + working + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
             sweep.stats.trajectory_bytes = sweep.stats.trajectory_bytes.max(alive);
             req.check_budget(alive, t)?;
+            // x_{t+1} is only needed at the end of the window, for J and the result.
             if t + 1 == n {
                 let (j, adjoint) = outer_start(req, &th, &st)?;
                 end = Some((j, adjoint, th, st));
+            } else {
+                drop((th, st));
             }
             let (_, adjoint, _, _) = end.as_mut().expect("the last step is reversed first");
             adjoint.step_back(
                 req,
                 t,
-                (theta, state),
-                &g,
+                &theta,
+                state,
+                g,
                 w.as_ref(),
                 true,
                 alive,
