@@ -7,7 +7,7 @@
 //! * [`Mode::Checkpointed`]: store at most `s` states `(theta_t, s_t)` at once, placed by
 //!   binomial checkpointing (Griewank & Walther's revolve, see `revolve.rs`), and
 //!   recompute the others from them as the backward sweep reaches them: the trajectory
-//!   term is `s` states, for `r T - beta(s + 1, r - 1)` recomputed steps.
+//!   term is `s` states, for the fewest recomputed steps any such schedule allows.
 //!   The memory-lean mode: its forward-over-reverse passes also rematerialise blocks,
 //!   so a step's working set is about one block's dual activations.
 //! * [`Mode::Unrolled`]: the naive baseline, reverse-over-reverse through the whole
@@ -37,18 +37,19 @@ pub enum Mode {
     /// activations in memory).
     Mixed,
     /// Mixed mode storing at most `snapshots` inner states at once (the window's start
-    /// included), placed by binomial checkpointing (revolve), and recomputing the rest;
-    /// its forward-over-reverse passes rematerialise checkpointed blocks.
+    /// included), placed by binomial checkpointing (Griewank & Walther 2000, "Algorithm
+    /// 799: revolve"), and recomputing the rest; its forward-over-reverse passes
+    /// rematerialise checkpointed blocks.
     ///
     /// With `s` snapshots and `r` the least integer with `T <= C(s + r, s)`, it
     /// recomputes `r T - C(s + r, s + 1)` inner steps ([`MetaStats::recomputed_steps`]),
-    /// the fewest any schedule can: at most `r` per step of the window. `s >= T`
+    /// the fewest any schedule can: fewer than `r` per step on average. `s >= T`
     /// recomputes `T - 1` (each step's gradient, which is not stored), `s = 1`
     /// recomputes `T (T - 1) / 2`.
     Checkpointed {
         /// The most inner states `(theta_t, s_t)` stored at once; more than `T` act as
         /// `T`. `0` picks the least `s` with `C(s + 3, 3) >= T`, so `r <= 3`: a bounded
-        /// amount of recomputation (at most 3 inner steps per step, next to a backward
+        /// amount of recomputation (under 3 inner steps per step, next to a backward
         /// step that costs about 3 inner steps anyway), for `s` growing only like the
         /// cube root of `6 T` (1 for `T <= 4`, 3 at `T = 16`, 6 at `T = 64`).
         snapshots: usize,
@@ -79,7 +80,8 @@ pub struct MetaStats {
     pub peak_tape_bytes: usize,
     /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`) alive at once.
     pub trajectory_bytes: usize,
-    /// Inner steps run again in the backward sweep (checkpointed mode).
+    /// Inner steps run again after their first run (checkpointed mode: to reach a state
+    /// that was not stored, or to recompute a step's gradient for its backward step).
     pub recomputed_steps: usize,
     /// Largest number of inner states `(theta_t, s_t)` stored at once, the window's start
     /// included (mixed: `T`; checkpointed: at most its snapshots; unrolled: 0, its
