@@ -596,9 +596,7 @@ fn run_main() -> Result<()> {
         a.rater_d, a.rater_layers, a.rater_heads, a.batch
     );
     if let Some((_, mode)) = a.modes.iter().find(|m| m.0 == "ckpt") {
-        println!(
-            "ckpt: {mode}, binomial checkpointing (0 = the least s with C(s + 3, 3) >= T)"
-        );
+        println!("ckpt: {mode}, binomial checkpointing (0 = the least s with C(s + 3, 3) >= T)");
     }
     println!(
         "peak = real heap bytes (counting allocator) above the live bytes at the call; seconds = median of {} runs",

@@ -289,7 +289,14 @@ fn check_modes<P: MetaProblem<f64>>(
             (ck.outer_loss - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0),
             "{label}"
         );
-        assert_eq!(ck.inner_losses, mixed.inner_losses, "{label}");
+        // The same steps (split over another number of threads for some).
+        assert_eq!(ck.inner_losses.len(), mixed.inner_losses.len(), "{label}");
+        for (a, b) in ck.inner_losses.iter().zip(&mixed.inner_losses) {
+            assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                "{label}: {a} vs {b}"
+            );
+        }
         check_schedule(label, &ck, snapshots);
     }
     let r = compare(&unrolled.grad, &mixed.grad).unwrap();
@@ -564,7 +571,11 @@ fn custom_inner_objective_matches_closed_form() {
     };
     let decay = (1.0f64 - lr).powi(steps as i32);
     let state = problem.opt.init(&theta);
-    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { snapshots: 0 }] {
+    for mode in [
+        Mode::Mixed,
+        Mode::Unrolled,
+        Mode::Checkpointed { snapshots: 0 },
+    ] {
         let r = meta_grad(mode, &problem, &eta, &theta, &state, &vec![(); steps], &()).unwrap();
         for i in 0..3 {
             let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
@@ -607,7 +618,11 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
     let (theta_before, eta_before) = (theta.clone(), eta.clone());
     let problem = BlowsUp(Sgd::new(1.0));
     let state = problem.0.init(&theta);
-    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { snapshots: 2 }] {
+    for mode in [
+        Mode::Mixed,
+        Mode::Unrolled,
+        Mode::Checkpointed { snapshots: 2 },
+    ] {
         let err = meta_grad(mode, &problem, &eta, &theta, &state, &[(); 4], &()).unwrap_err();
         match err {
             Error::NonFinite { step, quantity } => {
@@ -639,7 +654,11 @@ fn empty_window_is_a_config_error() {
 
 // ---- bad input is a typed error, in every mode ------------------------------------------
 
-const MODES: [Mode; 3] = [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { snapshots: 2 }];
+const MODES: [Mode; 3] = [
+    Mode::Mixed,
+    Mode::Unrolled,
+    Mode::Checkpointed { snapshots: 2 },
+];
 
 /// The shape a rater gives its scores for a batch of `n` examples.
 type ScoreShape = fn(usize) -> Vec<usize>;

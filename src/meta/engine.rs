@@ -377,7 +377,11 @@ struct Adjoint<F: Float> {
 
 impl<F: Float> Adjoint<F> {
     /// The adjoints at the end of the window: `theta_bar = dJ/d theta_T`, `s_bar = 0`.
-    fn new(theta_bar: Params<Tensor<F>>, state: &OptState<Tensor<F>>, eta: &Params<Tensor<F>>) -> Self {
+    fn new(
+        theta_bar: Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
+        eta: &Params<Tensor<F>>,
+    ) -> Self {
         Adjoint {
             theta: theta_bar,
             state: state.slots.iter().map(Params::zeros_like).collect(),
@@ -532,7 +536,11 @@ fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>)
 enum Task {
     /// Reverse steps `b - 1` down to `a`, the top snapshot holding `x_a`, using at most
     /// `snapshots` snapshots (that one included).
-    Reverse { a: usize, b: usize, snapshots: usize },
+    Reverse {
+        a: usize,
+        b: usize,
+        snapshots: usize,
+    },
     /// Free the top snapshot.
     Free,
 }
@@ -650,7 +658,11 @@ fn checkpointed<F: Float, P: MetaProblem<F>>(
             });
             sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
             tasks.extend([
-                Task::Reverse { a, b: m, snapshots: s },
+                Task::Reverse {
+                    a,
+                    b: m,
+                    snapshots: s,
+                },
                 Task::Free,
                 Task::Reverse {
                     a: m,

@@ -15,12 +15,16 @@
 /// `beta(s, r) = C(s + r, s)`, saturating at `usize::MAX`.
 fn beta(s: usize, r: usize) -> usize {
     // C(r + i, i) for i = 1..=s; each product divides exactly.
-    (1..=s).try_fold(1usize, |b, i| b.checked_mul(r + i).map(|p| p / i)).unwrap_or(usize::MAX)
+    (1..=s)
+        .try_fold(1usize, |b, i| b.checked_mul(r + i).map(|p| p / i))
+        .unwrap_or(usize::MAX)
 }
 
 /// The least `r` with `beta(s, r) >= l` (`s >= 1`).
 fn repetitions(l: usize, s: usize) -> usize {
-    (0..).find(|&r| beta(s, r) >= l).expect("beta grows without bound in r")
+    (0..)
+        .find(|&r| beta(s, r) >= l)
+        .expect("beta grows without bound in r")
 }
 
 /// `t(l, s)`: the least number of advances that reverse `l >= 1` steps with `s >= 1`
@@ -43,7 +47,9 @@ pub(super) fn split(l: usize, s: usize) -> usize {
 /// The snapshots `Mode::Checkpointed { snapshots: 0 }` uses for `l` steps: the least `s`
 /// with `beta(s, 3) >= l`, so no schedule needs more than three repetitions.
 pub(super) fn auto_snapshots(l: usize) -> usize {
-    (1..).find(|&s| beta(s, 3) >= l).expect("beta grows without bound in s")
+    (1..)
+        .find(|&s| beta(s, 3) >= l)
+        .expect("beta grows without bound in s")
 }
 
 #[cfg(test)]
