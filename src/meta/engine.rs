@@ -602,6 +602,9 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
     }
 }
 
+/// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
+type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
+
 /// Checkpointed mode: binomial checkpointing with at most `snapshots` stored states.
 ///
 /// Reversing steps `[a, b)` from a snapshot of `x_a` with `s` snapshots: with one step or
@@ -634,8 +637,8 @@ fn checkpointed<F: Float, P: MetaProblem<F>>(
         b: n,
         snapshots,
     }];
-    // Set by the first step reversed, the last one: `(J, adjoints, theta_T, s_T)`.
-    let mut end: Option<(F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>)> = None;
+    // Set by the first step reversed, the last one.
+    let mut end: Option<WindowEnd<F>> = None;
     while let Some(task) = tasks.pop() {
         let (a, b, s) = match task {
             Task::Free => {
