@@ -14,9 +14,10 @@
 
 /// `beta(s, r) = C(s + r, s)`, saturating at `usize::MAX`.
 fn beta(s: usize, r: usize) -> usize {
-    // C(r + i, i) for i = 1..=s; each product divides exactly.
-    (1..=s)
-        .try_fold(1usize, |b, i| b.checked_mul(r + i).map(|p| p / i))
+    // C(hi + i, i) for i = 1..=lo; each product divides exactly.
+    let (lo, hi) = (s.min(r), s.max(r));
+    (1..=lo)
+        .try_fold(1usize, |b, i| b.checked_mul(hi + i).map(|p| p / i))
         .unwrap_or(usize::MAX)
 }
 
@@ -30,6 +31,10 @@ fn repetitions(l: usize, s: usize) -> usize {
 /// `t(l, s)`: the least number of advances that reverse `l >= 1` steps with `s >= 1`
 /// snapshots.
 pub(super) fn advances(l: usize, s: usize) -> usize {
+    if s == 1 {
+        // What the general form gives, without searching up to `r = l - 1`.
+        return l * (l - 1) / 2;
+    }
     match repetitions(l, s) {
         0 => 0,
         r => r * l - beta(s + 1, r - 1),
@@ -86,6 +91,7 @@ mod tests {
         assert_eq!(beta(6, 3), 84);
         assert_eq!(beta(0, 7), 1);
         assert_eq!(beta(200, 200), usize::MAX);
+        assert_eq!(beta(1000, 2), 1001 * 1002 / 2);
         let auto: Vec<usize> = [1, 4, 5, 16, 64].map(auto_snapshots).to_vec();
         assert_eq!(auto, [1, 1, 2, 3, 6]);
         // With every state stored, only the step gradients are recomputed.
