@@ -11,6 +11,7 @@
 //! --d 64 --layers 2 --heads 4 --seq 128 --batch 16     inner LM (MLP 4 x d)
 //! --rater-d 32 --rater-layers 1 --rater-heads 2        rater
 //! --steps 1,2,4,8,16,32 --modes unrolled,mixed,ckpt --reps 3 --f64
+//! --snapshots N    states ckpt stores at once (default 0: chosen from T, see Mode)
 //! --budget-mib N   memory budget per meta-gradient (default: 90% of MemAvailable)
 //! --no-check       skip the f64 reference (the error column)
 //! --json FILE      one object per T and mode: peak bytes, seconds, FLOPs, ...
@@ -42,7 +43,9 @@
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::flops;
 use datarater::data::Corpus;
-use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler};
+use datarater::meta::{
+    DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, MetaStats, Mode, Rater, Sampler,
+};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Args> {
         "--rater-heads",
         "--steps",
         "--modes",
+        "--snapshots",
         "--reps",
         "--budget-mib",
         "--json",
@@ -146,13 +150,19 @@ fn parse_args() -> Result<Args> {
             Err(_) => Err(bad("--steps", format!("`{s}` is not a number"))),
         })
         .collect::<Result<Vec<_>>>()?;
+    let snapshots = match value("--snapshots") {
+        None => 0,
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| bad("--snapshots", format!("`{s}` is not a number")))?,
+    };
     let modes = value("--modes")
         .unwrap_or_else(|| "unrolled,mixed,ckpt".into())
         .split(',')
         .map(|s| match s.trim() {
             "unrolled" => Ok(("unrolled", Mode::Unrolled)),
             "mixed" => Ok(("mixed", Mode::Mixed)),
-            "ckpt" => Ok(("ckpt", Mode::Checkpointed { every: 0 })),
+            "ckpt" => Ok(("ckpt", Mode::Checkpointed { snapshots })),
             other => Err(bad(
                 "--modes",
                 format!("`{other}` is not one of unrolled, mixed, ckpt"),
@@ -209,6 +219,8 @@ struct Measured {
     secs: f64,
     work: flops::FlopCount,
     rel_error: Option<f64>,
+    /// The engine's own account (stored states, recomputed steps, tape bytes).
+    stats: MetaStats,
 }
 
 fn transformer(
@@ -328,6 +340,7 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
                 memory_budget: a.budget,
             };
             let (mut peak, mut secs, mut work, mut grad) = (0, Vec::new(), None, None);
+            let mut stats = None;
             let mut over = None;
             for _ in 0..a.reps {
                 let start = Instant::now();
@@ -337,6 +350,7 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
                 match r {
                     Ok(r) => {
                         work.get_or_insert(w);
+                        stats.get_or_insert(r.stats);
                         grad.get_or_insert(r.grad);
                     }
                     Err(e @ Error::MemoryBudget { .. }) => {
@@ -346,9 +360,9 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
                     Err(e) => return Err(e),
                 }
             }
-            let outcome = match (over, work, grad) {
-                (Some(e), _, _) => Err(e),
-                (None, Some(work), Some(grad)) => {
+            let outcome = match (over, work, grad, stats) {
+                (Some(e), ..) => Err(e),
+                (None, Some(work), Some(grad), Some(stats)) => {
                     let rel_error = match &exact {
                         Some(x) => Some(datarater::autodiff::check::compare(&grad.cast(), x)?.rel),
                         None => None,
@@ -358,6 +372,7 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
                         secs: median(secs),
                         work,
                         rel_error,
+                        stats,
                     })
                 }
                 _ => unreachable!("reps >= 1 is checked by parse_args"),
@@ -396,6 +411,12 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
             notes.push(format!(
                 "unr/ckpt {:.1}x MiB",
                 u.peak as f64 / c.peak as f64
+            ));
+        }
+        if let Some(c) = get("ckpt") {
+            notes.push(format!(
+                "ckpt stores {} states, recomputes {} steps",
+                c.stats.stored_states, c.stats.recomputed_steps
             ));
         }
         let errs: Vec<String> = mine
@@ -441,6 +462,10 @@ fn write_json(path: &str, a: &Args, rows: &[Row]) -> Result<()> {
                     o["other_elements"] = m.work.other.into();
                     o["gflops_per_s"] = (m.work.matmul as f64 / m.secs / 1e9).into();
                     o["rel_error_vs_f64"] = m.rel_error.into();
+                    o["stored_states"] = m.stats.stored_states.into();
+                    o["recomputed_steps"] = m.stats.recomputed_steps.into();
+                    o["trajectory_bytes"] = m.stats.trajectory_bytes.into();
+                    o["peak_tape_bytes"] = m.stats.peak_tape_bytes.into();
                 }
                 Err(e) => {
                     o["fits"] = false.into();
@@ -567,9 +592,12 @@ fn run_main() -> Result<()> {
         a.batch
     );
     println!(
-        "rater: bidirectional transformer, width {}, {} layer(s), {} heads, mean-pooled; outer batch {}; ckpt stores every ceil(sqrt(T))-th state",
+        "rater: bidirectional transformer, width {}, {} layer(s), {} heads, mean-pooled; outer batch {}",
         a.rater_d, a.rater_layers, a.rater_heads, a.batch
     );
+    if let Some((_, mode)) = a.modes.iter().find(|m| m.0 == "ckpt") {
+        println!("ckpt: {mode}, binomial checkpointing (0 = the least s with C(s + 3, 3) >= T)");
+    }
     println!(
         "peak = real heap bytes (counting allocator) above the live bytes at the call; seconds = median of {} runs",
         a.reps

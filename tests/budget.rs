@@ -57,7 +57,11 @@ fn a_run_past_its_memory_budget_stops_and_frees_everything() {
         mode,
         memory_budget,
     };
-    for mode in [Mode::Mixed, Mode::Checkpointed { every: 2 }, Mode::Unrolled] {
+    for mode in [
+        Mode::Mixed,
+        Mode::Checkpointed { snapshots: 2 },
+        Mode::Unrolled,
+    ] {
         let free = request(mode, None).run().unwrap();
         let used = free.stats.peak_tape_bytes + free.stats.trajectory_bytes;
         // A budget it fits in changes nothing.

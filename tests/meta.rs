@@ -205,6 +205,51 @@ fn rollout<P: MetaProblem<f64>>(
     p.outer_loss(&th, outer).unwrap().item()
 }
 
+/// `t(l, s)` for every `l <= n`, `s <= m`: the fewest inner steps that reverse `l`
+/// steps with `s` stored states, by its recurrence (Griewank & Walther 2000): one state
+/// runs from the start to each step in turn; more advance `j` steps, store that state,
+/// reverse the rest with one state fewer, then the first `j` steps.
+fn binomial_optimum(n: usize, m: usize) -> Vec<Vec<usize>> {
+    let mut t = vec![vec![0; m + 1]; n + 1];
+    for l in 1..=n {
+        t[l][1] = l * (l - 1) / 2;
+        for s in 2..=m {
+            t[l][s] = (1..l)
+                .map(|j| j + t[l - j][s - 1] + t[j][s])
+                .min()
+                .unwrap_or(0);
+        }
+    }
+    t
+}
+
+/// The snapshots `Mode::Checkpointed { snapshots }` uses for `steps` steps: as given
+/// (at most `steps`), or for `0` the least `s` with `C(s + 3, 3) >= steps`.
+fn effective_snapshots(snapshots: usize, steps: usize) -> usize {
+    match snapshots {
+        0 => (1..)
+            .find(|&s: &usize| (s + 1) * (s + 2) * (s + 3) / 6 >= steps)
+            .unwrap(),
+        s => s.min(steps),
+    }
+}
+
+/// A checkpointed run recomputed the fewest steps its snapshots allow and never stored
+/// more states than that.
+fn check_schedule(label: &str, r: &MetaGradient<f64>, snapshots: usize) {
+    let (t, s) = (r.stats.steps, effective_snapshots(snapshots, r.stats.steps));
+    assert_eq!(
+        r.stats.recomputed_steps,
+        binomial_optimum(t, s)[t][s],
+        "{label}: T = {t}, {s} snapshots"
+    );
+    assert!(
+        (1..=s).contains(&r.stats.stored_states),
+        "{label}: {} states stored, {s} allowed",
+        r.stats.stored_states
+    );
+}
+
 /// Runs all three modes, checks they agree to `1e-9` and match finite differences of
 /// the rollout along `dirs` random directions (or the full FD gradient when `dirs == 0`).
 #[allow(clippy::too_many_arguments)]
@@ -233,17 +278,26 @@ fn check_modes<P: MetaProblem<f64>>(
     let split = run(Mode::Mixed, 3);
     let r = compare(&split.grad, &mixed.grad).unwrap();
     assert!(r.ok(1e-9), "{label}: mixed in slices vs whole {r:?}");
-    for every in [2, 3] {
-        let ck = run(Mode::Checkpointed { every }, 1 + every % 2 * 2);
+    for (snapshots, threads) in [(1, 1), (2, 3), (0, 1)] {
+        let ck = run(Mode::Checkpointed { snapshots }, threads);
         let r = compare(&ck.grad, &mixed.grad).unwrap();
         assert!(
             r.ok(1e-9),
-            "{label}: checkpointed(every={every}) vs mixed {r:?}"
+            "{label}: checkpointed({snapshots} snapshots) vs mixed {r:?}"
         );
         assert!(
             (ck.outer_loss - mixed.outer_loss).abs() < 1e-12 * mixed.outer_loss.abs().max(1.0),
             "{label}"
         );
+        // The same steps (split over another number of threads for some).
+        assert_eq!(ck.inner_losses.len(), mixed.inner_losses.len(), "{label}");
+        for (a, b) in ck.inner_losses.iter().zip(&mixed.inner_losses) {
+            assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                "{label}: {a} vs {b}"
+            );
+        }
+        check_schedule(label, &ck, snapshots);
     }
     let r = compare(&unrolled.grad, &mixed.grad).unwrap();
     assert!(r.ok(1e-9), "{label}: unrolled vs mixed {r:?}");
@@ -370,6 +424,64 @@ fn mlp_all_optimisers_t8() {
     all_optimisers(8);
 }
 
+/// Checkpointed mode for window lengths that are and are not binomial numbers, with one
+/// snapshot, a few, the automatic choice and more than the window: the meta-gradient of
+/// mixed and unrolled mode and of finite differences, the fewest recomputed steps, and
+/// never more stored states (or their bytes) than allowed.
+#[test]
+fn checkpointed_schedules_for_many_windows_and_snapshot_counts() {
+    let mut rng = Rng::new(11);
+    let inner = regression(Adam::new(0.05));
+    let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
+    let p = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+    };
+    let (theta, eta) = (inner.init(&mut rng), rater.init(&mut rng));
+    let state = inner.opt.init(&theta);
+    // One inner state: theta and Adam's two moments.
+    let x_bytes = 3 * theta.nbytes();
+    for steps in [1, 2, 3, 5, 8, 13, 16] {
+        let batches: Vec<XyBatch> = (0..steps).map(|_| inner.sample(&mut rng)).collect();
+        let outer = inner.sample(&mut rng);
+        let run = |mode| meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer).unwrap();
+        let mixed = run(Mode::Mixed);
+        assert_eq!(mixed.stats.stored_states, steps);
+        let unrolled = run(Mode::Unrolled);
+        let d = eta.map(|t| normal(&mut rng, t.shape(), 1.0));
+        let eps = 1e-6;
+        let j = |e: &Params<Tensor<f64>>| rollout(&p, e, &theta, &state, &batches, &outer);
+        let fd = (j(&eta.add_scaled(&d, eps).unwrap()) - j(&eta.add_scaled(&d, -eps).unwrap()))
+            / (2.0 * eps);
+        for snapshots in [1, 2, 3, 0, steps + 2] {
+            let label = format!("T = {steps}, snapshots {snapshots}");
+            let ck = run(Mode::Checkpointed { snapshots });
+            for (other, name) in [(&mixed, "mixed"), (&unrolled, "unrolled")] {
+                let r = compare(&ck.grad, &other.grad).unwrap();
+                assert!(r.ok(1e-9), "{label}: vs {name} {r:?}");
+            }
+            let an = ck.grad.dot(&d).unwrap();
+            assert!(
+                (an - fd).abs() <= 1e-5 * an.abs().max(fd.abs()) + 1e-9,
+                "{label}: directional {an} vs fd {fd}"
+            );
+            assert_eq!(ck.theta, mixed.theta, "{label}");
+            check_schedule(&label, &ck, snapshots);
+            // The stored states, one more being run forward, and one step's gradient and
+            // weights.
+            let s = effective_snapshots(snapshots, steps);
+            let w_bytes = 6 * std::mem::size_of::<f64>();
+            let most = (s + 1) * x_bytes + theta.nbytes() + w_bytes;
+            assert!(
+                ck.stats.trajectory_bytes <= most,
+                "{label}: {} trajectory bytes, at most {most}",
+                ck.stats.trajectory_bytes
+            );
+        }
+    }
+}
+
 #[test]
 fn adam_with_exact_zero_gradients_gives_finite_meta_gradients() {
     // Feature 2 is always zero, so its first-layer weights get exactly zero gradients
@@ -459,7 +571,11 @@ fn custom_inner_objective_matches_closed_form() {
     };
     let decay = (1.0f64 - lr).powi(steps as i32);
     let state = problem.opt.init(&theta);
-    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 0 }] {
+    for mode in [
+        Mode::Mixed,
+        Mode::Unrolled,
+        Mode::Checkpointed { snapshots: 0 },
+    ] {
         let r = meta_grad(mode, &problem, &eta, &theta, &state, &vec![(); steps], &()).unwrap();
         for i in 0..3 {
             let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
@@ -502,7 +618,11 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
     let (theta_before, eta_before) = (theta.clone(), eta.clone());
     let problem = BlowsUp(Sgd::new(1.0));
     let state = problem.0.init(&theta);
-    for mode in [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }] {
+    for mode in [
+        Mode::Mixed,
+        Mode::Unrolled,
+        Mode::Checkpointed { snapshots: 2 },
+    ] {
         let err = meta_grad(mode, &problem, &eta, &theta, &state, &[(); 4], &()).unwrap_err();
         match err {
             Error::NonFinite { step, quantity } => {
@@ -534,7 +654,11 @@ fn empty_window_is_a_config_error() {
 
 // ---- bad input is a typed error, in every mode ------------------------------------------
 
-const MODES: [Mode; 3] = [Mode::Mixed, Mode::Unrolled, Mode::Checkpointed { every: 2 }];
+const MODES: [Mode; 3] = [
+    Mode::Mixed,
+    Mode::Unrolled,
+    Mode::Checkpointed { snapshots: 2 },
+];
 
 /// The shape a rater gives its scores for a batch of `n` examples.
 type ScoreShape = fn(usize) -> Vec<usize>;
@@ -731,7 +855,7 @@ fn sub_batches_of_the_wrong_size_are_a_shape_error() {
         .num_threads(3)
         .build()
         .unwrap();
-    for mode in [Mode::Mixed, Mode::Checkpointed { every: 2 }] {
+    for mode in [Mode::Mixed, Mode::Checkpointed { snapshots: 2 }] {
         let r = pool.install(|| meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer));
         match r {
             Err(Error::Shape { lhs, rhs, .. }) => assert_eq!((lhs, rhs), (vec![2], vec![6])),

@@ -391,7 +391,7 @@ fn bad_settings_name_the_field() {
         "population"
     );
     let bad = TrainerConfig {
-        mode: Mode::Checkpointed { every: 5 },
+        mode: Mode::Checkpointed { snapshots: 5 },
         ..config(0)
     };
     assert_eq!(field(Trainer::new(t.setup(&meta), bad).map(|_| ())), "mode");

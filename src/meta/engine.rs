@@ -4,8 +4,10 @@
 //!   sweep, one forward-over-reverse pass per step yields both `H_t g_bar` and
 //!   `M_t g_bar` (MixFlow-MG). Only one step's activations are ever alive; that pass
 //!   records the model's checkpointed blocks op by op (no block runs twice).
-//! * [`Mode::Checkpointed`]: store `(theta_t, s_t)` every `k` steps and recompute each
-//!   segment before sweeping it backwards: the trajectory term drops to `O(T/k + k)`.
+//! * [`Mode::Checkpointed`]: store at most `s` states `(theta_t, s_t)` at once, placed by
+//!   binomial checkpointing (Griewank & Walther's revolve, see `revolve.rs`), and
+//!   recompute the others from them as the backward sweep reaches them: the trajectory
+//!   term is `s` states, for the fewest recomputed steps any such schedule allows.
 //!   The memory-lean mode: its forward-over-reverse passes also rematerialise blocks,
 //!   so a step's working set is about one block's dual activations.
 //! * [`Mode::Unrolled`]: the naive baseline, reverse-over-reverse through the whole
@@ -17,12 +19,14 @@
 //! thread when the problem can cut batches ([`MetaProblem::sub_batch`]), and step 0's
 //! pass is forward mode only (`theta_0` does not depend on `eta`).
 
+use super::revolve;
 use super::{MetaProblem, check_weighted, weighted_sum};
 use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
@@ -32,11 +36,23 @@ pub enum Mode {
     /// keeps all its activations (no block rematerialisation: faster, one step's
     /// activations in memory).
     Mixed,
-    /// Mixed mode storing every `every`-th state (`0` = `ceil(sqrt(T))`) and recomputing
-    /// the rest; its forward-over-reverse passes rematerialise checkpointed blocks.
+    /// Mixed mode storing at most `snapshots` inner states at once (the window's start
+    /// included), placed by binomial checkpointing (Griewank & Walther 2000, "Algorithm
+    /// 799: revolve"), and recomputing the rest; its forward-over-reverse passes
+    /// rematerialise checkpointed blocks.
+    ///
+    /// With `s` snapshots and `r` the least integer with `T <= C(s + r, s)`, it
+    /// recomputes `r T - C(s + r, s + 1)` inner steps ([`MetaStats::recomputed_steps`]),
+    /// the fewest any schedule can: fewer than `r` per step on average. `s >= T`
+    /// recomputes `T - 1` (each step's gradient, which is not stored), `s = 1`
+    /// recomputes `T (T - 1) / 2`.
     Checkpointed {
-        /// Distance between stored states; `0` picks `ceil(sqrt(T))`.
-        every: usize,
+        /// The most inner states `(theta_t, s_t)` stored at once; more than `T` act as
+        /// `T`. `0` picks the least `s` with `C(s + 3, 3) >= T`, so `r <= 3`: a bounded
+        /// amount of recomputation (under 3 inner steps per step, next to a backward
+        /// step that costs about 3 inner steps anyway), for `s` growing only like the
+        /// cube root of `6 T` (1 for `T <= 4`, 3 at `T = 16`, 6 at `T = 64`).
+        snapshots: usize,
     },
     /// Reverse-over-reverse through the whole unrolled window (the baseline).
     Unrolled,
@@ -46,8 +62,8 @@ impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mode::Mixed => write!(f, "mixed"),
-            Mode::Checkpointed { every: 0 } => write!(f, "checkpointed (every sqrt(T) steps)"),
-            Mode::Checkpointed { every } => write!(f, "checkpointed (every {every} steps)"),
+            Mode::Checkpointed { snapshots: 0 } => write!(f, "checkpointed (automatic snapshots)"),
+            Mode::Checkpointed { snapshots } => write!(f, "checkpointed ({snapshots} snapshots)"),
             Mode::Unrolled => write!(f, "unrolled"),
         }
     }
@@ -64,8 +80,13 @@ pub struct MetaStats {
     pub peak_tape_bytes: usize,
     /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`) alive at once.
     pub trajectory_bytes: usize,
-    /// Inner steps run again in the backward sweep (checkpointed mode).
+    /// Inner steps run again after their first run (checkpointed mode: to reach a state
+    /// that was not stored, or to recompute a step's gradient for its backward step).
     pub recomputed_steps: usize,
+    /// Largest number of inner states `(theta_t, s_t)` stored at once, the window's start
+    /// included (mixed: `T`; checkpointed: at most its snapshots; unrolled: 0, its
+    /// states live on its tape).
+    pub stored_states: usize,
 }
 
 /// The result of [`MetaRequest::run`].
@@ -85,11 +106,11 @@ pub struct MetaGradient<F: Float> {
     pub stats: MetaStats,
 }
 
-/// One inner step's stored values.
+/// One inner step's stored values (mixed mode).
 struct Step<F: Float> {
     theta: Params<Tensor<F>>,
     state: OptState<Tensor<F>>,
-    grad: Option<Params<Tensor<F>>>,
+    grad: Params<Tensor<F>>,
     /// The per-example weights `w(eta)` of a weighted-form problem (see
     /// [`MetaProblem::example_weights`]), so the backward sweep need not recompute them.
     weights: Option<Tensor<F>>,
@@ -97,9 +118,8 @@ struct Step<F: Float> {
 
 impl<F: Float> Step<F> {
     fn nbytes(&self) -> usize {
-        let slots: usize = self.state.slots.iter().map(Params::nbytes).sum();
         let w = self.weights.as_ref().map_or(0, Tensor::nbytes);
-        self.theta.nbytes() + slots + self.grad.as_ref().map_or(0, Params::nbytes) + w
+        state_bytes(&self.theta, &self.state) + self.grad.nbytes() + w
     }
 }
 
@@ -254,15 +274,9 @@ impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
         let n = self.batches.len();
         match self.mode {
             Mode::Unrolled => unrolled(self),
-            Mode::Mixed => mixed(self, 1, true, false),
-            Mode::Checkpointed { every } => {
-                let k = if every == 0 {
-                    (n as f64).sqrt().ceil() as usize
-                } else {
-                    every
-                };
-                mixed(self, k, false, true)
-            }
+            Mode::Mixed => mixed(self),
+            Mode::Checkpointed { snapshots: 0 } => checkpointed(self, revolve::auto_snapshots(n)),
+            Mode::Checkpointed { snapshots } => checkpointed(self, snapshots.min(n)),
         }
     }
 
@@ -353,22 +367,105 @@ fn inner_step<F: Float, P: MetaProblem<F>>(
     Ok((loss, g, th, st, w))
 }
 
-fn mixed<F: Float, P: MetaProblem<F>>(
+/// The adjoints carried backwards through the window: `theta_bar`, `s_bar` and the
+/// meta-gradient accumulated so far.
+struct Adjoint<F: Float> {
+    theta: Params<Tensor<F>>,
+    state: Vec<Params<Tensor<F>>>,
+    eta: Params<Tensor<F>>,
+}
+
+impl<F: Float> Adjoint<F> {
+    /// The adjoints at the end of the window: `theta_bar = dJ/d theta_T`, `s_bar = 0`.
+    fn new(
+        theta_bar: Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
+        eta: &Params<Tensor<F>>,
+    ) -> Self {
+        Adjoint {
+            theta: theta_bar,
+            state: state.slots.iter().map(Params::zeros_like).collect(),
+            eta: eta.zeros_like(),
+        }
+    }
+
+    /// Steps the adjoints back over inner step `t` (from `theta_t, s_t` with gradient
+    /// `g_t` and weights `w_t`): the optimiser's adjoint, then one forward-over-reverse
+    /// pass ([`products`]). `alive`: the trajectory bytes held meanwhile, for the budget;
+    /// `g_t` and an owned `s_t` are freed before the pass, which needs neither.
+    #[allow(clippy::too_many_arguments)]
+    fn step_back<P: MetaProblem<F>>(
+        &mut self,
+        req: &MetaRequest<'_, F, P>,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: Cow<'_, OptState<Tensor<F>>>,
+        g: Params<Tensor<F>>,
+        weights: Option<&Tensor<F>>,
+        remat: bool,
+        alive: usize,
+        stats: &mut MetaStats,
+    ) -> Result<()> {
+        let adj = req
+            .problem
+            .optimizer()
+            .adjoint(theta, &state, &g, &self.theta, &self.state);
+        finite(&adj.grad, t, "optimiser adjoint")?;
+        let freed = g.nbytes()
+            + match state {
+                Cow::Owned(s) => s.slots.iter().map(Params::nbytes).sum(),
+                Cow::Borrowed(_) => 0,
+            };
+        drop(g);
+        // Nor are the adjoints of step t + 1.
+        (self.theta, self.state) = (adj.theta, adj.state);
+        let alive = alive - freed;
+        // theta_0 does not depend on eta: its adjoint is not needed.
+        let (h_gbar, m_gbar, tape_bytes) = products(
+            req.problem,
+            theta,
+            req.eta,
+            weights,
+            &adj.grad,
+            &req.batches[t],
+            remat,
+            t > 0,
+        )?;
+        stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
+        req.check_budget(alive + tape_bytes, t)?;
+        if let Some(h) = &h_gbar {
+            finite(h, t, "Hessian-vector product")?;
+            self.theta = self.theta.add_scaled(h, F::one())?;
+        }
+        finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
+        self.eta = self.eta.add_scaled(&m_gbar, F::one())?;
+        Ok(())
+    }
+}
+
+/// The outer loss at `theta_T` and the adjoints it starts the backward sweep with.
+fn outer_start<F: Float, P: MetaProblem<F>>(
     req: &MetaRequest<'_, F, P>,
-    every: usize,
-    keep_grads: bool,
-    remat: bool,
-) -> Result<MetaGradient<F>> {
+    theta: &Params<Tensor<F>>,
+    state: &OptState<Tensor<F>>,
+) -> Result<(F, Adjoint<F>)> {
+    let n = req.batches.len();
+    let (j, theta_bar) = value_and_grad(|th| req.problem.outer_loss(th, req.outer_batch), theta)?;
+    finite_scalar(j.item(), n, "outer loss")?;
+    finite(&theta_bar, n, "outer gradient")?;
+    Ok((j.item(), Adjoint::new(theta_bar, state, req.eta)))
+}
+
+/// Mixed mode: store every step's `(theta_t, s_t, g_t, w_t)`, then sweep back.
+fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<MetaGradient<F>> {
     let MetaRequest {
         problem,
         eta,
         theta: theta0,
         state: state0,
         batches,
-        outer_batch,
         ..
     } = *req;
-    let opt = problem.optimizer();
     let n = batches.len();
     let eta_c = eta.map(|e| Var::constant_of(e.clone()));
     let mut stats = MetaStats {
@@ -377,96 +474,251 @@ fn mixed<F: Float, P: MetaProblem<F>>(
     };
     let mut inner_losses = Vec::with_capacity(n);
 
-    // Forward sweep: keep the state at the start of every segment.
-    let mut stored: Vec<Step<F>> = Vec::new();
+    let mut stored: Vec<Step<F>> = Vec::with_capacity(n);
     let (mut theta, mut state) = (theta0.clone(), state0.clone());
     for (t, batch) in batches.iter().enumerate() {
         let (loss, g, th, st, w) = inner_step(problem, eta, &eta_c, &theta, &state, batch, t)?;
         inner_losses.push(loss);
-        if t % every == 0 {
-            stored.push(Step {
-                theta,
-                state,
-                grad: keep_grads.then_some(g),
-                weights: w,
-            });
-            stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
-            req.check_budget(stats.trajectory_bytes, t)?;
-        }
+        stored.push(Step {
+            theta,
+            state,
+            grad: g,
+            weights: w,
+        });
+        stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
+        stats.stored_states = stored.len();
+        req.check_budget(stats.trajectory_bytes, t)?;
         (theta, state) = (th, st);
     }
 
-    // Backward sweep.
-    let (outer_loss, mut theta_bar) =
-        value_and_grad(|th| problem.outer_loss(th, outer_batch), &theta)?;
-    finite_scalar(outer_loss.item(), n, "outer loss")?;
-    finite(&theta_bar, n, "outer gradient")?;
-    let mut state_bar: Vec<Params<Tensor<F>>> =
-        state.slots.iter().map(Params::zeros_like).collect();
-    let mut eta_bar = eta.zeros_like();
-    for seg in (0..stored.len()).rev() {
-        let start = seg * every;
-        let end = (start + every).min(n);
-        let first = stored.pop().expect("one stored state per segment");
-        let mut segment = vec![first];
-        // Recompute the inside of the segment from its stored start.
-        for (t, batch) in batches.iter().enumerate().take(end).skip(start) {
-            let s = segment.last_mut().expect("non-empty");
-            if s.grad.is_none() {
-                let (_, g, th, st, w) =
-                    inner_step(problem, eta, &eta_c, &s.theta, &s.state, batch, t)?;
-                s.grad = Some(g);
-                s.weights = w;
-                if t + 1 < end {
-                    segment.push(Step {
-                        theta: th,
-                        state: st,
-                        grad: None,
-                        weights: None,
-                    });
-                }
-                stats.recomputed_steps += 1;
-            }
-        }
-        let alive: usize = stored.iter().chain(&segment).map(Step::nbytes).sum();
-        stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
-        req.check_budget(alive, start)?;
-        for (t, s) in (start..end).zip(segment.iter()).rev() {
-            let g = s.grad.as_ref().expect("filled above");
-            let adj = opt.adjoint(&s.theta, &s.state, g, &theta_bar, &state_bar);
-            finite(&adj.grad, t, "optimiser adjoint")?;
-            // theta_0 does not depend on eta: its adjoint is not needed.
-            let (h_gbar, m_gbar, tape_bytes) = products(
-                problem,
-                &s.theta,
-                eta,
-                s.weights.as_ref(),
-                &adj.grad,
-                &batches[t],
-                remat,
-                t > 0,
-            )?;
-            stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
-            req.check_budget(alive + tape_bytes, t)?;
-            if let Some(h) = &h_gbar {
-                finite(h, t, "Hessian-vector product")?;
-            }
-            finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
-            theta_bar = match h_gbar {
-                Some(h) => adj.theta.add_scaled(&h, F::one())?,
-                None => adj.theta,
-            };
-            eta_bar = eta_bar.add_scaled(&m_gbar, F::one())?;
-            state_bar = adj.state;
-        }
+    let (outer_loss, mut adjoint) = outer_start(req, &theta, &state)?;
+    let mut alive = stats.trajectory_bytes;
+    for t in (0..n).rev() {
+        let s = stored.pop().expect("one stored step per inner step");
+        let bytes = s.nbytes();
+        adjoint.step_back(
+            req,
+            t,
+            &s.theta,
+            Cow::Owned(s.state),
+            s.grad,
+            s.weights.as_ref(),
+            false,
+            alive,
+            &mut stats,
+        )?;
+        alive -= bytes;
     }
     Ok(MetaGradient {
-        grad: eta_bar,
-        outer_loss: outer_loss.item(),
+        grad: adjoint.eta,
+        outer_loss,
         inner_losses,
         theta,
         state,
         stats,
+    })
+}
+
+/// A stored inner state `(theta_t, s_t)` of checkpointed mode; the window's start is
+/// borrowed from the request.
+struct Snapshot<'a, F: Float> {
+    t: usize,
+    theta: Cow<'a, Params<Tensor<F>>>,
+    state: Cow<'a, OptState<Tensor<F>>>,
+}
+
+/// The bytes of an inner state `(theta, s)`.
+fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>) -> usize {
+    theta.nbytes() + state.slots.iter().map(Params::nbytes).sum::<usize>()
+}
+
+/// What checkpointed mode does next with its stack of snapshots.
+enum Task {
+    /// Reverse steps `b - 1` down to `a`, the top snapshot holding `x_a`, using at most
+    /// `snapshots` snapshots (that one included).
+    Reverse {
+        a: usize,
+        b: usize,
+        snapshots: usize,
+    },
+    /// Free the top snapshot.
+    Free,
+}
+
+/// Checkpointed mode's bookkeeping: which steps have run, what was recomputed.
+struct Sweep<'r, 'a, F: Float, P: MetaProblem<F>> {
+    req: &'r MetaRequest<'a, F, P>,
+    eta_c: Params<Var<Tensor<F>>>,
+    inner_losses: Vec<F>,
+    stats: MetaStats,
+}
+
+impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
+    /// Inner step `t` from `(theta, state)`; its first run records its loss, any later
+    /// one counts as recomputed.
+    fn step(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
+    ) -> Result<StepOut<F>> {
+        let req = self.req;
+        let out = inner_step(
+            req.problem,
+            req.eta,
+            &self.eta_c,
+            theta,
+            state,
+            &req.batches[t],
+            t,
+        )?;
+        if t == self.inner_losses.len() {
+            self.inner_losses.push(out.0);
+        } else {
+            self.stats.recomputed_steps += 1;
+        }
+        Ok(out)
+    }
+
+    /// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
+    /// `stored`: the snapshots' bytes, for the budget.
+    #[allow(clippy::type_complexity)]
+    fn advance(
+        &mut self,
+        x: &Snapshot<'_, F>,
+        t: usize,
+        stored: usize,
+    ) -> Result<Option<(Params<Tensor<F>>, OptState<Tensor<F>>)>> {
+        let mut cur: Option<(Params<Tensor<F>>, OptState<Tensor<F>>)> = None;
+        for i in x.t..t {
+            let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
+            let (_, _, th, st, _) = self.step(i, theta, state)?;
+            let alive = stored + state_bytes(&th, &st);
+            self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
+            self.req.check_budget(alive, i)?;
+            cur = Some((th, st));
+        }
+        Ok(cur)
+    }
+}
+
+/// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
+type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
+
+/// Checkpointed mode: binomial checkpointing with at most `snapshots` stored states.
+///
+/// Reversing steps `[a, b)` from a snapshot of `x_a` with `s` snapshots: with one step or
+/// one snapshot, run from `x_a` to each step `t = b - 1, ..., a` in turn and step back
+/// over it; otherwise run `j = revolve::split` steps, store `x_{a+j}`, reverse
+/// `[a + j, b)` with `s - 1` snapshots, free it, and reverse `[a, a + j)` with `s`. The
+/// first run of every step comes in order, so the first descent is the forward sweep.
+fn checkpointed<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
+    snapshots: usize,
+) -> Result<MetaGradient<F>> {
+    let n = req.batches.len();
+    let mut sweep = Sweep {
+        req,
+        eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
+        inner_losses: Vec::with_capacity(n),
+        stats: MetaStats {
+            steps: n,
+            ..MetaStats::default()
+        },
+    };
+    let mut stack = vec![Snapshot {
+        t: 0,
+        theta: Cow::Borrowed(req.theta),
+        state: Cow::Borrowed(req.state),
+    }];
+    let mut stored = state_bytes(req.theta, req.state);
+    let mut tasks = vec![Task::Reverse {
+        a: 0,
+        b: n,
+        snapshots,
+    }];
+    // Set by the first step reversed, the last one.
+    let mut end: Option<WindowEnd<F>> = None;
+    while let Some(task) = tasks.pop() {
+        let (a, b, s) = match task {
+            Task::Free => {
+                let x = stack.pop().expect("a snapshot to free");
+                stored -= state_bytes(&x.theta, &x.state);
+                continue;
+            }
+            Task::Reverse { a, b, snapshots } => (a, b, snapshots),
+        };
+        let top = stack.last().expect("the snapshot of x_a");
+        debug_assert_eq!(top.t, a);
+        if b - a > 1 && s > 1 {
+            let m = a + revolve::split(b - a, s);
+            let (theta, state) = sweep.advance(top, m, stored)?.expect("m > a");
+            stored += state_bytes(&theta, &state);
+            stack.push(Snapshot {
+                t: m,
+                theta: Cow::Owned(theta),
+                state: Cow::Owned(state),
+            });
+            sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
+            tasks.extend([
+                Task::Reverse {
+                    a,
+                    b: m,
+                    snapshots: s,
+                },
+                Task::Free,
+                Task::Reverse {
+                    a: m,
+                    b,
+                    snapshots: s - 1,
+                },
+            ]);
+            continue;
+        }
+        sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
+        for t in (a..b).rev() {
+            // x_t: the snapshot, or a working state run forward from it.
+            let (theta, state) = match sweep.advance(top, t, stored)? {
+                Some((theta, state)) => (Cow::Owned(theta), Cow::Owned(state)),
+                None => (Cow::Borrowed(&*top.theta), Cow::Borrowed(&*top.state)),
+            };
+            let working = match &theta {
+                Cow::Owned(th) => state_bytes(th, &state),
+                Cow::Borrowed(_) => 0,
+            };
+            let (_, g, th, st, w) = sweep.step(t, &theta, &state)?;
+            let alive = stored + working + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+            sweep.stats.trajectory_bytes = sweep.stats.trajectory_bytes.max(alive);
+            req.check_budget(alive, t)?;
+            // x_{t+1} is only needed at the end of the window, for J and the result.
+            if t + 1 == n {
+                let (j, adjoint) = outer_start(req, &th, &st)?;
+                end = Some((j, adjoint, th, st));
+            } else {
+                drop((th, st));
+            }
+            let (_, adjoint, _, _) = end.as_mut().expect("the last step is reversed first");
+            adjoint.step_back(
+                req,
+                t,
+                &theta,
+                state,
+                g,
+                w.as_ref(),
+                true,
+                alive,
+                &mut sweep.stats,
+            )?;
+        }
+    }
+    let (outer_loss, adjoint, theta, state) = end.expect("every step was reversed");
+    Ok(MetaGradient {
+        grad: adjoint.eta,
+        outer_loss,
+        inner_losses: sweep.inner_losses,
+        theta,
+        state,
+        stats: sweep.stats,
     })
 }
 
@@ -655,6 +907,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
             peak_tape_bytes: peak,
             trajectory_bytes: 0,
             recomputed_steps: 0,
+            stored_states: 0,
         },
     })
 }

@@ -17,6 +17,7 @@
 //! the same meta-gradient to rounding.
 
 mod engine;
+mod revolve;
 
 pub use engine::{MetaGradient, MetaRequest, MetaStats, Mode};
 

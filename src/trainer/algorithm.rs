@@ -58,11 +58,14 @@ impl TrainerConfig {
                 reason: "must be positive".into(),
             });
         }
-        if let Mode::Checkpointed { every } = self.mode {
-            if every > self.inner_steps {
+        if let Mode::Checkpointed { snapshots } = self.mode {
+            if snapshots > self.inner_steps {
                 return Err(Error::Config {
                     field: "mode",
-                    reason: format!("checkpoint distance {every} exceeds inner_steps"),
+                    reason: format!(
+                        "{snapshots} snapshots exceed inner_steps ({}): a window never stores more states than it has steps",
+                        self.inner_steps
+                    ),
                 });
             }
         }

@@ -1,0 +1,97 @@
+//! Checkpointed mode's real heap peak (counting allocator) follows its snapshots: with a
+//! few of them a window of 16 steps costs little more than one step, while storing every
+//! state costs about one inner state per step more.
+//!
+//! A binary of its own with a single test, so no other test allocates concurrently.
+
+use datarater::alloc::{CountingAlloc, measure_peak};
+use datarater::data::Corpus;
+use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::optim::{Adam, Optimizer};
+use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
+use datarater::{Params, Rng, Tensor};
+use std::sync::Arc;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn cfg(causal: bool) -> TransformerConfig {
+    TransformerConfig {
+        vocab: 256,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 32,
+        max_len: 16,
+        causal,
+    }
+}
+
+#[test]
+fn checkpointed_peak_memory_follows_its_snapshots() {
+    let seqs = Corpus::embedded().sequences(16).unwrap();
+    let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), 4).unwrap();
+    let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
+    let rater = TextRater {
+        scorer: SequenceScorer::new(cfg(false)).unwrap(),
+    };
+    let problem = DataRaterProblem {
+        inner: &inner,
+        rater: &rater,
+        outer: &MeanLoss,
+    };
+    let mut rng = Rng::new(0);
+    let theta: Params<Tensor<f64>> = inner.init(&mut rng);
+    let eta: Params<Tensor<f64>> = rater.init(&mut rng);
+    let state = inner.opt.init(&theta);
+    // One inner state: theta and Adam's two moments.
+    let x = 3 * theta.nbytes();
+    let batches: Vec<TextBatch> = (0..16).map(|_| pool.sample(&mut rng).unwrap()).collect();
+    let outer = pool.sample(&mut rng).unwrap();
+    // One thread, so the peaks do not depend on how work is scheduled.
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let peak = |steps: usize, mode| {
+        let (r, peak) = measure_peak(|| {
+            one.install(|| {
+                MetaRequest {
+                    problem: &problem,
+                    eta: &eta,
+                    theta: &theta,
+                    state: &state,
+                    batches: &batches[..steps],
+                    outer_batch: &outer,
+                    mode,
+                    memory_budget: None,
+                }
+                .run()
+                .unwrap()
+            })
+        });
+        (r.stats, peak)
+    };
+    // Step 0 needs no forward-over-reverse tape (theta_0 does not depend on eta), so
+    // the window of two steps is the one whose working set longer windows share.
+    let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: 2 });
+    let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: 2 });
+    let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: 16 });
+    let (_, mixed_peak) = peak(16, Mode::Mixed);
+    println!(
+        "state {x} B; peaks: T=2 {two_steps}, T=16 with 2 snapshots {few_peak}, with 16 {all_peak}, mixed {mixed_peak}"
+    );
+    assert_eq!((few.stored_states, all.stored_states), (2, 16));
+    // Two snapshots: the second stored state and the one being run forward are about
+    // what T = 2 holds anyway (its two stored states, one borrowed).
+    assert!(
+        few_peak < two_steps + 2 * x,
+        "2 snapshots: {few_peak} B vs {two_steps} B at T = 2 (state {x} B)"
+    );
+    // Every state stored: 14 states more than with 2 snapshots.
+    assert!(
+        all_peak > few_peak + 12 * x,
+        "16 snapshots: {all_peak} B vs {few_peak} B with 2 (state {x} B)"
+    );
+}
