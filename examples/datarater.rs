@@ -267,7 +267,17 @@ fn transfer(
     let start = Instant::now();
     let (baseline, curated) = rayon::join(
         || train_curve(&lm, &init, steps, every, test, args.seed, draw(all.clone())),
-        || train_curve(&lm, &init, steps, every, test, args.seed, draw(kept.clone())),
+        || {
+            train_curve(
+                &lm,
+                &init,
+                steps,
+                every,
+                test,
+                args.seed,
+                draw(kept.clone()),
+            )
+        },
     );
     let (baseline, curated) = (baseline?, curated?);
     let seconds = start.elapsed().as_secs_f64();
@@ -288,8 +298,8 @@ fn transfer(
         }
     );
     // The paper's accounting, in matmul FLOPs (2mnk per product, as counted); other
-    // primitives' element counts are recorded in summary.json but not added in.
-    let g = |f: u64| f as f64 / 1e9;
+    // primitives' element counts (a few percent of that) are recorded in summary.json
+    // but not added in.
     let baseline_flops = step_flops.matmul * steps as u64;
     let cost = costs.meta_training.matmul + costs.scoring.matmul;
     let saved = ratio.map(|r| (1.0 - r) * baseline_flops as f64);
@@ -298,43 +308,56 @@ fn transfer(
     let break_even = ratio
         .filter(|&r| r < 1.0)
         .map(|r| (cost as f64 / ((1.0 - r) * step_flops.matmul as f64)).ceil() as usize);
-    let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.1}", v / 1e9));
+    let row = |label: String, flops: Option<f64>, note: &str| {
+        let v = flops.map_or("n/a".to_string(), |v| format!("{:.1}", v / 1e9));
+        println!("  {label:<62} {v:>8}{note}");
+    };
+    let some = |f: u64| Some(f as f64);
     println!("compute (GFLOP of matrix products, counted by autodiff::flops):");
-    println!(
-        "  meta-training the rater ({} outer steps x population {} x T = {}) {:>10.1}",
-        args.outer_steps,
-        args.population,
-        args.inner_steps,
-        g(costs.meta_training.matmul)
+    row(
+        format!(
+            "meta-training the rater ({} outer steps x population {} x T = {})",
+            args.outer_steps, args.population, args.inner_steps
+        ),
+        some(costs.meta_training.matmul),
+        "",
     );
-    println!(
-        "  scoring the training pool ({} sequences) {:>33.1}",
-        train_bytes.len(),
-        g(costs.scoring.matmul)
+    row(
+        format!(
+            "scoring the training pool ({} sequences)",
+            train_bytes.len()
+        ),
+        some(costs.scoring.matmul),
+        "",
     );
-    println!(
-        "  larger LM, baseline run ({steps} steps) {:>36.1}",
-        g(baseline_flops)
+    row(
+        format!("larger LM, baseline run ({steps} steps)"),
+        some(baseline_flops),
+        "",
     );
-    println!(
-        "  saved by curation ((1 - ratio) x baseline) {:>32}",
-        opt(saved)
+    row(
+        "saved by curation: (1 - ratio) x baseline".into(),
+        saved,
+        "",
     );
-    println!(
-        "  net gain = saved - (meta-training + scoring) {:>30}   (target > 0)",
-        opt(net)
+    row(
+        "net gain = saved - (meta-training + scoring)".into(),
+        net,
+        "   (target > 0)",
     );
-    println!(
-        "  discard-fraction sweep (not in the paper's accounting) {:>20.1}; net gain counting it too {}",
-        g(costs.sweep.matmul),
-        opt(net_with_sweep)
+    row(
+        "discard-fraction sweep (not in the paper's accounting)".into(),
+        some(costs.sweep.matmul),
+        "",
     );
+    row("net gain counting the sweep too".into(), net_with_sweep, "");
     if let Some(b) = break_even {
         println!(
             "  break-even: the net gain is positive for baseline runs longer than {b} steps at this ratio"
         );
     }
-    let count = |f: &FlopCount| serde_json::json!({"matmul_flops": f.matmul, "other_elements": f.other});
+    let count =
+        |f: &FlopCount| serde_json::json!({"matmul_flops": f.matmul, "other_elements": f.other});
     let to_f = |c: &[(usize, f64)]| c.iter().map(|&(s, l)| (s as f64, l)).collect::<Vec<_>>();
     plot_lines(
         &args.out.join("transfer.svg"),
@@ -677,20 +700,20 @@ fn main() -> Result<()> {
     );
     let (sweep, sweep_flops) = flops::count(|| {
         sweep_discard_fractions(
-        &pool_scores,
-        &datarater::curate::DEFAULT_DISCARD_FRACTIONS,
-        |kept| {
-            let curve = train_curve(
-                &lm_small,
-                &init,
-                args.sweep_steps,
-                args.sweep_steps,
-                meta_held_out,
-                args.seed,
-                uniform(Arc::new(kept.to_vec())),
-            )?;
-            Ok(curve.last().expect("non-empty").1)
-        },
+            &pool_scores,
+            &datarater::curate::DEFAULT_DISCARD_FRACTIONS,
+            |kept| {
+                let curve = train_curve(
+                    &lm_small,
+                    &init,
+                    args.sweep_steps,
+                    args.sweep_steps,
+                    meta_held_out,
+                    args.seed,
+                    uniform(Arc::new(kept.to_vec())),
+                )?;
+                Ok(curve.last().expect("non-empty").1)
+            },
         )
     });
     let sweep = sweep?;
@@ -874,7 +897,11 @@ fn main() -> Result<()> {
     println!(
         "\nwrote {}/{{weights.svg, loss.svg{}, scores.csv, summary.json, rater.safetensors}} in {:.0}s total",
         args.out.display(),
-        if args.transfer_steps == 0 { "" } else { ", transfer.svg" },
+        if args.transfer_steps == 0 {
+            ""
+        } else {
+            ", transfer.svg"
+        },
         t0.elapsed().as_secs_f64()
     );
     Ok(())
