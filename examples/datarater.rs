@@ -190,6 +190,17 @@ fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f64> 
         .collect()
 }
 
+/// Draws batches of `BATCH` rows of `bytes` uniformly (with replacement) from `rows`.
+fn uniform(
+    bytes: Arc<Vec<Vec<u8>>>,
+    rows: Arc<Vec<usize>>,
+) -> impl FnMut(&mut Rng) -> Result<TextBatch> {
+    move |r: &mut Rng| {
+        let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
+        TextBatch::from_pool(&bytes, pick)
+    }
+}
+
 /// Trains a fresh LM for `steps`, drawing each batch with `draw`, evaluating on `test`
 /// every `every` steps. Returns `(step, test loss)` pairs.
 fn train_curve(
@@ -225,7 +236,6 @@ struct Costs {
 /// the whole corrupted pool (the baseline) and on the rows the rater kept, evaluating
 /// both on the same test sequences; prints and returns the steps the curated run needs
 /// to reach the baseline's final loss and the compute accounting.
-#[allow(clippy::too_many_arguments)]
 fn transfer(
     args: &Args,
     train_bytes: &Arc<Vec<Vec<u8>>>,
@@ -257,13 +267,7 @@ fn transfer(
         step_flops.matmul as f64 / 1e9,
         frac * 100.0
     );
-    let draw = |rows: Arc<Vec<usize>>| {
-        let bytes = train_bytes.clone();
-        move |r: &mut Rng| {
-            let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
-            TextBatch::from_pool(&bytes, pick)
-        }
-    };
+    let draw = |rows: Arc<Vec<usize>>| uniform(train_bytes.clone(), rows);
     let start = Instant::now();
     let (baseline, curated) = rayon::join(
         || train_curve(&lm, &init, steps, every, test, args.seed, draw(all.clone())),
@@ -687,13 +691,7 @@ fn main() -> Result<()> {
     let (pool_scores, scoring_flops) =
         flops::count(|| score_sequences(&rater, &state.eta, &pool, 128));
     let pool_scores = pool_scores?;
-    let uniform = |rows: Arc<Vec<usize>>| {
-        let bytes = train_bytes.clone();
-        move |r: &mut Rng| {
-            let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
-            TextBatch::from_pool(&bytes, pick)
-        }
-    };
+    let draw = |rows: Arc<Vec<usize>>| uniform(train_bytes.clone(), rows);
     println!(
         "\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):",
         args.sweep_steps
@@ -710,7 +708,7 @@ fn main() -> Result<()> {
                     args.sweep_steps,
                     meta_held_out,
                     args.seed,
-                    uniform(Arc::new(kept.to_vec())),
+                    draw(Arc::new(kept.to_vec())),
                 )?;
                 Ok(curve.last().expect("non-empty").1)
             },
@@ -749,7 +747,7 @@ fn main() -> Result<()> {
                 every_eval,
                 test,
                 args.seed,
-                uniform(all.clone()),
+                draw(all.clone()),
             )
         },
         || {
@@ -762,7 +760,7 @@ fn main() -> Result<()> {
                         every_eval,
                         test,
                         args.seed,
-                        uniform(kept.clone()),
+                        draw(kept.clone()),
                     )
                 },
                 || {
