@@ -10,15 +10,23 @@
 //! 4. Curate: sweep dataset-level discard fractions on a small model, then train fresh
 //!    LMs without filtering, with dataset-level discard and with online batch-level
 //!    filtering, and compare their test-loss curves.
+//! 5. Transfer: train a 4x wider, twice as deep LM on the unfiltered pool and on the
+//!    pool the small-model rater kept, and account for the compute: FLOPs of
+//!    meta-training and scoring (counted by `autodiff::flops`) against the FLOPs the
+//!    larger LM saves by reaching its baseline's final loss sooner.
+//!    `--transfer-steps 0` skips it.
 //!
 //! ```text
 //! cargo run --release --example datarater -- [--corpus PATH] [--out DIR] [--outer-steps K]
-//!     [--population N] [--inner-steps T] [--final-steps S] [--seed S]
+//!     [--population N] [--inner-steps T] [--final-steps S] [--sweep-steps S]
+//!     [--transfer-steps S] [--seed S]
 //! ```
 //!
-//! Writes to DIR (default `out/`): `weights.svg`, `loss.svg`, `scores.csv`
-//! (`kind,level,score` per scored test sequence), `summary.json` and `rater.safetensors`.
+//! Writes to DIR (default `out/`): `weights.svg`, `loss.svg`, `transfer.svg` (unless
+//! skipped), `scores.csv` (`kind,level,score` per scored test sequence), `summary.json`
+//! and `rater.safetensors`.
 
+use datarater::autodiff::flops::{self, FlopCount};
 use datarater::curate::rater_file::RaterFile;
 use datarater::curate::{
     auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions,
@@ -51,6 +59,7 @@ struct Args {
     inner_steps: usize,
     final_steps: usize,
     sweep_steps: usize,
+    transfer_steps: usize,
     seed: u64,
 }
 
@@ -63,6 +72,7 @@ fn parse_args() -> Result<Args> {
         inner_steps: 2,
         final_steps: 600,
         sweep_steps: 200,
+        transfer_steps: 1200,
         seed: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -88,6 +98,9 @@ fn parse_args() -> Result<Args> {
             "--inner-steps" => a.inner_steps = num("--inner-steps", value("--inner-steps")?)?,
             "--final-steps" => a.final_steps = num("--final-steps", value("--final-steps")?)?,
             "--sweep-steps" => a.sweep_steps = num("--sweep-steps", value("--sweep-steps")?)?,
+            "--transfer-steps" => {
+                a.transfer_steps = num("--transfer-steps", value("--transfer-steps")?)?
+            }
             "--seed" => a.seed = num("--seed", value("--seed")?)? as u64,
             other => {
                 return Err(Error::Config {
@@ -103,6 +116,12 @@ fn parse_args() -> Result<Args> {
             reason: "must be at least 25".into(),
         });
     }
+    if a.transfer_steps != 0 && a.transfer_steps < 24 {
+        return Err(Error::Config {
+            field: "--transfer-steps",
+            reason: "must be 0 (skip the transfer study) or at least 24".into(),
+        });
+    }
     Ok(a)
 }
 
@@ -115,6 +134,19 @@ fn lm_config() -> TransformerConfig {
         d_ff: 128,
         max_len: SEQ_LEN,
         causal: true,
+    }
+}
+
+/// The transfer study's LM: 4x the width (and MLP), 2x the layers, heads scaled so each
+/// head keeps the small LM's width (16).
+fn large_lm_config() -> TransformerConfig {
+    let s = lm_config();
+    TransformerConfig {
+        d_model: 4 * s.d_model,
+        n_layers: 2 * s.n_layers,
+        n_heads: 4 * s.n_heads,
+        d_ff: 4 * s.d_ff,
+        ..s
     }
 }
 
@@ -158,6 +190,17 @@ fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f64> 
         .collect()
 }
 
+/// Draws batches of `BATCH` rows of `bytes` uniformly (with replacement) from `rows`.
+fn uniform(
+    bytes: Arc<Vec<Vec<u8>>>,
+    rows: Arc<Vec<usize>>,
+) -> impl FnMut(&mut Rng) -> Result<TextBatch> {
+    move |r: &mut Rng| {
+        let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
+        TextBatch::from_pool(&bytes, pick)
+    }
+}
+
 /// Trains a fresh LM for `steps`, drawing each batch with `draw`, evaluating on `test`
 /// every `every` steps. Returns `(step, test loss)` pairs.
 fn train_curve(
@@ -180,6 +223,185 @@ fn train_curve(
         }
     }
     Ok(curve)
+}
+
+/// What the rater cost, in counted work.
+struct Costs {
+    meta_training: FlopCount,
+    scoring: FlopCount,
+    sweep: FlopCount,
+}
+
+/// Trains the larger LM ([`large_lm_config`]) from one initialisation, with one seed, on
+/// the whole corrupted pool (the baseline) and on the rows the rater kept, evaluating
+/// both on the same test sequences; prints and returns the steps the curated run needs
+/// to reach the baseline's final loss and the compute accounting.
+fn transfer(
+    args: &Args,
+    train_bytes: &Arc<Vec<Vec<u8>>>,
+    all: &Arc<Vec<usize>>,
+    kept: &Arc<Vec<usize>>,
+    frac: f64,
+    test: &[Vec<u8>],
+    costs: &Costs,
+) -> Result<serde_json::Value> {
+    let steps = args.transfer_steps;
+    let cfg = large_lm_config();
+    let lm = TextLm::new(CausalLm::new(cfg.clone())?, Adam::new(3e-3f32))?;
+    let init: Params<Tensor<f32>> = lm.init(&mut Rng::new(args.seed ^ 0xbeef));
+    // Every training step has the same shapes, so one counted step times the number of
+    // steps is the run's training work (the two runs overlap in time below, so their
+    // work cannot be told apart on the process-wide counter).
+    let probe = TextBatch::from_pool(train_bytes, (0..BATCH).collect())?;
+    let (mut th, mut st) = (init.clone(), lm.opt.init(&init));
+    let (r, step_flops) = flops::count(|| train_step(&lm, &mut th, &mut st, &probe));
+    r?;
+    let every = steps / 24;
+    println!(
+        "\ntransfer: a 4x wider, 2x deeper LM (width {}, {} layers, {} heads, MLP {}; {} parameters, {:.2} GFLOP per training step) for {steps} steps: no filtering / the rater's dataset-level discard {:.0}%",
+        cfg.d_model,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.d_ff,
+        init.numel(),
+        step_flops.matmul as f64 / 1e9,
+        frac * 100.0
+    );
+    let draw = |rows: Arc<Vec<usize>>| uniform(train_bytes.clone(), rows);
+    let start = Instant::now();
+    let (baseline, curated) = rayon::join(
+        || train_curve(&lm, &init, steps, every, test, args.seed, draw(all.clone())),
+        || {
+            train_curve(
+                &lm,
+                &init,
+                steps,
+                every,
+                test,
+                args.seed,
+                draw(kept.clone()),
+            )
+        },
+    );
+    let (baseline, curated) = (baseline?, curated?);
+    let seconds = start.elapsed().as_secs_f64();
+    println!("{:>6} {:>12} {:>12}", "step", "baseline", "discard");
+    for (b, c) in baseline.iter().zip(&curated) {
+        if b.0 % (4 * every) == 0 || b.0 == steps {
+            println!("{:>6} {:>12.4} {:>12.4}", b.0, b.1, c.1);
+        }
+    }
+    let target = baseline.last().expect("non-empty").1;
+    let reach = curated.iter().find(|p| p.1 <= target).map(|p| p.0);
+    let ratio = reach.map(|s| s as f64 / steps as f64);
+    println!(
+        "baseline final test loss {target:.4} after {steps} steps; the curated run reaches it in {}   (target <= 75%)",
+        match (reach, ratio) {
+            (Some(s), Some(r)) => format!("{s} steps ({:.0}% of baseline)", 100.0 * r),
+            _ => "never".into(),
+        }
+    );
+    // The paper's accounting, in matmul FLOPs (2mnk per product, as counted); other
+    // primitives' element counts (a few percent of that) are recorded in summary.json
+    // but not added in.
+    let baseline_flops = step_flops.matmul * steps as u64;
+    let cost = costs.meta_training.matmul + costs.scoring.matmul;
+    let saved = ratio.map(|r| (1.0 - r) * baseline_flops as f64);
+    let net = saved.map(|s| s - cost as f64);
+    let net_with_sweep = net.map(|n| n - costs.sweep.matmul as f64);
+    let break_even = ratio
+        .filter(|&r| r < 1.0)
+        .map(|r| (cost as f64 / ((1.0 - r) * step_flops.matmul as f64)).ceil() as usize);
+    let row = |label: String, flops: Option<f64>, note: &str| {
+        let v = flops.map_or("n/a".to_string(), |v| format!("{:.1}", v / 1e9));
+        println!("  {label:<62} {v:>8}{note}");
+    };
+    let some = |f: u64| Some(f as f64);
+    println!("compute (GFLOP of matrix products, counted by autodiff::flops):");
+    row(
+        format!(
+            "meta-training the rater ({} outer steps x population {} x T = {})",
+            args.outer_steps, args.population, args.inner_steps
+        ),
+        some(costs.meta_training.matmul),
+        "",
+    );
+    row(
+        format!(
+            "scoring the training pool ({} sequences)",
+            train_bytes.len()
+        ),
+        some(costs.scoring.matmul),
+        "",
+    );
+    row(
+        format!("larger LM, baseline run ({steps} steps)"),
+        some(baseline_flops),
+        "",
+    );
+    row(
+        "saved by curation: (1 - ratio) x baseline".into(),
+        saved,
+        "",
+    );
+    row(
+        "net gain = saved - (meta-training + scoring)".into(),
+        net,
+        "   (target > 0)",
+    );
+    row(
+        "discard-fraction sweep (not in the paper's accounting)".into(),
+        some(costs.sweep.matmul),
+        "",
+    );
+    row("net gain counting the sweep too".into(), net_with_sweep, "");
+    if let Some(b) = break_even {
+        println!(
+            "  break-even: the net gain is positive for baseline runs longer than {b} steps at this ratio"
+        );
+    }
+    let count =
+        |f: &FlopCount| serde_json::json!({"matmul_flops": f.matmul, "other_elements": f.other});
+    let to_f = |c: &[(usize, f64)]| c.iter().map(|&(s, l)| (s as f64, l)).collect::<Vec<_>>();
+    plot_lines(
+        &args.out.join("transfer.svg"),
+        &format!(
+            "Larger LM (width {}, {} layers): test loss",
+            cfg.d_model, cfg.n_layers
+        ),
+        "step",
+        "test loss (nats/byte)",
+        &[
+            ("no filtering".into(), to_f(&baseline)),
+            (format!("discard {:.0}%", frac * 100.0), to_f(&curated)),
+        ],
+    )?;
+    Ok(serde_json::json!({
+        "lm": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_ff": cfg.d_ff, "parameters": init.numel()},
+        "steps": steps,
+        "eval_every": every,
+        "test_sequences": test.len(),
+        "discard_fraction": frac,
+        "seconds": seconds,
+        "baseline_curve": baseline,
+        "curated_curve": curated,
+        "baseline_final_test_loss": target,
+        "curated_final_test_loss": curated.last().map(|p| p.1),
+        "curated_steps_to_baseline_loss": reach,
+        "curated_steps_fraction_of_baseline": ratio,
+        "flops": {
+            "unit": "matmul FLOPs (2mnk per product) counted by datarater::autodiff::flops; other_elements = elements written by other primitives, not added in",
+            "meta_training": count(&costs.meta_training),
+            "scoring_training_pool": count(&costs.scoring),
+            "discard_fraction_sweep": count(&costs.sweep),
+            "large_lm_training_step": count(&step_flops),
+            "large_lm_baseline_run": baseline_flops,
+            "saved": saved,
+            "net_gain": net,
+            "net_gain_counting_sweep": net_with_sweep,
+            "break_even_baseline_steps": break_even,
+        },
+    }))
 }
 
 fn plot_lines(
@@ -360,6 +582,10 @@ fn main() -> Result<()> {
     let every = (args.outer_steps / 6).max(1);
     let meta_start = Instant::now();
     let mut last_loss = f64::NAN;
+    // FLOPs of meta-training: everything counted while the trainer runs, minus the
+    // progress snapshots (scoring the labelled set is monitoring, not training).
+    let mut monitor = FlopCount::default();
+    let meta_before = flops::snapshot();
     trainer.run(&mut state, |r, s| {
         last_loss = r.mean_outer_loss();
         if s.step % 10 == 0 {
@@ -378,12 +604,16 @@ fn main() -> Result<()> {
             );
         }
         if s.step % every == 0 || s.step == args.outer_steps {
-            if let Ok(w) = snapshot(&s.eta) {
+            let (w, work) = flops::count(|| snapshot(&s.eta));
+            (monitor.matmul, monitor.other) =
+                (monitor.matmul + work.matmul, monitor.other + work.other);
+            if let Ok(w) = w {
                 print_row(s.step, &w);
                 history.push((s.step, w));
             }
         }
     })?;
+    let meta_flops = flops::snapshot() - meta_before - monitor;
     let meta_seconds = meta_start.elapsed().as_secs_f64();
     println!("meta-training took {meta_seconds:.1}s");
     // A rater file the command line can use: `datarater score --rater OUT/rater.safetensors`.
@@ -458,34 +688,33 @@ fn main() -> Result<()> {
     // Curation.
     let lm_small = TextLm::new(CausalLm::new(lm_config())?, Adam::new(3e-3f32))?;
     let init: Params<Tensor<f32>> = lm_small.init(&mut Rng::new(args.seed ^ 0xfeed));
-    let pool_scores = score_sequences(&rater, &state.eta, &pool, 128)?;
-    let uniform = |rows: Arc<Vec<usize>>| {
-        let bytes = train_bytes.clone();
-        move |r: &mut Rng| {
-            let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
-            TextBatch::from_pool(&bytes, pick)
-        }
-    };
+    let (pool_scores, scoring_flops) =
+        flops::count(|| score_sequences(&rater, &state.eta, &pool, 128));
+    let pool_scores = pool_scores?;
+    let draw = |rows: Arc<Vec<usize>>| uniform(train_bytes.clone(), rows);
     println!(
         "\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):",
         args.sweep_steps
     );
-    let sweep = sweep_discard_fractions(
-        &pool_scores,
-        &datarater::curate::DEFAULT_DISCARD_FRACTIONS,
-        |kept| {
-            let curve = train_curve(
-                &lm_small,
-                &init,
-                args.sweep_steps,
-                args.sweep_steps,
-                meta_held_out,
-                args.seed,
-                uniform(Arc::new(kept.to_vec())),
-            )?;
-            Ok(curve.last().expect("non-empty").1)
-        },
-    )?;
+    let (sweep, sweep_flops) = flops::count(|| {
+        sweep_discard_fractions(
+            &pool_scores,
+            &datarater::curate::DEFAULT_DISCARD_FRACTIONS,
+            |kept| {
+                let curve = train_curve(
+                    &lm_small,
+                    &init,
+                    args.sweep_steps,
+                    args.sweep_steps,
+                    meta_held_out,
+                    args.seed,
+                    draw(Arc::new(kept.to_vec())),
+                )?;
+                Ok(curve.last().expect("non-empty").1)
+            },
+        )
+    });
+    let sweep = sweep?;
     for p in &sweep.points {
         let kept = discard_bottom(&pool_scores, p.fraction)?;
         let clean_kept = kept.iter().filter(|&&i| pool[i].kind == "clean").count();
@@ -518,7 +747,7 @@ fn main() -> Result<()> {
                 every_eval,
                 test,
                 args.seed,
-                uniform(all.clone()),
+                draw(all.clone()),
             )
         },
         || {
@@ -531,7 +760,7 @@ fn main() -> Result<()> {
                         every_eval,
                         test,
                         args.seed,
-                        uniform(kept.clone()),
+                        draw(kept.clone()),
                     )
                 },
                 || {
@@ -593,6 +822,17 @@ fn main() -> Result<()> {
     );
     println!("  online batch filtering reaches it in {}", pct(r_b));
 
+    let transfer_summary = if args.transfer_steps == 0 {
+        serde_json::Value::Null
+    } else {
+        let costs = Costs {
+            meta_training: meta_flops,
+            scoring: scoring_flops,
+            sweep: sweep_flops,
+        };
+        transfer(&args, &train_bytes, &all, &kept, frac, test, &costs)?
+    };
+
     // Plots and summary.
     let weight_series: Vec<(String, Vec<(f64, f64)>)> = columns
         .iter()
@@ -645,6 +885,7 @@ fn main() -> Result<()> {
         "discard_steps_fraction_of_baseline": r_f.map(|s| s as f64 / args.final_steps as f64),
         "batch_filter_steps_to_baseline_loss": r_b,
         "batch_filter_steps_fraction_of_baseline": r_b.map(|s| s as f64 / args.final_steps as f64),
+        "transfer": transfer_summary,
         "total_seconds": t0.elapsed().as_secs_f64(),
     });
     write(
@@ -652,8 +893,13 @@ fn main() -> Result<()> {
         &serde_json::to_string_pretty(&summary).expect("valid json"),
     )?;
     println!(
-        "\nwrote {}/{{weights.svg, loss.svg, scores.csv, summary.json, rater.safetensors}} in {:.0}s total",
+        "\nwrote {}/{{weights.svg, loss.svg{}, scores.csv, summary.json, rater.safetensors}} in {:.0}s total",
         args.out.display(),
+        if args.transfer_steps == 0 {
+            ""
+        } else {
+            ", transfer.svg"
+        },
         t0.elapsed().as_secs_f64()
     );
     Ok(())
