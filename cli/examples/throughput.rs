@@ -38,13 +38,22 @@ struct Opts {
     /// Size of the memory run's input in GB (0 skips it).
     #[arg(long, default_value_t = 1.0)]
     gb: f64,
-    /// The rater of the memory run: `tiny` (fast) or `default`.
-    #[arg(long, default_value = "tiny")]
-    memory_rater: String,
+    /// The rater of the memory run.
+    #[arg(long, value_enum, default_value_t = MemoryRater::Tiny)]
+    memory_rater: MemoryRater,
     /// Where to put the generated files, which are then kept (default: a directory in
     /// the system temporary directory, removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// The rater the memory run scores with.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MemoryRater {
+    /// Width 8, one head (fast; the same readers, blocks and writers).
+    Tiny,
+    /// `datarater train`'s default rater.
+    Default,
 }
 
 /// Writes JSON Lines documents of pseudo-English words (20 to 2000 bytes, with an id
@@ -233,10 +242,15 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
         let mb = |b: usize| b as f64 / 1e6;
+        let (rater, name) = match opts.memory_rater {
+            MemoryRater::Tiny => (p("tiny.safetensors"), "tiny"),
+            MemoryRater::Default => (p("rater.safetensors"), "default"),
+        };
+        println!("  (scored with the {name} rater)");
         let (s, score_peak) = run(&[
             "score",
             "--rater",
-            &p("rater.safetensors"),
+            &rater,
             "--input",
             &big,
             "--out",
