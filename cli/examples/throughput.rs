@@ -8,7 +8,7 @@
 //! 2. Memory: generates `--gb` (default 1) GB of JSON Lines into a temporary file,
 //!    streaming, and runs `score`, then `filter --scores` in discard and accept mode
 //!    on it, each under the counting allocator, printing its peak heap. Skip with
-//!    `--gb 0`. Scoring a gigabyte with the default rater takes about an hour on two
+//!    `--gb 0`. Scoring a gigabyte with the default rater takes about 18 minutes on two
 //!    cores, so this run uses a tiny rater by default (`--memory-rater tiny`: width 8,
 //!    64-byte sequences); the readers, blocks and writers are the same, and the
 //!    default rater's own peak is printed by the throughput run for comparison.
