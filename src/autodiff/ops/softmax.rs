@@ -73,27 +73,32 @@ fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
     }
 }
 
-/// Softmax of each `n`-element row of `data`, compiled for AVX2 when the CPU has it
-/// (the exponentials run 8 `f32` wide instead of SSE2's 4; FMA stays off, so every
-/// result bit is the same either way). Attention's scores are most of the rater's
+/// Softmax of each `n`-element row of `data` (with `mask`, row `r` excludes the
+/// entries of mask row `r mod rows`), compiled for AVX2 when the CPU has it: the
+/// exponentials run 8 `f32` wide instead of SSE2's 4, and FMA stays off, so every
+/// result bit is the same either way. Attention's scores are most of a transformer's
 /// elementwise work.
-fn softmax_rows<F: Float>(data: &mut [F], n: usize) {
+fn softmax_rows<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
     #[inline(always)]
-    fn rows<F: Float>(data: &mut [F], n: usize) {
-        for lane in data.chunks_exact_mut(n) {
-            softmax_lane(lane, None);
+    fn rows<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
+        for (r, lane) in data.chunks_exact_mut(n).enumerate() {
+            let m = mask.map(|m| {
+                let i = r % (m.len() / n);
+                &m[i * n..(i + 1) * n]
+            });
+            softmax_lane(lane, m);
         }
     }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2<F: Float>(data: &mut [F], n: usize) {
-            rows(data, n)
+        unsafe fn avx2<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
+            rows(data, n, mask)
         }
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2(data, n) };
+        return unsafe { avx2(data, n, mask) };
     }
-    rows(data, n)
+    rows(data, n, mask)
 }
 
 /// Runs `f` on every lane of `out` along `axis`: contiguous slices when `axis` is the
@@ -205,7 +210,7 @@ impl<F: Float> Op<F> for Softmax {
         match &self.mask {
             None if self.axis + 1 == out.ndim() && !out.is_empty() => {
                 let n = out.shape()[self.axis];
-                softmax_rows(out.as_slice_mut().expect("standard layout"), n);
+                softmax_rows(out.as_slice_mut().expect("standard layout"), n, None);
             }
             None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, None)),
             Some(mask) => {
@@ -230,11 +235,16 @@ impl<F: Float> Op<F> for Softmax {
                     mb.permuted_axes(IxDyn(&perm)).iter().copied().collect()
                 };
                 let n = shape[self.axis];
-                let rows = mask_lanes.len() / n.max(1);
-                for_each_lane(&mut out, self.axis, |r, lane| {
-                    let i = r % rows;
-                    softmax_lane(lane, Some(&mask_lanes[i * n..(i + 1) * n]));
-                });
+                if self.axis + 1 == shape.len() && !out.is_empty() {
+                    let data = out.as_slice_mut().expect("standard layout");
+                    softmax_rows(data, n, Some(&mask_lanes));
+                } else {
+                    let rows = mask_lanes.len() / n.max(1);
+                    for_each_lane(&mut out, self.axis, |r, lane| {
+                        let i = r % rows;
+                        softmax_lane(lane, Some(&mask_lanes[i * n..(i + 1) * n]));
+                    });
+                }
             }
         }
         Tensor::from_array(out)
