@@ -4,38 +4,20 @@
 //! test's allocations run alongside.
 
 use datarater::alloc::{CountingAlloc, current_bytes};
-use datarater::data::Corpus;
 use datarater::meta::InnerLoop;
 use datarater::meta::{DataRaterProblem, MeanLoss, MetaRequest, Mode, Rater, Sampler};
-use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
-use datarater::optim::{Adam, Optimizer};
-use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
+use datarater::optim::Optimizer;
+use datarater::trainer::TextBatch;
 use datarater::{Error, Params, Rng, Tensor};
-use std::sync::Arc;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
-fn cfg(causal: bool) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 32,
-        max_len: 16,
-        causal,
-    }
-}
+mod common;
 
 #[test]
 fn a_run_past_its_memory_budget_stops_and_frees_everything() {
-    let seqs = Corpus::embedded().sequences(16).unwrap();
-    let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), 6).unwrap();
-    let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
-    let rater = TextRater {
-        scorer: SequenceScorer::new(cfg(false)).unwrap(),
-    };
+    let (pool, inner, rater) = common::tiny_text(6);
     let problem = DataRaterProblem {
         inner: &inner,
         rater: &rater,

@@ -1,0 +1,32 @@
+//! The small text setting the memory tests share (each test binary holds one test, so
+//! the counting allocator sees no other test's allocations).
+
+use datarater::data::Corpus;
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::optim::Adam;
+use datarater::trainer::{TextLm, TextPool, TextRater};
+use std::sync::Arc;
+
+fn cfg(causal: bool) -> TransformerConfig {
+    TransformerConfig {
+        vocab: 256,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 32,
+        max_len: 16,
+        causal,
+    }
+}
+
+/// A pool of 64 shipped 16-byte sequences drawn `batch` at a time, a 2-layer byte LM
+/// with Adam, and a rater of the same shape.
+pub fn tiny_text(batch: usize) -> (TextPool, TextLm<Adam<f64>>, TextRater) {
+    let seqs = Corpus::embedded().sequences(16).unwrap();
+    let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), batch).unwrap();
+    let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
+    let rater = TextRater {
+        scorer: SequenceScorer::new(cfg(false)).unwrap(),
+    };
+    (pool, inner, rater)
+}
