@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod dual;
 pub mod float;
 pub mod flops;
+pub(crate) mod kernels;
 pub mod ops;
 pub mod params;
 pub mod tape;

@@ -1,6 +1,7 @@
 //! Binary arithmetic with numpy broadcasting. VJPs sum broadcast axes back with `sum_to`.
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
@@ -37,15 +38,20 @@ fn zip_with<F: Float>(op: &'static str, xs: &[&Tensor<F>], f: impl Fn(F, F) -> F
     let n: usize = shape.iter().product();
     if let (Some(x), Some(y), true) = (a.array().as_slice(), b.array().as_slice(), n > 0) {
         let mut out = Vec::with_capacity(n);
-        if x.len() == n && repeats_whole(b.shape(), &shape) {
-            for xc in x.chunks_exact(y.len()) {
-                out.extend(xc.iter().zip(y).map(|(&x, &y)| f(x, y)));
-            }
-        } else if y.len() == n && repeats_whole(a.shape(), &shape) {
-            for yc in y.chunks_exact(x.len()) {
-                out.extend(x.iter().zip(yc).map(|(&x, &y)| f(x, y)));
-            }
-        }
+        kernels::with_avx2(
+            #[inline(always)]
+            || {
+                if x.len() == n && repeats_whole(b.shape(), &shape) {
+                    for xc in x.chunks_exact(y.len()) {
+                        out.extend(xc.iter().zip(y).map(|(&x, &y)| f(x, y)));
+                    }
+                } else if y.len() == n && repeats_whole(a.shape(), &shape) {
+                    for yc in y.chunks_exact(x.len()) {
+                        out.extend(x.iter().zip(yc).map(|(&x, &y)| f(x, y)));
+                    }
+                }
+            },
+        );
         if out.len() == n {
             return Tensor::from_vec(&shape, out).expect("broadcast size");
         }

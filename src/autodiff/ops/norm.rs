@@ -13,6 +13,7 @@
 
 use super::super::dual::Dual;
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tape::{Tape, Var};
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
@@ -34,10 +35,11 @@ pub struct LayerNormJvp<F> {
 }
 
 /// The lane statistics at one lane of `x`: `(r, h)` with `h` written into `h`.
+#[inline(always)]
 fn lane_stats<F: Float>(x: &[F], eps: F, h: &mut [F]) -> F {
     let inv_n = F::c(1.0 / x.len() as f64);
-    let m = x.iter().fold(F::zero(), |s, &v| s + v) * inv_n;
-    let var = x.iter().fold(F::zero(), |s, &v| s + (v - m) * (v - m)) * inv_n;
+    let m = kernels::sum(x) * inv_n;
+    let var = kernels::sum_map(x, |v| (v - m) * (v - m)) * inv_n;
     let r = (var + eps).sqrt().recip();
     for (h, &x) in h.iter_mut().zip(x) {
         *h = (x - m) * r;
@@ -46,17 +48,19 @@ fn lane_stats<F: Float>(x: &[F], eps: F, h: &mut [F]) -> F {
 }
 
 /// `out = r (v - m(v) - h m(h v))` over one lane.
+#[inline(always)]
 fn lane_jvp<F: Float>(h: &[F], r: F, v: &[F], out: &mut [F]) {
     let inv_n = F::c(1.0 / h.len() as f64);
-    let mv = v.iter().fold(F::zero(), |s, &v| s + v) * inv_n;
-    let mhv = h.iter().zip(v).fold(F::zero(), |s, (&h, &v)| s + h * v) * inv_n;
+    let mv = kernels::sum(v) * inv_n;
+    let mhv = kernels::dot(h, v) * inv_n;
     for ((o, &h), &v) in out.iter_mut().zip(h).zip(v) {
         *o = r * (v - mv - h * mhv);
     }
 }
 
+#[inline(always)]
 fn mean_prod<F: Float>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).fold(F::zero(), |s, (&a, &b)| s + a * b) * F::c(1.0 / a.len() as f64)
+    kernels::dot(a, b) * F::c(1.0 / a.len() as f64)
 }
 
 /// `(x, v, g) -> -r (m(g J v) h + m(h v) J g + m(g h) J v)`: the cotangent of `x` in
@@ -131,9 +135,14 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let x = flat(&xa);
         let mut out = vec![F::zero(); x.len()];
         if n > 0 {
-            for (xl, ol) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                lane_stats(xl, self.eps, ol);
-            }
+            kernels::with_avx2(
+                #[inline(always)]
+                || {
+                    for (xl, ol) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                        lane_stats(xl, self.eps, ol);
+                    }
+                },
+            );
         }
         Tensor::from_vec(xs[0].shape(), out).expect("same size")
     }
@@ -159,12 +168,16 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let (mut out, mut tan) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
         if n > 0 {
             let chunks = x.chunks_exact(n).zip(dx.chunks_exact(n));
-            for ((xl, dl), (ol, tl)) in
-                chunks.zip(out.chunks_exact_mut(n).zip(tan.chunks_exact_mut(n)))
-            {
-                let r = lane_stats(xl, self.eps, ol);
-                lane_jvp(ol, r, dl, tl);
-            }
+            let outs = out.chunks_exact_mut(n).zip(tan.chunks_exact_mut(n));
+            kernels::with_avx2(
+                #[inline(always)]
+                || {
+                    for ((xl, dl), (ol, tl)) in chunks.zip(outs) {
+                        let r = lane_stats(xl, self.eps, ol);
+                        lane_jvp(ol, r, dl, tl);
+                    }
+                },
+            );
         }
         let shape = xs[0].shape();
         Some((
@@ -190,14 +203,16 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         let (x, v) = (flat(&xa), flat(&va));
         let (mut h, mut out) = (vec![F::zero(); n], vec![F::zero(); x.len()]);
         if n > 0 {
-            for ((xl, vl), ol) in x
-                .chunks_exact(n)
-                .zip(v.chunks_exact(n))
-                .zip(out.chunks_exact_mut(n))
-            {
-                let r = lane_stats(xl, self.eps, &mut h);
-                lane_jvp(&h, r, vl, ol);
-            }
+            let lanes = x.chunks_exact(n).zip(v.chunks_exact(n));
+            kernels::with_avx2(
+                #[inline(always)]
+                || {
+                    for ((xl, vl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
+                        let r = lane_stats(xl, self.eps, &mut h);
+                        lane_jvp(&h, r, vl, ol);
+                    }
+                },
+            );
         }
         Tensor::from_vec(xs[0].shape(), out).expect("same size")
     }
@@ -239,26 +254,31 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         let (dx, dv) = (dxa.as_ref().map(flat), dva.as_ref().map(flat));
         let (mut out, mut tan) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
         let (mut h, mut dh, mut jdv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
-        for (i, (xl, vl)) in x.chunks(n.max(1)).zip(v.chunks(n.max(1))).enumerate() {
-            let lane = i * n..(i + 1) * n;
-            let r = lane_stats(xl, self.eps, &mut h);
-            let ol = &mut out[lane.clone()];
-            lane_jvp(&h, r, vl, ol);
-            let tl = &mut tan[lane.clone()];
-            if let Some(dv) = dv {
-                lane_jvp(&h, r, &dv[lane.clone()], &mut jdv);
-                tl.copy_from_slice(&jdv);
-            }
-            if let Some(dx) = dx {
-                let dxl = &dx[lane];
-                lane_jvp(&h, r, dxl, &mut dh);
-                let dr_over_r = -r * mean_prod(&h, dxl);
-                let (mhv, mdhv) = (mean_prod(&h, vl), mean_prod(&dh, vl));
-                for (((t, &jv), &h), &dh) in tl.iter_mut().zip(ol.iter()).zip(&h).zip(&dh) {
-                    *t += dr_over_r * jv - r * (dh * mhv + h * mdhv);
+        kernels::with_avx2(
+            #[inline(always)]
+            || {
+                for (i, (xl, vl)) in x.chunks(n.max(1)).zip(v.chunks(n.max(1))).enumerate() {
+                    let lane = i * n..(i + 1) * n;
+                    let r = lane_stats(xl, self.eps, &mut h);
+                    let ol = &mut out[lane.clone()];
+                    lane_jvp(&h, r, vl, ol);
+                    let tl = &mut tan[lane.clone()];
+                    if let Some(dv) = dv {
+                        lane_jvp(&h, r, &dv[lane.clone()], &mut jdv);
+                        tl.copy_from_slice(&jdv);
+                    }
+                    if let Some(dx) = dx {
+                        let dxl = &dx[lane];
+                        lane_jvp(&h, r, dxl, &mut dh);
+                        let dr_over_r = -r * mean_prod(&h, dxl);
+                        let (mhv, mdhv) = (mean_prod(&h, vl), mean_prod(&dh, vl));
+                        for (((t, &jv), &h), &dh) in tl.iter_mut().zip(ol.iter()).zip(&h).zip(&dh) {
+                            *t += dr_over_r * jv - r * (dh * mhv + h * mdhv);
+                        }
+                    }
                 }
-            }
-        }
+            },
+        );
         let shape = xs[0].shape();
         Some((
             Tensor::from_vec(shape, out).expect("same size"),
@@ -290,15 +310,20 @@ impl<F: Float> Op<F> for LayerNormJvpVjpX<F> {
                 .chunks_exact(n)
                 .zip(v.chunks_exact(n))
                 .zip(g.chunks_exact(n));
-            for (((xl, vl), gl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
-                let r = lane_stats(xl, self.eps, &mut h);
-                lane_jvp(&h, r, vl, &mut jv);
-                lane_jvp(&h, r, gl, &mut jg);
-                let (a, b, c) = (mean_prod(gl, &jv), mean_prod(&h, vl), mean_prod(gl, &h));
-                for ((o, &h), (&jv, &jg)) in ol.iter_mut().zip(&h).zip(jv.iter().zip(&jg)) {
-                    *o = -r * (h * a + jg * b + jv * c);
-                }
-            }
+            kernels::with_avx2(
+                #[inline(always)]
+                || {
+                    for (((xl, vl), gl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
+                        let r = lane_stats(xl, self.eps, &mut h);
+                        lane_jvp(&h, r, vl, &mut jv);
+                        lane_jvp(&h, r, gl, &mut jg);
+                        let (a, b, c) = (mean_prod(gl, &jv), mean_prod(&h, vl), mean_prod(gl, &h));
+                        for ((o, &h), (&jv, &jg)) in ol.iter_mut().zip(&h).zip(jv.iter().zip(&jg)) {
+                            *o = -r * (h * a + jg * b + jv * c);
+                        }
+                    }
+                },
+            );
         }
         Tensor::from_vec(xs[0].shape(), out).expect("same size")
     }

@@ -2,6 +2,7 @@
 //! and VJP are both "multiply by the derivative".
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 
@@ -62,12 +63,16 @@ impl<F: Float, E: Elementwise> Op<F> for Pointwise<E> {
             x.as_slice().expect("standard"),
             dx.as_slice().expect("standard"),
         );
-        let (mut y, mut t) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
-        for (&x, &dx) in x.iter().zip(dx) {
-            let (f, df) = self.0.f_df(x).expect("f_df is Some for every input");
-            y.push(f);
-            t.push(dx * df);
-        }
+        let (mut y, mut t) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
+        kernels::with_avx2(
+            #[inline(always)]
+            || {
+                for (((y, t), &x), &dx) in y.iter_mut().zip(&mut t).zip(x).zip(dx) {
+                    let (f, df) = self.0.f_df(x).expect("f_df is Some for every input");
+                    (*y, *t) = (f, dx * df);
+                }
+            },
+        );
         let shape = xs[0].shape();
         let (y, t) = (Tensor::from_vec(shape, y), Tensor::from_vec(shape, t));
         Some((y.expect("same size"), t.expect("same size")))
@@ -220,6 +225,7 @@ const GELU_A: f64 = 0.044_715;
 
 /// The GELU pieces at one point: `u' = k (1 + 3 a x^2)`, `s = sigmoid(2u)` with
 /// `u = k (x + a x^3)`, `p = s (1 - s)`, `q = 1 - 2 s`.
+#[inline(always)]
 fn gelu_parts<F: Float>(x: F) -> (F, F, F, F) {
     let (k, a) = (F::c(GELU_K), F::c(GELU_A));
     let u = k * (x + a * x * x * x);

@@ -3,6 +3,7 @@
 //! derivative cancels exactly).
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
@@ -25,46 +26,32 @@ fn log_softmax_lane<F: Float>(lane: &mut [F]) {
 }
 
 /// `log(sum(exp(x)))` of one lane, stabilised by the lane's max (zero when not finite).
+#[inline(always)]
 fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
-    let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+    let m = kernels::max(lane);
     let m = if m.is_finite() { m } else { F::zero() };
-    // The exponentials a block at a time (a loop that vectorises), summed in order.
-    let mut s = F::zero();
-    let mut buf = [F::zero(); 16];
-    for block in lane.chunks(16) {
-        let buf = &mut buf[..block.len()];
-        for (e, &v) in buf.iter_mut().zip(block) {
-            *e = (v - m).vexp();
-        }
-        s = buf.iter().fold(s, |s, &e| s + e);
-    }
-    m + s.ln()
+    m + kernels::sum_map(lane, |v| (v - m).vexp()).ln()
 }
 
 /// Softmax of one contiguous lane in place: one `exp` per element. With a mask (the
 /// lane's entries to exclude), masked entries become 0 and a fully masked lane is all 0.
 #[inline(always)]
 fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
-    // Exponentials in one loop (it vectorises), their sum in order in another.
     match mask {
         None => {
-            let m = lane.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+            let m = kernels::max(lane);
             for v in lane.iter_mut() {
                 *v = (*v - m).vexp();
             }
         }
         Some(mask) => {
-            let m = lane
-                .iter()
-                .zip(mask)
-                .filter(|&(_, &k)| !k)
-                .fold(F::neg_infinity(), |a, (&b, _)| a.max(b));
+            let m = kernels::max_zip(lane, mask, |v, k| if k { F::neg_infinity() } else { v });
             for (v, &k) in lane.iter_mut().zip(mask) {
                 *v = if k { F::zero() } else { (*v - m).vexp() };
             }
         }
     }
-    let sum = lane.iter().fold(F::zero(), |s, &v| s + v);
+    let sum = kernels::sum(lane);
     if sum > F::zero() {
         let inv = sum.recip();
         for v in lane {
@@ -74,31 +61,21 @@ fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
 }
 
 /// Softmax of each `n`-element row of `data` (with `mask`, row `r` excludes the
-/// entries of mask row `r mod rows`), compiled for AVX2 when the CPU has it: the
-/// exponentials run 8 `f32` wide instead of SSE2's 4, and FMA stays off, so every
-/// result bit is the same either way. Attention's scores are most of a transformer's
-/// elementwise work.
+/// entries of mask row `r mod rows`), compiled for AVX2 when the CPU has it: attention's
+/// scores are most of a transformer's elementwise work.
 fn softmax_rows<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
-    #[inline(always)]
-    fn rows<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
-        for (r, lane) in data.chunks_exact_mut(n).enumerate() {
-            let m = mask.map(|m| {
-                let i = r % (m.len() / n);
-                &m[i * n..(i + 1) * n]
-            });
-            softmax_lane(lane, m);
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
-            rows(data, n, mask)
-        }
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2(data, n, mask) };
-    }
-    rows(data, n, mask)
+    kernels::with_avx2(
+        #[inline(always)]
+        || {
+            for (r, lane) in data.chunks_exact_mut(n).enumerate() {
+                let m = mask.map(|m| {
+                    let i = r % (m.len() / n);
+                    &m[i * n..(i + 1) * n]
+                });
+                softmax_lane(lane, m);
+            }
+        },
+    )
 }
 
 /// Runs `f` on every lane of `out` along `axis`: contiguous slices when `axis` is the
@@ -111,9 +88,14 @@ fn for_each_lane<F: Float>(out: &mut ArrayD<F>, axis: usize, mut f: impl FnMut(u
     }
     if axis + 1 == out.ndim() {
         let data = out.as_slice_mut().expect("standard layout");
-        for (r, lane) in data.chunks_exact_mut(n).enumerate() {
-            f(r, lane);
-        }
+        kernels::with_avx2(
+            #[inline(always)]
+            || {
+                for (r, lane) in data.chunks_exact_mut(n).enumerate() {
+                    f(r, lane);
+                }
+            },
+        );
     } else {
         let mut buf = vec![F::zero(); n];
         for (r, mut lane) in out.lanes_mut(Axis(axis)).into_iter().enumerate() {
@@ -156,12 +138,15 @@ fn lanes_jvp<F: Float>(
     let ys = y.array().as_slice().expect("standard layout output");
     let mut t = vec![F::zero(); ys.len()];
     let lanes = xs.chunks_exact(n).zip(dxs.chunks_exact(n));
-    for (((xl, dl), yl), tl) in lanes
-        .zip(ys.chunks_exact(out_lane))
-        .zip(t.chunks_exact_mut(out_lane))
-    {
-        tangent(xl, yl, dl, tl);
-    }
+    let outs = ys.chunks_exact(out_lane).zip(t.chunks_exact_mut(out_lane));
+    kernels::with_avx2(
+        #[inline(always)]
+        || {
+            for ((xl, dl), (yl, tl)) in lanes.zip(outs) {
+                tangent(xl, yl, dl, tl);
+            }
+        },
+    );
     let t = Tensor::from_vec(y.shape(), t).expect("same size");
     (y, t)
 }
@@ -174,11 +159,6 @@ fn standard<F: Float>(t: &Tensor<F>) -> CowArray<'_, F, IxDyn> {
 /// Whether the fused last-axis kernels apply.
 fn last_nonempty<F: Float>(x: &Tensor<F>, axis: usize) -> bool {
     axis + 1 == x.shape().len() && x.shape()[axis] > 0
-}
-
-/// `sum(a * b)` of two lanes.
-fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).fold(F::zero(), |s, (&a, &b)| s + a * b)
 }
 
 /// Softmax along an axis; with a mask, masked entries are excluded (probability 0).
@@ -267,7 +247,7 @@ impl<F: Float> Op<F> for Softmax {
         let y = self.forward(xs);
         let n = xs[0].shape()[self.axis];
         Some(lanes_jvp(self.axis, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
-            let s = dot(y, dx);
+            let s = kernels::dot(y, dx);
             for ((t, &y), &dx) in t.iter_mut().zip(y).zip(dx) {
                 *t = y * (dx - s);
             }
@@ -317,11 +297,19 @@ impl<F: Float> Op<F> for SoftmaxJvp {
                 y.as_slice().expect("standard"),
                 v.as_slice().expect("standard"),
             );
-            let mut out = Vec::with_capacity(ys.len());
-            for (yl, vl) in ys.chunks_exact(n).zip(vs.chunks_exact(n)) {
-                let s = dot(yl, vl);
-                out.extend(yl.iter().zip(vl).map(|(&y, &v)| y * (v - s)));
-            }
+            let mut out = vec![F::zero(); ys.len()];
+            let lanes = ys.chunks_exact(n).zip(vs.chunks_exact(n));
+            kernels::with_avx2(
+                #[inline(always)]
+                || {
+                    for ((yl, vl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
+                        let s = kernels::dot(yl, vl);
+                        for ((o, &y), &v) in ol.iter_mut().zip(yl).zip(vl) {
+                            *o = y * (v - s);
+                        }
+                    }
+                },
+            );
             return Tensor::from_vec(y.shape(), out).expect("same size");
         }
         let yv = y.array() * v.array();
@@ -369,27 +357,34 @@ impl<F: Float> Op<F> for SoftmaxJvp {
         );
         let dys = dya.as_ref().map(|a| a.as_slice().expect("standard"));
         let dvs = dva.as_ref().map(|a| a.as_slice().expect("standard"));
-        let (mut out, mut tan) = (Vec::with_capacity(ys.len()), vec![F::zero(); ys.len()]);
-        for (i, (yl, vl)) in ys.chunks_exact(n).zip(vs.chunks_exact(n)).enumerate() {
-            let lane = i * n..(i + 1) * n;
-            let s = dot(yl, vl);
-            out.extend(yl.iter().zip(vl).map(|(&y, &v)| y * (v - s)));
-            let tl = &mut tan[lane.clone()];
-            if let Some(dv) = dvs {
-                let dv = &dv[lane.clone()];
-                let sd = dot(yl, dv);
-                for ((t, &y), &dv) in tl.iter_mut().zip(yl).zip(dv) {
-                    *t = y * (dv - sd);
+        let (mut out, mut tan) = (vec![F::zero(); ys.len()], vec![F::zero(); ys.len()]);
+        kernels::with_avx2(
+            #[inline(always)]
+            || {
+                for (i, (yl, vl)) in ys.chunks_exact(n).zip(vs.chunks_exact(n)).enumerate() {
+                    let lane = i * n..(i + 1) * n;
+                    let s = kernels::dot(yl, vl);
+                    for ((o, &y), &v) in out[lane.clone()].iter_mut().zip(yl).zip(vl) {
+                        *o = y * (v - s);
+                    }
+                    let tl = &mut tan[lane.clone()];
+                    if let Some(dv) = dvs {
+                        let dv = &dv[lane.clone()];
+                        let sd = kernels::dot(yl, dv);
+                        for ((t, &y), &dv) in tl.iter_mut().zip(yl).zip(dv) {
+                            *t = y * (dv - sd);
+                        }
+                    }
+                    if let Some(dy) = dys {
+                        let dy = &dy[lane];
+                        let sv = kernels::dot(dy, vl);
+                        for (((t, &y), &v), &dy) in tl.iter_mut().zip(yl).zip(vl).zip(dy) {
+                            *t += dy * (v - s) - y * sv;
+                        }
+                    }
                 }
-            }
-            if let Some(dy) = dys {
-                let dy = &dy[lane];
-                let sv = dot(dy, vl);
-                for (((t, &y), &v), &dy) in tl.iter_mut().zip(yl).zip(vl).zip(dy) {
-                    *t += dy * (v - s) - y * sv;
-                }
-            }
-        }
+            },
+        );
         let shape = y.shape();
         let out = Tensor::from_vec(shape, out).expect("same size");
         Some((out, Tensor::from_vec(shape, tan).expect("same size")))
@@ -432,10 +427,7 @@ impl<F: Float> Op<F> for LogSoftmax {
         let y = self.forward(xs);
         let n = xs[0].shape()[self.0];
         Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
-            let s = y
-                .iter()
-                .zip(dx)
-                .fold(F::zero(), |s, (&y, &dx)| s + y.vexp() * dx);
+            let s = kernels::sum_zip(y, dx, |y, dx| y.vexp() * dx);
             for (t, &dx) in t.iter_mut().zip(dx) {
                 *t = dx - s;
             }
@@ -493,10 +485,7 @@ impl<F: Float> Op<F> for LogSumExp {
         let y = self.forward(xs);
         Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, 1, |x, y, dx, t| {
             let l = y[0];
-            t[0] = x
-                .iter()
-                .zip(dx)
-                .fold(F::zero(), |s, (&x, &dx)| s + (x - l).vexp() * dx);
+            t[0] = kernels::sum_zip(x, dx, |x, dx| (x - l).vexp() * dx);
         }))
     }
 }
