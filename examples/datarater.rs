@@ -458,6 +458,7 @@ fn plot_lines(
 }
 
 fn main() -> Result<()> {
+    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let args = parse_args()?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File {

@@ -1161,3 +1161,53 @@ fn vexp_is_within_two_ulp_of_exp() {
     assert!(f32::vexp(f32::NAN).is_nan() && f64::vexp(f64::NAN).is_nan());
     println!("worst: f32 {} ulp, f64 {} ulp", worst.0, worst.1);
 }
+
+/// Masked softmax on scores big enough to be split over threads: a causal mask (every
+/// row a kept prefix, whose masked tail is never exponentiated), a mask with holes and
+/// a fully masked row, each against a plain per-row reference, and bitwise the same on
+/// one thread and on three.
+#[test]
+fn masked_softmax_matches_a_reference_on_any_thread_count() {
+    let mut rng = Rng::new(11);
+    let (lead, t) = (12, 130); // 12 * 130 * 130 = 202800 scores
+    let x = normal(&mut rng, &[3, 4, t, t]).scale(4.0);
+    let mut holes: Vec<bool> = (0..t * t).map(|_| rng.below(3) == 0).collect();
+    holes[5 * t..6 * t].fill(true);
+    let causal: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect();
+    assert_eq!(Mask::new(&[t, t], causal.clone()).unwrap(), Mask::causal(t));
+    for m in [causal, holes] {
+        let mask = Mask::new(&[t, t], m.clone()).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| x.masked_softmax(3, &mask).to_vec())
+        };
+        let got = run(1);
+        assert_eq!(run(3), got, "thread count changed a result");
+        let xs = x.to_vec();
+        for r in 0..lead * t {
+            let (row, keep) = (&xs[r * t..(r + 1) * t], &m[(r % t) * t..(r % t + 1) * t]);
+            let top = row
+                .iter()
+                .zip(keep)
+                .filter(|&(_, &k)| !k)
+                .fold(f64::NEG_INFINITY, |a, (&b, _)| a.max(b));
+            let e: Vec<f64> = row
+                .iter()
+                .zip(keep)
+                .map(|(&v, &k)| if k { 0.0 } else { (v - top).exp() })
+                .collect();
+            let s: f64 = e.iter().sum();
+            for (j, &e) in e.iter().enumerate() {
+                let want = if s > 0.0 { e / s } else { 0.0 };
+                let g = got[r * t + j];
+                assert!((g - want).abs() <= 1e-14, "row {r}, col {j}: {g} vs {want}");
+                if keep[j] {
+                    assert_eq!(g, 0.0, "masked entry");
+                }
+            }
+        }
+    }
+}

@@ -141,7 +141,7 @@ fn macs_per_sequence(c: &TransformerConfig, l: usize) -> f64 {
 }
 
 fn main() {
-    datarater_cli::tune_allocator(); // as the binary does
+    datarater::alloc::tune_allocator(); // as the binary does
     let opts = Opts::parse();
     let dir = opts
         .dir

@@ -16,31 +16,6 @@ pub mod train;
 
 use datarater::distributed::Communicator;
 
-/// Makes glibc's `malloc` keep freed memory for reuse (up to a bound) instead of
-/// handing every large block straight back to the kernel. Scoring allocates and frees
-/// the same few hundred-kilobyte arrays for every batch of sequences; with glibc's
-/// defaults each one is a fresh `mmap` whose pages fault in again, which measured 20%
-/// of scoring's CPU time in the kernel (and the threads serialise on the page tables).
-/// Called once at start-up by the binary; a no-op on other platforms.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // From glibc's <malloc.h>.
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only sets allocator parameters; it is called before any
-        // thread is started. Blocks above 32 MiB are still mapped and unmapped at once,
-        // and a heap returns its free top to the kernel beyond 64 MiB.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            mallopt(M_TRIM_THRESHOLD, 64 << 20);
-        }
-    }
-}
-
 /// This process's communicator: one process, or, in a build with the `mpi` feature
 /// launched by `mpirun`, MPI's (initialised here; finalised when dropped).
 ///

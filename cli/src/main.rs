@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    datarater_cli::tune_allocator();
+    datarater::alloc::tune_allocator();
     let cli = datarater_cli::args::Cli::from_env();
     let comm = match datarater_cli::communicator() {
         Ok(comm) => comm,

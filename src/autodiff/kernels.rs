@@ -28,14 +28,57 @@ pub(crate) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `f` of each element of `x`, into a new vector (written once, never zero-filled).
-#[inline(always)]
-pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F) -> Vec<F> {
-    let mut out = Vec::with_capacity(x.len());
-    for (o, &x) in out.spare_capacity_mut()[..x.len()].iter_mut().zip(x) {
-        o.write(f(x));
+/// Elements below which a kernel runs on the calling thread: splitting costs more.
+const PAR_MIN: usize = 1 << 16;
+
+/// Runs `f(first_row, rows)` over `out` cut into chunks of whole `n`-element rows, each
+/// chunk compiled for AVX2 ([`with_avx2`]), spread over rayon's threads when `out` is
+/// large (one chunk on the calling thread otherwise). Every row is computed the same
+/// way whatever the split, so results do not depend on the thread count. `f` should be
+/// `#[inline(always)]` so that it is compiled for AVX2 too. Nothing runs when `out` is
+/// empty; otherwise `n` must divide its length.
+pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    use rayon::prelude::*;
+    let (len, threads) = (out.len(), rayon::current_num_threads());
+    if len == 0 {
+        return;
     }
-    // SAFETY: the loop above initialised the first `x.len()` elements.
+    debug_assert!(n > 0 && len % n == 0, "rows of {n} in {len} elements");
+    if len < PAR_MIN || threads == 1 {
+        return with_avx2(
+            #[inline(always)]
+            || f(0, out),
+        );
+    }
+    // A few chunks per thread (for balance), each at least PAR_MIN / 4 elements.
+    let rows = (len / n)
+        .div_ceil(4 * threads)
+        .max((PAR_MIN / 4).div_ceil(n));
+    out.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            with_avx2(
+                #[inline(always)]
+                || f(i * rows, chunk),
+            )
+        });
+}
+
+/// `f` of each element of `x`, into a new vector (written once, never zero-filled),
+/// through [`par_rows`].
+pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
+    let mut out = Vec::with_capacity(x.len());
+    par_rows(
+        &mut out.spare_capacity_mut()[..x.len()],
+        1,
+        #[inline(always)]
+        |start, chunk| {
+            for (o, &x) in chunk.iter_mut().zip(&x[start..]) {
+                o.write(f(x));
+            }
+        },
+    );
+    // SAFETY: `par_rows` ran the loop above over every element.
     unsafe { out.set_len(x.len()) };
     out
 }
@@ -137,9 +180,45 @@ mod tests {
     }
 
     #[test]
-    fn with_avx2_runs_the_closure() {
+    fn with_avx2_runs_the_closure_unchanged() {
         let x: Vec<f32> = (0..100).map(|i| i as f32 * 0.25).collect();
-        let plain = map(&x, |v| v.vexp());
-        assert_eq!(with_avx2(|| map(&x, |v| v.vexp())), plain);
+        let plain: Vec<f32> = x.iter().map(|v| v.vexp()).collect();
+        assert_eq!(
+            with_avx2(|| x.iter().map(|v| v.vexp()).collect::<Vec<_>>()),
+            plain
+        );
+    }
+
+    #[test]
+    fn par_rows_visits_every_row_once_on_any_pool() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (len, n) in [
+                (0, 3),
+                (0, 0),
+                (10, 1),
+                (12, 4),
+                (PAR_MIN * 3 + 7, 1),
+                (PAR_MIN * 2, 64),
+            ] {
+                let mut out = vec![usize::MAX; len];
+                pool.install(|| {
+                    par_rows(&mut out, n, |first, rows| {
+                        assert_eq!(rows.len() % n, 0, "whole rows");
+                        for (i, v) in rows.iter_mut().enumerate() {
+                            assert_eq!(*v, usize::MAX, "visited twice");
+                            *v = first * n + i;
+                        }
+                    })
+                });
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i), "len {len}");
+            }
+            let x: Vec<f64> = (0..PAR_MIN + 5).map(|i| i as f64).collect();
+            let y = pool.install(|| map(&x, |v| v * 0.5));
+            assert!(y.iter().zip(&x).all(|(&y, &x)| y == x * 0.5));
+        }
     }
 }

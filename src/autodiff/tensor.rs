@@ -125,14 +125,10 @@ impl<F: Float> Tensor<F> {
     }
 
     /// Elementwise map into a new tensor.
-    pub fn map(&self, f: impl Fn(F) -> F) -> Self {
+    pub fn map(&self, f: impl Fn(F) -> F + Sync) -> Self {
         match self.0.as_slice() {
             Some(x) => {
-                let y = super::kernels::with_avx2(
-                    #[inline(always)]
-                    || super::kernels::map(x, f),
-                );
-                Tensor::from_vec(self.shape(), y).expect("same size")
+                Tensor::from_vec(self.shape(), super::kernels::map(x, f)).expect("same size")
             }
             None => Tensor(self.0.map(|&x| f(x)).into_shared()),
         }

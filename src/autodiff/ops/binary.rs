@@ -29,30 +29,45 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize>
 
 /// `f(a, b)` elementwise with numpy broadcasting (a panic naming `op` on a mismatch).
 /// When both are contiguous and one is the other's shape or repeats whole over it (a
-/// scalar, a bias over rows) this is a plain slice loop, which vectorises; otherwise
-/// ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same arithmetic,
-/// element for element, either way.
-fn zip_with<F: Float>(op: &'static str, xs: &[&Tensor<F>], f: impl Fn(F, F) -> F) -> Tensor<F> {
+/// scalar, a bias over rows) this is a slice loop over rows of the smaller one
+/// ([`kernels::par_rows`]: it vectorises, and large outputs are split over threads);
+/// otherwise ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same
+/// arithmetic, element for element, either way.
+fn zip_with<F: Float>(
+    op: &'static str,
+    xs: &[&Tensor<F>],
+    f: impl Fn(F, F) -> F + Sync,
+) -> Tensor<F> {
     let (a, b) = (xs[0], xs[1]);
     let shape = broadcast_shape(op, a.shape(), b.shape());
     let n: usize = shape.iter().product();
     if let (Some(x), Some(y), true) = (a.array().as_slice(), b.array().as_slice(), n > 0) {
-        let mut out = Vec::with_capacity(n);
-        kernels::with_avx2(
-            #[inline(always)]
-            || {
-                if x.len() == n && repeats_whole(b.shape(), &shape) {
-                    for xc in x.chunks_exact(y.len()) {
-                        out.extend(xc.iter().zip(y).map(|(&x, &y)| f(x, y)));
+        // The full-size operand, the one repeated over it, and which of them is `a`.
+        let parts = if x.len() == n && repeats_whole(b.shape(), &shape) {
+            Some((x, y, true))
+        } else if y.len() == n && repeats_whole(a.shape(), &shape) {
+            Some((y, x, false))
+        } else {
+            None
+        };
+        if let Some((full, rep, a_is_full)) = parts {
+            let m = rep.len();
+            let mut out = Vec::with_capacity(n);
+            kernels::par_rows(
+                &mut out.spare_capacity_mut()[..n],
+                m,
+                #[inline(always)]
+                |first, rows| {
+                    let fulls = full[first * m..].chunks_exact(m);
+                    for (o, p) in rows.chunks_exact_mut(m).zip(fulls) {
+                        for ((o, &p), &q) in o.iter_mut().zip(p).zip(rep) {
+                            o.write(if a_is_full { f(p, q) } else { f(q, p) });
+                        }
                     }
-                } else if y.len() == n && repeats_whole(a.shape(), &shape) {
-                    for yc in y.chunks_exact(x.len()) {
-                        out.extend(x.iter().zip(yc).map(|(&x, &y)| f(x, y)));
-                    }
-                }
-            },
-        );
-        if out.len() == n {
+                },
+            );
+            // SAFETY: `par_rows` ran the loop above over all `n` elements.
+            unsafe { out.set_len(n) };
             return Tensor::from_vec(&shape, out).expect("broadcast size");
         }
     }

@@ -134,16 +134,16 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let xa = lanes(xs[0]);
         let x = flat(&xa);
         let mut out = vec![F::zero(); x.len()];
-        if n > 0 {
-            kernels::with_avx2(
-                #[inline(always)]
-                || {
-                    for (xl, ol) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                        lane_stats(xl, self.eps, ol);
-                    }
-                },
-            );
-        }
+        kernels::par_rows(
+            &mut out,
+            n,
+            #[inline(always)]
+            |first, rows| {
+                for (xl, ol) in x[first * n..].chunks_exact(n).zip(rows.chunks_exact_mut(n)) {
+                    lane_stats(xl, self.eps, ol);
+                }
+            },
+        );
         Tensor::from_vec(xs[0].shape(), out).expect("same size")
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {

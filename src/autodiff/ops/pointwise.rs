@@ -8,7 +8,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 
 /// A scalar function with its derivative written in the algebra (so it can be
 /// differentiated again).
-pub trait Elementwise: Clone + 'static {
+pub trait Elementwise: Clone + Send + Sync + 'static {
     /// Name used in error messages.
     const NAME: &'static str;
     /// Whether the derivative reads the input, the output, or both.

@@ -33,24 +33,58 @@ fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
     m + kernels::sum_map(lane, |v| (v - m).vexp()).ln()
 }
 
-/// Softmax of one contiguous lane in place: one `exp` per element. With a mask (the
-/// lane's entries to exclude), masked entries become 0 and a fully masked lane is all 0.
-#[inline(always)]
-fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
-    match mask {
-        None => {
-            let m = kernels::max(lane);
-            for v in lane.iter_mut() {
-                *v = (*v - m).vexp();
-            }
+/// Which entries of a lane softmax keeps (the others get probability 0).
+#[derive(Clone, Copy, Debug)]
+enum Keep<'a> {
+    /// All of them.
+    All,
+    /// The first `k`, as in a causal mask's row: the rest are not even exponentiated.
+    Prefix(usize),
+    /// Those where the mask is false.
+    Mask(&'a [bool]),
+}
+
+impl<'a> Keep<'a> {
+    /// The cheapest description of a mask row (`true` = excluded).
+    fn of(row: &'a [bool]) -> Self {
+        let k = row.iter().take_while(|&&b| !b).count();
+        if row[k..].iter().all(|&b| b) {
+            Keep::Prefix(k)
+        } else {
+            Keep::Mask(row)
         }
-        Some(mask) => {
+    }
+}
+
+/// Softmax of one contiguous lane in place: one `exp` per kept element; a lane with
+/// nothing kept is all 0.
+#[inline(always)]
+fn softmax_lane<F: Float>(lane: &mut [F], keep: Keep<'_>) {
+    let kept = match keep {
+        Keep::All => lane,
+        Keep::Prefix(k) => {
+            let (kept, masked) = lane.split_at_mut(k);
+            masked.fill(F::zero());
+            kept
+        }
+        Keep::Mask(mask) => {
             let m = kernels::max_zip(lane, mask, |v, k| if k { F::neg_infinity() } else { v });
             for (v, &k) in lane.iter_mut().zip(mask) {
                 *v = if k { F::zero() } else { (*v - m).vexp() };
             }
+            return normalise(lane);
         }
+    };
+    let m = kernels::max(kept);
+    for v in kept.iter_mut() {
+        *v = (*v - m).vexp();
     }
+    normalise(kept)
+}
+
+/// Divides a lane of non-negative numbers by its sum (left as is when the sum is 0).
+#[inline(always)]
+fn normalise<F: Float>(lane: &mut [F]) {
     let sum = kernels::sum(lane);
     if sum > F::zero() {
         let inv = sum.recip();
@@ -60,19 +94,17 @@ fn softmax_lane<F: Float>(lane: &mut [F], mask: Option<&[bool]>) {
     }
 }
 
-/// Softmax of each `n`-element row of `data` (with `mask`, row `r` excludes the
-/// entries of mask row `r mod rows`), compiled for AVX2 when the CPU has it: attention's
-/// scores are most of a transformer's elementwise work.
-fn softmax_rows<F: Float>(data: &mut [F], n: usize, mask: Option<&[bool]>) {
-    kernels::with_avx2(
+/// Softmax of each `n`-element row of `data`, row `r` keeping `keep[r mod keep.len()]`,
+/// through [`kernels::par_rows`]: attention's scores are most of a transformer's
+/// elementwise work.
+fn softmax_rows<F: Float>(data: &mut [F], n: usize, keep: &[Keep<'_>]) {
+    kernels::par_rows(
+        data,
+        n,
         #[inline(always)]
-        || {
-            for (r, lane) in data.chunks_exact_mut(n).enumerate() {
-                let m = mask.map(|m| {
-                    let i = r % (m.len() / n);
-                    &m[i * n..(i + 1) * n]
-                });
-                softmax_lane(lane, m);
+        |first, rows| {
+            for (r, lane) in rows.chunks_exact_mut(n).enumerate() {
+                softmax_lane(lane, keep[(first + r) % keep.len()]);
             }
         },
     )
@@ -190,9 +222,10 @@ impl<F: Float> Op<F> for Softmax {
         match &self.mask {
             None if self.axis + 1 == out.ndim() && !out.is_empty() => {
                 let n = out.shape()[self.axis];
-                softmax_rows(out.as_slice_mut().expect("standard layout"), n, None);
+                let data = out.as_slice_mut().expect("standard layout");
+                softmax_rows(data, n, &[Keep::All]);
             }
-            None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, None)),
+            None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, Keep::All)),
             Some(mask) => {
                 // The mask's lanes, in the order `for_each_lane` visits the output's: a
                 // mask covering the trailing axes repeats over the leading ones (e.g. a
@@ -215,15 +248,16 @@ impl<F: Float> Op<F> for Softmax {
                     mb.permuted_axes(IxDyn(&perm)).iter().copied().collect()
                 };
                 let n = shape[self.axis];
-                if self.axis + 1 == shape.len() && !out.is_empty() {
-                    let data = out.as_slice_mut().expect("standard layout");
-                    softmax_rows(data, n, Some(&mask_lanes));
-                } else {
-                    let rows = mask_lanes.len() / n.max(1);
-                    for_each_lane(&mut out, self.axis, |r, lane| {
-                        let i = r % rows;
-                        softmax_lane(lane, Some(&mask_lanes[i * n..(i + 1) * n]));
-                    });
+                if n > 0 && !out.is_empty() {
+                    let keep: Vec<Keep> = mask_lanes.chunks_exact(n).map(Keep::of).collect();
+                    if self.axis + 1 == shape.len() {
+                        let data = out.as_slice_mut().expect("standard layout");
+                        softmax_rows(data, n, &keep);
+                    } else {
+                        for_each_lane(&mut out, self.axis, |r, lane| {
+                            softmax_lane(lane, keep[r % keep.len()])
+                        });
+                    }
                 }
             }
         }
