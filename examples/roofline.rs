@@ -1,7 +1,8 @@
 //! How close the engine runs to the machine's gemm: achieved GFLOP/s of a causal LM's
 //! forward pass, gradient and forward-over-reverse pass (gradient plus HVP, the unit of
 //! work of a mixed-mode meta-gradient step), against the crate's own gemm replayed on
-//! exactly the products each pass ran, with the same thread pool, in the same run.
+//! exactly the products each pass ran, with the same thread pool, right after each
+//! timed pass (medians over `--reps` rounds).
 //!
 //! Defaults: the scale workload (f32, width 256, 4 layers, 4 heads, MLP 1024, 256-byte
 //! sequences, batch 8; about 3.4M parameters), on one thread and on all threads.
@@ -33,19 +34,32 @@ fn flag(args: &[String], name: &'static str, default: usize) -> Result<usize> {
     }
 }
 
-/// Median seconds of `reps` calls (after one warm-up call) and the work of one call.
-fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, FlopCount)> {
+/// The work of one call (a warm-up), then `reps` rounds of one timed call followed by
+/// the roof: the crate's gemm replaying exactly that call's products (best of two
+/// replays). Returns the median seconds, the work and the median roof in GFLOP/s.
+/// Measuring each call and its roof back to back keeps the ratio honest on a shared
+/// host whose speed drifts between runs (the roof moved by 2x across earlier runs).
+fn measure<F: Float, T>(
+    reps: usize,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<(f64, FlopCount, f64)> {
     flops::reset();
     let (r, work) = flops::count(&mut f);
     r?;
-    let mut secs = Vec::new();
+    let shapes = flops::gemm_shapes();
+    let (mut secs, mut roof) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
         secs.push(t.elapsed().as_secs_f64());
+        roof.push(flops::gemm_peak::<F>(&shapes, 0.0).gflops());
     }
-    secs.sort_by(|a, b| a.total_cmp(b));
-    Ok((secs[secs.len() / 2], work))
+    Ok((median(secs), work, median(roof)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn run<F: Float>(args: &[String]) -> Result<()> {
@@ -116,16 +130,15 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
                 ),
             ];
             for (name, f) in passes {
-                let (secs, work) = time(reps, &f)?;
-                let peak = flops::gemm_peak::<F>(&flops::gemm_shapes(), 3.0 * secs);
+                let (secs, work, peak) = measure::<F, _>(reps, &f)?;
                 let rate = work.matmul as f64 / secs / 1e9;
                 println!(
                     "{threads:>7} {name:>13} | {:>9.1} {:>10.2} {:>9.1} | {:>10.1} {:>6.0}% | {:>12.1}",
                     secs * 1e3,
                     work.matmul as f64 / 1e9,
                     rate,
-                    peak.gflops(),
-                    100.0 * rate / peak.gflops(),
+                    peak,
+                    100.0 * rate / peak,
                     work.other as f64 / 1e6
                 );
             }
@@ -133,7 +146,7 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
         })?;
     }
     println!(
-        "GFLOP/s counts matmul FLOPs only (2mnk); peak = the crate's gemm replayed on the same products, same threads"
+        "GFLOP/s counts matmul FLOPs only (2mnk); peak = the crate's gemm replayed on the same products, same threads, right after each timed pass (medians of {reps})"
     );
     Ok(())
 }
