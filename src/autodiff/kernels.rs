@@ -64,23 +64,47 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut 
         });
 }
 
-/// `f` of each element of `x`, into a new vector (written once, never zero-filled),
-/// through [`par_rows`].
-pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
-    let mut out = Vec::with_capacity(x.len());
+/// A new vector of `len` elements whose rows of `n` are computed by `f` as in
+/// [`par_rows`]. Each chunk is zeroed by the thread that computes it, just before: in
+/// cache and in parallel, where a zeroed allocation would be one serial `memset`.
+pub(crate) fn par_rows_new<F: Float>(
+    len: usize,
+    n: usize,
+    f: impl Fn(usize, &mut [F]) + Sync,
+) -> Vec<F> {
+    let mut out: Vec<F> = Vec::with_capacity(len);
     par_rows(
-        &mut out.spare_capacity_mut()[..x.len()],
-        1,
+        &mut out.spare_capacity_mut()[..len],
+        n,
         #[inline(always)]
-        |start, chunk| {
-            for (o, &x) in chunk.iter_mut().zip(&x[start..]) {
-                o.write(f(x));
+        |first, rows| {
+            for v in rows.iter_mut() {
+                v.write(F::zero());
             }
+            // SAFETY: every element of `rows` was initialised just above.
+            let rows =
+                unsafe { std::slice::from_raw_parts_mut(rows.as_mut_ptr().cast(), rows.len()) };
+            f(first, rows)
         },
     );
-    // SAFETY: `par_rows` ran the loop above over every element.
-    unsafe { out.set_len(x.len()) };
+    // SAFETY: `par_rows` ran the closure above, which initialises its rows, over all
+    // `len` elements.
+    unsafe { out.set_len(len) };
     out
+}
+
+/// `f` of each element of `x`, into a new vector, through [`par_rows_new`].
+pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
+    par_rows_new(
+        x.len(),
+        1,
+        #[inline(always)]
+        |first, out| {
+            for (o, &x) in out.iter_mut().zip(&x[first..]) {
+                *o = f(x);
+            }
+        },
+    )
 }
 
 /// `sum(f(a_i, b_i))` over two equally long slices, eight accumulators wide.

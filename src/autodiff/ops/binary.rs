@@ -30,7 +30,7 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize>
 /// `f(a, b)` elementwise with numpy broadcasting (a panic naming `op` on a mismatch).
 /// When both are contiguous and one is the other's shape or repeats whole over it (a
 /// scalar, a bias over rows) this is a slice loop over rows of the smaller one
-/// ([`kernels::par_rows`]: it vectorises, and large outputs are split over threads);
+/// ([`kernels::par_rows_new`]: it vectorises, and large outputs are split over threads);
 /// otherwise ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same
 /// arithmetic, element for element, either way.
 fn zip_with<F: Float>(
@@ -52,22 +52,19 @@ fn zip_with<F: Float>(
         };
         if let Some((full, rep, a_is_full)) = parts {
             let m = rep.len();
-            let mut out = Vec::with_capacity(n);
-            kernels::par_rows(
-                &mut out.spare_capacity_mut()[..n],
+            let out = kernels::par_rows_new(
+                n,
                 m,
                 #[inline(always)]
                 |first, rows| {
                     let fulls = full[first * m..].chunks_exact(m);
                     for (o, p) in rows.chunks_exact_mut(m).zip(fulls) {
                         for ((o, &p), &q) in o.iter_mut().zip(p).zip(rep) {
-                            o.write(if a_is_full { f(p, q) } else { f(q, p) });
+                            *o = if a_is_full { f(p, q) } else { f(q, p) };
                         }
                     }
                 },
             );
-            // SAFETY: `par_rows` ran the loop above over all `n` elements.
-            unsafe { out.set_len(n) };
             return Tensor::from_vec(&shape, out).expect("broadcast size");
         }
     }

@@ -3,6 +3,7 @@
 
 use super::super::float::Float;
 use super::super::flops::{self, GemmShape};
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
@@ -117,6 +118,14 @@ impl MatMul {
     }
 }
 
+/// A zeroed `[batch, m, n]` output, zeroed by several threads when it is large (a
+/// serial `memset` of the scale workload's outputs was a visible slice of a 2-thread
+/// forward pass).
+fn zeros<F: Float>(batch: usize, m: usize, n: usize) -> Array3<F> {
+    let data = kernels::par_rows_new(batch * m * n, 1, |_, _| {});
+    Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
+}
+
 fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
     Tensor::from_array(c.into_shape_with_order(IxDyn(shape)).expect("same size"))
 }
@@ -130,7 +139,7 @@ impl<F: Float> Op<F> for MatMul {
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
         let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
-        let mut c = Array3::<F>::zeros((batch, m, n));
+        let mut c = zeros(batch, m, n);
         self.gemm_into(&mut c, xs[0], xs[1], F::zero());
         to_tensor(c, &out)
     }
@@ -143,9 +152,9 @@ impl<F: Float> Op<F> for MatMul {
     ) -> Option<(Tensor<F>, Tensor<F>)> {
         let (a, b) = (xs[0], xs[1]);
         let ((batch, m, _, n), out) = self.dims(a.shape(), b.shape());
-        let mut c = Array3::<F>::zeros((batch, m, n));
+        let mut c = zeros(batch, m, n);
         self.gemm_into(&mut c, a, b, F::zero());
-        let mut t = Array3::<F>::zeros((batch, m, n));
+        let mut t = zeros(batch, m, n);
         let mut beta = F::zero();
         if let Some(da) = dxs[0] {
             self.gemm_into(&mut t, da, b, beta);

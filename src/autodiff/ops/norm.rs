@@ -133,9 +133,8 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let n = lane_len("layer_norm", xs[0]);
         let xa = lanes(xs[0]);
         let x = flat(&xa);
-        let mut out = vec![F::zero(); x.len()];
-        kernels::par_rows(
-            &mut out,
+        let out = kernels::par_rows_new(
+            x.len(),
             n,
             #[inline(always)]
             |first, rows| {

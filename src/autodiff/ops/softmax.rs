@@ -94,15 +94,17 @@ fn normalise<F: Float>(lane: &mut [F]) {
     }
 }
 
-/// Softmax of each `n`-element row of `data`, row `r` keeping `keep[r mod keep.len()]`,
-/// through [`kernels::par_rows`]: attention's scores are most of a transformer's
-/// elementwise work.
-fn softmax_rows<F: Float>(data: &mut [F], n: usize, keep: &[Keep<'_>]) {
-    kernels::par_rows(
-        data,
+/// Softmax of each `n`-element row of `x`, row `r` keeping `keep[r mod keep.len()]`,
+/// into a new vector through [`kernels::par_rows_new`] (each chunk of rows copied in
+/// and normalised in place by one thread): attention's scores are most of a
+/// transformer's elementwise work.
+fn softmax_rows<F: Float>(x: &[F], n: usize, keep: &[Keep<'_>]) -> Vec<F> {
+    kernels::par_rows_new(
+        x.len(),
         n,
         #[inline(always)]
         |first, rows| {
+            rows.copy_from_slice(&x[first * n..first * n + rows.len()]);
             for (r, lane) in rows.chunks_exact_mut(n).enumerate() {
                 softmax_lane(lane, keep[(first + r) % keep.len()]);
             }
@@ -218,22 +220,21 @@ impl<F: Float> Op<F> for Softmax {
                 shape_panic("softmax mask", m.shape(), xs[0].shape());
             }
         }
-        let mut out = xs[0].array().as_standard_layout().into_owned();
-        match &self.mask {
-            None if self.axis + 1 == out.ndim() && !out.is_empty() => {
-                let n = out.shape()[self.axis];
-                let data = out.as_slice_mut().expect("standard layout");
-                softmax_rows(data, n, &[Keep::All]);
-            }
-            None => for_each_lane(&mut out, self.axis, |_, lane| softmax_lane(lane, Keep::All)),
+        let shape = xs[0].shape().to_vec();
+        let n = shape[self.axis];
+        if n == 0 || xs[0].is_empty() {
+            return xs[0].clone();
+        }
+        // The mask's lanes, in the order the output's lanes are visited: a mask
+        // covering the trailing axes repeats over the leading ones (e.g. a `[t, t]`
+        // causal mask under `[batch, heads, t, t]` scores).
+        let mask_lanes: Vec<bool> = match &self.mask {
+            None => Vec::new(),
             Some(mask) => {
-                // The mask's lanes, in the order `for_each_lane` visits the output's: a
-                // mask covering the trailing axes repeats over the leading ones (e.g. a
-                // `[t, t]` causal mask under `[batch, heads, t, t]` scores).
-                let (shape, m) = (out.shape().to_vec(), mask.shape());
+                let m = mask.shape();
                 let trailing =
                     !m.is_empty() && m.len() <= shape.len() && shape[shape.len() - m.len()..] == *m;
-                let mask_lanes: Vec<bool> = if trailing && self.axis + 1 == shape.len() {
+                if trailing && self.axis + 1 == shape.len() {
                     mask.array().iter().copied().collect()
                 } else {
                     // Move `axis` last, keeping the others in order (the lane order).
@@ -243,24 +244,25 @@ impl<F: Float> Op<F> for Softmax {
                         .collect();
                     let mb = mask
                         .array()
-                        .broadcast(out.raw_dim())
+                        .broadcast(IxDyn(&shape))
                         .expect("checked above");
                     mb.permuted_axes(IxDyn(&perm)).iter().copied().collect()
-                };
-                let n = shape[self.axis];
-                if n > 0 && !out.is_empty() {
-                    let keep: Vec<Keep> = mask_lanes.chunks_exact(n).map(Keep::of).collect();
-                    if self.axis + 1 == shape.len() {
-                        let data = out.as_slice_mut().expect("standard layout");
-                        softmax_rows(data, n, &keep);
-                    } else {
-                        for_each_lane(&mut out, self.axis, |r, lane| {
-                            softmax_lane(lane, keep[r % keep.len()])
-                        });
-                    }
                 }
             }
+        };
+        let keep: Vec<Keep> = match self.mask {
+            None => vec![Keep::All],
+            Some(_) => mask_lanes.chunks_exact(n).map(Keep::of).collect(),
+        };
+        let x = xs[0].array().as_standard_layout();
+        if self.axis + 1 == shape.len() {
+            let out = softmax_rows(x.as_slice().expect("standard layout"), n, &keep);
+            return Tensor::from_vec(&shape, out).expect("same size");
         }
+        let mut out = x.into_owned();
+        for_each_lane(&mut out, self.axis, |r, lane| {
+            softmax_lane(lane, keep[r % keep.len()])
+        });
         Tensor::from_array(out)
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
