@@ -1211,3 +1211,39 @@ fn masked_softmax_matches_a_reference_on_any_thread_count() {
         }
     }
 }
+
+/// Permutes big enough to be copied by several threads (runs split between them at
+/// any point of the outer axes) against an element-by-element reference.
+#[test]
+fn large_permutes_match_a_reference_on_any_thread_count() {
+    let shape = [5, 7, 41, 67]; // 96145 elements
+    let x = Tensor::from_vec(&shape, (0..96145).map(|i| i as f64).collect()).unwrap();
+    for perm in [[0, 2, 1, 3], [3, 1, 0, 2], [2, 3, 0, 1], [0, 1, 2, 3]] {
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let strides = [7 * 41 * 67, 41 * 67, 67, 1];
+        let mut want = Vec::with_capacity(96145);
+        for i in 0..out_shape[0] {
+            for j in 0..out_shape[1] {
+                for k in 0..out_shape[2] {
+                    for l in 0..out_shape[3] {
+                        let at: usize = [i, j, k, l]
+                            .iter()
+                            .zip(perm)
+                            .map(|(&ix, p)| ix * strides[p])
+                            .sum();
+                        want.push(at as f64);
+                    }
+                }
+            }
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| x.permute(&perm));
+            assert_eq!(got.shape(), &out_shape[..]);
+            assert_eq!(got.to_vec(), want, "perm {perm:?}, {threads} threads");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! tangent, VJP applies its transpose to the cotangent.
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
@@ -74,13 +75,12 @@ impl<F: Float> Op<F> for Permute {
 /// The elements of a standard-layout array of `shape` with its axes reordered by `perm`,
 /// in standard layout: one run along the output's last axis at a time (a slice copy
 /// when that axis is also the input's last; ndarray's copy of a permuted dynamic-rank
-/// view steps element by element).
-fn permuted<F: Copy>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
+/// view steps element by element), the runs split over threads when there are many
+/// ([`kernels::par_rows_new`]).
+fn permuted<F: Float>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
     let n = shape.len();
-    let mut out = Vec::with_capacity(src.len());
     if n == 0 || src.is_empty() {
-        out.extend_from_slice(src);
-        return out;
+        return src.to_vec();
     }
     let mut stride = vec![1; n];
     for i in (0..n - 1).rev() {
@@ -90,30 +90,34 @@ fn permuted<F: Copy>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
     let ext: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let step: Vec<usize> = perm.iter().map(|&p| stride[p]).collect();
     let (len, inner) = (ext[n - 1], step[n - 1]);
-    let mut idx = vec![0; n - 1];
-    let mut at = 0;
-    loop {
-        if inner == 1 {
-            out.extend_from_slice(&src[at..at + len]);
-        } else {
-            out.extend((0..len).map(|j| src[at + j * inner]));
+    kernels::par_rows_new(src.len(), len, |first, rows| {
+        // The source offset of output run `first`, from its index over the outer axes.
+        let (mut idx, mut at, mut r) = (vec![0; n - 1], 0, first);
+        for ax in (0..n - 1).rev() {
+            idx[ax] = r % ext[ax];
+            r /= ext[ax];
+            at += idx[ax] * step[ax];
         }
-        // Advance the outer axes like an odometer.
-        let mut ax = n - 1;
-        loop {
-            if ax == 0 {
-                return out;
+        for run in rows.chunks_exact_mut(len) {
+            if inner == 1 {
+                run.copy_from_slice(&src[at..at + len]);
+            } else {
+                for (j, o) in run.iter_mut().enumerate() {
+                    *o = src[at + j * inner];
+                }
             }
-            ax -= 1;
-            idx[ax] += 1;
-            at += step[ax];
-            if idx[ax] < ext[ax] {
-                break;
+            // Advance the outer axes like an odometer.
+            for ax in (0..n - 1).rev() {
+                idx[ax] += 1;
+                at += step[ax];
+                if idx[ax] < ext[ax] {
+                    break;
+                }
+                at -= idx[ax] * step[ax];
+                idx[ax] = 0;
             }
-            at -= idx[ax] * step[ax];
-            idx[ax] = 0;
         }
-    }
+    })
 }
 
 /// `x[.., start..end, ..]` along `axis`.
