@@ -413,6 +413,12 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
                 u.peak as f64 / c.peak as f64
             ));
         }
+        if let Some(m) = get("mixed") {
+            notes.push(format!(
+                "mixed stores {} states, replays {} updates",
+                m.stats.stored_states, m.stats.replayed_updates
+            ));
+        }
         if let Some(c) = get("ckpt") {
             notes.push(format!(
                 "ckpt stores {} states, recomputes {} steps",
@@ -464,6 +470,7 @@ fn write_json(path: &str, a: &Args, rows: &[Row]) -> Result<()> {
                     o["rel_error_vs_f64"] = m.rel_error.into();
                     o["stored_states"] = m.stats.stored_states.into();
                     o["recomputed_steps"] = m.stats.recomputed_steps.into();
+                    o["replayed_updates"] = m.stats.replayed_updates.into();
                     o["trajectory_bytes"] = m.stats.trajectory_bytes.into();
                     o["peak_tape_bytes"] = m.stats.peak_tape_bytes.into();
                 }

@@ -1,6 +1,7 @@
-//! Checkpointed mode's real heap peak (counting allocator) follows its snapshots: with a
-//! few of them a window of 16 steps costs little more than one step, while storing every
-//! state costs about one inner state per step more.
+//! The real heap peak (counting allocator) follows the stored states. Checkpointed mode:
+//! with a few snapshots a window of 16 steps costs little more than one step, while
+//! storing every state costs about one inner state per step more. Mixed mode: one
+//! gradient per step and a few states.
 //!
 //! A binary of its own with a single test, so no other test allocates concurrently.
 
@@ -16,7 +17,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 mod common;
 
 #[test]
-fn checkpointed_peak_memory_follows_its_snapshots() {
+fn peak_memory_follows_the_stored_states() {
     let (pool, inner, rater) = common::tiny_text(4);
     let problem = DataRaterProblem {
         inner: &inner,
@@ -60,9 +61,10 @@ fn checkpointed_peak_memory_follows_its_snapshots() {
     let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: 2 });
     let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: 2 });
     let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: 16 });
-    let (_, mixed_peak) = peak(16, Mode::Mixed);
+    let (_, mixed_two) = peak(2, Mode::Mixed);
+    let (mixed, mixed_peak) = peak(16, Mode::Mixed);
     println!(
-        "state {x} B; peaks: T=2 {two_steps}, T=16 with 2 snapshots {few_peak}, with 16 {all_peak}, mixed {mixed_peak}"
+        "state {x} B; peaks: T=2 {two_steps}, T=16 with 2 snapshots {few_peak}, with 16 {all_peak}, mixed T=2 {mixed_two}, T=16 {mixed_peak}"
     );
     assert_eq!((few.stored_states, all.stored_states), (2, 16));
     // Two snapshots: the second stored state and the one being run forward are about
@@ -70,6 +72,15 @@ fn checkpointed_peak_memory_follows_its_snapshots() {
     assert!(
         few_peak < two_steps + 2 * x,
         "2 snapshots: {few_peak} B vs {two_steps} B at T = 2 (state {x} B)"
+    );
+    // Mixed mode keeps every gradient but only 3 states (x_0 among them) at T = 16:
+    // from T = 2 it grows by 14 gradients and at most 3 states (2 snapshots and a
+    // working state), where storing every state would add 14 states more.
+    let g = theta.nbytes();
+    assert_eq!(mixed.stored_states, 3);
+    assert!(
+        mixed_peak > mixed_two + 12 * g && mixed_peak < mixed_two + 14 * g + 3 * x,
+        "mixed: {mixed_peak} B at T = 16 vs {mixed_two} B at T = 2 (gradient {g} B, state {x} B)"
     );
     // Every state stored: 14 states more than with 2 snapshots.
     assert!(

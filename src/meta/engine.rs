@@ -1,9 +1,11 @@
 //! Exact meta-gradients through `T` steps of a real inner optimiser, three ways.
 //!
-//! * [`Mode::Mixed`]: store `(theta_t, s_t, g_t)` in the forward sweep; in the backward
-//!   sweep, one forward-over-reverse pass per step yields both `H_t g_bar` and
+//! * [`Mode::Mixed`]: store every step's gradient `g_t` in the forward sweep; in the
+//!   backward sweep, one forward-over-reverse pass per step yields both `H_t g_bar` and
 //!   `M_t g_bar` (MixFlow-MG). Only one step's activations are ever alive; that pass
-//!   records the model's checkpointed blocks op by op (no block runs twice).
+//!   records the model's checkpointed blocks op by op (no block runs twice). The states
+//!   `(theta_t, s_t)` come from a few stored ones by replaying the optimiser's update on
+//!   the stored gradients: no model pass, and bitwise the forward sweep's states.
 //! * [`Mode::Checkpointed`]: store at most `s` states `(theta_t, s_t)` at once, placed by
 //!   binomial checkpointing (Griewank & Walther's revolve, see `revolve.rs`), and
 //!   recompute the others from them as the backward sweep reaches them: the trajectory
@@ -32,14 +34,23 @@ use std::ops::Range;
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Forward-over-reverse backward sweep over a stored trajectory; each step's pass
-    /// keeps all its activations (no block rematerialisation: faster, one step's
+    /// Forward-over-reverse backward sweep over the stored gradients `g_t`; each step's
+    /// pass keeps all its activations (no block rematerialisation: faster, one step's
     /// activations in memory).
+    ///
+    /// Of the states `(theta_t, s_t)` at most the least `s` with `C(s + 3, 3) >= T` are
+    /// stored at once (placed as in [`Mode::Checkpointed`] with `snapshots: 0`); the
+    /// others are recovered by replaying the optimiser's update on the stored gradients.
+    /// That is fewer than `3 T` elementwise updates in all
+    /// ([`MetaStats::replayed_updates`]), no model pass, and bitwise the states of the
+    /// forward sweep. Per inner step the trajectory grows by one gradient, not by a
+    /// state and a gradient.
     Mixed,
-    /// Mixed mode storing at most `snapshots` inner states at once (the window's start
-    /// included), placed by binomial checkpointing (Griewank & Walther 2000, "Algorithm
-    /// 799: revolve"), and recomputing the rest; its forward-over-reverse passes
-    /// rematerialise checkpointed blocks.
+    /// Mixed mode storing no gradients and at most `snapshots` inner states at once (the
+    /// window's start included), placed by binomial checkpointing (Griewank & Walther
+    /// 2000, "Algorithm 799: revolve"), and recomputing the rest by running inner steps
+    /// (model passes), each backward step's gradient included; its forward-over-reverse
+    /// passes rematerialise checkpointed blocks.
     ///
     /// With `s` snapshots and `r` the least integer with `T <= C(s + r, s)`, it
     /// recomputes `r T - C(s + r, s + 1)` inner steps ([`MetaStats::recomputed_steps`]),
@@ -83,9 +94,12 @@ pub struct MetaStats {
     /// Inner steps run again after their first run (checkpointed mode: to reach a state
     /// that was not stored, or to recompute a step's gradient for its backward step).
     pub recomputed_steps: usize,
+    /// Optimiser updates replayed on a stored gradient to recover a state that was not
+    /// stored (mixed mode): elementwise work over the parameters, no model pass.
+    pub replayed_updates: usize,
     /// Largest number of inner states `(theta_t, s_t)` stored at once, the window's start
-    /// included (mixed: `T`; checkpointed: at most its snapshots; unrolled: 0, its
-    /// states live on its tape).
+    /// included (mixed: at most the least `s` with `C(s + 3, 3) >= T`; checkpointed: at
+    /// most its snapshots; unrolled: 0, its states live on its tape).
     pub stored_states: usize,
 }
 
@@ -104,23 +118,6 @@ pub struct MetaGradient<F: Float> {
     pub state: OptState<Tensor<F>>,
     /// Measurements.
     pub stats: MetaStats,
-}
-
-/// One inner step's stored values (mixed mode).
-struct Step<F: Float> {
-    theta: Params<Tensor<F>>,
-    state: OptState<Tensor<F>>,
-    grad: Params<Tensor<F>>,
-    /// The per-example weights `w(eta)` of a weighted-form problem (see
-    /// [`MetaProblem::example_weights`]), so the backward sweep need not recompute them.
-    weights: Option<Tensor<F>>,
-}
-
-impl<F: Float> Step<F> {
-    fn nbytes(&self) -> usize {
-        let w = self.weights.as_ref().map_or(0, Tensor::nbytes);
-        state_bytes(&self.theta, &self.state) + self.grad.nbytes() + w
-    }
 }
 
 /// The error for a problem whose weighted form is only half given.
@@ -456,83 +453,158 @@ fn outer_start<F: Float, P: MetaProblem<F>>(
     Ok((j.item(), Adjoint::new(theta_bar, state, req.eta)))
 }
 
-/// Mixed mode: store every step's `(theta_t, s_t, g_t, w_t)`, then sweep back.
-fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<MetaGradient<F>> {
-    let MetaRequest {
-        problem,
-        eta,
-        theta: theta0,
-        state: state0,
-        batches,
-        ..
-    } = *req;
-    let n = batches.len();
-    let eta_c = eta.map(|e| Var::constant_of(e.clone()));
-    let mut stats = MetaStats {
-        steps: n,
-        ..MetaStats::default()
-    };
-    let mut inner_losses = Vec::with_capacity(n);
+/// An inner state `(theta_t, s_t)`.
+type State<F> = (Params<Tensor<F>>, OptState<Tensor<F>>);
 
-    let mut stored: Vec<Step<F>> = Vec::with_capacity(n);
-    let (mut theta, mut state) = (theta0.clone(), state0.clone());
-    for (t, batch) in batches.iter().enumerate() {
-        let (loss, g, th, st, w) = inner_step(problem, eta, &eta_c, &theta, &state, batch, t)?;
-        inner_losses.push(loss);
-        stored.push(Step {
-            theta,
-            state,
-            grad: g,
-            weights: w,
-        });
-        stats.trajectory_bytes += stored.last().map_or(0, Step::nbytes);
-        stats.stored_states = stored.len();
-        req.check_budget(stats.trajectory_bytes, t)?;
-        (theta, state) = (th, st);
-    }
-
-    let (outer_loss, mut adjoint) = outer_start(req, &theta, &state)?;
-    let mut alive = stats.trajectory_bytes;
-    for t in (0..n).rev() {
-        let s = stored.pop().expect("one stored step per inner step");
-        let bytes = s.nbytes();
-        adjoint.step_back(
-            req,
-            t,
-            &s.theta,
-            Cow::Owned(s.state),
-            s.grad,
-            s.weights.as_ref(),
-            false,
-            alive,
-            &mut stats,
-        )?;
-        alive -= bytes;
-    }
-    Ok(MetaGradient {
-        grad: adjoint.eta,
-        outer_loss,
-        inner_losses,
-        theta,
-        state,
-        stats,
-    })
-}
-
-/// A stored inner state `(theta_t, s_t)` of checkpointed mode; the window's start is
-/// borrowed from the request.
-struct Snapshot<'a, F: Float> {
-    t: usize,
-    theta: Cow<'a, Params<Tensor<F>>>,
-    state: Cow<'a, OptState<Tensor<F>>>,
-}
+/// What mixed mode keeps of a step: `(g_t, w_t)`.
+type Kept<F> = (Params<Tensor<F>>, Option<Tensor<F>>);
 
 /// The bytes of an inner state `(theta, s)`.
 fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>) -> usize {
     theta.nbytes() + state.slots.iter().map(Params::nbytes).sum::<usize>()
 }
 
-/// What checkpointed mode does next with its stack of snapshots.
+/// Mixed mode: store every step's gradient `g_t` (and weights `w_t`) in the forward
+/// sweep, then sweep back. The states `(theta_t, s_t)` are not stored: the backward
+/// sweep gets them from at most `revolve::auto_snapshots(T)` of them by replaying the
+/// optimiser's update on the stored gradients ([`Replay`]).
+fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<MetaGradient<F>> {
+    let n = req.batches.len();
+    let eta_c = req.eta.map(|e| Var::constant_of(e.clone()));
+    let mut stats = MetaStats {
+        steps: n,
+        ..MetaStats::default()
+    };
+    let mut inner_losses = Vec::with_capacity(n);
+    let mut grads = Vec::with_capacity(n);
+    let (start, mut kept) = (state_bytes(req.theta, req.state), 0);
+    let mut x: Option<State<F>> = None;
+    for (t, batch) in req.batches.iter().enumerate() {
+        let (theta, state) = x.as_ref().map_or((req.theta, req.state), |(a, b)| (a, b));
+        let (loss, g, th, st, w) =
+            inner_step(req.problem, req.eta, &eta_c, theta, state, batch, t)?;
+        inner_losses.push(loss);
+        kept += g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+        grads.push((g, w));
+        let alive = start + kept + state_bytes(&th, &st);
+        stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
+        req.check_budget(alive, t)?;
+        x = Some((th, st));
+    }
+    let (theta, state) = x.expect("at least one inner step");
+    let (outer_loss, adjoint) = outer_start(req, &theta, &state)?;
+    let mut replay = Replay {
+        req,
+        grads,
+        kept,
+        adjoint,
+        stats,
+    };
+    reverse_window(
+        &mut replay,
+        req.theta,
+        req.state,
+        n,
+        revolve::auto_snapshots(n),
+    )?;
+    Ok(MetaGradient {
+        grad: replay.adjoint.eta,
+        outer_loss,
+        inner_losses,
+        theta,
+        state,
+        stats: replay.stats,
+    })
+}
+
+/// How a window of inner steps is reversed from stored states (see [`reverse_window`]).
+trait Reversal<F: Float> {
+    /// `x_{t+1}` from `x_t = (theta, state)`. `stored`: the bytes of the stored states,
+    /// for the budget.
+    fn advance(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
+        stored: usize,
+    ) -> Result<State<F>>;
+    /// Reverses step `t` at `x_t`. `stored`: the bytes of the stored states and of `x_t`.
+    fn reverse(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: Cow<'_, OptState<Tensor<F>>>,
+        stored: usize,
+    ) -> Result<()>;
+    /// Where the most states stored at once is recorded.
+    fn stats(&mut self) -> &mut MetaStats;
+}
+
+/// Mixed mode's backward sweep: a state not stored is the optimiser's update replayed
+/// on the stored gradient, the same call on the same numbers as in the forward sweep,
+/// so bitwise the same state. A replay is elementwise work over the parameters (no
+/// model pass), which makes binomial checkpointing almost free here.
+struct Replay<'r, 'a, F: Float, P: MetaProblem<F>> {
+    req: &'r MetaRequest<'a, F, P>,
+    /// `(g_t, w_t)` of the steps not yet reversed.
+    grads: Vec<Kept<F>>,
+    /// Their bytes.
+    kept: usize,
+    adjoint: Adjoint<F>,
+    stats: MetaStats,
+}
+
+impl<F: Float, P: MetaProblem<F>> Reversal<F> for Replay<'_, '_, F, P> {
+    fn advance(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
+        stored: usize,
+    ) -> Result<State<F>> {
+        let opt = self.req.problem.optimizer();
+        let (th, st) = opt.update(theta, state, &self.grads[t].0);
+        self.stats.replayed_updates += 1;
+        let alive = stored + self.kept + state_bytes(&th, &st);
+        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
+        self.req.check_budget(alive, t)?;
+        Ok((th, st))
+    }
+
+    fn reverse(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: Cow<'_, OptState<Tensor<F>>>,
+        stored: usize,
+    ) -> Result<()> {
+        let (g, w) = self
+            .grads
+            .pop()
+            .expect("the gradient of every step not reversed");
+        debug_assert_eq!(self.grads.len(), t);
+        let alive = stored + self.kept;
+        self.kept -= g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
+        let (req, stats) = (self.req, &mut self.stats);
+        self.adjoint
+            .step_back(req, t, theta, state, g, w.as_ref(), false, alive, stats)
+    }
+
+    fn stats(&mut self) -> &mut MetaStats {
+        &mut self.stats
+    }
+}
+
+/// A stored inner state `x_t = (theta_t, s_t)`; the window's start is borrowed from the
+/// request.
+struct Snapshot<'a, F: Float> {
+    t: usize,
+    theta: Cow<'a, Params<Tensor<F>>>,
+    state: Cow<'a, OptState<Tensor<F>>>,
+}
+
+/// What [`reverse_window`] does next with its stack of snapshots.
 enum Task {
     /// Reverse steps `b - 1` down to `a`, the top snapshot holding `x_a`, using at most
     /// `snapshots` snapshots (that one included).
@@ -545,11 +617,112 @@ enum Task {
     Free,
 }
 
-/// Checkpointed mode's bookkeeping: which steps have run, what was recomputed.
+/// Reverses steps `n - 1, ..., 0` from `x_0 = (theta0, state0)` with at most `snapshots`
+/// states stored at once, the start included, placed by binomial checkpointing.
+///
+/// Reversing steps `[a, b)` from a snapshot of `x_a` with `s` snapshots: with one step or
+/// one snapshot, run from `x_a` to each step `t = b - 1, ..., a` in turn and reverse it;
+/// otherwise run `j = revolve::split` steps, store `x_{a+j}`, reverse `[a + j, b)` with
+/// `s - 1` snapshots, free it, and reverse `[a, a + j)` with `s`. Every step is advanced
+/// in order before any is reversed again, so in checkpointed mode the first descent is
+/// the forward sweep.
+fn reverse_window<F: Float, R: Reversal<F>>(
+    r: &mut R,
+    theta0: &Params<Tensor<F>>,
+    state0: &OptState<Tensor<F>>,
+    n: usize,
+    snapshots: usize,
+) -> Result<()> {
+    let mut stack = vec![Snapshot {
+        t: 0,
+        theta: Cow::Borrowed(theta0),
+        state: Cow::Borrowed(state0),
+    }];
+    let mut stored = state_bytes(theta0, state0);
+    let mut tasks = vec![Task::Reverse {
+        a: 0,
+        b: n,
+        snapshots,
+    }];
+    while let Some(task) = tasks.pop() {
+        let (a, b, s) = match task {
+            Task::Free => {
+                let x = stack.pop().expect("a snapshot to free");
+                stored -= state_bytes(&x.theta, &x.state);
+                continue;
+            }
+            Task::Reverse { a, b, snapshots } => (a, b, snapshots),
+        };
+        let top = stack.last().expect("the snapshot of x_a");
+        debug_assert_eq!(top.t, a);
+        if b - a > 1 && s > 1 {
+            let m = a + revolve::split(b - a, s);
+            let (theta, state) = run_to(r, top, m, stored)?.expect("m > a");
+            stored += state_bytes(&theta, &state);
+            stack.push(Snapshot {
+                t: m,
+                theta: Cow::Owned(theta),
+                state: Cow::Owned(state),
+            });
+            let most = &mut r.stats().stored_states;
+            *most = (*most).max(stack.len());
+            tasks.extend([
+                Task::Reverse {
+                    a,
+                    b: m,
+                    snapshots: s,
+                },
+                Task::Free,
+                Task::Reverse {
+                    a: m,
+                    b,
+                    snapshots: s - 1,
+                },
+            ]);
+            continue;
+        }
+        let most = &mut r.stats().stored_states;
+        *most = (*most).max(stack.len());
+        for t in (a..b).rev() {
+            // x_t: the snapshot, or a working state run forward from it.
+            match run_to(r, top, t, stored)? {
+                Some((theta, state)) => {
+                    let working = state_bytes(&theta, &state);
+                    r.reverse(t, &theta, Cow::Owned(state), stored + working)?;
+                }
+                None => r.reverse(t, &top.theta, Cow::Borrowed(&*top.state), stored)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
+fn run_to<F: Float, R: Reversal<F>>(
+    r: &mut R,
+    x: &Snapshot<'_, F>,
+    t: usize,
+    stored: usize,
+) -> Result<Option<State<F>>> {
+    let mut cur: Option<State<F>> = None;
+    for i in x.t..t {
+        let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
+        cur = Some(r.advance(i, theta, state, stored)?);
+    }
+    Ok(cur)
+}
+
+/// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
+type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
+
+/// Checkpointed mode's reversal: a state not stored is recomputed by running inner
+/// steps (model passes), and the step being reversed runs once more for its gradient.
 struct Sweep<'r, 'a, F: Float, P: MetaProblem<F>> {
     req: &'r MetaRequest<'a, F, P>,
     eta_c: Params<Var<Tensor<F>>>,
     inner_losses: Vec<F>,
+    /// Set by the first step reversed, the last one.
+    end: Option<WindowEnd<F>>,
     stats: MetaStats,
 }
 
@@ -579,39 +752,61 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
         }
         Ok(out)
     }
+}
 
-    /// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
-    /// `stored`: the snapshots' bytes, for the budget.
-    #[allow(clippy::type_complexity)]
+impl<F: Float, P: MetaProblem<F>> Reversal<F> for Sweep<'_, '_, F, P> {
     fn advance(
         &mut self,
-        x: &Snapshot<'_, F>,
         t: usize,
+        theta: &Params<Tensor<F>>,
+        state: &OptState<Tensor<F>>,
         stored: usize,
-    ) -> Result<Option<(Params<Tensor<F>>, OptState<Tensor<F>>)>> {
-        let mut cur: Option<(Params<Tensor<F>>, OptState<Tensor<F>>)> = None;
-        for i in x.t..t {
-            let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
-            let (_, _, th, st, _) = self.step(i, theta, state)?;
-            let alive = stored + state_bytes(&th, &st);
-            self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
-            self.req.check_budget(alive, i)?;
-            cur = Some((th, st));
+    ) -> Result<State<F>> {
+        let (_, _, th, st, _) = self.step(t, theta, state)?;
+        let alive = stored + state_bytes(&th, &st);
+        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
+        self.req.check_budget(alive, t)?;
+        Ok((th, st))
+    }
+
+    fn reverse(
+        &mut self,
+        t: usize,
+        theta: &Params<Tensor<F>>,
+        state: Cow<'_, OptState<Tensor<F>>>,
+        stored: usize,
+    ) -> Result<()> {
+        let req = self.req;
+        let (_, g, th, st, w) = self.step(t, theta, &state)?;
+        let alive = stored + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
+        req.check_budget(alive, t)?;
+        // x_{t+1} is only needed at the end of the window, for J and the result.
+        if t + 1 == req.batches.len() {
+            let (j, adjoint) = outer_start(req, &th, &st)?;
+            self.end = Some((j, adjoint, th, st));
         }
-        Ok(cur)
+        let (_, adjoint, _, _) = self.end.as_mut().expect("the last step is reversed first");
+        adjoint.step_back(
+            req,
+            t,
+            theta,
+            state,
+            g,
+            w.as_ref(),
+            true,
+            alive,
+            &mut self.stats,
+        )
+    }
+
+    fn stats(&mut self) -> &mut MetaStats {
+        &mut self.stats
     }
 }
 
-/// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
-type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
-
-/// Checkpointed mode: binomial checkpointing with at most `snapshots` stored states.
-///
-/// Reversing steps `[a, b)` from a snapshot of `x_a` with `s` snapshots: with one step or
-/// one snapshot, run from `x_a` to each step `t = b - 1, ..., a` in turn and step back
-/// over it; otherwise run `j = revolve::split` steps, store `x_{a+j}`, reverse
-/// `[a + j, b)` with `s - 1` snapshots, free it, and reverse `[a, a + j)` with `s`. The
-/// first run of every step comes in order, so the first descent is the forward sweep.
+/// Checkpointed mode: binomial checkpointing of inner states with at most `snapshots`
+/// stored at once ([`reverse_window`] with [`Sweep`]).
 fn checkpointed<F: Float, P: MetaProblem<F>>(
     req: &MetaRequest<'_, F, P>,
     snapshots: usize,
@@ -621,97 +816,14 @@ fn checkpointed<F: Float, P: MetaProblem<F>>(
         req,
         eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
         inner_losses: Vec::with_capacity(n),
+        end: None,
         stats: MetaStats {
             steps: n,
             ..MetaStats::default()
         },
     };
-    let mut stack = vec![Snapshot {
-        t: 0,
-        theta: Cow::Borrowed(req.theta),
-        state: Cow::Borrowed(req.state),
-    }];
-    let mut stored = state_bytes(req.theta, req.state);
-    let mut tasks = vec![Task::Reverse {
-        a: 0,
-        b: n,
-        snapshots,
-    }];
-    // Set by the first step reversed, the last one.
-    let mut end: Option<WindowEnd<F>> = None;
-    while let Some(task) = tasks.pop() {
-        let (a, b, s) = match task {
-            Task::Free => {
-                let x = stack.pop().expect("a snapshot to free");
-                stored -= state_bytes(&x.theta, &x.state);
-                continue;
-            }
-            Task::Reverse { a, b, snapshots } => (a, b, snapshots),
-        };
-        let top = stack.last().expect("the snapshot of x_a");
-        debug_assert_eq!(top.t, a);
-        if b - a > 1 && s > 1 {
-            let m = a + revolve::split(b - a, s);
-            let (theta, state) = sweep.advance(top, m, stored)?.expect("m > a");
-            stored += state_bytes(&theta, &state);
-            stack.push(Snapshot {
-                t: m,
-                theta: Cow::Owned(theta),
-                state: Cow::Owned(state),
-            });
-            sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
-            tasks.extend([
-                Task::Reverse {
-                    a,
-                    b: m,
-                    snapshots: s,
-                },
-                Task::Free,
-                Task::Reverse {
-                    a: m,
-                    b,
-                    snapshots: s - 1,
-                },
-            ]);
-            continue;
-        }
-        sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
-        for t in (a..b).rev() {
-            // x_t: the snapshot, or a working state run forward from it.
-            let (theta, state) = match sweep.advance(top, t, stored)? {
-                Some((theta, state)) => (Cow::Owned(theta), Cow::Owned(state)),
-                None => (Cow::Borrowed(&*top.theta), Cow::Borrowed(&*top.state)),
-            };
-            let working = match &theta {
-                Cow::Owned(th) => state_bytes(th, &state),
-                Cow::Borrowed(_) => 0,
-            };
-            let (_, g, th, st, w) = sweep.step(t, &theta, &state)?;
-            let alive = stored + working + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
-            sweep.stats.trajectory_bytes = sweep.stats.trajectory_bytes.max(alive);
-            req.check_budget(alive, t)?;
-            // x_{t+1} is only needed at the end of the window, for J and the result.
-            if t + 1 == n {
-                let (j, adjoint) = outer_start(req, &th, &st)?;
-                end = Some((j, adjoint, th, st));
-            } else {
-                drop((th, st));
-            }
-            let (_, adjoint, _, _) = end.as_mut().expect("the last step is reversed first");
-            adjoint.step_back(
-                req,
-                t,
-                &theta,
-                state,
-                g,
-                w.as_ref(),
-                true,
-                alive,
-                &mut sweep.stats,
-            )?;
-        }
-    }
-    let (outer_loss, adjoint, theta, state) = end.expect("every step was reversed");
+    reverse_window(&mut sweep, req.theta, req.state, n, snapshots)?;
+    let (outer_loss, adjoint, theta, state) = sweep.end.expect("every step was reversed");
     Ok(MetaGradient {
         grad: adjoint.eta,
         outer_loss,
@@ -907,6 +1019,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
             peak_tape_bytes: peak,
             trajectory_bytes: 0,
             recomputed_steps: 0,
+            replayed_updates: 0,
             stored_states: 0,
         },
     })
