@@ -39,12 +39,12 @@ pub enum Mode {
     /// activations in memory).
     ///
     /// Of the states `(theta_t, s_t)` at most the least `s` with `C(s + 3, 3) >= T` are
-    /// stored at once (placed as in [`Mode::Checkpointed`] with `snapshots: 0`); the
-    /// others are recovered by replaying the optimiser's update on the stored gradients.
-    /// That is fewer than `3 T` elementwise updates in all
-    /// ([`MetaStats::replayed_updates`]), no model pass, and bitwise the states of the
-    /// forward sweep. Per inner step the trajectory grows by one gradient, not by a
-    /// state and a gradient.
+    /// stored at once (placed as in [`Mode::Checkpointed`] with `snapshots: 0`, the
+    /// forward sweep storing the first ones as it passes them); the others are
+    /// recovered by replaying the optimiser's update on the stored gradients. That is
+    /// fewer than `2 T` elementwise updates in all ([`MetaStats::replayed_updates`]), no
+    /// model pass, and bitwise the states of the forward sweep. Per inner step the
+    /// trajectory grows by one gradient, not by a state and a gradient.
     Mixed,
     /// Mixed mode storing no gradients and at most `snapshots` inner states at once (the
     /// window's start included), placed by binomial checkpointing (Griewank & Walther
@@ -271,9 +271,11 @@ impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
         let n = self.batches.len();
         match self.mode {
             Mode::Unrolled => unrolled(self),
-            Mode::Mixed => mixed(self),
-            Mode::Checkpointed { snapshots: 0 } => checkpointed(self, revolve::auto_snapshots(n)),
-            Mode::Checkpointed { snapshots } => checkpointed(self, snapshots.min(n)),
+            Mode::Mixed => binomial(self, revolve::auto_snapshots(n), true),
+            Mode::Checkpointed { snapshots: 0 } => {
+                binomial(self, revolve::auto_snapshots(n), false)
+            }
+            Mode::Checkpointed { snapshots } => binomial(self, snapshots.min(n), false),
         }
     }
 
@@ -464,181 +466,46 @@ fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>)
     theta.nbytes() + state.slots.iter().map(Params::nbytes).sum::<usize>()
 }
 
-/// Mixed mode: store every step's gradient `g_t` (and weights `w_t`) in the forward
-/// sweep, then sweep back. The states `(theta_t, s_t)` are not stored: the backward
-/// sweep gets them from at most `revolve::auto_snapshots(T)` of them by replaying the
-/// optimiser's update on the stored gradients ([`Replay`]).
-fn mixed<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<MetaGradient<F>> {
-    let n = req.batches.len();
-    let eta_c = req.eta.map(|e| Var::constant_of(e.clone()));
-    let mut stats = MetaStats {
-        steps: n,
-        ..MetaStats::default()
-    };
-    let mut inner_losses = Vec::with_capacity(n);
-    let mut grads = Vec::with_capacity(n);
-    let (start, mut kept) = (state_bytes(req.theta, req.state), 0);
-    let mut x: Option<State<F>> = None;
-    for (t, batch) in req.batches.iter().enumerate() {
-        let (theta, state) = x.as_ref().map_or((req.theta, req.state), |(a, b)| (a, b));
-        let (loss, g, th, st, w) =
-            inner_step(req.problem, req.eta, &eta_c, theta, state, batch, t)?;
-        inner_losses.push(loss);
-        kept += g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
-        grads.push((g, w));
-        let alive = start + kept + state_bytes(&th, &st);
-        stats.trajectory_bytes = stats.trajectory_bytes.max(alive);
-        req.check_budget(alive, t)?;
-        x = Some((th, st));
-    }
-    let (theta, state) = x.expect("at least one inner step");
-    let (outer_loss, adjoint) = outer_start(req, &theta, &state)?;
-    let mut replay = Replay {
-        req,
-        grads,
-        kept,
-        adjoint,
-        stats,
-    };
-    reverse_window(
-        &mut replay,
-        req.theta,
-        req.state,
-        n,
-        revolve::auto_snapshots(n),
-    )?;
-    Ok(MetaGradient {
-        grad: replay.adjoint.eta,
-        outer_loss,
-        inner_losses,
-        theta,
-        state,
-        stats: replay.stats,
-    })
-}
-
-/// How a window of inner steps is reversed from stored states (see [`reverse_window`]).
-trait Reversal<F: Float> {
-    /// `x_{t+1}` from `x_t = (theta, state)`. `stored`: the bytes of the stored states,
-    /// for the budget.
-    fn advance(
-        &mut self,
-        t: usize,
-        theta: &Params<Tensor<F>>,
-        state: &OptState<Tensor<F>>,
-        stored: usize,
-    ) -> Result<State<F>>;
-    /// Reverses step `t` at `x_t`. `stored`: the bytes of the stored states and of `x_t`.
-    fn reverse(
-        &mut self,
-        t: usize,
-        theta: &Params<Tensor<F>>,
-        state: Cow<'_, OptState<Tensor<F>>>,
-        stored: usize,
-    ) -> Result<()>;
-    /// Where the most states stored at once is recorded.
-    fn stats(&mut self) -> &mut MetaStats;
-}
-
-/// Mixed mode's backward sweep: a state not stored is the optimiser's update replayed
-/// on the stored gradient, the same call on the same numbers as in the forward sweep,
-/// so bitwise the same state. A replay is elementwise work over the parameters (no
-/// model pass), which makes binomial checkpointing almost free here.
-struct Replay<'r, 'a, F: Float, P: MetaProblem<F>> {
-    req: &'r MetaRequest<'a, F, P>,
-    /// `(g_t, w_t)` of the steps not yet reversed.
-    grads: Vec<Kept<F>>,
-    /// Their bytes.
-    kept: usize,
-    adjoint: Adjoint<F>,
-    stats: MetaStats,
-}
-
-impl<F: Float, P: MetaProblem<F>> Reversal<F> for Replay<'_, '_, F, P> {
-    fn advance(
-        &mut self,
-        t: usize,
-        theta: &Params<Tensor<F>>,
-        state: &OptState<Tensor<F>>,
-        stored: usize,
-    ) -> Result<State<F>> {
-        let opt = self.req.problem.optimizer();
-        let (th, st) = opt.update(theta, state, &self.grads[t].0);
-        self.stats.replayed_updates += 1;
-        let alive = stored + self.kept + state_bytes(&th, &st);
-        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
-        self.req.check_budget(alive, t)?;
-        Ok((th, st))
-    }
-
-    fn reverse(
-        &mut self,
-        t: usize,
-        theta: &Params<Tensor<F>>,
-        state: Cow<'_, OptState<Tensor<F>>>,
-        stored: usize,
-    ) -> Result<()> {
-        let (g, w) = self
-            .grads
-            .pop()
-            .expect("the gradient of every step not reversed");
-        debug_assert_eq!(self.grads.len(), t);
-        let alive = stored + self.kept;
-        self.kept -= g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
-        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
-        let (req, stats) = (self.req, &mut self.stats);
-        self.adjoint
-            .step_back(req, t, theta, state, g, w.as_ref(), false, alive, stats)
-    }
-
-    fn stats(&mut self) -> &mut MetaStats {
-        &mut self.stats
-    }
-}
-
-/// A stored inner state `x_t = (theta_t, s_t)`; the window's start is borrowed from the
-/// request.
-struct Snapshot<'a, F: Float> {
-    t: usize,
-    theta: Cow<'a, Params<Tensor<F>>>,
-    state: Cow<'a, OptState<Tensor<F>>>,
-}
-
-/// What [`reverse_window`] does next with its stack of snapshots.
-enum Task {
-    /// Reverse steps `b - 1` down to `a`, the top snapshot holding `x_a`, using at most
-    /// `snapshots` snapshots (that one included).
-    Reverse {
-        a: usize,
-        b: usize,
-        snapshots: usize,
-    },
-    /// Free the top snapshot.
-    Free,
-}
-
-/// Reverses steps `n - 1, ..., 0` from `x_0 = (theta0, state0)` with at most `snapshots`
-/// states stored at once, the start included, placed by binomial checkpointing.
+/// Mixed (`keep_grads`) and checkpointed mode: reverses the window with at most
+/// `snapshots` inner states stored at once, placed by binomial checkpointing.
 ///
 /// Reversing steps `[a, b)` from a snapshot of `x_a` with `s` snapshots: with one step or
 /// one snapshot, run from `x_a` to each step `t = b - 1, ..., a` in turn and reverse it;
 /// otherwise run `j = revolve::split` steps, store `x_{a+j}`, reverse `[a + j, b)` with
-/// `s - 1` snapshots, free it, and reverse `[a, a + j)` with `s`. Every step is advanced
-/// in order before any is reversed again, so in checkpointed mode the first descent is
-/// the forward sweep.
-fn reverse_window<F: Float, R: Reversal<F>>(
-    r: &mut R,
-    theta0: &Params<Tensor<F>>,
-    state0: &OptState<Tensor<F>>,
-    n: usize,
+/// `s - 1` snapshots, free it, and reverse `[a, a + j)` with `s`. The first run of every
+/// step comes in order, so the first descent is the forward sweep.
+///
+/// The two modes differ in what running a step again costs. Checkpointed mode keeps no
+/// gradient: it runs the inner step again (a model pass), also for the gradient of the
+/// step it reverses, and rematerialises blocks in its forward-over-reverse passes. Mixed
+/// mode keeps every `(g_t, w_t)` from the step's first run: a state it did not store is
+/// the optimiser's update replayed on the kept gradient, the same call on the same
+/// numbers as the first run (so bitwise the same state), elementwise work with no model
+/// pass; its forward-over-reverse passes record blocks op by op.
+fn binomial<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
     snapshots: usize,
-) -> Result<()> {
+    keep_grads: bool,
+) -> Result<MetaGradient<F>> {
+    let n = req.batches.len();
+    let mut sweep = Sweep {
+        req,
+        eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
+        inner_losses: Vec::with_capacity(n),
+        grads: keep_grads.then(|| Vec::with_capacity(n)),
+        kept: 0,
+        end: None,
+        stats: MetaStats {
+            steps: n,
+            ..MetaStats::default()
+        },
+    };
     let mut stack = vec![Snapshot {
         t: 0,
-        theta: Cow::Borrowed(theta0),
-        state: Cow::Borrowed(state0),
+        theta: Cow::Borrowed(req.theta),
+        state: Cow::Borrowed(req.state),
     }];
-    let mut stored = state_bytes(theta0, state0);
+    let mut stored = state_bytes(req.theta, req.state);
     let mut tasks = vec![Task::Reverse {
         a: 0,
         b: n,
@@ -657,15 +524,14 @@ fn reverse_window<F: Float, R: Reversal<F>>(
         debug_assert_eq!(top.t, a);
         if b - a > 1 && s > 1 {
             let m = a + revolve::split(b - a, s);
-            let (theta, state) = run_to(r, top, m, stored)?.expect("m > a");
+            let (theta, state) = sweep.run_to(top, m, stored)?.expect("m > a");
             stored += state_bytes(&theta, &state);
             stack.push(Snapshot {
                 t: m,
                 theta: Cow::Owned(theta),
                 state: Cow::Owned(state),
             });
-            let most = &mut r.stats().stored_states;
-            *most = (*most).max(stack.len());
+            sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
             tasks.extend([
                 Task::Reverse {
                     a,
@@ -681,46 +547,63 @@ fn reverse_window<F: Float, R: Reversal<F>>(
             ]);
             continue;
         }
-        let most = &mut r.stats().stored_states;
-        *most = (*most).max(stack.len());
+        sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
         for t in (a..b).rev() {
             // x_t: the snapshot, or a working state run forward from it.
-            match run_to(r, top, t, stored)? {
+            match sweep.run_to(top, t, stored)? {
                 Some((theta, state)) => {
                     let working = state_bytes(&theta, &state);
-                    r.reverse(t, &theta, Cow::Owned(state), stored + working)?;
+                    sweep.reverse(t, &theta, Cow::Owned(state), stored + working)?;
                 }
-                None => r.reverse(t, &top.theta, Cow::Borrowed(&*top.state), stored)?,
+                None => sweep.reverse(t, &top.theta, Cow::Borrowed(&*top.state), stored)?,
             }
         }
     }
-    Ok(())
+    let (outer_loss, adjoint, theta, state) = sweep.end.expect("every step was reversed");
+    Ok(MetaGradient {
+        grad: adjoint.eta,
+        outer_loss,
+        inner_losses: sweep.inner_losses,
+        theta,
+        state,
+        stats: sweep.stats,
+    })
 }
 
-/// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
-fn run_to<F: Float, R: Reversal<F>>(
-    r: &mut R,
-    x: &Snapshot<'_, F>,
+/// A stored inner state `x_t = (theta_t, s_t)`; the window's start is borrowed from the
+/// request.
+struct Snapshot<'a, F: Float> {
     t: usize,
-    stored: usize,
-) -> Result<Option<State<F>>> {
-    let mut cur: Option<State<F>> = None;
-    for i in x.t..t {
-        let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
-        cur = Some(r.advance(i, theta, state, stored)?);
-    }
-    Ok(cur)
+    theta: Cow<'a, Params<Tensor<F>>>,
+    state: Cow<'a, OptState<Tensor<F>>>,
+}
+
+/// What [`binomial`] does next with its stack of snapshots.
+enum Task {
+    /// Reverse steps `b - 1` down to `a`, the top snapshot holding `x_a`, using at most
+    /// `snapshots` snapshots (that one included).
+    Reverse {
+        a: usize,
+        b: usize,
+        snapshots: usize,
+    },
+    /// Free the top snapshot.
+    Free,
 }
 
 /// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
 type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
 
-/// Checkpointed mode's reversal: a state not stored is recomputed by running inner
-/// steps (model passes), and the step being reversed runs once more for its gradient.
+/// [`binomial`]'s bookkeeping: which steps have run, what was kept and recomputed.
 struct Sweep<'r, 'a, F: Float, P: MetaProblem<F>> {
     req: &'r MetaRequest<'a, F, P>,
     eta_c: Params<Var<Tensor<F>>>,
     inner_losses: Vec<F>,
+    /// Mixed mode: `(g_t, w_t)` of every step that has run and is not reversed yet
+    /// (index `t`). Checkpointed mode: `None`.
+    grads: Option<Vec<Kept<F>>>,
+    /// Their bytes.
+    kept: usize,
     /// Set by the first step reversed, the last one.
     end: Option<WindowEnd<F>>,
     stats: MetaStats,
@@ -752,9 +635,10 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
         }
         Ok(out)
     }
-}
 
-impl<F: Float, P: MetaProblem<F>> Reversal<F> for Sweep<'_, '_, F, P> {
+    /// `x_{t+1}` from `x_t = (theta, state)`: the kept gradient's update replayed, or
+    /// the inner step run (its gradient kept in mixed mode). `stored`: the bytes of the
+    /// stored states, for the budget.
     fn advance(
         &mut self,
         t: usize,
@@ -762,13 +646,39 @@ impl<F: Float, P: MetaProblem<F>> Reversal<F> for Sweep<'_, '_, F, P> {
         state: &OptState<Tensor<F>>,
         stored: usize,
     ) -> Result<State<F>> {
-        let (_, _, th, st, _) = self.step(t, theta, state)?;
-        let alive = stored + state_bytes(&th, &st);
+        let (th, st) = match &self.grads {
+            Some(grads) if t < grads.len() => {
+                self.stats.replayed_updates += 1;
+                let opt = self.req.problem.optimizer();
+                opt.update(theta, state, &grads[t].0)
+            }
+            _ => {
+                let (_, g, th, st, w) = self.step(t, theta, state)?;
+                if let Some(grads) = &mut self.grads {
+                    debug_assert_eq!(grads.len(), t, "first runs come in order");
+                    self.kept += g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+                    grads.push((g, w));
+                }
+                (th, st)
+            }
+        };
+        let alive = stored + self.kept + state_bytes(&th, &st);
         self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
         self.req.check_budget(alive, t)?;
         Ok((th, st))
     }
 
+    /// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
+    fn run_to(&mut self, x: &Snapshot<'_, F>, t: usize, stored: usize) -> Result<Option<State<F>>> {
+        let mut cur: Option<State<F>> = None;
+        for i in x.t..t {
+            let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
+            cur = Some(self.advance(i, theta, state, stored)?);
+        }
+        Ok(cur)
+    }
+
+    /// Reverses step `t` at `x_t`. `stored`: the bytes of the stored states and of `x_t`.
     fn reverse(
         &mut self,
         t: usize,
@@ -777,15 +687,27 @@ impl<F: Float, P: MetaProblem<F>> Reversal<F> for Sweep<'_, '_, F, P> {
         stored: usize,
     ) -> Result<()> {
         let req = self.req;
-        let (_, g, th, st, w) = self.step(t, theta, &state)?;
-        let alive = stored + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+        let (g, w) = match &mut self.grads {
+            Some(grads) if t < grads.len() => {
+                let (g, w) = grads.pop().expect("t < len");
+                debug_assert_eq!(grads.len(), t, "steps are reversed last first");
+                self.kept -= g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+                (g, w)
+            }
+            _ => {
+                let (_, g, th, st, w) = self.step(t, theta, &state)?;
+                // x_{t+1} is only needed at the end of the window, for J and the result.
+                if t + 1 == req.batches.len() {
+                    let (j, adjoint) = outer_start(req, &th, &st)?;
+                    self.end = Some((j, adjoint, th, st));
+                }
+                (g, w)
+            }
+        };
+        let alive = stored + self.kept + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
         self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
         req.check_budget(alive, t)?;
-        // x_{t+1} is only needed at the end of the window, for J and the result.
-        if t + 1 == req.batches.len() {
-            let (j, adjoint) = outer_start(req, &th, &st)?;
-            self.end = Some((j, adjoint, th, st));
-        }
+        let remat = self.grads.is_none();
         let (_, adjoint, _, _) = self.end.as_mut().expect("the last step is reversed first");
         adjoint.step_back(
             req,
@@ -794,44 +716,11 @@ impl<F: Float, P: MetaProblem<F>> Reversal<F> for Sweep<'_, '_, F, P> {
             state,
             g,
             w.as_ref(),
-            true,
+            remat,
             alive,
             &mut self.stats,
         )
     }
-
-    fn stats(&mut self) -> &mut MetaStats {
-        &mut self.stats
-    }
-}
-
-/// Checkpointed mode: binomial checkpointing of inner states with at most `snapshots`
-/// stored at once ([`reverse_window`] with [`Sweep`]).
-fn checkpointed<F: Float, P: MetaProblem<F>>(
-    req: &MetaRequest<'_, F, P>,
-    snapshots: usize,
-) -> Result<MetaGradient<F>> {
-    let n = req.batches.len();
-    let mut sweep = Sweep {
-        req,
-        eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
-        inner_losses: Vec::with_capacity(n),
-        end: None,
-        stats: MetaStats {
-            steps: n,
-            ..MetaStats::default()
-        },
-    };
-    reverse_window(&mut sweep, req.theta, req.state, n, snapshots)?;
-    let (outer_loss, adjoint, theta, state) = sweep.end.expect("every step was reversed");
-    Ok(MetaGradient {
-        grad: adjoint.eta,
-        outer_loss,
-        inner_losses: sweep.inner_losses,
-        theta,
-        state,
-        stats: sweep.stats,
-    })
 }
 
 /// `(H_t g, M_t g, tape bytes)` at one stored step: the tangent along `g` (a direction
