@@ -461,6 +461,11 @@ type State<F> = (Params<Tensor<F>>, OptState<Tensor<F>>);
 /// What mixed mode keeps of a step: `(g_t, w_t)`.
 type Kept<F> = (Params<Tensor<F>>, Option<Tensor<F>>);
 
+/// The bytes of a kept `(g_t, w_t)`.
+fn kept_bytes<F: Float>((g, w): &Kept<F>) -> usize {
+    g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes)
+}
+
 /// The bytes of an inner state `(theta, s)`.
 fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>) -> usize {
     theta.nbytes() + state.slots.iter().map(Params::nbytes).sum::<usize>()
@@ -656,8 +661,9 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
                 let (_, g, th, st, w) = self.step(t, theta, state)?;
                 if let Some(grads) = &mut self.grads {
                     debug_assert_eq!(grads.len(), t, "first runs come in order");
-                    self.kept += g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
-                    grads.push((g, w));
+                    let k = (g, w);
+                    self.kept += kept_bytes(&k);
+                    grads.push(k);
                 }
                 (th, st)
             }
@@ -687,12 +693,12 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
         stored: usize,
     ) -> Result<()> {
         let req = self.req;
-        let (g, w) = match &mut self.grads {
+        let k = match &mut self.grads {
             Some(grads) if t < grads.len() => {
-                let (g, w) = grads.pop().expect("t < len");
+                let k = grads.pop().expect("t < len");
                 debug_assert_eq!(grads.len(), t, "steps are reversed last first");
-                self.kept -= g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
-                (g, w)
+                self.kept -= kept_bytes(&k);
+                k
             }
             _ => {
                 let (_, g, th, st, w) = self.step(t, theta, &state)?;
@@ -704,9 +710,10 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
                 (g, w)
             }
         };
-        let alive = stored + self.kept + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes);
+        let alive = stored + self.kept + kept_bytes(&k);
         self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
         req.check_budget(alive, t)?;
+        let (g, w) = k;
         let remat = self.grads.is_none();
         let (_, adjoint, _, _) = self.end.as_mut().expect("the last step is reversed first");
         adjoint.step_back(
