@@ -144,6 +144,7 @@ fn main() -> Result<()> {
         reset_every: 20,
         mode: Mode::Mixed,
         seed: 1,
+        ..TrainerConfig::default()
     };
     let setup = Setup {
         inner: &inner,

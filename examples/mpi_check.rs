@@ -157,6 +157,7 @@ fn trainer<'a>(p: &'a Parts<'a>, population: usize) -> T<'a> {
         reset_every: 2,
         mode: Mode::Mixed,
         seed: 5,
+        ..TrainerConfig::default()
     };
     let setup = Setup {
         inner: &p.inner,

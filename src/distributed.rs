@@ -277,7 +277,7 @@ where
     let members = members_of(comm, population);
     Ok(RankState {
         local: TrainerState {
-            members: trainer.init_members(&eta, members.clone()),
+            members: trainer.init_members(&eta, members.clone())?,
             eta,
             step: 0,
         },

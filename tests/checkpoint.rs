@@ -192,6 +192,7 @@ fn text_trainer_resumes_bitwise() {
             reset_every: 3,
             mode: Mode::Mixed,
             seed: 5,
+            ..TrainerConfig::default()
         },
     )
     .unwrap();
@@ -323,6 +324,7 @@ fn user_problem_resumes_bitwise() {
             reset_every: 4,
             mode: Mode::Mixed,
             seed: 11,
+            ..TrainerConfig::default()
         },
     )
     .unwrap();

@@ -72,6 +72,8 @@ fn config(seed: u64) -> TrainerConfig {
         reset_every: 3,
         mode: Mode::Mixed,
         seed,
+    ..TrainerConfig::default()
+        ..TrainerConfig::default()
     }
 }
 
@@ -575,6 +577,7 @@ fn meta_training_learns_to_down_weight_corrupted_examples() {
         reset_every: 10,
         mode: Mode::Mixed,
         seed: 1,
+        ..TrainerConfig::default()
     };
     let trainer = Trainer::new(setup, config).unwrap();
     let mut state = trainer.init(None).unwrap();

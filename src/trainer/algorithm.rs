@@ -10,6 +10,7 @@ use crate::meta::{
 };
 use crate::optim::{OptState, Optimizer};
 use crate::rng::Rng;
+use crate::trainer::text::train_step;
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::time::Instant;
@@ -25,11 +26,25 @@ pub struct TrainerConfig {
     pub population: usize,
     /// Each inner model is re-initialised every `reset_every` outer steps, staggered
     /// across the population so it covers different stages of training (`0` = never).
+    /// Ignored when [`target_steps`](Self::target_steps) is set.
     pub reset_every: usize,
     /// Meta-gradient engine.
     pub mode: Mode,
     /// Seed for every random choice (initialisations, batches).
     pub seed: u64,
+    /// The training length, in inner steps, of the model the rater is for. What data
+    /// is worth depends on the learner's age (an example that speeds up a young model
+    /// can bias a trained one), so with `Some(n)` the meta-gradients are taken at ages
+    /// spread over `0..n`: member `i` is warm-started by `i * n / population` plain
+    /// (unweighted) training steps before meta-training begins, and each member is
+    /// re-initialised when its age reaches `n` (this replaces `reset_every`). `None`
+    /// keeps the `reset_every` schedule with fresh members.
+    pub target_steps: Option<usize>,
+    /// Plain (unweighted, not differentiated) inner steps each member takes before its
+    /// `T` differentiated steps in every outer step: they age the population
+    /// `plain_steps + T` steps per outer step at the cost of a gradient each, so a long
+    /// [`target_steps`](Self::target_steps) is covered in fewer outer steps.
+    pub plain_steps: usize,
 }
 
 impl Default for TrainerConfig {
@@ -41,6 +56,8 @@ impl Default for TrainerConfig {
             reset_every: 50,
             mode: Mode::Mixed,
             seed: 0,
+            target_steps: None,
+            plain_steps: 0,
         }
     }
 }
@@ -56,6 +73,12 @@ impl TrainerConfig {
             return Err(Error::Config {
                 field,
                 reason: "must be positive".into(),
+            });
+        }
+        if self.target_steps == Some(0) {
+            return Err(Error::Config {
+                field: "target_steps",
+                reason: "must be positive (or unset)".into(),
             });
         }
         if let Mode::Checkpointed { snapshots } = self.mode {
@@ -84,9 +107,28 @@ impl TrainerConfig {
 
     /// Whether model `i` is re-initialised before outer step `k` (never at `k = 0`, where
     /// every model is fresh anyway). Model `i`'s first reset comes `offset_i` steps
-    /// early, which staggers the population's ages from then on.
+    /// early, which staggers the population's ages from then on. With
+    /// [`target_steps`](Self::target_steps) resets go by age instead
+    /// ([`resets_at_age`](Self::resets_at_age)).
     pub fn resets_at(&self, i: usize, k: usize) -> bool {
-        self.reset_every > 0 && k > 0 && (k + self.reset_offset(i)) % self.reset_every == 0
+        self.target_steps.is_none()
+            && self.reset_every > 0
+            && k > 0
+            && (k + self.reset_offset(i)) % self.reset_every == 0
+    }
+
+    /// Whether a member of age `age` (inner steps) is re-initialised before its next
+    /// outer step under [`target_steps`](Self::target_steps): once it has reached the
+    /// target's length.
+    pub fn resets_at_age(&self, age: usize) -> bool {
+        self.target_steps.is_some_and(|n| age >= n)
+    }
+
+    /// The age (plain training steps) member `i` is warm-started to before
+    /// meta-training: `i * target_steps / population`, or 0 without a target.
+    pub fn warm_start_age(&self, i: usize) -> usize {
+        self.target_steps
+            .map_or(0, |n| i * n / self.population.max(1))
     }
 }
 
@@ -244,7 +286,7 @@ where
     /// first mismatch.
     pub fn init(&self, eta: Option<Params<Tensor<F>>>) -> Result<TrainerState<F, M::State>> {
         let eta = self.init_rater(eta)?;
-        let members = self.init_members(&eta, 0..self.config.population);
+        let members = self.init_members(&eta, 0..self.config.population)?;
         Ok(TrainerState {
             eta,
             members,
@@ -273,12 +315,19 @@ where
 
     /// Fresh members `range` of the population (what [`init`](Self::init) makes for
     /// all of them): member `i` comes from random stream `1 + i` of the seed, whatever
-    /// else is initialised, so a process can make only the members it runs.
+    /// else is initialised, so a process can make only the members it runs. With
+    /// [`TrainerConfig::target_steps`] each is then warm-started by
+    /// [`TrainerConfig::warm_start_age`] plain training steps on batches from that
+    /// same stream.
+    ///
+    /// # Errors
+    /// A training batch the sampler cannot draw, or a non-finite gradient during the
+    /// warm start ([`Error::NonFinite`] naming the member).
     pub fn init_members(
         &self,
         eta: &Params<Tensor<F>>,
         range: std::ops::Range<usize>,
-    ) -> Vec<Member<F, M::State>> {
+    ) -> Result<Vec<Member<F, M::State>>> {
         let root = Rng::new(self.config.seed);
         range
             .into_par_iter()
@@ -286,15 +335,29 @@ where
                 let mut rng = root.fork(1 + i as u64);
                 let theta = self.setup.inner.init(&mut rng);
                 let opt_state = self.setup.inner.optimizer().init(&theta);
-                Member {
+                let mut m = Member {
                     theta,
                     opt_state,
                     meta_state: self.setup.meta_opt.init_state(eta),
                     age: 0,
                     rng,
-                }
+                };
+                self.train_plain(&mut m, self.config.warm_start_age(i))
+                    .map_err(|e| at_warm_start(e, i))?;
+                Ok(m)
             })
             .collect()
+    }
+
+    /// `steps` plain (uniformly weighted) training steps of a member on batches from
+    /// its own stream; its age counts them.
+    fn train_plain(&self, m: &mut Member<F, M::State>, steps: usize) -> Result<()> {
+        for _ in 0..steps {
+            let batch = self.setup.train.sample(&mut m.rng)?;
+            train_step(self.setup.inner, &mut m.theta, &mut m.opt_state, &batch)?;
+            m.age += 1;
+        }
+        Ok(())
     }
 
     /// Member `i`'s part of outer step `k` with rater `eta`: reset if due, draw `T`
@@ -321,12 +384,14 @@ where
             held_out,
         } = self.setup;
         let mut m = member.clone();
-        let reset = self.config.resets_at(i, k);
+        let reset = self.config.resets_at(i, k) || self.config.resets_at_age(m.age);
         if reset {
             m.theta = inner.init(&mut m.rng);
             m.opt_state = inner.optimizer().init(&m.theta);
             m.age = 0;
         }
+        self.train_plain(&mut m, self.config.plain_steps)
+            .map_err(|e| at_outer_step(e, k, i))?;
         let batches: Vec<I::Batch> = (0..self.config.inner_steps)
             .map(|_| train.sample(&mut m.rng))
             .collect::<Result<_>>()?;
@@ -454,6 +519,16 @@ pub(crate) fn mean_in_order<'e, F: Float>(
         mean = mean.add_scaled(eta, n)?;
     }
     Ok(mean)
+}
+
+fn at_warm_start(e: Error, i: usize) -> Error {
+    match e {
+        Error::NonFinite { step, quantity } => Error::NonFinite {
+            step,
+            quantity: format!("{quantity} (warm start of model {i})"),
+        },
+        other => other,
+    }
 }
 
 fn at_outer_step(e: Error, k: usize, i: usize) -> Error {
