@@ -38,18 +38,17 @@ use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{
-    MetaAdam, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig, evaluate,
+    MetaAdam, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
     score_sequences, train_step,
 };
 use datarater::{Error, Params, Result, Rng, Tensor};
-use plotters::prelude::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-const SEQ_LEN: usize = 64;
-const BATCH: usize = 16;
+mod common;
+use common::*;
 
 struct Args {
     corpus: Option<PathBuf>,
@@ -125,18 +124,6 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn lm_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 128,
-        max_len: SEQ_LEN,
-        causal: true,
-    }
-}
-
 /// The transfer study's LM: 4x the width (and MLP), 2x the layers, heads scaled so each
 /// head keeps the small LM's width (16).
 fn large_lm_config() -> TransformerConfig {
@@ -148,81 +135,6 @@ fn large_lm_config() -> TransformerConfig {
         d_ff: 4 * s.d_ff,
         ..s
     }
-}
-
-fn rater_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 2,
-        d_ff: 64,
-        max_len: SEQ_LEN,
-        causal: false,
-    }
-}
-
-/// Label of a corruption for tables and plots.
-fn label(kind: &str, level: f64) -> String {
-    match kind {
-        "clean" => "clean".into(),
-        "byte_replace" => format!("bytes {level}"),
-        "all_caps" => "all caps".into(),
-        "shuffle_words" => format!("shuffled {level}"),
-        "repeat_runs" => format!("repeats {level}"),
-        other => format!("{other} {level}"),
-    }
-}
-
-/// Mean relative weight per label: softmax over all scores, times their number (1 = average).
-fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f64> {
-    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-    let z: f64 = e.iter().sum();
-    let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for (w, l) in e.iter().zip(labels) {
-        let a = acc.entry(l.clone()).or_default();
-        a.0 += w / z * scores.len() as f64;
-        a.1 += 1;
-    }
-    acc.into_iter()
-        .map(|(k, (s, n))| (k, s / n as f64))
-        .collect()
-}
-
-/// Draws batches of `BATCH` rows of `bytes` uniformly (with replacement) from `rows`.
-fn uniform(
-    bytes: Arc<Vec<Vec<u8>>>,
-    rows: Arc<Vec<usize>>,
-) -> impl FnMut(&mut Rng) -> Result<TextBatch> {
-    move |r: &mut Rng| {
-        let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
-        TextBatch::from_pool(&bytes, pick)
-    }
-}
-
-/// Trains a fresh LM for `steps`, drawing each batch with `draw`, evaluating on `test`
-/// every `every` steps. Returns `(step, test loss)` pairs.
-fn train_curve(
-    lm: &TextLm<Adam<f32>>,
-    init: &Params<Tensor<f32>>,
-    steps: usize,
-    every: usize,
-    test: &[Vec<u8>],
-    seed: u64,
-    mut draw: impl FnMut(&mut Rng) -> Result<TextBatch>,
-) -> Result<Vec<(usize, f64)>> {
-    let mut rng = Rng::new(seed);
-    let (mut theta, mut state) = (init.clone(), lm.opt.init(init));
-    let mut curve = vec![(0, evaluate(lm, &theta, test, 64)?)];
-    for s in 1..=steps {
-        let b = draw(&mut rng)?;
-        train_step(lm, &mut theta, &mut state, &b)?;
-        if s % every == 0 {
-            curve.push((s, evaluate(lm, &theta, test, 64)?));
-        }
-    }
-    Ok(curve)
 }
 
 /// What the rater cost, in counted work.
@@ -404,59 +316,6 @@ fn transfer(
     }))
 }
 
-fn plot_lines(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
-    let err = |e: String| Error::File {
-        path: path.display().to_string(),
-        reason: e,
-    };
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (_, pts) in series {
-        for &(x, y) in pts {
-            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
-        }
-    }
-    let pad = (y1 - y0).max(1e-9) * 0.05;
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
-        .map_err(|e| err(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(e.to_string()))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))
-}
-
 fn main() -> Result<()> {
     datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let args = parse_args()?;
@@ -541,6 +400,7 @@ fn main() -> Result<()> {
         reset_every: 50,
         mode: Mode::Mixed,
         seed: args.seed,
+        ..TrainerConfig::default()
     };
     println!(
         "meta-training: K = {} outer steps, population {} (reset every {}, staggered), T = {} inner Adam steps, batch {}, mixed-mode meta-gradients",
@@ -692,6 +552,23 @@ fn main() -> Result<()> {
     let (pool_scores, scoring_flops) =
         flops::count(|| score_sequences(&rater, &state.eta, &pool, 128));
     let pool_scores = pool_scores?;
+    // How each corruption fares against clean text: its mean weight on the labelled
+    // test sequences relative to clean's, and its share of what 50% discard keeps.
+    let final_weights = snapshot(&state.eta)?;
+    let vs_clean = relative_to_clean(&final_weights);
+    let kept_at_half = kept_shares(&pool, &pool_scores, 0.5)?;
+    println!(
+        "\nper corruption: mean weight relative to clean text (target <= 0.5 for shuffled words and repeated runs), share of the pool, share of what 50% discard keeps:"
+    );
+    let pool_shares = kept_shares(&pool, &pool_scores, 0.0)?;
+    for c in &columns {
+        println!(
+            "  {c:<14} {:>8.3} {:>7.1}% {:>7.1}%",
+            vs_clean[c],
+            100.0 * pool_shares.get(c).copied().unwrap_or(0.0),
+            100.0 * kept_at_half.get(c).copied().unwrap_or(0.0)
+        );
+    }
     let draw = |rows: Arc<Vec<usize>>| uniform(train_bytes.clone(), rows);
     println!(
         "\nsweep over dataset-level discard fractions ({} steps each, loss on the meta-held-out set):",
@@ -876,6 +753,8 @@ fn main() -> Result<()> {
         "mean_score_monotone_in_level": monotone,
         "mean_score_by_level": mean_by_level.iter().map(|(l, m)| serde_json::json!({"level": l, "mean_score": m})).collect::<Vec<_>>(),
         "auc_clean_vs_level_ge_0_5": auc_clean,
+        "weight_relative_to_clean": vs_clean,
+        "share_kept_by_discard_0_5": kept_at_half,
         "sweep": sweep.points.iter().map(|p| serde_json::json!({"discard_fraction": p.fraction, "loss": p.loss})).collect::<Vec<_>>(),
         "best_discard_fraction": frac,
         "final_steps": args.final_steps,

@@ -176,27 +176,34 @@ fn text_trainer_resumes_bitwise() {
     let pool = TextPool::new(Arc::new(seqs[..30].to_vec()), 4).unwrap();
     let held = TextPool::new(Arc::new(seqs[30..].to_vec()), 4).unwrap();
     let meta = MetaAdam::default();
-    let trainer = Trainer::new(
-        Setup {
+    let fixed = TrainerConfig {
+        outer_steps: 7,
+        inner_steps: 2,
+        population: 3,
+        reset_every: 3,
+        mode: Mode::Mixed,
+        seed: 5,
+        ..TrainerConfig::default()
+    };
+    // With a target age: warm-started members, plain steps and age-based resets (at
+    // age 9, members age 3 per outer step) before and after the checkpoint.
+    let aged = TrainerConfig {
+        target_steps: Some(9),
+        plain_steps: 1,
+        ..fixed.clone()
+    };
+    for (name, config) in [("text", fixed), ("text-target", aged)] {
+        let setup = Setup {
             inner: &inner,
             rater: &rater,
             outer: &MeanLoss,
             meta_opt: &meta,
             train: &pool,
             held_out: &held,
-        },
-        TrainerConfig {
-            outer_steps: 7,
-            inner_steps: 2,
-            population: 3,
-            reset_every: 3,
-            mode: Mode::Mixed,
-            seed: 5,
-            ..TrainerConfig::default()
-        },
-    )
-    .unwrap();
-    resume_equals_uninterrupted(&trainer, 4, "text");
+        };
+        let trainer = Trainer::new(setup, config).unwrap();
+        resume_equals_uninterrupted(&trainer, 4, name);
+    }
 }
 
 /// A user's problem, as in `examples/custom_problem.rs`: linear regression, a small

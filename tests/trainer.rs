@@ -72,7 +72,6 @@ fn config(seed: u64) -> TrainerConfig {
         reset_every: 3,
         mode: Mode::Mixed,
         seed,
-    ..TrainerConfig::default()
         ..TrainerConfig::default()
     }
 }

@@ -234,8 +234,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     pub population: usize,
     /// Re-initialise each inner model every this many outer steps (0 = never).
+    /// Ignored with --target-steps.
     #[arg(long, default_value_t = 50)]
     pub reset_every: usize,
+    /// Value data for a model trained about N steps: inner models are warm-started to
+    /// ages spread over 0..N and re-initialised at age N (see docs/guide.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub target_steps: Option<u64>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -67,7 +67,7 @@ fn fingerprint(seqs: &[Vec<u8>]) -> String {
 /// The settings a run is defined by (everything but `outer_steps` and
 /// `checkpoint_every`, which a resume may change).
 fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
-    json!({
+    let mut s = json!({
         "train": train.display().to_string(),
         "held_out": held_out.display().to_string(),
         "format": format!("{:?}", a.input_args.format).to_lowercase(),
@@ -83,7 +83,12 @@ fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
         "seed": a.seed,
         "meta_lr": a.meta_lr,
         "inner_lr": a.inner_lr,
-    })
+    });
+    // Recorded only when set, so runs from before the flag resume unchanged.
+    if let Some(n) = a.target_steps {
+        s["target_steps"] = json!(n);
+    }
+    s
 }
 
 /// Flags whose values come from the run on `--resume` unless given explicitly.
@@ -117,6 +122,7 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
     recorded!(inner_steps, u("inner_steps")?);
     recorded!(population, u("population")?);
     recorded!(reset_every, u("reset_every")?);
+    recorded!(target_steps, s.get("target_steps").and_then(Json::as_u64));
     recorded!(seed, u("seed")? as u64);
     recorded!(meta_lr, f("meta_lr")?);
     recorded!(inner_lr, f("inner_lr")?);
@@ -271,8 +277,10 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         inner_steps: a.inner_steps,
         population: a.population,
         reset_every: a.reset_every,
+        target_steps: a.target_steps.map(|n| n as usize),
         mode: Mode::Mixed,
         seed: a.seed,
+        ..TrainerConfig::default()
     };
     let trainer = Trainer::new(
         Setup {
