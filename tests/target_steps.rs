@@ -139,7 +139,13 @@ fn plain_loss(steps: usize, p_shortcut: f64) -> f64 {
     let mut theta = inner.init(&mut rng);
     let mut st = inner.0.init(&theta);
     for _ in 0..steps {
-        train_step(&inner, &mut theta, &mut st, &draw(BATCH, p_shortcut, &mut rng)).unwrap();
+        train_step(
+            &inner,
+            &mut theta,
+            &mut st,
+            &draw(BATCH, p_shortcut, &mut rng),
+        )
+        .unwrap();
     }
     let test = draw(2000, 0.0, &mut Rng::new(4));
     inner
@@ -169,7 +175,9 @@ fn the_rater_values_data_for_the_target_age() {
     for seed in [0, 1] {
         let young = shortcut_weight(config(4, seed));
         let old = shortcut_weight(config(200, seed));
-        eprintln!("seed {seed}: shortcut weight / clean weight: young {young:.3}, 200-step target {old:.3}");
+        eprintln!(
+            "seed {seed}: shortcut weight / clean weight: young {young:.3}, 200-step target {old:.3}"
+        );
         assert!(
             young >= 1.0,
             "seed {seed}: meta-trained with young models, the shortcut keeps at least clean weight: {young}"
@@ -220,8 +228,10 @@ fn members_are_warm_started_to_staggered_ages_and_reset_at_the_target() {
     // Each outer step ages a member by plain_steps + T = 5; one that has reached 20
     // is re-initialised first.
     let mut resets = vec![];
-    t.run(&mut state, |r, _| resets.push((r.ages.clone(), r.resets.clone())))
-        .unwrap();
+    t.run(&mut state, |r, _| {
+        resets.push((r.ages.clone(), r.resets.clone()))
+    })
+    .unwrap();
     assert_eq!(resets[0], (vec![5, 10, 15, 20], vec![]));
     assert_eq!(resets[1], (vec![10, 15, 20, 5], vec![3]));
     assert_eq!(resets[2], (vec![15, 20, 5, 10], vec![2]));
