@@ -269,3 +269,16 @@ fn a_zero_target_is_refused_by_name() {
         Ok(_) => panic!("a zero target was accepted"),
     }
 }
+
+#[test]
+fn for_target_spreads_a_life_over_about_125_outer_steps() {
+    let base = TrainerConfig {
+        inner_steps: 2,
+        ..TrainerConfig::default()
+    };
+    let c = base.clone().for_target(1000);
+    assert_eq!((c.target_steps, c.plain_steps), (Some(1000), 6));
+    // A short target needs no plain steps: T alone covers it.
+    assert_eq!(base.clone().for_target(100).plain_steps, 0);
+    assert_eq!(base.for_target(4000).plain_steps, 30);
+}

@@ -277,10 +277,13 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         inner_steps: a.inner_steps,
         population: a.population,
         reset_every: a.reset_every,
-        target_steps: a.target_steps.map(|n| n as usize),
         mode: Mode::Mixed,
         seed: a.seed,
         ..TrainerConfig::default()
+    };
+    let config = match a.target_steps {
+        Some(n) => config.for_target(n as usize),
+        None => config,
     };
     let trainer = Trainer::new(
         Setup {

@@ -63,6 +63,23 @@ impl Default for TrainerConfig {
 }
 
 impl TrainerConfig {
+    /// Outer steps a member's life spans under [`for_target`](Self::for_target).
+    pub const TARGET_LIFE_OUTER_STEPS: usize = 125;
+
+    /// This config set up for a model trained `n` steps: `target_steps = Some(n)` and
+    /// enough plain steps that a member lives about
+    /// [`TARGET_LIFE_OUTER_STEPS`](Self::TARGET_LIFE_OUTER_STEPS) outer steps
+    /// (`ceil(n / 125) - T`, at least 0; 6 for `n = 1000`, `T = 2`), the setting the
+    /// horizon study (`examples/horizon_study.rs`, docs/guide.md) measured.
+    pub fn for_target(self, n: usize) -> Self {
+        let per_outer = n.div_ceil(Self::TARGET_LIFE_OUTER_STEPS);
+        TrainerConfig {
+            target_steps: Some(n),
+            plain_steps: per_outer.saturating_sub(self.inner_steps),
+            ..self
+        }
+    }
+
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         let positive = [
