@@ -6,7 +6,8 @@
 //! each setting meta-trains a rater, then reports each corruption's mean weight
 //! relative to clean text on labelled test sequences, the share of each among what
 //! dataset-level discard of 50% keeps, and the test loss after `--eval-steps` steps of
-//! the demo's small LM trained on what it keeps; with the meta-training time and peak
+//! the demo's small LM trained on what it keeps; with the meta-training work (matrix
+//! product FLOPs counted by `autodiff::flops`, warm start included), time and peak
 //! heap (counted by `alloc::CountingAlloc`). The settings vary the reset period, the
 //! target age (`TrainerConfig::target_steps`: warm start + staggered ages +
 //! age-based resets, with or without plain steps between windows), the inner LM's
@@ -20,6 +21,7 @@
 //! Writes `horizon.svg` and `horizon.json` to DIR (default `out/horizon`).
 
 use datarater::alloc::{CountingAlloc, measure_peak};
+use datarater::autodiff::flops;
 use datarater::curate::discard_bottom;
 use datarater::data::{Corpus, LabeledSequence, SplitConfig, corrupted_pool, default_mix};
 use datarater::meta::{InnerLoop, MeanLoss, Mode};
@@ -65,6 +67,7 @@ const DEMO: Setting = Setting {
 };
 
 fn settings() -> Vec<Setting> {
+    // `TrainerConfig::for_target(n)` is the "plain" rows' setting: ceil(n / 125) - T plain steps.
     let t1000 = Setting {
         name: "target 1000",
         target_steps: Some(1000),
@@ -103,6 +106,12 @@ fn settings() -> Vec<Setting> {
             rater_width: 64,
             rater_layers: 2,
             ..t1000
+        },
+        Setting {
+            name: "target 3000, plain 22",
+            target_steps: Some(3000),
+            plain_steps: 22,
+            ..DEMO
         },
     ]
 }
@@ -171,6 +180,7 @@ struct Outcome {
     kept: BTreeMap<String, f64>,
     test_loss: f64,
     meta_seconds: f64,
+    meta_gflop: f64,
     peak_bytes: usize,
 }
 
@@ -247,10 +257,12 @@ fn run(args: &Args, data: &Data, s: &Setting) -> Result<Outcome> {
     let trainer = Trainer::new(setup, config)?;
     let start = Instant::now();
     // Warm start included: it is part of what the setting costs.
-    let (eta, peak_bytes) = measure_peak(|| -> Result<Params<Tensor<f32>>> {
-        let mut state = trainer.init(None)?;
-        trainer.run(&mut state, |_, _| {})?;
-        Ok(state.eta)
+    let ((eta, work), peak_bytes) = measure_peak(|| {
+        flops::count(|| -> Result<Params<Tensor<f32>>> {
+            let mut state = trainer.init(None)?;
+            trainer.run(&mut state, |_, _| {})?;
+            Ok(state.eta)
+        })
     });
     let eta = eta?;
     let meta_seconds = start.elapsed().as_secs_f64();
@@ -266,6 +278,7 @@ fn run(args: &Args, data: &Data, s: &Setting) -> Result<Outcome> {
         kept,
         test_loss,
         meta_seconds,
+        meta_gflop: work.matmul as f64 / 1e9,
         peak_bytes,
     })
 }
@@ -338,7 +351,7 @@ fn main() -> Result<()> {
         args.eval_steps
     );
     println!(
-        "weight relative to clean text (target <= 0.5 for shuffled and repeats) | share of the kept 50% | test loss after {} steps on the kept 50% | meta-training (shared machine) | peak heap",
+        "weight relative to clean text (target <= 0.5 for shuffled and repeats) | share of the kept 50% | test loss after {} steps on the kept 50% | meta-training matmul GFLOP (counted), seconds (shared machine) | peak heap",
         args.eval_steps
     );
     let short = [
@@ -349,7 +362,7 @@ fn main() -> Result<()> {
         "all caps",
     ];
     println!(
-        "{:<3} {:<26} {}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}",
+        "{:<3} {:<26} {}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>8}",
         "#",
         "setting",
         short.iter().map(|c| format!("{c:>13}")).collect::<String>(),
@@ -357,6 +370,7 @@ fn main() -> Result<()> {
         "shuf%",
         "rep%",
         "loss",
+        "GFLOP",
         "meta s",
         "peak MB"
     );
@@ -368,7 +382,7 @@ fn main() -> Result<()> {
         let o = run(&args, &data, s)?;
         let share = |c: &str| 100.0 * o.kept.get(c).copied().unwrap_or(0.0);
         println!(
-            "{i:<3} {:<26} {}  {:>7.1}% {:>7.1}% {:>7.1}%  {:>8.4} {:>8.1} {:>8.1}",
+            "{i:<3} {:<26} {}  {:>7.1}% {:>7.1}% {:>7.1}%  {:>8.4} {:>8.0} {:>8.1} {:>8.1}",
             s.name,
             short
                 .iter()
@@ -378,6 +392,7 @@ fn main() -> Result<()> {
             share("shuffled 0.5"),
             share("repeats 0.05"),
             o.test_loss,
+            o.meta_gflop,
             o.meta_seconds,
             o.peak_bytes as f64 / 1e6
         );
@@ -423,6 +438,7 @@ fn main() -> Result<()> {
             "share_kept_by_discard_0_5": o.kept,
             "test_loss_on_kept": o.test_loss,
             "meta_training_seconds": o.meta_seconds,
+            "meta_training_matmul_gflop": o.meta_gflop,
             "peak_heap_bytes": o.peak_bytes,
         })).collect::<Vec<_>>(),
         "total_seconds": t0.elapsed().as_secs_f64(),
