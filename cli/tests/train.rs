@@ -227,6 +227,42 @@ fn resume_with_another_model_config_names_the_mismatch() {
 }
 
 #[test]
+fn target_steps_is_recorded_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let (run, full) = (dir.path().join("run"), dir.path().join("full"));
+    let with_target = |out: &Path, steps: &'static str| {
+        let mut a: Vec<String> = train_args(&train, &held, out, steps)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a.extend(["--target-steps".into(), "12".into()]);
+        a
+    };
+    fn strs(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+    ok(&strs(&with_target(&full, "3")));
+    ok(&strs(&with_target(&run, "2")));
+    // Resumed without the flag, the run keeps its recorded target.
+    ok(&["train", "--resume", s(&run), "--outer-steps", "3"]);
+    let rater = |r: &Path| rater_of(&r.join("rater.safetensors")).0;
+    assert_eq!(rater(&run), rater(&full));
+    fails(
+        &[
+            "train",
+            "--resume",
+            s(&run),
+            "--target-steps",
+            "40",
+            "--outer-steps",
+            "4",
+        ],
+        &["target_steps: 12 (checkpoint) vs 40 (requested)"],
+    );
+}
+
+#[test]
 fn bad_training_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _) = corpus(dir.path());
