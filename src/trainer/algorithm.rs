@@ -377,8 +377,9 @@ where
         Ok(())
     }
 
-    /// Member `i`'s part of outer step `k` with rater `eta`: reset if due, draw `T`
-    /// training batches and one held-out batch from its own stream, compute its
+    /// Member `i`'s part of outer step `k` with rater `eta`: reset if due, take its
+    /// [`plain_steps`](TrainerConfig::plain_steps), draw `T` training batches and one
+    /// held-out batch from its own stream, compute its
     /// meta-gradient and apply its meta-optimiser. A pure function of its inputs, so
     /// members can be advanced on any thread or process, in any order.
     ///
