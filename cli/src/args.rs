@@ -335,7 +335,9 @@ impl TrainArgs {
 
 /// `factor * width`, the MLP's width, or an error naming `flag`.
 fn widened(width: usize, factor: usize, flag: &str) -> Result<usize, CliError> {
-    width
-        .checked_mul(factor)
-        .ok_or_else(|| CliError(format!("{flag} {width} is too large (its MLP would be {factor}x as wide)")))
+    width.checked_mul(factor).ok_or_else(|| {
+        CliError(format!(
+            "{flag} {width} is too large (its MLP would be {factor}x as wide)"
+        ))
+    })
 }

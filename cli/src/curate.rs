@@ -133,8 +133,12 @@ fn rule(args: &FilterArgs) -> Result<Rule> {
                     args.accept_batch
                 );
             }
-            draw_size(args.accept_batch, rho)
-                .map_err(|e| crate::error::CliError(format!("--rho {rho} / --accept-batch {}: {e}", args.accept_batch)))?;
+            draw_size(args.accept_batch, rho).map_err(|e| {
+                crate::error::CliError(format!(
+                    "--rho {rho} / --accept-batch {}: {e}",
+                    args.accept_batch
+                ))
+            })?;
             Ok(Rule::Accept(rho))
         }
     }

@@ -14,8 +14,8 @@ use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
 use crate::input::{Format, Input, InputOptions};
-use crate::progress::{Progress, Unit};
 use crate::output::replace;
+use crate::progress::{Progress, Unit};
 use crate::{agree, on_root};
 use datarater::checkpoint::{encode_checkpoint, read_checkpoint_configs};
 use datarater::curate::documents::chunk_spans;
@@ -439,7 +439,10 @@ fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig)
             .into_iter()
             .try_fold(0u128, |acc, x| acc.checked_add(x?));
         let embeddings = mul(add(n(c.vocab), n(c.max_len)), d);
-        add(add(embeddings, mul(n(c.n_layers), layer)), mul(add(d, n(1)), n(head)))
+        add(
+            add(embeddings, mul(n(c.n_layers), layer)),
+            mul(add(d, n(1)), n(head)),
+        )
     };
     let (lm_p, rater_p) = (params(lm, lm.vocab), params(rater, 1));
     let f32s = |x: Option<u128>| mul(x, n(4));
@@ -447,10 +450,22 @@ fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig)
     // state; the mixed-mode meta-gradient keeps every inner step's gradient.
     let member = add(mul(lm_p, n(3)), mul(rater_p, n(3)));
     let parts = [
-        ("the language model (--lm-width, --lm-layers, --seq-len)", f32s(lm_p)),
-        ("the rater (--rater-width, --rater-layers, --seq-len)", f32s(rater_p)),
-        ("the population (--population)", f32s(mul(member, n(a.population)))),
-        ("one window's inner gradients (--inner-steps)", f32s(mul(lm_p, n(a.inner_steps)))),
+        (
+            "the language model (--lm-width, --lm-layers, --seq-len)",
+            f32s(lm_p),
+        ),
+        (
+            "the rater (--rater-width, --rater-layers, --seq-len)",
+            f32s(rater_p),
+        ),
+        (
+            "the population (--population)",
+            f32s(mul(member, n(a.population))),
+        ),
+        (
+            "one window's inner gradients (--inner-steps)",
+            f32s(mul(lm_p, n(a.inner_steps))),
+        ),
         (
             "one window's batches (--inner-steps, --batch-size, --seq-len)",
             mul(mul(n(a.inner_steps), n(a.batch_size)), n(a.seq_len)),

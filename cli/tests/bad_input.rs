@@ -284,19 +284,35 @@ fn filter_without_mode_or_its_parameter_says_what_is_missing() {
         a.extend(extra);
         a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
-    fails(&strs(&filter(&[])), &["--discard-fraction", "--mode discard"]);
+    fails(
+        &strs(&filter(&[])),
+        &["--discard-fraction", "--mode discard"],
+    );
     fails(
         &strs(&filter(&["--rho", "0.5"])),
         &["--discard-fraction", "--rho is for --mode accept"],
     );
-    fails(&strs(&filter(&["--mode", "discard"])), &["--discard-fraction"]);
-    fails(&strs(&filter(&["--mode", "accept"])), &["--mode accept needs --rho"]);
+    fails(
+        &strs(&filter(&["--mode", "discard"])),
+        &["--discard-fraction"],
+    );
+    fails(
+        &strs(&filter(&["--mode", "accept"])),
+        &["--mode accept needs --rho"],
+    );
     fails(
         &strs(&filter(&["--mode", "accept", "--rho", "1.5"])),
         &["--rho 1.5", "not in [0, 1)"],
     );
     fails(
-        &strs(&filter(&["--mode", "accept", "--rho", "0.5", "--accept-batch", "0"])),
+        &strs(&filter(&[
+            "--mode",
+            "accept",
+            "--rho",
+            "0.5",
+            "--accept-batch",
+            "0",
+        ])),
         &["--accept-batch 0"],
     );
     fails(
@@ -326,8 +342,14 @@ fn train_settings_too_large_to_hold_are_refused_up_front() {
         a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
     let max = "18446744073709551615";
-    fails(&strs(&args("--lm-width", max)), &["--lm-width", "too large"]);
-    fails(&strs(&args("--rater-width", max)), &["--rater-width", "too large"]);
+    fails(
+        &strs(&args("--lm-width", max)),
+        &["--lm-width", "too large"],
+    );
+    fails(
+        &strs(&args("--rater-width", max)),
+        &["--rater-width", "too large"],
+    );
     fails(
         &strs(&args("--rater-width", "4611686018427387904")),
         &["the rater", "no process can hold it"],
@@ -370,7 +392,11 @@ fn several_ranks_without_mpi_are_refused() {
         assert!(!t.p("out.jsonl").exists(), "{var}: nothing is written");
         // One rank is a single process: it runs.
         let out = run_with(var, "1");
-        assert!(out.status.success(), "{var}=1: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{var}=1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::remove_file(t.p("out.jsonl")).unwrap();
     }
 }

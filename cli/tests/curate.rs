@@ -446,18 +446,31 @@ fn filter_accept_is_seeded_and_keeps_roughly_one_minus_rho() {
 #[test]
 fn killed_while_writing_an_output_leaves_none_and_a_rerun_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let (rater, input) = (dir.path().join("rater.safetensors"), dir.path().join("docs.txt"));
+    let (rater, input) = (
+        dir.path().join("rater.safetensors"),
+        dir.path().join("docs.txt"),
+    );
     write_rater(&rater, 1);
     // Enough documents that the outputs outgrow the writer's 64 KiB buffer.
     write_lines(&input, &documents(3000, 4));
     let score = |out: &str| {
         let out = dir.path().join(out).display().to_string();
         let a = ["score", "--rater", s(&rater), "--input", s(&input), "--out"];
-        a.iter().map(|x| x.to_string()).chain([out]).collect::<Vec<_>>()
+        a.iter()
+            .map(|x| x.to_string())
+            .chain([out])
+            .collect::<Vec<_>>()
     };
     let filter = |out: &str| {
         let out = dir.path().join(out).display().to_string();
-        let a = ["filter", "--rater", s(&rater), "--input", s(&input), "--out"];
+        let a = [
+            "filter",
+            "--rater",
+            s(&rater),
+            "--input",
+            s(&input),
+            "--out",
+        ];
         a.iter()
             .map(|x| x.to_string())
             .chain([out, "--discard-fraction".into(), "0.3".into()])

@@ -281,7 +281,11 @@ fn a_non_finite_meta_gradient_stops_the_run_naming_the_step() {
     let before = std::fs::read(&ckpt).unwrap();
     fails(
         &["train", "--resume", s(&run)],
-        &["non-finite", "outer step 0", "last good checkpoint (after step 0)"],
+        &[
+            "non-finite",
+            "outer step 0",
+            "last good checkpoint (after step 0)",
+        ],
     );
     assert_eq!(std::fs::read(&ckpt).unwrap(), before);
 }
@@ -325,7 +329,12 @@ fn killed_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes_exactly(
     let partial: Vec<_> = std::fs::read_dir(&run)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".checkpoint"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".checkpoint")
+        })
         .collect();
     assert_eq!(partial.len(), 1, "{partial:?}");
     assert!((1..ckpt_len).contains(&size(&partial[0])), "{partial:?}");
