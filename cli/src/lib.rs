@@ -112,3 +112,41 @@ pub fn run_on(cli: &args::Cli, comm: &dyn Communicator) -> error::Result<()> {
         args::Command::Filter(a) => curate::filter(a, comm),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::launcher_ranks;
+
+    /// An environment holding just `vars`.
+    fn env(vars: &'static [(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn launcher_ranks_reads_the_launchers_variables() {
+        assert_eq!(launcher_ranks(env(&[])), None);
+        assert_eq!(launcher_ranks(env(&[("OMPI_COMM_WORLD_SIZE", "1")])), None);
+        assert_eq!(
+            launcher_ranks(env(&[("OMPI_COMM_WORLD_SIZE", "2")])),
+            Some(("OMPI_COMM_WORLD_SIZE", 2))
+        );
+        assert_eq!(
+            launcher_ranks(env(&[("PMI_SIZE", "3")])),
+            Some(("PMI_SIZE", 3))
+        );
+        assert_eq!(
+            launcher_ranks(env(&[("SLURM_STEP_NUM_TASKS", " 4 ")])),
+            Some(("SLURM_STEP_NUM_TASKS", 4))
+        );
+        // A batch script's own shell: one process, though the job has several tasks.
+        assert_eq!(
+            launcher_ranks(env(&[("SLURM_NTASKS", "4"), ("SLURM_PROCID", "0")])),
+            None
+        );
+        assert_eq!(launcher_ranks(env(&[("PMI_SIZE", "many")])), None);
+    }
+}
