@@ -287,27 +287,23 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The rater's model: a bidirectional transformer over `seq_len` bytes, MLP 2x wide.
     pub fn rater_config(&self) -> TransformerConfig {
-        TransformerConfig {
-            vocab: 256,
-            d_model: self.rater_width,
-            n_layers: self.rater_layers,
-            n_heads: self.rater_heads,
-            d_ff: 2 * self.rater_width,
-            max_len: self.seq_len,
-            causal: false,
-        }
+        TransformerConfig::new(
+            self.rater_width,
+            self.rater_layers,
+            self.rater_heads,
+            self.seq_len,
+        )
+        .with_d_ff(2 * self.rater_width)
+        .with_causal(false)
     }
 
     /// The inner language model: a causal transformer reading `seq_len - 1` bytes, MLP 4x wide.
     pub fn lm_config(&self) -> TransformerConfig {
-        TransformerConfig {
-            vocab: 256,
-            d_model: self.lm_width,
-            n_layers: self.lm_layers,
-            n_heads: self.lm_heads,
-            d_ff: 4 * self.lm_width,
-            max_len: self.seq_len.saturating_sub(1).max(1),
-            causal: true,
-        }
+        TransformerConfig::new(
+            self.lm_width,
+            self.lm_layers,
+            self.lm_heads,
+            self.seq_len.saturating_sub(1).max(1),
+        )
     }
 }

@@ -21,8 +21,10 @@ pub struct Corpus {
     bytes: Vec<u8>,
 }
 
-/// How to cut a corpus into sequences and split them.
+/// How to cut a corpus into sequences and split them. Build it from [`Default`] with the
+/// `with_*` methods.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SplitConfig {
     /// Bytes per sequence (non-overlapping windows; the tail shorter than this is dropped).
     pub seq_len: usize,
@@ -40,6 +42,13 @@ impl Default for SplitConfig {
         }
     }
 }
+
+with_fields!(SplitConfig {
+    /// Sets [`seq_len`](SplitConfig::seq_len).
+    with_seq_len => seq_len: usize,
+    /// Sets [`held_out_fraction`](SplitConfig::held_out_fraction).
+    with_held_out_fraction => held_out_fraction: f64,
+});
 
 /// Disjoint train and held-out sequences of one corpus.
 ///

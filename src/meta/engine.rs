@@ -82,6 +82,7 @@ impl std::fmt::Display for Mode {
 
 /// Measurements of one meta-gradient computation.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct MetaStats {
     /// Inner steps differentiated through.
     pub steps: usize,
@@ -177,7 +178,7 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
 ///     type Batch = Tensor<f64>;
 ///     type Opt = Sgd<f64>;
 ///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-///         Params::from_iter([("m".to_string(), Tensor::zeros(&[1]))])
+///         Params::from_iter([("m".to_string(), Tensor::zeros(&[1]).unwrap())])
 ///     }
 ///     fn optimizer(&self) -> &Sgd<f64> {
 ///         &self.0
@@ -190,7 +191,7 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
 /// struct Linear;
 /// impl Rater<f64, Tensor<f64>> for Linear {
 ///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-///         Params::from_iter([("a".to_string(), Tensor::zeros(&[1]))])
+///         Params::from_iter([("a".to_string(), Tensor::zeros(&[1]).unwrap())])
 ///     }
 ///     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, x: &Tensor<f64>) -> Result<V> {
 ///         Ok(V::constant(x.clone()).mul(&eta["a"]))
@@ -896,7 +897,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
     finite_scalar(j.item(), n, "outer loss")?;
     let peak = tape.bytes();
     let wrt: Vec<&Var<Tensor<F>>> = eta_v.values().collect();
-    let seed = Tensor::full(&j.shape(), F::one());
+    let seed = Tensor::filled(&j.shape(), F::one());
     let grads = tape.backward(&j, seed, &wrt)?;
     let grad: Params<Tensor<F>> = eta_v.names().map(str::to_string).zip(grads).collect();
     finite(&grad, 0, "meta-gradient")?;
