@@ -157,7 +157,7 @@ impl Corpus {
     /// ```
     /// use datarater::{Rng, data::{Corpus, SplitConfig}};
     /// let c = Corpus::from_bytes(vec![7u8; 1000]);
-    /// let s = c.split(&SplitConfig { seq_len: 100, held_out_fraction: 0.2 }, &mut Rng::new(3))?;
+    /// let s = c.split(&SplitConfig::default().with_seq_len(100).with_held_out_fraction(0.2), &mut Rng::new(3))?;
     /// assert_eq!((s.train.len(), s.held_out.len()), (8, 2));
     /// # Ok::<(), datarater::Error>(())
     /// ```
