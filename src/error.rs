@@ -23,7 +23,7 @@ pub enum Error {
         rhs: Vec<usize>,
     },
     /// A shape is not of the kind an operation needs, where the need is a rule rather
-    /// than a second shape (for example "[batch]", or an element count that fits in
+    /// than a second shape (for example `[batch]`, or an element count that fits in
     /// memory).
     #[error("{op}: got shape {shape:?}, expected {expected}")]
     ShapeExpected {
