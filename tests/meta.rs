@@ -176,15 +176,10 @@ impl Rater<f64, TokBatch> for TokRater {
 
 /// Two layers, so checkpointed mode recomputes a layer inside a meta-gradient.
 fn tiny(causal: bool) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 7,
-        d_model: 8,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 16,
-        max_len: 5,
-        causal,
-    }
+    TransformerConfig::new(8, 2, 2, 5)
+        .with_vocab(7)
+        .with_d_ff(16)
+        .with_causal(causal)
 }
 
 // ---- the checks --------------------------------------------------------------------
