@@ -212,40 +212,33 @@ fn lm_loss(args: &Args, data: &Data, rows: Vec<usize>) -> Result<f64> {
 }
 
 fn run(args: &Args, data: &Data, s: &Setting) -> Result<Outcome> {
-    let lm_cfg = TransformerConfig {
-        d_model: s.lm_width,
-        d_ff: 4 * s.lm_width,
-        ..lm_config()
-    };
-    let rater_cfg = TransformerConfig {
-        d_model: s.rater_width,
-        d_ff: 2 * s.rater_width,
-        n_layers: s.rater_layers,
-        ..rater_config()
-    };
+    let lm_cfg = lm_config()
+        .with_d_model(s.lm_width)
+        .with_d_ff(4 * s.lm_width);
+    let rater_cfg = rater_config()
+        .with_d_model(s.rater_width)
+        .with_d_ff(2 * s.rater_width)
+        .with_n_layers(s.rater_layers);
     let inner = TextLm::new(CausalLm::new(lm_cfg)?, Adam::new(3e-3f32))?;
     let rater = TextRater {
         scorer: SequenceScorer::new(rater_cfg)?,
     };
-    let meta = MetaAdam {
-        lr: 3e-3,
-        weight_decay: 0.01,
-        warmup_steps: 20,
-        clip_norm: 1.0,
-        ..MetaAdam::default()
-    };
+    let meta = MetaAdam::default()
+        .with_lr(3e-3)
+        .with_weight_decay(0.01)
+        .with_warmup_steps(20)
+        .with_clip_norm(1.0);
     let train_pool = TextPool::new(data.train_bytes.clone(), BATCH)?;
     let held_out_pool = TextPool::new(Arc::new(data.meta_held_out.clone()), BATCH)?;
-    let config = TrainerConfig {
-        outer_steps: args.outer_steps,
-        inner_steps: s.inner_steps,
-        population: args.population,
-        reset_every: s.reset_every,
-        mode: Mode::Mixed,
-        seed: args.seed,
-        target_steps: s.target_steps,
-        plain_steps: s.plain_steps,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(args.outer_steps)
+        .with_inner_steps(s.inner_steps)
+        .with_population(args.population)
+        .with_reset_every(s.reset_every)
+        .with_mode(Mode::Mixed)
+        .with_seed(args.seed)
+        .with_target_steps(s.target_steps)
+        .with_plain_steps(s.plain_steps);
     let setup = Setup {
         inner: &inner,
         rater: &rater,

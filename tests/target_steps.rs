@@ -95,27 +95,23 @@ fn held_out(rng: &mut Rng) -> Result<Xy> {
 }
 
 fn config(target_steps: usize, seed: u64) -> TrainerConfig {
-    TrainerConfig {
-        outer_steps: 100,
-        inner_steps: 2,
-        population: 2,
-        mode: Mode::Mixed,
-        seed,
-        target_steps: Some(target_steps),
-        ..TrainerConfig::default()
-    }
+    TrainerConfig::default()
+        .with_outer_steps(100)
+        .with_inner_steps(2)
+        .with_population(2)
+        .with_mode(Mode::Mixed)
+        .with_seed(seed)
+        .with_target_steps(Some(target_steps))
 }
 
 /// Meta-trains with `config` and returns the rater's weight on a shortcut example
 /// relative to a clean one (`exp(a_shortcut - a_clean)`, 1 = the same).
 fn shortcut_weight(config: TrainerConfig) -> f64 {
     let inner = Linear(Sgd::new(LR));
-    let meta = MetaAdam {
-        lr: 0.02,
-        warmup_steps: 0,
-        weight_decay: 0.0,
-        ..MetaAdam::default()
-    };
+    let meta = MetaAdam::default()
+        .with_lr(0.02)
+        .with_warmup_steps(0)
+        .with_weight_decay(0.0);
     let setup = Setup {
         inner: &inner,
         rater: &KindRater,
@@ -209,12 +205,10 @@ fn bookkeeping<'a>(
 #[test]
 fn members_are_warm_started_to_staggered_ages_and_reset_at_the_target() {
     let (inner, meta) = (Linear(Sgd::new(LR)), MetaAdam::default());
-    let config = TrainerConfig {
-        outer_steps: 6,
-        population: 4,
-        plain_steps: 3,
-        ..config(20, 0)
-    };
+    let config = config(20, 0)
+        .with_outer_steps(6)
+        .with_population(4)
+        .with_plain_steps(3);
     let t = bookkeeping(&inner, &meta, config);
     let mut state = t.init(None).unwrap();
     // Warm start: member i at age i * 20 / 4, trained (not at the zero init) except member 0.
@@ -272,10 +266,7 @@ fn a_zero_target_is_refused_by_name() {
 
 #[test]
 fn for_target_spreads_a_life_over_about_125_outer_steps() {
-    let base = TrainerConfig {
-        inner_steps: 2,
-        ..TrainerConfig::default()
-    };
+    let base = TrainerConfig::default().with_inner_steps(2);
     let c = base.clone().for_target(1000);
     assert_eq!((c.target_steps, c.plain_steps), (Some(1000), 6));
     // A short target needs no plain steps: T alone covers it.

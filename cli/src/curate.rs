@@ -9,7 +9,7 @@ use crate::scoring::{ScoreRecord, ScoreSource, for_each_scored};
 use crate::{agree, fail, on_root};
 use datarater::Rng;
 use datarater::curate::rater_file::RaterFile;
-use datarater::curate::{Acceptor, EmpiricalCdf, discard_bottom};
+use datarater::curate::{Acceptor, EmpiricalCdf, discard_bottom, draw_size};
 use datarater::distributed::Communicator;
 use serde_json::json;
 use std::ops::ControlFlow;
@@ -89,8 +89,64 @@ struct SourceCounts {
     short: u64,
 }
 
+/// `filter`'s decision rule with its parameter, checked.
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    /// Drop this fraction of the scored documents.
+    Discard(f64),
+    /// Accept each document with the streaming acceptance probability, this rho.
+    Accept(f64),
+}
+
+/// Largest `--accept-batch`: each document's acceptance probability sums that many
+/// terms (and holds them), so larger values would only make filtering crawl (or fail
+/// to allocate).
+const MAX_ACCEPT_BATCH: usize = 1 << 20;
+
+/// The rule `--mode` asks for, with its parameter present and in range. Not left to
+/// clap: its `required_if_eq` does not see `--mode`'s default.
+fn rule(args: &FilterArgs) -> Result<Rule> {
+    match args.mode {
+        FilterMode::Discard => {
+            let Some(fraction) = args.discard_fraction else {
+                let hint = if args.rho.is_some() {
+                    " (--rho is for --mode accept)"
+                } else {
+                    ""
+                };
+                fail!(
+                    "--mode discard (the default) needs --discard-fraction F, the fraction of the scored documents to drop{hint}"
+                );
+            };
+            if !(0.0..1.0).contains(&fraction) {
+                fail!("--discard-fraction {fraction} is not in [0, 1)");
+            }
+            Ok(Rule::Discard(fraction))
+        }
+        FilterMode::Accept => {
+            let Some(rho) = args.rho else {
+                fail!("--mode accept needs --rho R, the filter fraction in [0, 1)");
+            };
+            if args.accept_batch > MAX_ACCEPT_BATCH {
+                fail!(
+                    "--accept-batch {} is larger than {MAX_ACCEPT_BATCH} (each document's acceptance probability sums that many terms)",
+                    args.accept_batch
+                );
+            }
+            draw_size(args.accept_batch, rho).map_err(|e| {
+                crate::error::CliError(format!(
+                    "--rho {rho} / --accept-batch {}: {e}",
+                    args.accept_batch
+                ))
+            })?;
+            Ok(Rule::Accept(rho))
+        }
+    }
+}
+
 /// `datarater filter` (on every rank of `comm`; rank 0 writes and reports).
 pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
+    let rule = rule(args)?;
     let input = agree(comm, Input::open(&args.input, args.input_args.options()))?;
     let report_path = sibling(&args.out, "report.json");
     let svg_path = sibling(&args.out, "histogram.svg");
@@ -101,17 +157,17 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     let mut out = OutputFile::create(&args.out, args.force, comm)?;
     let mut report_file = OutputFile::create(&report_path, args.force, comm)?;
     let mut svg_file = OutputFile::create(&svg_path, args.force, comm)?;
+    // A score file, when given, is used instead of the rater.
     let rater = match (&args.rater, &args.scores) {
-        (_, Some(_)) => None,
         (Some(r), None) => Some(agree(comm, RaterFile::<f32>::load(r))?),
-        (None, None) => fail!("filter needs --rater FILE or --scores FILE"),
+        _ => None,
     };
     let source = match (&rater, &args.scores) {
-        (_, Some(p)) => ScoreSource::File(p.clone()),
-        (Some(r), None) => {
+        (Some(r), _) => {
             ScoreSource::Rater(r.document_scorer(args.aggregate.into(), args.batch_size)?)
         }
-        (None, None) => unreachable!("checked above"),
+        (None, Some(p)) => ScoreSource::File(p.clone()),
+        (None, None) => fail!("filter needs --rater FILE or --scores FILE"),
     };
     let keep_short = args.short == ShortPolicy::Keep;
     let mut per_source = vec![SourceCounts::default(); input.sources().len()];
@@ -134,14 +190,8 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         }
         Ok(())
     };
-    let (stats, hist, threshold, mode_report) = match args.mode {
-        FilterMode::Discard => {
-            let fraction = args
-                .discard_fraction
-                .expect("clap requires it in discard mode");
-            if !(0.0..1.0).contains(&fraction) {
-                fail!("--discard-fraction {fraction} is not in [0, 1)");
-            }
+    let (stats, hist, threshold, mode_report) = match rule {
+        Rule::Discard(fraction) => {
             // Pass 1: every document's score (only the scores are held).
             let mut scores: Vec<Option<f64>> = Vec::new();
             let stats = for_each_scored(&input, &source, "filter: scoring", comm, |_, _, s| {
@@ -198,8 +248,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                 json!({"mode": "discard", "discard_fraction": fraction, "threshold": threshold});
             (stats, hist, Some(threshold), r)
         }
-        FilterMode::Accept => {
-            let rho = args.rho.expect("clap requires it in accept mode");
+        Rule::Accept(rho) => {
             // The reference score distribution: the first `--reference` scored documents.
             let mut reference = Vec::new();
             for_each_scored(&input, &source, "filter: reference", comm, |_, _, s| {
@@ -269,12 +318,8 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let title = format!("Document scores: {kept} kept, {discarded} discarded");
     svg_file.write(hist.svg(&title, threshold).as_bytes())?;
-    report_file.write(
-        serde_json::to_string_pretty(&report)
-            .expect("JSON values serialise")
-            .as_bytes(),
-    )?;
-    report_file.write(b"\n")?;
+    // `{:#}`: pretty-printed (writing a `Value` to a string cannot fail).
+    report_file.write(format!("{report:#}\n").as_bytes())?;
     out.commit(comm)?;
     report_file.commit(comm)?;
     svg_file.commit(comm)?;

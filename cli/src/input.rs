@@ -273,7 +273,10 @@ impl Documents<'_> {
     /// Reads the next line (with its terminator) into `self.buf`; false at end of file.
     fn read_line(&mut self) -> Result<bool> {
         self.buf.clear();
-        let reader = self.reader.as_mut().expect("a file is open");
+        // No file open: nothing to read (`next` opens one before reading).
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(false);
+        };
         let n = reader.read_until(b'\n', &mut self.buf).map_err(|e| {
             let path = &self.input.files[self.next_file - 1].0;
             io_error(path, "cannot read", e)

@@ -63,9 +63,18 @@ pub fn for_each_scored(
     let mut progress =
         (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, input.total_bytes(), 0));
     let mut docs = input.documents(bytes_read.clone());
-    let (seq_len, mut file) = match source {
-        ScoreSource::Rater(scorer) => (Some(scorer.seq_len()), None),
-        ScoreSource::File(path) => (None, Some(agree(comm, ScoreFile::open(path))?)),
+    // The source, opened.
+    enum Open<'s, 'a> {
+        Rater(&'s DocumentScorer<'a, f32>),
+        File(ScoreFile),
+    }
+    let mut open = match source {
+        ScoreSource::Rater(scorer) => Open::Rater(scorer),
+        ScoreSource::File(path) => Open::File(agree(comm, ScoreFile::open(path))?),
+    };
+    let seq_len = match &open {
+        Open::Rater(scorer) => Some(scorer.seq_len()),
+        Open::File(_) => None,
     };
     let mut stats = PassStats::default();
     let mut index = 0u64;
@@ -73,17 +82,14 @@ pub fn for_each_scored(
     loop {
         let read = read_block(&mut docs, &mut block, seq_len);
         let ended = agree_on_block(comm, read, &block)?;
-        let scores = match (source, file.as_mut()) {
-            (ScoreSource::Rater(scorer), _) => {
+        let scores = match &mut open {
+            Open::Rater(scorer) => {
                 let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
                 scorer.score_on(&texts, comm, |i| {
                     format!("{}:{}", input.sources()[block[i].source], block[i].line)
                 })?
             }
-            (ScoreSource::File(_), Some(file)) => {
-                agree(comm, file.scores_for(&block, index, input, ended))?
-            }
-            (ScoreSource::File(_), None) => unreachable!("opened above"),
+            Open::File(file) => agree(comm, file.scores_for(&block, index, input, ended))?,
         };
         let visit = || -> Result<bool> {
             for (doc, s) in block.iter().zip(scores) {

@@ -14,22 +14,23 @@ use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
 use crate::input::{Format, Input, InputOptions};
+use crate::output::replace;
 use crate::progress::{Progress, Unit};
 use crate::{agree, on_root};
-use datarater::checkpoint::read_checkpoint_configs;
+use datarater::checkpoint::{encode_checkpoint, read_checkpoint_configs};
 use datarater::curate::documents::chunk_spans;
 use datarater::curate::rater_file::{RaterFile, config_from_json, config_to_json};
 use datarater::distributed::{self, Communicator, RankState};
 use datarater::meta::{MeanLoss, Mode};
-use datarater::nn::{CausalLm, SequenceScorer};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
 use datarater::trainer::{
     MetaAdam, MetaAdamState, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
 };
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const RATER: &str = "rater.safetensors";
@@ -66,15 +67,21 @@ fn fingerprint(seqs: &[Vec<u8>]) -> String {
 
 /// The settings a run is defined by (everything but `outer_steps` and
 /// `checkpoint_every`, which a resume may change).
-fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
+fn settings(
+    a: &TrainArgs,
+    train: &Path,
+    held_out: &Path,
+    lm: &TransformerConfig,
+    rater: &TransformerConfig,
+) -> Json {
     let mut s = json!({
         "train": train.display().to_string(),
         "held_out": held_out.display().to_string(),
         "format": format!("{:?}", a.input_args.format).to_lowercase(),
         "text_field": a.input_args.text_field,
         "skip_invalid": a.input_args.skip_invalid,
-        "lm": config_to_json(&a.lm_config()),
-        "rater": config_to_json(&a.rater_config()),
+        "lm": config_to_json(lm),
+        "rater": config_to_json(rater),
         "seq_len": a.seq_len,
         "batch_size": a.batch_size,
         "inner_steps": a.inner_steps,
@@ -176,28 +183,37 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             (dir, path("train")?, path("held_out")?, Some(recorded))
         }
         None => {
-            let dir = a.out.clone().expect("clap requires --out without --resume");
+            // clap requires these without --resume; a library caller may not have.
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| CliError(format!("train needs {flag} (or --resume RUN_DIR)")))
+            };
             (
-                dir,
-                a.train.clone().expect("clap requires --train"),
-                a.held_out.clone().expect("clap requires --held-out"),
+                need(&a.out, "--out RUN_DIR")?,
+                need(&a.train, "--train DATA")?,
+                need(&a.held_out, "--held-out DATA")?,
                 None,
             )
         }
     };
-    // The run directory must be writable before any work.
-    on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?;
     if a.checkpoint_every == 0 {
         fail!("--checkpoint-every must be at least 1");
     }
     if a.seq_len < 2 {
         fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
     }
+    let (lm_config, rater_config) = (a.lm_config()?, a.rater_config()?);
+    check_sizes(&a, &lm_config, &rater_config)?;
+    // The run directory must be writable before any work; what this creates is removed
+    // again if the run fails before writing a checkpoint into it.
+    let mut created = CreatedDirs(
+        on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?.unwrap_or_default(),
+    );
     let opts = a.input_args.options();
     let (train_seqs, train_docs, train_short) =
         agree(comm, sequences(&train_path, &opts, a.seq_len))?;
     let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
-    let mut configs = settings(&a, &train_path, &held_path);
+    let mut configs = settings(&a, &train_path, &held_path, &lm_config, &rater_config);
     configs["data"] = json!({
         "train_sequences": train_seqs.len(),
         "train_fingerprint": fingerprint(&train_seqs),
@@ -258,29 +274,25 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         );
     }
 
-    let inner = TextLm::new(CausalLm::new(a.lm_config())?, Adam::new(a.inner_lr as f32))?;
-    let scorer = SequenceScorer::new(a.rater_config())?;
+    let inner = TextLm::new(CausalLm::new(lm_config)?, Adam::new(a.inner_lr as f32))?;
+    let scorer = SequenceScorer::new(rater_config)?;
     let rater = TextRater {
         scorer: scorer.clone(),
     };
-    let meta_opt = MetaAdam {
-        lr: a.meta_lr,
-        weight_decay: 0.01,
-        warmup_steps: 20,
-        clip_norm: 1.0,
-        ..MetaAdam::default()
-    };
+    let meta_opt = MetaAdam::default()
+        .with_lr(a.meta_lr)
+        .with_weight_decay(0.01)
+        .with_warmup_steps(20)
+        .with_clip_norm(1.0);
     let train_pool = TextPool::new(Arc::new(train_seqs), a.batch_size)?;
     let held_pool = TextPool::new(Arc::new(held_seqs), a.batch_size)?;
-    let config = TrainerConfig {
-        outer_steps: a.outer_steps,
-        inner_steps: a.inner_steps,
-        population: a.population,
-        reset_every: a.reset_every,
-        mode: Mode::Mixed,
-        seed: a.seed,
-        ..TrainerConfig::default()
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(a.outer_steps)
+        .with_inner_steps(a.inner_steps)
+        .with_population(a.population)
+        .with_reset_every(a.reset_every)
+        .with_mode(Mode::Mixed)
+        .with_seed(a.seed);
     let config = match a.target_steps {
         Some(n) => config.for_target(n as usize),
         None => config,
@@ -302,38 +314,32 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         Some(_) => distributed::load_checkpoint(&ckpt, &expected, comm)?,
         None => distributed::init(&trainer, comm, None)?,
     };
+    // Rank 0 writes both files (through the command line's one file writer, see
+    // `crate::output`); the checkpoint first, so the rater never runs ahead of it.
     let save = |state: &RankState<f32, MetaAdamState<f32>>| -> Result<()> {
-        distributed::save_checkpoint(&ckpt, state, &configs, comm)?;
-        on_root(comm, || {
+        let checkpoint = state
+            .gather(comm)
+            .and_then(|full| full.map(|f| encode_checkpoint(&f, &configs)).transpose());
+        let checkpoint = agree(comm, checkpoint)?;
+        replace(&ckpt, checkpoint.as_deref(), comm)?;
+        let rater_file = on_root(comm, || {
             let mut training = configs.clone();
             training["outer_steps_done"] = json!(state.local.step);
-            RaterFile {
+            Ok(RaterFile {
                 scorer: scorer.clone(),
                 seq_len: a.seq_len,
                 training,
                 eta: state.local.eta.clone(),
             }
-            .save(run_dir.join(RATER))?;
-            Ok(())
+            .to_bytes()?)
         })?;
-        Ok(())
+        replace(&run_dir.join(RATER), rater_file.as_deref(), comm)
     };
     if !resuming {
         save(&state)?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while the step finishes kills the process (the last
-        // checkpoint is intact either way).
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
-    }
+    watch_ctrl_c()?;
     // Progress is shown once, by rank 0.
     let mut progress = root.then(|| {
         Progress::new(
@@ -360,7 +366,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         };
         // Ranks may see Ctrl-C at different steps: stop when any rank has.
         let interrupted = comm
-            .all_gather_bytes(&[u8::from(stop.load(Ordering::SeqCst))])
+            .all_gather_bytes(&[u8::from(INTERRUPTED.load(Ordering::SeqCst))])
             .iter()
             .any(|b| b == &[1]);
         let step = state.local.step;
@@ -389,6 +395,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         save(&state)?;
     }
     finish(&mut progress, &last_msg);
+    created.keep();
     if root {
         println!(
             "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
@@ -400,6 +407,111 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     Ok(())
 }
 
+/// Set by the Ctrl-C handler; read after every outer step, cleared when a run starts.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler (once per process: a second `ctrlc::set_handler` fails,
+/// and a library caller may train more than once) and clears [`INTERRUPTED`].
+fn watch_ctrl_c() -> Result<()> {
+    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            // A second Ctrl-C while the step finishes kills the process (the last
+            // checkpoint is intact either way).
+            ctrlc::set_handler(|| {
+                if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            })
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Refuses settings whose models or inner windows need more bytes than one allocation
+/// may have (`isize::MAX`): they could never run, and would otherwise stop deep in the
+/// library on an arithmetic or capacity overflow. (Smaller ones that do not fit in
+/// this machine's memory fail when allocated, as in any program.)
+fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig) -> Result<()> {
+    let n = |x: usize| Some(x as u128);
+    let mul = |x: Option<u128>, y: Option<u128>| x?.checked_mul(y?);
+    let add = |x: Option<u128>, y: Option<u128>| x?.checked_add(y?);
+    // Parameters of a transformer with a `head`-wide output (its weights and biases).
+    let params = |c: &TransformerConfig, head: usize| {
+        let (d, f) = (n(c.d_model), n(c.d_ff));
+        let layer = [mul(mul(n(4), d), d), mul(mul(n(2), d), f), f, mul(n(9), d)]
+            .into_iter()
+            .try_fold(0u128, |acc, x| acc.checked_add(x?));
+        let embeddings = mul(add(n(c.vocab), n(c.max_len)), d);
+        add(
+            add(embeddings, mul(n(c.n_layers), layer)),
+            mul(add(d, n(1)), n(head)),
+        )
+    };
+    let (lm_p, rater_p) = (params(lm, lm.vocab), params(rater, 1));
+    let f32s = |x: Option<u128>| mul(x, n(4));
+    // Each member: its language model and Adam's two moments, and the rater's meta-Adam
+    // state; the mixed-mode meta-gradient keeps every inner step's gradient.
+    let member = add(mul(lm_p, n(3)), mul(rater_p, n(3)));
+    let parts = [
+        (
+            "the language model (--lm-width, --lm-layers, --seq-len)",
+            f32s(lm_p),
+        ),
+        (
+            "the rater (--rater-width, --rater-layers, --seq-len)",
+            f32s(rater_p),
+        ),
+        (
+            "the population (--population)",
+            f32s(mul(member, n(a.population))),
+        ),
+        (
+            "one window's inner gradients (--inner-steps)",
+            f32s(mul(lm_p, n(a.inner_steps))),
+        ),
+        (
+            "one window's batches (--inner-steps, --batch-size, --seq-len)",
+            mul(mul(n(a.inner_steps), n(a.batch_size)), n(a.seq_len)),
+        ),
+    ];
+    for (what, bytes) in parts {
+        if bytes.is_none_or(|b| b > isize::MAX as u128) {
+            fail!(
+                "{what} would need more than {} bytes: no process can hold it",
+                isize::MAX
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The directories `train` created for its run directory, outermost first; dropped
+/// without [`CreatedDirs::keep`] (a failed run), it removes those still empty, so a
+/// failure leaves no empty run directory behind (and never touches a file).
+struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// The run succeeded: keep them.
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            // Fails (and stops) at a directory that is not empty: a checkpoint was written.
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 /// Ends rank 0's progress display.
 fn finish(progress: &mut Option<Progress>, msg: &str) {
     if let Some(p) = progress {
@@ -407,8 +519,9 @@ fn finish(progress: &mut Option<Progress>, msg: &str) {
     }
 }
 
-/// Creates the run directory (or checks the one to resume) and proves it writable.
-fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<()> {
+/// Creates the run directory (or checks the one to resume) and proves it writable;
+/// returns the directories it created, outermost first.
+fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<Vec<PathBuf>> {
     if !resuming && dir.join(CHECKPOINT).exists() && !force {
         fail!(
             "{}: already holds a run (resume it with `datarater train --resume {}`, or pass --force to start over)",
@@ -416,11 +529,18 @@ fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<()> {
             dir.display()
         );
     }
+    let mut created: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    created.reverse();
+    let mut dirs = CreatedDirs(created);
     std::fs::create_dir_all(dir)
         .map_err(|e| io_error(dir, "cannot create the run directory", e))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .map_err(|e| io_error(dir, "cannot write to the run directory", e))?;
     let _ = std::fs::remove_file(&probe);
-    Ok(())
+    Ok(std::mem::take(&mut dirs.0))
 }

@@ -18,27 +18,13 @@ pub const SEQ_LEN: usize = 64;
 pub const BATCH: usize = 16;
 
 pub fn lm_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 128,
-        max_len: SEQ_LEN,
-        causal: true,
-    }
+    TransformerConfig::new(32, 2, 2, SEQ_LEN).with_d_ff(128)
 }
 
 pub fn rater_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 2,
-        d_ff: 64,
-        max_len: SEQ_LEN,
-        causal: false,
-    }
+    TransformerConfig::new(32, 1, 2, SEQ_LEN)
+        .with_d_ff(64)
+        .with_causal(false)
 }
 
 /// Label of a corruption for tables and plots.

@@ -7,6 +7,7 @@ use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
 use crate::meta::{
     DataRaterProblem, InnerLoop, MetaOptimizer, MetaRequest, Mode, OuterLoop, Rater, Sampler,
+    Snapshots,
 };
 use crate::optim::{OptState, Optimizer};
 use crate::rng::Rng;
@@ -15,8 +16,16 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::time::Instant;
 
-/// Settings of Algorithm 1.
+/// Settings of Algorithm 1. Build it from [`Default`] with the `with_*` methods:
+///
+/// ```
+/// use datarater::trainer::TrainerConfig;
+/// let config = TrainerConfig::default().with_outer_steps(300).with_population(4);
+/// assert_eq!((config.outer_steps, config.inner_steps), (300, 2));
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TrainerConfig {
     /// Outer (meta) steps `K`.
     pub outer_steps: usize,
@@ -62,6 +71,26 @@ impl Default for TrainerConfig {
     }
 }
 
+with_fields!(TrainerConfig {
+    /// Sets [`outer_steps`](TrainerConfig::outer_steps) (`K`).
+    with_outer_steps => outer_steps: usize,
+    /// Sets [`inner_steps`](TrainerConfig::inner_steps) (`T`).
+    with_inner_steps => inner_steps: usize,
+    /// Sets [`population`](TrainerConfig::population) (`N`).
+    with_population => population: usize,
+    /// Sets [`reset_every`](TrainerConfig::reset_every).
+    with_reset_every => reset_every: usize,
+    /// Sets [`mode`](TrainerConfig::mode).
+    with_mode => mode: Mode,
+    /// Sets [`seed`](TrainerConfig::seed).
+    with_seed => seed: u64,
+    /// Sets [`target_steps`](TrainerConfig::target_steps) (see also
+    /// [`for_target`](TrainerConfig::for_target)).
+    with_target_steps => target_steps: Option<usize>,
+    /// Sets [`plain_steps`](TrainerConfig::plain_steps).
+    with_plain_steps => plain_steps: usize,
+});
+
 impl TrainerConfig {
     /// Outer steps a member's life spans under [`for_target`](Self::for_target).
     pub const TARGET_LIFE_OUTER_STEPS: usize = 125;
@@ -98,7 +127,18 @@ impl TrainerConfig {
                 reason: "must be positive (or unset)".into(),
             });
         }
-        if let Mode::Checkpointed { snapshots } = self.mode {
+        if let Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(snapshots),
+        } = self.mode
+        {
+            if snapshots == 0 {
+                return Err(Error::Config {
+                    field: "mode",
+                    reason: "Snapshots::AtMost(0): at least the window's start is stored; \
+                             use Snapshots::Auto to let the engine choose"
+                        .into(),
+                });
+            }
             if snapshots > self.inner_steps {
                 return Err(Error::Config {
                     field: "mode",
@@ -266,8 +306,8 @@ pub struct Advanced<F: Float, M> {
 pub struct Trainer<'a, F: Float, I: InnerLoop<F>, R, O, M> {
     /// The parts.
     pub setup: Setup<'a, I::Batch, I, R, O, M>,
-    /// Settings.
-    pub config: TrainerConfig,
+    /// Settings, validated by [`Trainer::new`] (read them with [`Trainer::config`]).
+    config: TrainerConfig,
     precision: PhantomData<fn() -> F>,
 }
 
@@ -292,6 +332,12 @@ where
             config,
             precision: PhantomData,
         })
+    }
+
+    /// The settings this trainer was built with (read-only: they were validated by
+    /// [`Trainer::new`]).
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
     }
 
     /// Fresh state from the seed: a new rater (or `eta`, to continue from saved
@@ -419,16 +465,15 @@ where
             rater,
             outer,
         };
-        let r = MetaRequest {
-            problem: &problem,
+        let r = MetaRequest::new(
+            &problem,
             eta,
-            theta: &m.theta,
-            state: &m.opt_state,
-            batches: &batches,
-            outer_batch: &outer_batch,
-            mode: self.config.mode,
-            memory_budget: None,
-        }
+            &m.theta,
+            &m.opt_state,
+            &batches,
+            &outer_batch,
+        )
+        .mode(self.config.mode)
         .run()
         .map_err(|e| at_outer_step(e, k, i))?;
         let grad_norm = r.grad.norm().f64();
