@@ -9,9 +9,11 @@ pub mod curate;
 pub mod error;
 pub mod histogram;
 pub mod input;
+pub mod interrupt;
 pub mod output;
 pub mod progress;
 pub mod scoring;
+pub mod shards;
 pub mod train;
 
 use datarater::distributed::Communicator;

@@ -13,7 +13,7 @@
 use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
-use crate::input::{Format, Input, InputOptions};
+use crate::input::{Corpus, Format, InputOptions};
 use crate::progress::{Progress, Unit};
 use crate::{agree, on_root};
 use datarater::checkpoint::read_checkpoint_configs;
@@ -38,9 +38,16 @@ const RATER: &str = "rater.safetensors";
 /// `datarater::curate::documents`); returns the sequences, the document count and the
 /// number of documents too short to use.
 fn sequences(path: &Path, opts: &InputOptions, seq_len: usize) -> Result<(Vec<Vec<u8>>, u64, u64)> {
-    let input = Input::open(path, opts.clone())?;
+    let corpus = Corpus::open(path, opts)?;
     let (mut seqs, mut docs, mut short) = (Vec::new(), 0u64, 0u64);
-    for doc in input.documents(Arc::default()) {
+    for doc in corpus
+        .shards
+        .iter()
+        .map(|s| s.documents(opts, Arc::default()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
         let doc = doc?;
         let text = doc.text();
         let spans = chunk_spans(text.len(), seq_len);
@@ -127,12 +134,7 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
         a.input_args.text_field = text("text_field")?.to_string();
     }
     if !given("format") {
-        a.input_args.format = match text("format")? {
-            "lines" => Format::Lines,
-            "paragraphs" => Format::Paragraphs,
-            "jsonl" => Format::Jsonl,
-            _ => Format::Auto,
-        };
+        a.input_args.format = Format::from_name(text("format")?).unwrap_or(Format::Auto);
     }
     if !given("skip_invalid") {
         a.input_args.skip_invalid = s
