@@ -186,6 +186,9 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
             comm,
             &mut progress,
             |stats, digest| {
+                if corpus.single_file {
+                    no_documents(shard, stats)?;
+                }
                 if corpus.single_file && stats.short == stats.read.documents {
                     fail!(
                         "no document is long enough to score: all {} are shorter than the rater's {} bytes",
@@ -213,6 +216,14 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
         test_delay();
     }
     progress.finish();
+    if total.read.documents == 0 {
+        fail!(
+            "{}: no documents found in its {} shards{}",
+            args.input.display(),
+            corpus.shards.len(),
+            skipped_note(&total)
+        );
+    }
     if comm.rank() != 0 {
         return Ok(());
     }
@@ -262,6 +273,25 @@ fn score_shard(
     Ok(stats)
 }
 
+/// Fails if a single file in had no documents.
+fn no_documents(shard: &Shard, stats: &PassStats) -> Result<()> {
+    if stats.read.documents == 0 {
+        fail!(
+            "{}: no documents found{} (is the file empty, or is --format wrong?)",
+            shard.path.display(),
+            skipped_note(stats)
+        );
+    }
+    Ok(())
+}
+
+fn skipped_note(stats: &PassStats) -> String {
+    match (stats.read.skipped, stats.read.too_long) {
+        (0, 0) => String::new(),
+        (s, l) => format!(" ({s} invalid records skipped, {l} too long)"),
+    }
+}
+
 fn report_common(stats: &PassStats, seq_len: Option<usize>, short_fate: &str) {
     if stats.short > 0 {
         let bound = seq_len.map_or(String::new(), |l| format!(" (fewer than {l} bytes)"));
@@ -308,16 +338,34 @@ fn shard_rng(seed: u64, shard: &Shard) -> Rng {
     Rng::new(h.finish())
 }
 
-/// Where a shard's scores are read from under `filter --scores`.
+/// Where a shard's scores are read from under `filter --scores`; a score file whose
+/// record (written by `datarater score`) names another input is refused.
 fn score_file_for(scores: &Path, corpus: &Corpus, shard: &Shard) -> Result<PathBuf> {
+    let checked = |p: PathBuf| -> Result<PathBuf> {
+        let rec = crate::shards::record_path(&p);
+        if let Ok(text) = std::fs::read_to_string(&rec)
+            && let Ok(rec) = serde_json::from_str::<Json>(&text)
+        {
+            let now = Digest::of_file(&shard.path)?.to_json();
+            if rec["input"] != now {
+                fail!(
+                    "{}: was written for another input (its record says the input had size and checksum {}; {} has {now})",
+                    p.display(),
+                    rec["input"],
+                    shard.path.display()
+                );
+            }
+        }
+        Ok(p)
+    };
     if corpus.single_file {
-        return Ok(scores.to_path_buf());
+        return checked(scores.to_path_buf());
     }
     let base = scores.join(&shard.rel);
     for c in [Compression::None, Compression::Zstd, Compression::Gzip] {
         let p = base.with_file_name(score_name(shard, c));
         if p.exists() {
-            return Ok(p);
+            return checked(p);
         }
     }
     fail!(
@@ -410,12 +458,20 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         });
     }
     progress.finish();
+    if corpus.single_file
+        && let Some(Ok((_, stats))) = per_shard.first()
+    {
+        no_documents(&corpus.shards[0], stats)?;
+    }
     let all: Vec<f64> = per_shard
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .flat_map(|(s, _)| s.iter().copied())
         .collect();
     let scored: Vec<f64> = all.iter().copied().filter(|s| !s.is_nan()).collect();
+    if all.is_empty() {
+        fail!("{}: no documents found", args.input.display());
+    }
     if scored.is_empty() {
         fail!(
             "no document is long enough to score: all {} are shorter than the rater's sequence length",
