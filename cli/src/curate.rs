@@ -166,7 +166,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     let start = Instant::now();
     let mut progress = CorpusProgress::new("score", corpus.total_bytes(), comm);
     let mut total = PassStats::default();
-    let (mut written, mut skipped, mut invalid) = (0usize, 0usize, Vec::new());
+    let (mut written, mut skipped, mut invalid) = (0usize, 0usize, corpus.invalid.clone());
     for (k, shard) in corpus.shards.iter().enumerate() {
         if let ShardState::Done(counts) = &states[k] {
             let n = |key: &str| counts[key].as_u64().unwrap_or(0);
@@ -584,7 +584,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     // Pass 2: write the shards not yet complete.
     let mut hist = Histogram::new(lo, hi, 40);
     let mut shard_reports = Vec::new();
-    let mut invalid = Vec::new();
+    let mut invalid = corpus.invalid.clone();
     let mut total = PassStats::default();
     let (mut kept, mut first) = (0u64, 0usize);
     let mut done = states
@@ -662,7 +662,10 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         "skipped_invalid_records": total.read.skipped,
         "too_long": total.read.too_long,
         "max_document_bytes": args.input_args.max_document_bytes,
-        "invalid_shards": invalid.len(),
+        "invalid_shards": invalid
+            .iter()
+            .map(|(rel, why)| json!({"shard": rel, "reason": why}))
+            .collect::<Vec<_>>(),
         "histogram": svg_path.display().to_string(),
         "shards": shard_reports,
     });

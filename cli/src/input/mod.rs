@@ -424,6 +424,8 @@ pub struct Corpus {
     pub shards: Vec<Shard>,
     /// One file given by name (its output is one file too).
     pub single_file: bool,
+    /// With `--skip-invalid`, the files left out (relative path, why).
+    pub invalid: Vec<(PathBuf, String)>,
 }
 
 impl Corpus {
@@ -433,23 +435,35 @@ impl Corpus {
     ///
     /// # Errors
     /// A missing path, a pattern or directory matching no file, an unreadable file or
-    /// one of an unsupported format.
+    /// one of an unsupported format (with `--skip-invalid`, listed in
+    /// [`Corpus::invalid`] instead, unless it is the only file).
     pub fn open(spec: &Path, opts: &InputOptions) -> Result<Corpus> {
         let (root, files, single_file) = resolve(spec)?;
-        let shards = files
-            .into_iter()
-            .map(|f| {
-                let rel = if single_file {
-                    PathBuf::from(f.file_name().unwrap_or_default())
-                } else {
-                    f.strip_prefix(&root).unwrap_or(&f).to_path_buf()
-                };
-                Shard::detect(&f, rel, opts.format)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (mut shards, mut invalid) = (Vec::new(), Vec::new());
+        for f in files {
+            let rel = if single_file {
+                PathBuf::from(f.file_name().unwrap_or_default())
+            } else {
+                f.strip_prefix(&root).unwrap_or(&f).to_path_buf()
+            };
+            match Shard::detect(&f, rel.clone(), opts.format) {
+                Ok(s) => shards.push(s),
+                Err(e) if opts.skip_invalid && !single_file => invalid.push((rel, e.0)),
+                Err(e) => return Err(e),
+            }
+        }
+        if shards.is_empty() {
+            fail!(
+                "{}: none of its {} files can be read (the first: {})",
+                spec.display(),
+                invalid.len(),
+                invalid.first().map_or("", |(_, why)| why.as_str())
+            );
+        }
         Ok(Corpus {
             shards,
             single_file,
+            invalid,
         })
     }
 
