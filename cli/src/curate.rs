@@ -376,6 +376,64 @@ fn score_file_for(scores: &Path, corpus: &Corpus, shard: &Shard) -> Result<PathB
     )
 }
 
+/// The decision rule of `filter`, for the whole corpus.
+enum Rule {
+    /// Keep the scored documents marked here (in corpus order), and short ones if
+    /// `keep_short`.
+    Discard {
+        keep_scored: Vec<bool>,
+        keep_short: bool,
+    },
+    /// The acceptance rule, with one random stream per shard.
+    Accept {
+        acceptor: Acceptor,
+        seed: u64,
+        keep_short: bool,
+    },
+}
+
+impl Rule {
+    /// Whether each document of `shard` (its `scores`, NaN for too short) is kept;
+    /// `first` counts the scored documents of the shards before it.
+    fn decide(&self, shard: &Shard, scores: &[f64], first: usize) -> Vec<bool> {
+        match self {
+            Rule::Discard {
+                keep_scored,
+                keep_short,
+            } => {
+                let mut at = first;
+                scores
+                    .iter()
+                    .map(|s| {
+                        if s.is_nan() {
+                            return *keep_short;
+                        }
+                        at += 1;
+                        keep_scored[at - 1]
+                    })
+                    .collect()
+            }
+            Rule::Accept {
+                acceptor,
+                seed,
+                keep_short,
+            } => {
+                let mut rng = shard_rng(*seed, shard);
+                scores
+                    .iter()
+                    .map(|s| {
+                        if s.is_nan() {
+                            *keep_short
+                        } else {
+                            acceptor.accept(*s, &mut rng)
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// `datarater filter` (on every rank of `comm`; rank 0 writes and reports).
 pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     let opts = args.input_args.options();
@@ -491,8 +549,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     settings["scores_xxh64"] = json!(format!("{:016x}", scores_hash.finish()));
     settings["short"] = json!(if keep_short { "keep" } else { "discard" });
     settings["compression"] = json!(format!("{:?}", args.compression).to_lowercase());
-    let decide: Box<dyn Fn(usize, &[f64], usize) -> Vec<bool>>;
-    let (threshold, mode_report) = match args.mode {
+    let (rule, threshold, mode_report) = match args.mode {
         FilterMode::Discard => {
             let fraction = args
                 .discard_fraction
@@ -509,23 +566,12 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                 .fold(f64::INFINITY, f64::min);
             settings["mode"] = json!("discard");
             settings["discard_fraction"] = json!(fraction);
-            // Shard k's documents are scored documents first..: their decisions.
-            let keep_scored = Arc::new(keep_scored);
-            decide = Box::new(move |_, scores, first| {
-                let mut at = first;
-                scores
-                    .iter()
-                    .map(|s| {
-                        if s.is_nan() {
-                            keep_short
-                        } else {
-                            at += 1;
-                            keep_scored[at - 1]
-                        }
-                    })
-                    .collect()
-            });
+            let rule = Rule::Discard {
+                keep_scored,
+                keep_short,
+            };
             (
+                rule,
                 Some(threshold),
                 json!({"mode": "discard", "discard_fraction": fraction, "threshold": threshold,
                        "quantile": "exact: every score is held (8 bytes a document)"}),
@@ -548,22 +594,12 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                 "accept_batch": args.accept_batch, "draw": acceptor.draw(),
                 "reference_documents": reference.len(),
             });
-            let seed = args.seed;
-            let shards = corpus.shards.clone();
-            decide = Box::new(move |k, scores, _| {
-                let mut rng = shard_rng(seed, &shards[k]);
-                scores
-                    .iter()
-                    .map(|s| {
-                        if s.is_nan() {
-                            keep_short
-                        } else {
-                            acceptor.accept(*s, &mut rng)
-                        }
-                    })
-                    .collect()
-            });
-            (None, r)
+            let rule = Rule::Accept {
+                acceptor,
+                seed: args.seed,
+                keep_short,
+            };
+            (rule, None, r)
         }
     };
     if let Some(r) = &args.rater {
@@ -602,7 +638,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                 continue;
             }
         };
-        let keep = decide(k, scores, first);
+        let keep = rule.decide(shard, scores, first);
         first += scores.iter().filter(|s| !s.is_nan()).count();
         for (s, k) in scores.iter().zip(&keep) {
             if !s.is_nan() {
