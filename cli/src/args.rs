@@ -371,6 +371,17 @@ pub struct TrainArgs {
     /// Overwrite a RUN_DIR that already holds a run.
     #[arg(long)]
     pub force: bool,
+    /// The format of --train when detection cannot tell (default: --format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub train_format: Option<Format>,
+    /// The format of --held-out when detection cannot tell (default: --format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub held_out_format: Option<Format>,
+    /// At most this many bytes of sequences are drawn from --train (and from
+    /// --held-out): a uniform sample over all their shards, fixed by --seed and the
+    /// shard list, so memory does not grow with the corpus.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub train_sample_bytes: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub input_args: InputArgs,

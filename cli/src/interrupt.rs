@@ -1,6 +1,7 @@
-//! Ctrl-C in `score` and `filter`: the handler only raises a flag; the passes check it
-//! between blocks and shards, stop with [`interrupted`]'s error (temporary files are
-//! removed as their writers drop), and the command says how to continue.
+//! Ctrl-C: the handler (installed once per process) only raises a flag. `train` checks
+//! it after each outer step; the passes of `score` and `filter` check it between
+//! blocks and shards and stop with [`INTERRUPTED`] (temporary files are removed as
+//! their writers drop); each command then says how to continue.
 
 use crate::error::{CliError, Result};
 use std::sync::OnceLock;
@@ -31,12 +32,17 @@ pub fn install() -> Result<()> {
         .map_err(CliError)
 }
 
+/// Whether Ctrl-C was pressed.
+pub fn requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
 /// Fails with [`INTERRUPTED`] once Ctrl-C was pressed.
 ///
 /// # Errors
 /// As above.
 pub fn check() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
+    if requested() {
         return Err(CliError(INTERRUPTED.into()));
     }
     Ok(())

@@ -29,35 +29,82 @@ use datarater::trainer::{
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const RATER: &str = "rater.safetensors";
+/// Seeds of the training and held-out samples' streams (xor the run's seed), apart
+/// from every stream the trainer draws.
+const TRAIN_STREAM: u64 = 0x7361_6d70_6c65_0001;
+const HELD_STREAM: u64 = 0x7361_6d70_6c65_0002;
+
+/// A reproducible sample of a corpus's sequences (see [`sample`]).
+struct Sample {
+    /// The sampled sequences.
+    seqs: Vec<Vec<u8>>,
+    /// Documents read.
+    docs: u64,
+    /// Documents too short to use.
+    short: u64,
+    /// Sequences in the whole corpus.
+    total: u64,
+    /// The shards read (relative path, size), in order: what the sample is drawn from.
+    shards: Json,
+}
 
 /// Cuts every document of `path` into `seq_len`-byte sequences (the chunking rule of
-/// `datarater::curate::documents`); returns the sequences, the document count and the
-/// number of documents too short to use.
-fn sequences(path: &Path, opts: &InputOptions, seq_len: usize) -> Result<(Vec<Vec<u8>>, u64, u64)> {
+/// `datarater::curate::documents`) and keeps a uniform sample of at most `max_bytes`
+/// of them (all of them if they fit): a reservoir over the corpus in shard order,
+/// drawn from `seed`, so the sample is a function of the seed and the shards, and
+/// memory is bounded by `max_bytes` whatever the corpus's size.
+fn sample(
+    path: &Path,
+    opts: &InputOptions,
+    seq_len: usize,
+    max_bytes: u64,
+    seed: u64,
+) -> Result<Sample> {
     let corpus = Corpus::open(path, opts)?;
-    let (mut seqs, mut docs, mut short) = (Vec::new(), 0u64, 0u64);
-    for doc in corpus
+    let capacity = usize::try_from(max_bytes / seq_len as u64)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut rng = datarater::Rng::new(seed);
+    let (mut seqs, mut docs, mut short, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
+    for shard in &corpus.shards {
+        for doc in shard.documents(opts, Arc::default())? {
+            let doc = doc?;
+            let text = doc.text();
+            let spans = chunk_spans(text.len(), seq_len);
+            docs += 1;
+            if spans.is_empty() {
+                short += 1;
+            }
+            for r in spans {
+                total += 1;
+                if seqs.len() < capacity {
+                    seqs.push(text[r].to_vec());
+                } else {
+                    // Algorithm R: sequence `total` replaces a kept one with probability
+                    // capacity / total.
+                    let j = rng.next_u64() % total;
+                    if let Some(slot) = seqs.get_mut(j as usize) {
+                        slot.copy_from_slice(&text[r]);
+                    }
+                }
+            }
+        }
+    }
+    let shards = corpus
         .shards
         .iter()
-        .map(|s| s.documents(opts, Arc::default()))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-    {
-        let doc = doc?;
-        let text = doc.text();
-        let spans = chunk_spans(text.len(), seq_len);
-        docs += 1;
-        if spans.is_empty() {
-            short += 1;
-        }
-        seqs.extend(spans.into_iter().map(|r| text[r].to_vec()));
-    }
-    Ok((seqs, docs, short))
+        .map(|s| json!([s.rel.display().to_string(), s.bytes]))
+        .collect();
+    Ok(Sample {
+        seqs,
+        docs,
+        short,
+        total,
+        shards,
+    })
 }
 
 /// FNV-1a of a pool, recorded so a resume on changed data is refused.
@@ -77,7 +124,12 @@ fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
     json!({
         "train": train.display().to_string(),
         "held_out": held_out.display().to_string(),
-        "format": format!("{:?}", a.input_args.format).to_lowercase(),
+        "format": a.input_args.format.name(),
+        "train_format": a.train_format.map(Format::name),
+        "held_out_format": a.held_out_format.map(Format::name),
+        "train_sample_bytes": a.train_sample_bytes,
+        "id_field": a.input_args.id_field,
+        "max_document_bytes": a.input_args.max_document_bytes,
         "text_field": a.input_args.text_field,
         "skip_invalid": a.input_args.skip_invalid,
         "lm": config_to_json(&a.lm_config()),
@@ -136,6 +188,28 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
     if !given("format") {
         a.input_args.format = Format::from_name(text("format")?).unwrap_or(Format::Auto);
     }
+    if !given("train_sample_bytes") {
+        a.train_sample_bytes = s
+            .get("train_sample_bytes")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| bad("train_sample_bytes"))?;
+    }
+    if !given("max_document_bytes") {
+        a.input_args.max_document_bytes = s
+            .get("max_document_bytes")
+            .and_then(Json::as_u64)
+            .unwrap_or(0);
+    }
+    if !given("id_field") {
+        a.input_args.id_field = text("id_field")?.to_string();
+    }
+    let format = |k: &str| s.get(k).and_then(Json::as_str).and_then(Format::from_name);
+    if !given("train_format") {
+        a.train_format = format("train_format");
+    }
+    if !given("held_out_format") {
+        a.held_out_format = format("held_out_format");
+    }
     if !given("skip_invalid") {
         a.input_args.skip_invalid = s
             .get("skip_invalid")
@@ -190,15 +264,37 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
     }
     let opts = a.input_args.options();
-    let (train_seqs, train_docs, train_short) =
-        agree(comm, sequences(&train_path, &opts, a.seq_len))?;
-    let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
+    let mut train_opts = a.input_args.options();
+    train_opts.format = a.train_format.unwrap_or(opts.format);
+    let mut held_opts = opts.clone();
+    held_opts.format = a.held_out_format.unwrap_or(opts.format);
+    let max = a.train_sample_bytes;
+    let train = agree(
+        comm,
+        sample(
+            &train_path,
+            &train_opts,
+            a.seq_len,
+            max,
+            a.seed ^ TRAIN_STREAM,
+        ),
+    )?;
+    let held = agree(
+        comm,
+        sample(&held_path, &held_opts, a.seq_len, max, a.seed ^ HELD_STREAM),
+    )?;
+    let (train_seqs, train_docs, train_short) = (train.seqs, train.docs, train.short);
+    let (held_seqs, held_docs) = (held.seqs, held.docs);
     let mut configs = settings(&a, &train_path, &held_path);
     configs["data"] = json!({
         "train_sequences": train_seqs.len(),
         "train_fingerprint": fingerprint(&train_seqs),
         "held_out_sequences": held_seqs.len(),
         "held_out_fingerprint": fingerprint(&held_seqs),
+        "train_corpus_sequences": train.total,
+        "held_out_corpus_sequences": held.total,
+        "train_shards": train.shards,
+        "held_out_shards": held.shards,
     });
     // Every rank reads the data itself: ranks that read different data would train
     // different members on it, silently.
@@ -246,10 +342,16 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     resumable(&mut configs, &a);
     if root {
         println!(
-            "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
+            "{}training data: {train_docs} documents in {} shards -> {} sequences of {} bytes ({train_short} documents too short, unused), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
             if resuming { "resuming; " } else { "" },
-            train_seqs.len(),
+            configs["data"]["train_shards"]
+                .as_array()
+                .map_or(0, Vec::len),
+            train.total,
             a.seq_len,
+            train_seqs.len(),
+            a.train_sample_bytes,
+            held.total,
             held_seqs.len()
         );
     }
@@ -313,18 +415,9 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         save(&state)?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while the step finishes kills the process (the last
-        // checkpoint is intact either way).
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
-    }
+    // A second Ctrl-C while the step finishes kills the process (the last checkpoint
+    // is intact either way).
+    crate::interrupt::install()?;
     // Progress is shown once, by rank 0.
     let mut progress = root.then(|| {
         Progress::new(
@@ -351,7 +444,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         };
         // Ranks may see Ctrl-C at different steps: stop when any rank has.
         let interrupted = comm
-            .all_gather_bytes(&[u8::from(stop.load(Ordering::SeqCst))])
+            .all_gather_bytes(&[u8::from(crate::interrupt::requested())])
             .iter()
             .any(|b| b == &[1]);
         let step = state.local.step;
