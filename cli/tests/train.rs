@@ -269,3 +269,31 @@ fn a_non_finite_meta_gradient_stops_the_run_naming_the_step() {
         datarater::checkpoint::read_checkpoint_configs(run.join("checkpoint.safetensors")).is_ok()
     );
 }
+
+#[test]
+fn each_input_is_detected_on_its_own_and_unsupported_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = corpus(dir.path());
+    let run = dir.path().join("run");
+    // A compressed or binary held-out set is refused by name, never read as text.
+    let bz2 = dir.path().join("held.txt.bz2");
+    std::fs::write(&bz2, b"BZh91AY&SY\x01\x02\x03").unwrap();
+    fails(
+        &train_args(&train, &bz2, &run, "1"),
+        &["held.txt.bz2", "bzip2"],
+    );
+    let exe = std::env::current_exe().unwrap();
+    fails(&train_args(&train, &exe, &run, "1"), &["ELF executable"]);
+    // A paragraphs held-out set beside a JSON Lines training set: the held-out's own
+    // format does not change how the training set is read.
+    let held = dir.path().join("held.para");
+    std::fs::write(&held, documents(30, 5).join("\n\n") + "\n").unwrap();
+    let mut a = train_args(&train, &held, &run, "1");
+    a.extend(["--held-out-format", "paragraphs"]);
+    let stdout = ok(&a);
+    assert!(
+        stdout.contains("training data: 120 documents")
+            && stdout.contains("held-out: 30 documents"),
+        "{stdout}"
+    );
+}
