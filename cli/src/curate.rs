@@ -161,7 +161,8 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     settings["batch_size"] = json!(args.batch_size);
     let (digests, states) = plan(&corpus.shards, &outs, &settings, args.force, comm)?;
     let scorer = rater.document_scorer(args.aggregate.into(), args.batch_size)?;
-    let scorer = ScoreSource::Rater(&scorer);
+    let pad = crate::scoring::pads_short(&rater.training);
+    let scorer = ScoreSource::Rater(&scorer, pad);
     interrupt::install()?;
     let start = Instant::now();
     let mut progress = CorpusProgress::new("score", corpus.total_bytes(), comm);
@@ -172,6 +173,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
             let n = |key: &str| counts[key].as_u64().unwrap_or(0);
             total.read.documents += n("documents");
             total.short += n("too_short");
+            total.padded += n("padded");
             total.text_bytes += n("text_bytes");
             progress.shard_done(shard, n("documents"), n("too_short"));
             skipped += 1;
@@ -198,7 +200,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
                 }
                 let counts = json!({
                     "documents": stats.read.documents, "too_short": stats.short,
-                    "text_bytes": stats.text_bytes,
+                    "padded": stats.padded, "text_bytes": stats.text_bytes,
                 });
                 write_record(&outs[k], digests[k], &settings, digest, &counts)
             },
@@ -293,6 +295,12 @@ fn skipped_note(stats: &PassStats) -> String {
 }
 
 fn report_common(stats: &PassStats, seq_len: Option<usize>, short_fate: &str) {
+    if stats.padded > 0 {
+        println!(
+            "{} documents shorter than the rater's sequence were scored padded with NUL bytes (the rule it was trained with)",
+            stats.padded
+        );
+    }
     if stats.short > 0 {
         let bound = seq_len.map_or(String::new(), |l| format!(" (fewer than {l} bytes)"));
         println!(
@@ -496,7 +504,12 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     let mut per_shard: Vec<ShardScores> = Vec::with_capacity(corpus.shards.len());
     for shard in &corpus.shards {
         let source = match (&scorer, &args.scores) {
-            (Some(s), _) => Ok(ScoreSource::Rater(s)),
+            (Some(s), _) => Ok(ScoreSource::Rater(
+                s,
+                rater
+                    .as_ref()
+                    .is_some_and(|r| crate::scoring::pads_short(&r.training)),
+            )),
             (None, Some(dir)) => score_file_for(dir, &corpus, shard).map(ScoreSource::File),
             (None, None) => unreachable!("checked above"),
         };
@@ -694,6 +707,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         "discarded": discarded,
         "text_bytes": total.text_bytes,
         "too_short": total.short,
+        "padded_short": total.padded,
         "too_short_policy": if keep_short { "keep" } else { "discard" },
         "skipped_invalid_records": total.read.skipped,
         "too_long": total.read.too_long,

@@ -22,10 +22,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The short-document rule of raters trained by this version, as recorded in their
+/// `training` metadata: a document shorter than the sequence length (but not empty)
+/// is one sequence, padded at its end with NUL bytes ([`padded`]). `train` cuts its
+/// data so, so the rater learns to score such sequences; `score` and `filter` apply
+/// it for raters that record it (others leave short documents unscored).
+pub const SHORT_RULE: &str = "pad-with-nul";
+
+/// `text` padded with NUL bytes to `seq_len` if it is shorter and not empty.
+pub fn padded(text: &[u8], seq_len: usize) -> Option<Vec<u8>> {
+    (!text.is_empty() && text.len() < seq_len).then(|| {
+        let mut v = text.to_vec();
+        v.resize(seq_len, 0);
+        v
+    })
+}
+
+/// Whether a rater's training metadata records [`SHORT_RULE`].
+pub fn pads_short(training: &serde_json::Value) -> bool {
+    training["short_documents"] == SHORT_RULE
+}
+
 /// Where the scores of a shard come from.
 pub enum ScoreSource<'a> {
-    /// Computed by a rater.
-    Rater(&'a DocumentScorer<'a, f32>),
+    /// Computed by a rater; with `true`, short documents are padded ([`SHORT_RULE`]).
+    Rater(&'a DocumentScorer<'a, f32>, bool),
     /// Read from an attribute shard written by `datarater score`.
     File(PathBuf),
 }
@@ -42,6 +63,8 @@ pub struct PassStats {
     pub read: ReadStats,
     /// Documents too short to score.
     pub short: u64,
+    /// Documents shorter than the rater's sequence length scored padded.
+    pub padded: u64,
     /// Bytes of text scored.
     pub text_bytes: u64,
 }
@@ -51,6 +74,7 @@ impl PassStats {
     pub fn add(&mut self, o: &PassStats) {
         self.read.add(&o.read);
         self.short += o.short;
+        self.padded += o.padded;
         self.text_bytes += o.text_bytes;
     }
 }
@@ -122,7 +146,7 @@ pub fn for_each_scored(
     let bytes_read = Arc::new(AtomicU64::new(0));
     let mut docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
     let (seq_len, mut file) = match source {
-        ScoreSource::Rater(scorer) => (Some(scorer.seq_len()), None),
+        ScoreSource::Rater(scorer, _) => (Some(scorer.seq_len()), None),
         ScoreSource::File(path) => (None, Some(agree(comm, ScoreFile::open(path))?)),
     };
     let mut stats = PassStats::default();
@@ -134,8 +158,16 @@ pub fn for_each_scored(
             crate::interrupt::check().and_then(|()| read_block(&mut docs, &mut block, seq_len));
         let ended = agree_on_block(comm, read, &block)?;
         let scores = match (source, file.as_mut()) {
-            (ScoreSource::Rater(scorer), _) => {
-                let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
+            (ScoreSource::Rater(scorer, pad), _) => {
+                let pads: Vec<Option<Vec<u8>>> = block
+                    .iter()
+                    .map(|d| pad.then(|| padded(d.text(), scorer.seq_len())).flatten())
+                    .collect();
+                let texts: Vec<&[u8]> = block
+                    .iter()
+                    .zip(&pads)
+                    .map(|(d, p)| p.as_deref().unwrap_or(d.text()))
+                    .collect();
                 scorer.score_on(&texts, comm, |i| {
                     format!("{}:{}", shard.path.display(), block[i].line)
                 })?
@@ -150,6 +182,8 @@ pub fn for_each_scored(
                 if s.score.is_none() {
                     stats.short += 1;
                     progress.short += 1;
+                } else if seq_len.is_some_and(|l| doc.text().len() < l) {
+                    stats.padded += 1;
                 }
                 progress.documents += 1;
                 stats.text_bytes += doc.text().len() as u64;

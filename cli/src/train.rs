@@ -72,10 +72,13 @@ fn sample(
     for shard in &corpus.shards {
         for doc in shard.documents(opts, Arc::default())? {
             let doc = doc?;
-            let text = doc.text();
+            // A short document is one sequence, padded (the rule `score` applies to
+            // raters trained so).
+            let padded = crate::scoring::padded(doc.text(), seq_len);
+            let text = padded.as_deref().unwrap_or(doc.text());
             let spans = chunk_spans(text.len(), seq_len);
             docs += 1;
-            if spans.is_empty() {
+            if padded.is_some() || spans.is_empty() {
                 short += 1;
             }
             for r in spans {
@@ -135,6 +138,7 @@ fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
         "lm": config_to_json(&a.lm_config()),
         "rater": config_to_json(&a.rater_config()),
         "seq_len": a.seq_len,
+        "short_documents": crate::scoring::SHORT_RULE,
         "batch_size": a.batch_size,
         "inner_steps": a.inner_steps,
         "population": a.population,
@@ -310,7 +314,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     }
     if train_seqs.is_empty() {
         fail!(
-            "{}: no document is long enough to train on: all {train_docs} are shorter than --seq-len {}",
+            "{}: no document is long enough to train on: all {train_docs} are empty (shorter ones are padded to --seq-len {})",
             train_path.display(),
             a.seq_len
         );
@@ -342,7 +346,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     resumable(&mut configs, &a);
     if root {
         println!(
-            "{}training data: {train_docs} documents in {} shards -> {} sequences of {} bytes ({train_short} documents too short, unused), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
+            "{}training data: {train_docs} documents in {} shards -> {} sequences of {} bytes ({train_short} shorter documents padded with NUL bytes to one sequence), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
             if resuming { "resuming; " } else { "" },
             configs["data"]["train_shards"]
                 .as_array()

@@ -240,8 +240,9 @@ fn bad_training_inputs() {
             "--batch-size is 4",
         ],
     );
-    let short = dir.path().join("short.txt");
-    std::fs::write(&short, "tiny\nwords\n").unwrap();
+    // Short documents are padded to one sequence; only empty ones cannot be used.
+    let short = dir.path().join("empty.jsonl");
+    std::fs::write(&short, "{\"text\":\"\"}\n{\"text\":\"\"}\n").unwrap();
     fails(
         &train_args(&short, &train, &run, "2"),
         &["no document is long enough"],
@@ -295,5 +296,104 @@ fn each_input_is_detected_on_its_own_and_unsupported_ones_are_refused() {
         stdout.contains("training data: 120 documents")
             && stdout.contains("held-out: 30 documents"),
         "{stdout}"
+    );
+}
+
+/// Short documents (shorter than the sequence): words, or noise bytes of the same
+/// lengths; which one is document i's: `i % 2 == 1` is noise.
+fn short_documents(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = datarater::Rng::new(seed);
+    let words = documents(n, seed + 100);
+    (0..n)
+        .map(|i| {
+            let clean: String = words[i].chars().take(8 + rng.below(16)).collect();
+            let clean = clean.trim().to_string();
+            if i % 2 == 0 {
+                clean
+            } else {
+                (0..clean.len().max(4))
+                    .map(|_| char::from(b'!' + rng.below(94) as u8))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn short_documents_are_scored_padded_and_a_short_corpus_is_filtered_sensibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = (dir.path().join("train.txt"), dir.path().join("held.txt"));
+    write_lines(&train, &short_documents(2000, 1));
+    let held_docs: Vec<String> = short_documents(800, 2).into_iter().step_by(2).collect();
+    write_lines(&held, &held_docs);
+    let run = dir.path().join("run");
+    let mut a = vec![
+        "train",
+        "--train",
+        s(&train),
+        "--held-out",
+        s(&held),
+        "--out",
+        s(&run),
+        "--outer-steps",
+        "120",
+        "--reset-every",
+        "40",
+        "--checkpoint-every",
+        "1000",
+        "--seq-len",
+        "24",
+        "--lm-width",
+        "16",
+        "--rater-width",
+        "16",
+        "--batch-size",
+        "16",
+        "--meta-lr",
+        "0.01",
+    ];
+    let stdout = ok(&a);
+    assert!(stdout.contains("padded with NUL"), "{stdout}");
+    a.clear();
+    // A fresh corpus of short documents: every one gets a score, and the rater keeps
+    // the words rather than the noise.
+    let corpus = dir.path().join("short.txt");
+    let docs = short_documents(400, 3);
+    write_lines(&corpus, &docs);
+    let kept = dir.path().join("kept.txt");
+    let rater = run.join("rater.safetensors");
+    let stdout = ok(&[
+        "filter",
+        "--rater",
+        s(&rater),
+        "--input",
+        s(&corpus),
+        "--out",
+        s(&kept),
+        "--discard-fraction",
+        "0.5",
+    ]);
+    assert!(
+        stdout.contains("400 documents shorter than the rater's sequence were scored padded"),
+        "{stdout}"
+    );
+    let kept: Vec<String> = std::fs::read_to_string(&kept)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(kept.len(), 200);
+    let clean_kept = kept
+        .iter()
+        .filter(|k| {
+            docs.iter()
+                .position(|d| d == *k)
+                .is_some_and(|i| i % 2 == 0)
+        })
+        .count();
+    eprintln!("kept {clean_kept} word documents of 200 kept");
+    assert!(
+        clean_kept >= 150,
+        "kept {clean_kept} word documents of 200 kept"
     );
 }
