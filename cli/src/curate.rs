@@ -165,8 +165,10 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     let scorer = ScoreSource::Rater(&scorer, pad);
     interrupt::install()?;
     let start = Instant::now();
-    let mut progress = CorpusProgress::new("score", corpus.total_bytes(), comm);
-    let mut total = PassStats::default();
+    let mut progress =
+        CorpusProgress::new("score", corpus.shards.len(), corpus.total_bytes(), comm);
+    // `total` counts every shard's documents, `fresh` those scored by this run.
+    let (mut total, mut fresh) = (PassStats::default(), PassStats::default());
     let (mut written, mut skipped, mut invalid) = (0usize, 0usize, corpus.invalid.clone());
     for (k, shard) in corpus.shards.iter().enumerate() {
         if let ShardState::Done(counts) = &states[k] {
@@ -175,7 +177,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
             total.short += n("too_short");
             total.padded += n("padded");
             total.text_bytes += n("text_bytes");
-            progress.shard_done(shard, n("documents"), n("too_short"));
+            progress.shard_done(shard, n("documents"), n("too_short"), n("text_bytes"));
             skipped += 1;
             continue;
         }
@@ -208,11 +210,13 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
         match result {
             Ok(stats) => {
                 total.add(&stats);
+                fresh.add(&stats);
                 written += 1;
             }
             Err(e) => {
                 let e = explain(e, written + skipped, corpus.shards.len(), &args.out);
                 invalid.push((shard.rel.clone(), skip_or_fail(shard, e, &opts)?));
+                progress.shard_done(shard, 0, 0, 0);
             }
         }
         test_delay();
@@ -230,16 +234,18 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
         return Ok(());
     }
     let secs = start.elapsed().as_secs_f64();
-    let n = total.read.documents;
+    let n = fresh.read.documents;
     println!(
-        "scored {n} documents ({:.2} MB of text) in {} shards in {secs:.1}s: {:.0} documents/s, {:.3} MB/s",
-        total.text_bytes as f64 / 1e6,
-        corpus.shards.len(),
+        "scored {n} documents ({:.2} MB of text) in {written} shards in {secs:.1}s: {:.0} documents/s, {:.3} MB/s",
+        fresh.text_bytes as f64 / 1e6,
         n as f64 / secs,
-        total.text_bytes as f64 / 1e6 / secs
+        fresh.text_bytes as f64 / 1e6 / secs
     );
     if skipped > 0 {
-        println!("{skipped} shards were already complete and were skipped; {written} written");
+        println!(
+            "{skipped} shards ({} documents) were already complete and were skipped; {written} written",
+            total.read.documents - n
+        );
     }
     report_common(&total, Some(rater.seq_len), "their score is null");
     report_invalid(&invalid);
@@ -500,7 +506,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     } else {
         "filter: reading scores"
     };
-    let mut progress = CorpusProgress::new(stage, corpus.total_bytes(), comm);
+    let mut progress = CorpusProgress::new(stage, corpus.shards.len(), corpus.total_bytes(), comm);
     let mut per_shard: Vec<ShardScores> = Vec::with_capacity(corpus.shards.len());
     for shard in &corpus.shards {
         let source = match (&scorer, &args.scores) {
@@ -524,7 +530,9 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
             Ok(stats) => Ok((scores, stats)),
             Err(e) => {
                 let e = explain(e, 0, corpus.shards.len(), &args.out);
-                Err(skip_or_fail(shard, e, &opts)?)
+                let why = skip_or_fail(shard, e, &opts)?;
+                progress.shard_done(shard, 0, 0, 0);
+                Err(why)
             }
         });
     }
@@ -640,14 +648,19 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         .iter()
         .filter(|s| matches!(s, ShardState::Done(_)))
         .count();
-    let mut writing = CorpusProgress::new("filter: writing", corpus.total_bytes(), comm);
+    let mut writing = CorpusProgress::new(
+        "filter: writing",
+        corpus.shards.len(),
+        corpus.total_bytes(),
+        comm,
+    );
     for (k, shard) in corpus.shards.iter().enumerate() {
         let (scores, stats) = match &per_shard[k] {
             Ok(x) => x,
             Err(why) => {
                 invalid.push((shard.rel.clone(), why.clone()));
                 shard_reports.push(json!({"shard": shard.rel, "invalid": why}));
-                writing.shard_done(shard, 0, 0);
+                writing.shard_done(shard, 0, 0, 0);
                 continue;
             }
         };
@@ -676,7 +689,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         if matches!(states[k], ShardState::Done(_)) {
             shard_report["resumed"] = json!("complete in an earlier run, not rewritten");
             shard_reports.push(shard_report);
-            writing.shard_done(shard, scores.len() as u64, short);
+            writing.shard_done(shard, scores.len() as u64, short, stats.text_bytes);
             continue;
         }
         write_kept(
@@ -691,7 +704,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         )
         .map_err(|e| explain(e, done, corpus.shards.len(), &args.out))?;
         done += 1;
-        writing.shard_done(shard, scores.len() as u64, short);
+        writing.shard_done(shard, scores.len() as u64, short, stats.text_bytes);
         shard_reports.push(shard_report);
         test_delay();
     }

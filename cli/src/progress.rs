@@ -95,7 +95,7 @@ impl Progress {
         let pct = 100.0 * self.pos as f64 / self.total.max(1) as f64;
         match self.unit {
             Unit::Bytes => format!(
-                "{}: {:.1}/{:.1} MB ({pct:.0}%), {:.2} MB/s, ETA {eta}, {msg}",
+                "{}: {:.1}/{:.1} MB on disk ({pct:.0}%), {:.2} MB/s, ETA {eta}, {msg}",
                 self.label,
                 self.pos as f64 / 1e6,
                 self.total as f64 / 1e6,

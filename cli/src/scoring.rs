@@ -79,50 +79,76 @@ impl PassStats {
     }
 }
 
-/// Progress over a whole corpus: on-disk bytes of the shards done plus the current
-/// one's, and documents so far; shown by rank 0 only.
+/// Progress over a whole corpus, shown by rank 0 only: the position is the on-disk
+/// bytes of the shards done plus the current one's (the one total known before
+/// reading), the message the shard and the documents and text bytes so far.
 pub struct CorpusProgress {
     progress: Option<Progress>,
     done_bytes: u64,
+    shards: usize,
+    shards_done: usize,
     /// Documents so far (all shards).
     pub documents: u64,
     /// Too short so far.
     pub short: u64,
+    /// Text bytes so far.
+    pub text_bytes: u64,
 }
 
 impl CorpusProgress {
-    /// Progress of the stage `label` over `total_bytes` on disk.
-    pub fn new(label: &'static str, total_bytes: u64, comm: &dyn Communicator) -> CorpusProgress {
+    /// Progress of the stage `label` over `shards` shards of `total_bytes` on disk.
+    pub fn new(
+        label: &'static str,
+        shards: usize,
+        total_bytes: u64,
+        comm: &dyn Communicator,
+    ) -> CorpusProgress {
         CorpusProgress {
             progress: (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, total_bytes, 0)),
             done_bytes: 0,
+            shards,
+            shards_done: 0,
             documents: 0,
             short: 0,
+            text_bytes: 0,
         }
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "{} documents ({:.2} MB of text), {} too short",
+            self.documents,
+            self.text_bytes as f64 / 1e6,
+            self.short
+        )
     }
 
     fn show(&mut self, shard_bytes: u64, what: &str) {
         let msg = format!(
-            "{what}: {} documents, {} too short",
-            self.documents, self.short
+            "shard {}/{} {what}: {}",
+            (self.shards_done + 1).min(self.shards),
+            self.shards,
+            self.message()
         );
         if let Some(p) = self.progress.as_mut() {
             p.set(self.done_bytes + shard_bytes, &msg);
         }
     }
 
-    /// Counts a whole shard as done (read, or skipped as complete).
-    pub fn shard_done(&mut self, shard: &Shard, documents: u64, short: u64) {
+    /// Counts a whole shard as done (skipped as complete, or not readable).
+    pub fn shard_done(&mut self, shard: &Shard, documents: u64, short: u64, text_bytes: u64) {
         self.done_bytes += shard.bytes;
+        self.shards_done += 1;
         self.documents += documents;
         self.short += short;
+        self.text_bytes += text_bytes;
         self.show(0, &shard.rel.display().to_string());
     }
 
     /// Ends the display at 100%.
     pub fn finish(&mut self) {
+        let msg = format!("{} shards, {}", self.shards, self.message());
         if let Some(p) = self.progress.as_mut() {
-            let msg = format!("{} documents, {} too short", self.documents, self.short);
             p.set(self.done_bytes, &msg);
             p.finish(&msg);
         }
@@ -186,6 +212,7 @@ pub fn for_each_scored(
                     stats.padded += 1;
                 }
                 progress.documents += 1;
+                progress.text_bytes += doc.text().len() as u64;
                 stats.text_bytes += doc.text().len() as u64;
                 let flow = f(index, doc, s)?;
                 index += 1;
@@ -203,6 +230,7 @@ pub fn for_each_scored(
         }
     }
     progress.done_bytes += shard.bytes;
+    progress.shards_done += 1;
     stats.read = docs.stats.clone();
     Ok(stats)
 }

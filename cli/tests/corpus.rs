@@ -538,7 +538,7 @@ fn killed_and_rerun_equals_uninterrupted_for_score_and_filter() {
     );
     let stdout = ok(&strs(&score_args(&s2)));
     assert!(
-        stdout.contains(&format!("{partial} shards were already complete")),
+        stdout.contains(&format!("{partial} shards (")) && stdout.contains("were already complete"),
         "only the shards in flight are redone: {stdout}"
     );
     assert_same_tree(
