@@ -94,6 +94,58 @@ fn probe_output(out: &Path, single_file: bool, comm: &dyn Communicator) -> Resul
     Ok(())
 }
 
+/// How the shards are shared over the ranks of `comm`: with several ranks and several
+/// shards, shard `k` is rank `k mod P`'s, which reads and writes it alone (no
+/// collective per block); otherwise every rank takes part in every shard (a block's
+/// rater batches are shared over the ranks, rank 0 writes). Either way each output
+/// shard is a function of its input shard and the settings only, so the outputs are
+/// byte for byte those of one process.
+struct Sharing<'a> {
+    comm: &'a dyn Communicator,
+    by_shard: bool,
+    local: datarater::distributed::SingleProcess,
+}
+
+impl<'a> Sharing<'a> {
+    fn new(comm: &'a dyn Communicator, shards: usize) -> Sharing<'a> {
+        Sharing {
+            comm,
+            by_shard: comm.size() > 1 && shards > 1,
+            local: datarater::distributed::SingleProcess,
+        }
+    }
+
+    /// Whether this rank works on shard `k`.
+    fn mine(&self, k: usize) -> bool {
+        !self.by_shard || k % self.comm.size() == self.comm.rank()
+    }
+
+    /// The communicator a shard's work runs on.
+    fn work(&self) -> &dyn Communicator {
+        if self.by_shard {
+            &self.local
+        } else {
+            self.comm
+        }
+    }
+
+    /// The outcome of this rank's share, agreed by every rank (a no-op but for the
+    /// agreement when every rank took part in every shard).
+    fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        agree(self.comm, local)
+    }
+
+    /// Every rank's `local` bytes, in rank order (just `local` with one rank or
+    /// without sharing by shard).
+    fn gather(&self, local: Vec<u8>) -> Vec<Vec<u8>> {
+        if self.by_shard {
+            self.comm.all_gather_bytes(&local)
+        } else {
+            vec![local]
+        }
+    }
+}
+
 /// XXH64 of a file, as hex: identifies the rater that produced a shard.
 fn file_checksum(path: &Path) -> Result<String> {
     Ok(format!("{:016x}", Digest::of_file(path)?.xxh64))
@@ -167,61 +219,88 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     let start = Instant::now();
     let mut progress =
         CorpusProgress::new("score", corpus.shards.len(), corpus.total_bytes(), comm);
+    let sharing = Sharing::new(comm, corpus.shards.len());
     // `total` counts every shard's documents, `fresh` those scored by this run.
     let (mut total, mut fresh) = (PassStats::default(), PassStats::default());
-    let (mut written, mut skipped, mut invalid) = (0usize, 0usize, corpus.invalid.clone());
-    for (k, shard) in corpus.shards.iter().enumerate() {
-        if let ShardState::Done(counts) = &states[k] {
-            let n = |key: &str| counts[key].as_u64().unwrap_or(0);
-            total.read.documents += n("documents");
-            total.short += n("too_short");
-            total.padded += n("padded");
-            total.text_bytes += n("text_bytes");
-            progress.shard_done(shard, n("documents"), n("too_short"), n("text_bytes"));
-            skipped += 1;
-            continue;
-        }
-        let result = score_shard(
-            shard,
-            &opts,
-            &scorer,
-            &outs[k],
-            compressions[k],
-            comm,
-            &mut progress,
-            |stats, digest| {
-                if corpus.single_file {
-                    no_documents(shard, stats)?;
-                }
-                if corpus.single_file && stats.short == stats.read.documents {
-                    fail!(
-                        "no document is long enough to score: all {} are shorter than the rater's {} bytes",
-                        stats.short,
-                        rater.seq_len
-                    );
-                }
-                let counts = json!({
-                    "documents": stats.read.documents, "too_short": stats.short,
-                    "padded": stats.padded, "text_bytes": stats.text_bytes,
-                });
-                write_record(&outs[k], digests[k], &settings, digest, &counts)
-            },
-        );
-        match result {
-            Ok(stats) => {
-                total.add(&stats);
-                fresh.add(&stats);
-                written += 1;
+    let (mut written, mut skipped, mut invalid) = (0usize, 0usize, Vec::new());
+    let outcome = (|| -> Result<()> {
+        for (k, shard) in corpus.shards.iter().enumerate() {
+            if !sharing.mine(k) {
+                continue;
             }
-            Err(e) => {
-                let e = explain(e, written + skipped, corpus.shards.len(), &args.out);
-                invalid.push((shard.rel.clone(), skip_or_fail(shard, e, &opts)?));
-                progress.shard_done(shard, 0, 0, 0);
+            if let ShardState::Done(counts) = &states[k] {
+                let n = |key: &str| counts[key].as_u64().unwrap_or(0);
+                total.read.documents += n("documents");
+                total.short += n("too_short");
+                total.padded += n("padded");
+                total.text_bytes += n("text_bytes");
+                progress.shard_done(shard, n("documents"), n("too_short"), n("text_bytes"));
+                skipped += 1;
+                continue;
             }
+            let result = score_shard(
+                shard,
+                &opts,
+                &scorer,
+                &outs[k],
+                compressions[k],
+                sharing.work(),
+                &mut progress,
+                |stats, digest| {
+                    if corpus.single_file {
+                        no_documents(shard, stats)?;
+                    }
+                    if corpus.single_file && stats.short == stats.read.documents {
+                        fail!(
+                            "no document is long enough to score: all {} are shorter than the rater's {} bytes",
+                            stats.short,
+                            rater.seq_len
+                        );
+                    }
+                    let counts = json!({
+                        "documents": stats.read.documents, "too_short": stats.short,
+                        "padded": stats.padded, "text_bytes": stats.text_bytes,
+                    });
+                    write_record(&outs[k], digests[k], &settings, digest, &counts)
+                },
+            );
+            match result {
+                Ok(stats) => {
+                    total.add(&stats);
+                    fresh.add(&stats);
+                    written += 1;
+                }
+                Err(e) => {
+                    let e = explain(e, written + skipped, corpus.shards.len(), &args.out);
+                    invalid.push((shard.rel.clone(), skip_or_fail(shard, e, &opts)?));
+                    progress.shard_done(shard, 0, 0, 0);
+                }
+            }
+            test_delay();
         }
-        test_delay();
-    }
+        Ok(())
+    })();
+    sharing.agree(outcome)?;
     progress.finish();
+    // Every rank's counts.
+    let mine = json!({
+        "total": total.to_json(), "fresh": fresh.to_json(), "written": written,
+        "skipped": skipped, "invalid": invalid,
+    });
+    let (mut total, mut fresh) = (PassStats::default(), PassStats::default());
+    let (mut written, mut skipped, mut invalid) = (0usize, 0usize, corpus.invalid.clone());
+    for bytes in sharing.gather(serde_json::to_vec(&mine).expect("JSON values serialise")) {
+        let v: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| CliError(format!("bad counts from a rank: {e}")))?;
+        total.add(&PassStats::from_json(&v["total"]));
+        fresh.add(&PassStats::from_json(&v["fresh"]));
+        written += v["written"].as_u64().unwrap_or(0) as usize;
+        skipped += v["skipped"].as_u64().unwrap_or(0) as usize;
+        let listed: Vec<(PathBuf, String)> =
+            serde_json::from_value(v["invalid"].clone()).unwrap_or_default();
+        invalid.extend(listed);
+    }
+    invalid.sort();
     if total.read.documents == 0 {
         fail!(
             "{}: no documents found in its {} shards{}",
@@ -344,6 +423,60 @@ fn report_invalid(invalid: &[(PathBuf, String)]) {
 /// One shard's scores in document order (NaN: too short) and what reading it saw;
 /// `Err` holds why a shard was skipped (`--skip-invalid`).
 type ShardScores = std::result::Result<(Vec<f64>, PassStats), String>;
+
+/// This rank's shards' scores as bytes: per shard its index, its counts (or why it was
+/// skipped) as JSON, and its scores as `f64` bits (NaN: no score).
+fn encode_scores(mine: &[(usize, ShardScores)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, r) in mine {
+        let (meta, scores) = match r {
+            Ok((scores, stats)) => (json!({"stats": stats.to_json()}), scores.as_slice()),
+            Err(why) => (json!({"invalid": why}), &[][..]),
+        };
+        let meta = serde_json::to_vec(&meta).expect("JSON values serialise");
+        for n in [*k, meta.len(), scores.len()] {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&meta);
+        for s in scores {
+            out.extend_from_slice(&s.to_bits().to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_scores`].
+fn decode_scores(mut b: &[u8]) -> Result<Vec<(usize, ShardScores)>> {
+    let bad = || CliError("malformed scores from a rank".into());
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        let (head, rest) = b
+            .split_at_checked(n)
+            .ok_or_else(|| CliError("malformed scores from a rank".into()))?;
+        *b = rest;
+        Ok(head)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let head = take(&mut b, 24)?;
+        let n = |i: usize| {
+            u64::from_le_bytes(head[8 * i..8 * i + 8].try_into().expect("8 bytes")) as usize
+        };
+        let (k, meta_len, count) = (n(0), n(1), n(2));
+        let meta: Json = serde_json::from_slice(take(&mut b, meta_len)?).map_err(|_| bad())?;
+        let scores = take(&mut b, count.checked_mul(8).ok_or_else(bad)?)?
+            .chunks_exact(8)
+            .map(|c| f64::from_bits(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+            .collect();
+        out.push((
+            k,
+            match meta.get("invalid").and_then(Json::as_str) {
+                Some(why) => Err(why.to_string()),
+                None => Ok((scores, PassStats::from_json(&meta["stats"]))),
+            },
+        ));
+    }
+    Ok(out)
+}
 
 /// The per-shard stream of the acceptance rule: seeded by `seed` and the shard's path.
 fn shard_rng(seed: u64, shard: &Shard) -> Rng {
@@ -507,35 +640,58 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         "filter: reading scores"
     };
     let mut progress = CorpusProgress::new(stage, corpus.shards.len(), corpus.total_bytes(), comm);
-    let mut per_shard: Vec<ShardScores> = Vec::with_capacity(corpus.shards.len());
-    for shard in &corpus.shards {
-        let source = match (&scorer, &args.scores) {
-            (Some(s), _) => Ok(ScoreSource::Rater(
-                s,
-                rater
-                    .as_ref()
-                    .is_some_and(|r| crate::scoring::pads_short(&r.training)),
-            )),
-            (None, Some(dir)) => score_file_for(dir, &corpus, shard).map(ScoreSource::File),
-            (None, None) => unreachable!("checked above"),
-        };
-        let mut scores = Vec::new();
-        let result = agree(comm, source).and_then(|source| {
-            for_each_scored(shard, &opts, &source, comm, &mut progress, |_, _, s| {
-                scores.push(s.score.unwrap_or(f64::NAN));
-                Ok(ControlFlow::Continue(()))
-            })
-        });
-        per_shard.push(match result {
-            Ok(stats) => Ok((scores, stats)),
-            Err(e) => {
-                let e = explain(e, 0, corpus.shards.len(), &args.out);
-                let why = skip_or_fail(shard, e, &opts)?;
-                progress.shard_done(shard, 0, 0, 0);
-                Err(why)
+    let sharing = Sharing::new(comm, corpus.shards.len());
+    let mut mine: Vec<(usize, ShardScores)> = Vec::new();
+    let outcome = (|| -> Result<()> {
+        for (k, shard) in corpus.shards.iter().enumerate() {
+            if !sharing.mine(k) {
+                continue;
             }
-        });
+            let source = match (&scorer, &args.scores) {
+                (Some(s), _) => Ok(ScoreSource::Rater(
+                    s,
+                    rater
+                        .as_ref()
+                        .is_some_and(|r| crate::scoring::pads_short(&r.training)),
+                )),
+                (None, Some(dir)) => score_file_for(dir, &corpus, shard).map(ScoreSource::File),
+                (None, None) => unreachable!("checked above"),
+            };
+            let mut scores = Vec::new();
+            let work = sharing.work();
+            let result = agree(work, source).and_then(|source| {
+                for_each_scored(shard, &opts, &source, work, &mut progress, |_, _, s| {
+                    scores.push(s.score.unwrap_or(f64::NAN));
+                    Ok(ControlFlow::Continue(()))
+                })
+            });
+            mine.push((
+                k,
+                match result {
+                    Ok(stats) => Ok((scores, stats)),
+                    Err(e) => {
+                        let e = explain(e, 0, corpus.shards.len(), &args.out);
+                        let why = skip_or_fail(shard, e, &opts)?;
+                        progress.shard_done(shard, 0, 0, 0);
+                        Err(why)
+                    }
+                },
+            ));
+        }
+        Ok(())
+    })();
+    sharing.agree(outcome)?;
+    // Every rank's scores, in shard order.
+    let mut per_shard: Vec<Option<ShardScores>> = vec![None; corpus.shards.len()];
+    for bytes in sharing.gather(encode_scores(&mine)) {
+        for (k, r) in decode_scores(&bytes)? {
+            per_shard[k] = Some(r);
+        }
     }
+    let per_shard: Vec<ShardScores> = per_shard
+        .into_iter()
+        .map(|r| r.ok_or_else(|| CliError("a rank did not report a shard's scores".into())))
+        .collect::<Result<_>>()?;
     progress.finish();
     if corpus.single_file
         && let Some(Ok((_, stats))) = per_shard.first()
@@ -648,6 +804,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         .iter()
         .filter(|s| matches!(s, ShardState::Done(_)))
         .count();
+    let mut written: Result<()> = Ok(());
     let mut writing = CorpusProgress::new(
         "filter: writing",
         corpus.shards.len(),
@@ -692,22 +849,25 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
             writing.shard_done(shard, scores.len() as u64, short, stats.text_bytes);
             continue;
         }
-        write_kept(
-            shard,
-            &opts,
-            &keep,
-            &outs[k],
-            text_compressions[k],
-            parquet_codec,
-            comm,
-            |digest| write_record(&outs[k], digests[k], &settings, digest, &counts),
-        )
-        .map_err(|e| explain(e, done, corpus.shards.len(), &args.out))?;
-        done += 1;
+        if sharing.mine(k) && written.is_ok() {
+            written = write_kept(
+                shard,
+                &opts,
+                &keep,
+                &outs[k],
+                text_compressions[k],
+                parquet_codec,
+                sharing.work(),
+                |digest| write_record(&outs[k], digests[k], &settings, digest, &counts),
+            )
+            .map_err(|e| explain(e, done, corpus.shards.len(), &args.out));
+            done += 1;
+        }
         writing.shard_done(shard, scores.len() as u64, short, stats.text_bytes);
         shard_reports.push(shard_report);
         test_delay();
     }
+    sharing.agree(written)?;
     writing.finish();
     let secs = start.elapsed().as_secs_f64();
     let n = total.read.documents;

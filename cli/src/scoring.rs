@@ -70,6 +70,31 @@ pub struct PassStats {
 }
 
 impl PassStats {
+    /// As JSON (to gather the counts of several ranks).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "documents": self.read.documents, "skipped": self.read.skipped,
+            "too_long": self.read.too_long, "first_skipped": self.read.first_skipped,
+            "short": self.short, "padded": self.padded, "text_bytes": self.text_bytes,
+        })
+    }
+
+    /// From [`PassStats::to_json`]'s form.
+    pub fn from_json(v: &serde_json::Value) -> PassStats {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        PassStats {
+            read: ReadStats {
+                documents: n("documents"),
+                skipped: n("skipped"),
+                too_long: n("too_long"),
+                first_skipped: v["first_skipped"].as_str().map(String::from),
+            },
+            short: n("short"),
+            padded: n("padded"),
+            text_bytes: n("text_bytes"),
+        }
+    }
+
     /// Adds another pass's counts.
     pub fn add(&mut self, o: &PassStats) {
         self.read.add(&o.read);
