@@ -129,10 +129,15 @@ impl<'a> Sharing<'a> {
         }
     }
 
-    /// The outcome of this rank's share, agreed by every rank (a no-op but for the
-    /// agreement when every rank took part in every shard).
+    /// The outcome of this rank's share, agreed by every rank. When every rank took
+    /// part in every shard, each failure was agreed where it happened: `local` is
+    /// already every rank's (agreeing again would prefix its rank a second time).
     fn agree<T>(&self, local: Result<T>) -> Result<T> {
-        agree(self.comm, local)
+        if self.by_shard {
+            agree(self.comm, local)
+        } else {
+            local
+        }
     }
 
     /// Every rank's `local` bytes, in rank order (just `local` with one rank or
