@@ -7,6 +7,7 @@
 pub mod args;
 pub mod curate;
 pub mod error;
+pub mod evaluate;
 pub mod histogram;
 pub mod input;
 pub mod interrupt;
@@ -82,5 +83,7 @@ pub fn run_on(cli: &args::Cli, comm: &dyn Communicator) -> error::Result<()> {
         args::Command::Train(a) => train::train(a, comm),
         args::Command::Score(a) => curate::score(a, comm),
         args::Command::Filter(a) => curate::filter(a, comm),
+        // One process's work: rank 0 does it.
+        args::Command::Evaluate(a) => on_root(comm, || evaluate::evaluate(a)).map(|_| ()),
     }
 }

@@ -38,17 +38,17 @@ const TRAIN_STREAM: u64 = 0x7361_6d70_6c65_0001;
 const HELD_STREAM: u64 = 0x7361_6d70_6c65_0002;
 
 /// A reproducible sample of a corpus's sequences (see [`sample`]).
-struct Sample {
+pub(crate) struct Sample {
     /// The sampled sequences.
-    seqs: Vec<Vec<u8>>,
+    pub(crate) seqs: Vec<Vec<u8>>,
     /// Documents read.
-    docs: u64,
+    pub(crate) docs: u64,
     /// Documents too short to use.
-    short: u64,
+    pub(crate) short: u64,
     /// Sequences in the whole corpus.
-    total: u64,
+    pub(crate) total: u64,
     /// The shards read (relative path, size), in order: what the sample is drawn from.
-    shards: Json,
+    pub(crate) shards: Json,
 }
 
 /// Cuts every document of `path` into `seq_len`-byte sequences (the chunking rule of
@@ -56,7 +56,7 @@ struct Sample {
 /// of them (all of them if they fit): a reservoir over the corpus in shard order,
 /// drawn from `seed`, so the sample is a function of the seed and the shards, and
 /// memory is bounded by `max_bytes` whatever the corpus's size.
-fn sample(
+pub(crate) fn sample(
     path: &Path,
     opts: &InputOptions,
     seq_len: usize,

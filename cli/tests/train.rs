@@ -397,3 +397,62 @@ fn short_documents_are_scored_padded_and_a_short_corpus_is_filtered_sensibly() {
         "kept {clean_kept} word documents of 200 kept"
     );
 }
+
+#[test]
+fn evaluate_compares_fresh_lms_trained_on_each_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // Clean text, and the same text with every other document replaced by noise.
+    let docs = documents(400, 7);
+    write_lines(&p("clean.txt"), &docs);
+    let noisy: Vec<String> = short_documents(400, 8)
+        .into_iter()
+        .zip(&docs)
+        .enumerate()
+        .map(|(i, (n, d))| if i % 2 == 1 { n.repeat(4) } else { d.clone() })
+        .collect();
+    write_lines(&p("noisy.txt"), &noisy);
+    write_lines(&p("held.txt"), &documents(100, 9));
+    let stdout = ok(&[
+        "evaluate",
+        "--held-out",
+        s(&p("held.txt")),
+        s(&p("noisy.txt")),
+        s(&p("clean.txt")),
+        "--out",
+        s(&p("eval")),
+        "--steps",
+        "80",
+        "--eval-every",
+        "20",
+        "--lm-width",
+        "8",
+        "--lm-layers",
+        "1",
+        "--lm-heads",
+        "1",
+        "--seq-len",
+        "16",
+    ]);
+    assert!(stdout.contains("steps to reach the first"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("eval.json")).unwrap()).unwrap();
+    let corpora = report["corpora"].as_array().unwrap();
+    assert_eq!(corpora.len(), 2);
+    let (noisy, clean) = (&corpora[0], &corpora[1]);
+    assert_eq!(
+        noisy["curve"].as_array().unwrap().len(),
+        5,
+        "steps 0, 20, 40, 60, 80"
+    );
+    let (fn_, fc) = (
+        noisy["final_loss"].as_f64().unwrap(),
+        clean["final_loss"].as_f64().unwrap(),
+    );
+    assert!(fc < fn_, "clean {fc} should beat noisy {fn_}");
+    // The clean corpus reaches the noisy one's final loss no later than step 80.
+    assert!(clean["steps_to_reference"].as_u64().unwrap() <= 80);
+    assert_eq!(noisy["steps_to_reference"], 80);
+    let svg = std::fs::read_to_string(p("eval.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+}
