@@ -16,6 +16,7 @@ use crate::error::{CliError, Result, io_error};
 use crate::histogram::Histogram;
 use crate::input::{Compression, Corpus, Format, InputOptions, Shard};
 use crate::output::{Digest, OutputFile};
+use crate::progress::count;
 use crate::scoring::{CorpusProgress, PassStats, ScoreRecord, ScoreSource, for_each_scored};
 use crate::shards::{ShardState, plan, test_delay, write_record};
 use crate::{agree, fail, interrupt, on_root};
@@ -320,8 +321,10 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let n = fresh.read.documents;
     println!(
-        "scored {n} documents ({:.2} MB of text) in {written} shards in {secs:.1}s: {:.0} documents/s, {:.3} MB/s",
+        "scored {} ({:.2} MB of text) in {} in {secs:.1}s: {:.0} documents/s, {:.3} MB/s",
+        count(n, "document"),
         fresh.text_bytes as f64 / 1e6,
+        count(written as u64, "shard"),
         n as f64 / secs,
         fresh.text_bytes as f64 / 1e6 / secs
     );
@@ -911,9 +914,10 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
         return Ok(());
     }
     println!(
-        "kept {kept} of {n} documents ({:.1}%), discarded {discarded}, in {} shards ({secs:.1}s)",
+        "kept {kept} of {} ({:.1}%), discarded {discarded}, in {} ({secs:.1}s)",
+        count(n, "document"),
         100.0 * kept as f64 / n.max(1) as f64,
-        corpus.shards.len()
+        count(corpus.shards.len() as u64, "shard")
     );
     if let Some(t) = threshold {
         println!(

@@ -119,3 +119,13 @@ impl Progress {
         }
     }
 }
+
+/// `n` and `noun`, plural unless `n` is 1 (`1 shard`, `2 shards`).
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -346,7 +346,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     resumable(&mut configs, &a);
     if root {
         println!(
-            "{}training data: {train_docs} documents in {} shards -> {} sequences of {} bytes ({train_short} shorter documents padded with NUL bytes to one sequence), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
+            "{}training data: {train_docs} documents in {} -> {} sequences of {} bytes ({train_short} shorter documents padded with NUL bytes to one sequence), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
             if resuming { "resuming; " } else { "" },
             configs["data"]["train_shards"]
                 .as_array()

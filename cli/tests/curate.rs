@@ -9,7 +9,7 @@ use std::io::Write;
 #[test]
 fn help_lists_every_subcommand_and_flag() {
     let top = ok(&["--help"]);
-    for sub in ["train", "score", "filter"] {
+    for sub in ["train", "score", "filter", "evaluate"] {
         assert!(top.contains(sub), "{top}");
     }
     let train = ok(&["train", "--help"]);
@@ -29,6 +29,9 @@ fn help_lists_every_subcommand_and_flag() {
         "--seq-len",
         "--batch-size",
         "--checkpoint-every",
+        "--train-sample-bytes",
+        "--train-format",
+        "--held-out-format",
     ] {
         assert!(train.contains(flag), "train --help lacks {flag}");
     }
@@ -40,6 +43,10 @@ fn help_lists_every_subcommand_and_flag() {
         "--aggregate",
         "--format",
         "--text-field",
+        "--id-field",
+        "--compression",
+        "--max-document-bytes",
+        "--skip-invalid",
     ] {
         assert!(score.contains(flag), "score --help lacks {flag}");
     }
@@ -51,8 +58,19 @@ fn help_lists_every_subcommand_and_flag() {
         "--seed",
         "--scores",
         "--force",
+        "--compression",
     ] {
         assert!(filter.contains(flag), "filter --help lacks {flag}");
+    }
+    let evaluate = ok(&["evaluate", "--help"]);
+    for flag in [
+        "--held-out",
+        "--steps",
+        "--eval-every",
+        "--lm-width",
+        "--out",
+    ] {
+        assert!(evaluate.contains(flag), "evaluate --help lacks {flag}");
     }
 }
 
