@@ -706,23 +706,25 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     {
         no_documents(&corpus.shards[0], stats)?;
     }
-    let all: Vec<f64> = per_shard
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .flat_map(|(s, _)| s.iter().copied())
-        .collect();
-    let scored: Vec<f64> = all.iter().copied().filter(|s| !s.is_nan()).collect();
-    if all.is_empty() {
+    // Every document's score in corpus order (NaN: none), without a copy.
+    let all = || {
+        per_shard
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flat_map(|(s, _)| s.iter().copied())
+    };
+    let scored: Vec<f64> = all().filter(|s| !s.is_nan()).collect();
+    let documents = all().count();
+    if documents == 0 {
         fail!("{}: no documents found", args.input.display());
     }
     if scored.is_empty() {
         fail!(
-            "no document is long enough to score: all {} are shorter than the rater's sequence length",
-            all.len()
+            "no document is long enough to score: all {documents} are shorter than the rater's sequence length"
         );
     }
     let mut scores_hash = twox_hash::XxHash64::with_seed(0);
-    for s in &all {
+    for s in all() {
         scores_hash.write(&s.to_bits().to_le_bytes());
     }
     let (lo, hi) = min_max(&scored);
