@@ -109,6 +109,7 @@ impl PassStats {
 /// reading), the message the shard and the documents and text bytes so far.
 pub struct CorpusProgress {
     progress: Option<Progress>,
+    total_bytes: u64,
     done_bytes: u64,
     shards: usize,
     shards_done: usize,
@@ -130,6 +131,7 @@ impl CorpusProgress {
     ) -> CorpusProgress {
         CorpusProgress {
             progress: (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, total_bytes, 0)),
+            total_bytes,
             done_bytes: 0,
             shards,
             shards_done: 0,
@@ -170,11 +172,12 @@ impl CorpusProgress {
         self.show(0, &shard.rel.display().to_string());
     }
 
-    /// Ends the display at 100%.
+    /// Ends the display at 100% (the stage is complete; under MPI with shards shared
+    /// by rank, rank 0 counted only its own).
     pub fn finish(&mut self) {
         let msg = format!("{} shards, {}", self.shards, self.message());
         if let Some(p) = self.progress.as_mut() {
-            p.set(self.done_bytes, &msg);
+            p.set(self.total_bytes, &msg);
             p.finish(&msg);
         }
     }
