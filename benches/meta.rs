@@ -6,19 +6,18 @@
 //! `L(theta, eta) = sum_i softmax_i(rater(eta)) * lm_loss_i(theta)`, outer loss the mean
 //! LM loss on a held-out batch. `mixed` and `unrolled` see only those two losses (the
 //! engines' generic path); `mixed-weighted` also gets the weighted form and sub-batches
-//! (`example_weights`, `example_losses`, `sub_batch`), as `DataRaterProblem` gives them.
+//! (`example_weights`, `example_losses`, `split_batch`), as `DataRaterProblem` gives them.
 //!
 //! ```text
 //! cargo bench --bench meta
 //! ```
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use datarater::meta::{MetaProblem, MetaRequest, Mode, weighted_sum};
+use datarater::meta::{MetaProblem, MetaRequest, Mode, slices, weighted_sum};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::{Indices, Params, Result, Rng, Tensor, Value};
 use std::hint::black_box;
-use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,14 +64,15 @@ impl MetaProblem<f32> for Problem {
         self.weighted
             .then(|| self.lm.per_example_loss(theta, &b.inputs, &b.targets))
     }
-    fn batch_len(&self, b: &Batch) -> Option<usize> {
-        Some(b.inputs.shape()[0])
-    }
-    fn sub_batch(&self, b: &Batch, r: Range<usize>) -> Option<Batch> {
-        Some(Batch {
-            inputs: b.inputs.rows(r.clone()).ok()?,
-            targets: b.targets.rows(r).ok()?,
-        })
+    fn split_batch(&self, b: &Batch, size: usize) -> Option<Vec<Batch>> {
+        slices(b.inputs.shape()[0], size)
+            .map(|r| {
+                Some(Batch {
+                    inputs: b.inputs.rows(r.clone()).ok()?,
+                    targets: b.targets.rows(r).ok()?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -139,17 +139,8 @@ fn main() {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let request = MetaRequest {
-                        problem: p,
-                        eta: &eta,
-                        theta: &theta,
-                        state: &state,
-                        batches: &batches,
-                        outer_batch: &outer,
-                        mode,
-                        memory_budget: None,
-                    };
-                    black_box(request.run().expect("meta-gradient"));
+                    let request = MetaRequest::new(p, &eta, &theta, &state, &batches, &outer);
+                    black_box(request.mode(mode).run().expect("meta-gradient"));
                     let e = t.elapsed();
                     total += e;
                     TIMES

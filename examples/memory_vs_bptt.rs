@@ -28,7 +28,7 @@
 //! and, separately, the elements written by every other op; GFLOP/s counts matmul FLOPs.
 //!
 //! Threads: the mixed and checkpointed modes split each inner step's passes over the
-//! batch's examples, one slice per rayon thread ([`MetaProblem::sub_batch`]); the
+//! batch's examples, 4 slices run in parallel ([`MetaProblem::split_batch`]); the
 //! unrolled mode is one tape, recorded and swept in order (only its large products use
 //! several threads). Set `RAYON_NUM_THREADS=1` to compare them on one thread.
 //!
@@ -38,13 +38,14 @@
 //!     --batch 8 --rater-d 64 --steps 1,2,4,8,16 --reps 1 --no-check --json scale.json --plot scale.svg
 //! ```
 //!
-//! [`MetaProblem::sub_batch`]: datarater::meta::MetaProblem::sub_batch
+//! [`MetaProblem::split_batch`]: datarater::meta::MetaProblem::split_batch
 
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::flops;
 use datarater::data::Corpus;
 use datarater::meta::{
     DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, MetaStats, Mode, Rater, Sampler,
+    Snapshots,
 };
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
@@ -151,10 +152,12 @@ fn parse_args() -> Result<Args> {
         })
         .collect::<Result<Vec<_>>>()?;
     let snapshots = match value("--snapshots") {
-        None => 0,
-        Some(s) => s
-            .parse::<usize>()
-            .map_err(|_| bad("--snapshots", format!("`{s}` is not a number")))?,
+        None => Snapshots::Auto,
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => Snapshots::Auto,
+            Ok(n) => Snapshots::AtMost(n),
+            Err(_) => return Err(bad("--snapshots", format!("`{s}` is not a number"))),
+        },
     };
     let modes = value("--modes")
         .unwrap_or_else(|| "unrolled,mixed,ckpt".into())
@@ -311,16 +314,9 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
             Some(
                 one_thread
                     .install(|| {
-                        MetaRequest {
-                            problem: &problem64,
-                            eta: &eta64,
-                            theta: &theta64,
-                            state: &state64,
-                            batches: &batches,
-                            outer_batch: &outer,
-                            mode: Mode::Mixed,
-                            memory_budget: None,
-                        }
+                        MetaRequest::new(
+                            &problem64, &eta64, &theta64, &state64, &batches, &outer,
+                        )
                         .run()
                     })?
                     .grad,
@@ -329,16 +325,9 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
             None
         };
         for &(name, mode) in &a.modes {
-            let request = MetaRequest {
-                problem: &problem,
-                eta: &eta,
-                theta: &theta,
-                state: &state,
-                batches: &batches,
-                outer_batch: &outer,
-                mode,
-                memory_budget: a.budget,
-            };
+            let mut request =
+                MetaRequest::new(&problem, &eta, &theta, &state, &batches, &outer).mode(mode);
+            request.memory_budget = a.budget;
             let (mut peak, mut secs, mut work, mut grad) = (0, Vec::new(), None, None);
             let mut stats = None;
             let mut over = None;

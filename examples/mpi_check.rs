@@ -174,12 +174,19 @@ fn configs() -> serde_json::Value {
 }
 
 /// `steps` single-process outer steps from the start.
+/// On a pool of 3 threads, whatever each rank has: results must not depend on it.
 fn reference(t: &T<'_>, steps: usize) -> (State, Vec<Vec<f64>>) {
-    let mut s = t.init(None).unwrap();
-    let losses = (0..steps)
-        .map(|_| t.step(&mut s).unwrap().outer_losses)
-        .collect();
-    (s, losses)
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut s = t.init(None).unwrap();
+        let losses = (0..steps)
+            .map(|_| t.step(&mut s).unwrap().outer_losses)
+            .collect();
+        (s, losses)
+    })
 }
 
 /// Bitwise equality of two whole states, or the first difference.

@@ -56,13 +56,14 @@ pub enum Error {
     /// ([`MetaRequest::memory_budget`](crate::meta::MetaRequest::memory_budget)); what it
     /// had allocated has been freed.
     #[error(
-        "memory budget of {budget} bytes exceeded: {in_use} bytes of tapes and trajectory \
-         in use in {mode} mode at inner step {step}"
+        "memory budget of {budget} bytes exceeded: {in_use} bytes (held, and predicted or \
+         measured for the next step) in {mode} mode at inner step {step}"
     )]
     MemoryBudget {
         /// The budget, in bytes.
         budget: usize,
-        /// Bytes of tapes and stored trajectory alive when the budget was checked.
+        /// The bytes held plus the step's predicted (or, for the first step of its kind,
+        /// measured) working set.
         in_use: usize,
         /// The engine that was running.
         mode: crate::meta::Mode,

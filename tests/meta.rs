@@ -5,7 +5,8 @@
 
 use datarater::autodiff::check::compare;
 use datarater::meta::{
-    DataRaterProblem, InnerLoop, MeanLoss, MetaGradient, MetaProblem, MetaRequest, Mode, Rater,
+    DEFAULT_SHARDS, DataRaterProblem, InnerLoop, MeanLoss, MetaGradient, MetaProblem,
+    MetaRequest, Mode, Rater, Snapshots, slices,
 };
 use datarater::nn::{Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
@@ -23,17 +24,19 @@ fn meta_grad<P: MetaProblem<f64>>(
     batches: &[P::Batch],
     outer: &P::Batch,
 ) -> Result<MetaGradient<f64>> {
-    MetaRequest {
-        problem: p,
-        eta,
-        theta,
-        state,
-        batches,
-        outer_batch: outer,
-        mode,
-        memory_budget: None,
+    MetaRequest::new(p, eta, theta, state, batches, outer)
+        .mode(mode)
+        .run()
+}
+
+/// Checkpointed mode with at most `snapshots` stored states (`0`: automatic).
+const fn ck(snapshots: usize) -> Mode {
+    Mode::Checkpointed {
+        snapshots: match snapshots {
+            0 => Snapshots::Auto,
+            s => Snapshots::AtMost(s),
+        },
     }
-    .run()
 }
 
 // ---- a regression problem: MLP inner model, MLP rater on (x, y) ------------------------
@@ -65,14 +68,12 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Regression<O> {
         let n = b.x.shape()[0];
         Ok(out.sub(&V::constant(b.y.clone())).square().reshape(&[n]))
     }
-    fn sub_batch(&self, b: &XyBatch, r: Range<usize>) -> Option<XyBatch> {
-        Some(XyBatch {
+    fn split_batch(&self, b: &XyBatch, size: usize) -> Option<Vec<XyBatch>> {
+        let rows = |r: Range<usize>| XyBatch {
             x: b.x.slice(0, r.start, r.end),
             y: b.y.slice(0, r.start, r.end),
-        })
-    }
-    fn batch_len(&self, b: &XyBatch) -> Option<usize> {
-        Some(b.x.shape()[0])
+        };
+        Some(slices(b.x.shape()[0], size).map(rows).collect())
     }
 }
 
@@ -135,14 +136,15 @@ impl<O: Optimizer<f64>> InnerLoop<f64> for Lm<O> {
     fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &TokBatch) -> Result<V> {
         self.lm.per_example_loss(theta, &b.inputs, &b.targets)
     }
-    fn sub_batch(&self, b: &TokBatch, r: Range<usize>) -> Option<TokBatch> {
-        Some(TokBatch {
-            inputs: b.inputs.rows(r.clone()).ok()?,
-            targets: b.targets.rows(r).ok()?,
-        })
-    }
-    fn batch_len(&self, b: &TokBatch) -> Option<usize> {
-        Some(b.inputs.shape()[0])
+    fn split_batch(&self, b: &TokBatch, size: usize) -> Option<Vec<TokBatch>> {
+        slices(b.inputs.shape()[0], size)
+            .map(|r| {
+                Some(TokBatch {
+                    inputs: b.inputs.rows(r.clone()).ok()?,
+                    targets: b.targets.rows(r).ok()?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -223,7 +225,7 @@ fn binomial_optimum(n: usize, m: usize) -> Vec<Vec<usize>> {
     t
 }
 
-/// The snapshots `Mode::Checkpointed { snapshots }` uses for `steps` steps: as given
+/// The snapshots `ck(snapshots)` uses for `steps` steps: as given
 /// (at most `steps`), or for `0` the least `s` with `C(s + 3, 3) >= steps`.
 fn effective_snapshots(snapshots: usize, steps: usize) -> usize {
     match snapshots {
@@ -264,22 +266,29 @@ fn check_modes<P: MetaProblem<f64>>(
     rng: &mut Rng,
 ) {
     let state = p.optimizer().init(theta);
-    // Mixed-mode passes are split over the examples, one slice per thread: run them
-    // whole (one thread) and in three slices.
-    let run = |mode, threads| {
+    // Mixed-mode passes run on slices of the batch: run them whole (one shard) and in
+    // the default shards, on 1 and 3 threads.
+    let run_with = |mode, shards, threads| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| meta_grad(mode, p, eta, theta, &state, batches, outer).unwrap())
+        pool.install(|| {
+            MetaRequest::new(p, eta, theta, &state, batches, outer)
+                .mode(mode)
+                .shards(shards)
+                .run()
+                .unwrap()
+        })
     };
+    let run = |mode, threads| run_with(mode, DEFAULT_SHARDS, threads);
     let mixed = run(Mode::Mixed, 1);
     let unrolled = run(Mode::Unrolled, 1);
-    let split = run(Mode::Mixed, 3);
-    let r = compare(&split.grad, &mixed.grad).unwrap();
-    assert!(r.ok(1e-9), "{label}: mixed in slices vs whole {r:?}");
+    let whole = run_with(Mode::Mixed, 1, 3);
+    let r = compare(&whole.grad, &mixed.grad).unwrap();
+    assert!(r.ok(1e-9), "{label}: mixed whole vs in slices {r:?}");
     for (snapshots, threads) in [(1, 1), (2, 3), (0, 1)] {
-        let ck = run(Mode::Checkpointed { snapshots }, threads);
+        let ck = run(ck(snapshots), threads);
         let r = compare(&ck.grad, &mixed.grad).unwrap();
         assert!(
             r.ok(1e-9),
@@ -465,7 +474,7 @@ fn checkpointed_schedules_for_many_windows_and_snapshot_counts() {
             / (2.0 * eps);
         for snapshots in [1, 2, 3, 0, steps + 2] {
             let label = format!("T = {steps}, snapshots {snapshots}");
-            let ck = run(Mode::Checkpointed { snapshots });
+            let ck = run(ck(snapshots));
             for (other, name) in [(&mixed, "mixed"), (&unrolled, "unrolled")] {
                 let r = compare(&ck.grad, &other.grad).unwrap();
                 assert!(r.ok(1e-9), "{label}: vs {name} {r:?}");
@@ -583,7 +592,7 @@ fn custom_inner_objective_matches_closed_form() {
     for mode in [
         Mode::Mixed,
         Mode::Unrolled,
-        Mode::Checkpointed { snapshots: 0 },
+        ck(0),
     ] {
         let r = meta_grad(mode, &problem, &eta, &theta, &state, &vec![(); steps], &()).unwrap();
         for i in 0..3 {
@@ -630,7 +639,7 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
     for mode in [
         Mode::Mixed,
         Mode::Unrolled,
-        Mode::Checkpointed { snapshots: 2 },
+        ck(2),
     ] {
         let err = meta_grad(mode, &problem, &eta, &theta, &state, &[(); 4], &()).unwrap_err();
         match err {
@@ -666,7 +675,7 @@ fn empty_window_is_a_config_error() {
 const MODES: [Mode; 3] = [
     Mode::Mixed,
     Mode::Unrolled,
-    Mode::Checkpointed { snapshots: 2 },
+    ck(2),
 ];
 
 /// The shape a rater gives its scores for a batch of `n` examples.
@@ -723,7 +732,13 @@ fn rater_scores_that_are_not_one_per_example_are_a_shape_error() {
         for mode in MODES {
             let check = |r: Result<MetaGradient<f64>>, path: &str| match r {
                 Err(Error::Shape { lhs, rhs, .. }) => {
-                    assert!(lhs == got || rhs == got, "{mode} {path}: {lhs:?} {rhs:?}");
+                    // Cut into slices of 2 by the weights' count (5), the batch's last
+                    // slice holds 2 examples for 1 weight.
+                    let last_slice = (vec![1], vec![2]);
+                    assert!(
+                        lhs == got || rhs == got || (lhs.clone(), rhs.clone()) == last_slice,
+                        "{mode} {path}: {lhs:?} {rhs:?}"
+                    );
                 }
                 other => panic!("{mode} {path}: expected a shape error, got {other:?}"),
             };
@@ -822,9 +837,10 @@ fn optimiser_state_that_does_not_match_theta_is_a_params_error() {
     }
 }
 
-/// An inner loop whose `sub_batch` ignores the range: the slices' losses then do not
-/// line up with the slices' weights.
-struct BadSlices(Regression<Adam<f64>>);
+/// An inner loop whose `split_batch` cuts the batch wrongly: the whole batch as the
+/// first slice (its losses do not line up with the slice's weights), or one slice too
+/// few (an example would be left out).
+struct BadSlices(Regression<Adam<f64>>, bool);
 
 impl InnerLoop<f64> for BadSlices {
     type Batch = XyBatch;
@@ -838,37 +854,38 @@ impl InnerLoop<f64> for BadSlices {
     fn per_example_loss<V: Value<F = f64>>(&self, theta: &Params<V>, b: &XyBatch) -> Result<V> {
         self.0.per_example_loss(theta, b)
     }
-    fn sub_batch(&self, b: &XyBatch, _: Range<usize>) -> Option<XyBatch> {
-        Some(b.clone())
-    }
-    fn batch_len(&self, b: &XyBatch) -> Option<usize> {
-        self.0.batch_len(b)
+    fn split_batch(&self, b: &XyBatch, size: usize) -> Option<Vec<XyBatch>> {
+        let mut parts = self.0.split_batch(b, size)?;
+        match self.1 {
+            true => parts[0] = b.clone(),
+            false => drop(parts.pop()),
+        }
+        Some(parts)
     }
 }
 
 #[test]
-fn sub_batches_of_the_wrong_size_are_a_shape_error() {
-    let inner = BadSlices(regression(Adam::new(0.05)));
+fn slices_that_do_not_match_the_weights_are_a_shape_error() {
     let rater = XyRater(Mlp::new(&[4, 5, 1], Activation::Tanh).unwrap());
-    let p = DataRaterProblem {
-        inner: &inner,
-        rater: &rater,
-        outer: &MeanLoss,
-    };
-    let mut rng = Rng::new(8);
-    let (theta, eta) = (inner.init(&mut rng), rater.init(&mut rng));
-    let batches = vec![inner.0.sample(&mut rng), inner.0.sample(&mut rng)];
-    let outer = inner.0.sample(&mut rng);
-    let state = inner.0.opt.init(&theta);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
-    for mode in [Mode::Mixed, Mode::Checkpointed { snapshots: 2 }] {
-        let r = pool.install(|| meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer));
-        match r {
-            Err(Error::Shape { lhs, rhs, .. }) => assert_eq!((lhs, rhs), (vec![2], vec![6])),
-            other => panic!("{mode}: expected a shape error, got {other:?}"),
+    // Six examples in slices of 2: the whole batch as the first slice gives 6 losses
+    // for its 2 weights; two slices instead of three leave two examples out.
+    for (whole_first, want) in [(true, (vec![2], vec![6])), (false, (vec![2], vec![3]))] {
+        let inner = BadSlices(regression(Adam::new(0.05)), whole_first);
+        let p = DataRaterProblem {
+            inner: &inner,
+            rater: &rater,
+            outer: &MeanLoss,
+        };
+        let mut rng = Rng::new(8);
+        let (theta, eta) = (inner.init(&mut rng), rater.init(&mut rng));
+        let batches = vec![inner.0.sample(&mut rng), inner.0.sample(&mut rng)];
+        let outer = inner.0.sample(&mut rng);
+        let state = inner.0.opt.init(&theta);
+        for mode in [Mode::Mixed, ck(2)] {
+            match meta_grad(mode, &p, &eta, &theta, &state, &batches, &outer) {
+                Err(Error::Shape { lhs, rhs, .. }) => assert_eq!((lhs, rhs), want.clone()),
+                other => panic!("{mode}: expected a shape error, got {other:?}"),
+            }
         }
     }
 }

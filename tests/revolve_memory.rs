@@ -6,7 +6,9 @@
 //! A binary of its own with a single test, so no other test allocates concurrently.
 
 use datarater::alloc::{CountingAlloc, measure_peak};
-use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler};
+use datarater::meta::{
+    DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler, Snapshots,
+};
 use datarater::optim::Optimizer;
 use datarater::trainer::TextBatch;
 use datarater::{Params, Rng, Tensor};
@@ -40,27 +42,19 @@ fn peak_memory_follows_the_stored_states() {
     let peak = |steps: usize, mode| {
         let (r, peak) = measure_peak(|| {
             one.install(|| {
-                MetaRequest {
-                    problem: &problem,
-                    eta: &eta,
-                    theta: &theta,
-                    state: &state,
-                    batches: &batches[..steps],
-                    outer_batch: &outer,
-                    mode,
-                    memory_budget: None,
-                }
-                .run()
-                .unwrap()
+                MetaRequest::new(&problem, &eta, &theta, &state, &batches[..steps], &outer)
+                    .mode(mode)
+                    .run()
+                    .unwrap()
             })
         });
         (r.stats, peak)
     };
     // Step 0 needs no forward-over-reverse tape (theta_0 does not depend on eta), so
     // the window of two steps is the one whose working set longer windows share.
-    let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: 2 });
-    let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: 2 });
-    let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: 16 });
+    let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: Snapshots::AtMost(2) });
+    let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: Snapshots::AtMost(2) });
+    let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: Snapshots::AtMost(16) });
     let (_, mixed_two) = peak(2, Mode::Mixed);
     let (mixed, mixed_peak) = peak(16, Mode::Mixed);
     println!(

@@ -6,6 +6,7 @@ use datarater::data::Corpus;
 use datarater::io::{load_params, save_params};
 use datarater::meta::{
     DataRaterProblem, InnerLoop, MeanLoss, MetaOptimizer, MetaRequest, Mode, Rater, Sampler,
+    Snapshots,
 };
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, Optimizer, Sgd};
@@ -119,16 +120,14 @@ fn new_rater_is_the_mean_of_the_per_model_updated_raters() {
             .collect::<Result<_>>()
             .unwrap();
         let held_out = t.held.sample(&mut rng).unwrap();
-        let r = MetaRequest {
-            problem: &problem,
-            eta: &before.eta,
-            theta: &m.theta,
-            state: &m.opt_state,
-            batches: &batches,
-            outer_batch: &held_out,
-            mode: Mode::Mixed,
-            memory_budget: None,
-        }
+        let r = MetaRequest::new(
+            &problem,
+            &before.eta,
+            &m.theta,
+            &m.opt_state,
+            &batches,
+            &held_out,
+        )
         .run()
         .unwrap();
         let mut s: MetaAdamState<f64> = m.meta_state.clone();
@@ -200,16 +199,15 @@ fn resets_are_staggered_and_re_initialise_parameters_and_optimiser_state() {
                 .map(|_| t.train.sample(&mut rng))
                 .collect::<Result<_>>()
                 .unwrap();
-            let replay = MetaRequest {
-                problem: &problem,
-                eta: &before.eta,
-                theta: &theta0,
-                state: &state0,
-                batches: &batches,
-                outer_batch: &t.held.sample(&mut rng).unwrap(),
-                mode: Mode::Mixed,
-                memory_budget: None,
-            }
+            let held_out = t.held.sample(&mut rng).unwrap();
+            let replay = MetaRequest::new(
+                &problem,
+                &before.eta,
+                &theta0,
+                &state0,
+                &batches,
+                &held_out,
+            )
             .run()
             .unwrap();
             let now = &state.members[i];
@@ -391,7 +389,9 @@ fn bad_settings_name_the_field() {
         "population"
     );
     let bad = TrainerConfig {
-        mode: Mode::Checkpointed { snapshots: 5 },
+        mode: Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(5),
+        },
         ..config(0)
     };
     assert_eq!(field(Trainer::new(t.setup(&meta), bad).map(|_| ())), "mode");

@@ -166,7 +166,7 @@ fn main() {
     else {
         unreachable!("parsed a train command")
     };
-    let cfg = train.rater_config();
+    let cfg = train.rater_config().expect("the default rater config");
     let save = |cfg: &TransformerConfig, name: &str| {
         let scorer = SequenceScorer::new(cfg.clone()).expect("a valid config");
         RaterFile {

@@ -1,6 +1,7 @@
 //! The command line's arguments (clap derive): names and flags are a stable interface
 //! that scripts rely on.
 
+use crate::error::CliError;
 use crate::input::{Compression, Format, InputOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datarater::curate::documents::Aggregate;
@@ -17,12 +18,25 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Parses the process's arguments (exiting with clap's message on a usage error),
-    /// recording which `train` flags were given explicitly.
+    /// Parses the process's arguments (exiting with clap's message on a usage error);
+    /// see [`Cli::try_parse_args`].
     pub fn from_env() -> Cli {
+        Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name), recording which `train` flags
+    /// were given explicitly (so a resume can tell a chosen value from a default).
+    ///
+    /// # Errors
+    /// clap's usage error (`--help` and `--version` are errors too, as in clap).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
-        let matches = Cli::command().get_matches();
-        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
         if let (Command::Train(t), Some(m)) =
             (&mut cli.command, matches.subcommand_matches("train"))
         {
@@ -32,7 +46,7 @@ impl Cli {
                 .map(|id| id.to_string())
                 .collect();
         }
-        cli
+        Ok(cli)
     }
 }
 
@@ -335,11 +349,12 @@ pub struct FilterArgs {
     /// Decision rule.
     #[arg(long, value_enum, default_value_t = FilterMode::Discard)]
     pub mode: FilterMode,
-    /// Discard mode: fraction of the scored documents to drop, lowest scores first.
-    #[arg(long, value_name = "F", required_if_eq("mode", "discard"))]
+    /// Discard mode (the default): fraction of the scored documents to drop, lowest
+    /// scores first (required in this mode).
+    #[arg(long, value_name = "F")]
     pub discard_fraction: Option<f64>,
-    /// Accept mode: the filter fraction rho in [0, 1).
-    #[arg(long, value_name = "R", required_if_eq("mode", "accept"))]
+    /// Accept mode: the filter fraction rho in [0, 1) (required in this mode).
+    #[arg(long, value_name = "R")]
     pub rho: Option<f64>,
     /// Accept mode: seed of the acceptance decisions.
     #[arg(long, default_value_t = 0, value_name = "S")]
@@ -468,28 +483,43 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The rater's model: a bidirectional transformer over `seq_len` bytes, MLP 2x wide.
-    pub fn rater_config(&self) -> TransformerConfig {
-        TransformerConfig {
+    ///
+    /// # Errors
+    /// `--rater-width` so large that the MLP's width overflows.
+    pub fn rater_config(&self) -> Result<TransformerConfig, CliError> {
+        Ok(TransformerConfig {
             vocab: 256,
             d_model: self.rater_width,
             n_layers: self.rater_layers,
             n_heads: self.rater_heads,
-            d_ff: 2 * self.rater_width,
+            d_ff: widened(self.rater_width, 2, "--rater-width")?,
             max_len: self.seq_len,
             causal: false,
-        }
+        })
     }
 
     /// The inner language model: a causal transformer reading `seq_len - 1` bytes, MLP 4x wide.
-    pub fn lm_config(&self) -> TransformerConfig {
-        TransformerConfig {
+    ///
+    /// # Errors
+    /// `--lm-width` so large that the MLP's width overflows.
+    pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
+        Ok(TransformerConfig {
             vocab: 256,
             d_model: self.lm_width,
             n_layers: self.lm_layers,
             n_heads: self.lm_heads,
-            d_ff: 4 * self.lm_width,
+            d_ff: widened(self.lm_width, 4, "--lm-width")?,
             max_len: self.seq_len.saturating_sub(1).max(1),
             causal: true,
-        }
+        })
     }
+}
+
+/// `factor * width`, the MLP's width, or an error naming `flag`.
+fn widened(width: usize, factor: usize, flag: &str) -> Result<usize, CliError> {
+    width.checked_mul(factor).ok_or_else(|| {
+        CliError(format!(
+            "{flag} {width} is too large (its MLP would be {factor}x as wide)"
+        ))
+    })
 }

@@ -22,7 +22,7 @@ use crate::shards::{ShardState, plan, test_delay, write_record};
 use crate::{agree, fail, interrupt, on_root};
 use datarater::Rng;
 use datarater::curate::rater_file::RaterFile;
-use datarater::curate::{Acceptor, EmpiricalCdf, discard_bottom};
+use datarater::curate::{Acceptor, EmpiricalCdf, discard_bottom, draw_size};
 use datarater::distributed::Communicator;
 use serde_json::{Value as Json, json};
 use std::hash::Hasher;
@@ -222,6 +222,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     let pad = crate::scoring::pads_short(&rater.training);
     let scorer = ScoreSource::Rater(&scorer, pad);
     interrupt::install()?;
+    interrupt::reset();
     let start = Instant::now();
     let mut progress =
         CorpusProgress::new("score", corpus.shards.len(), corpus.total_bytes(), comm);
@@ -589,8 +590,64 @@ impl Rule {
     }
 }
 
+/// `filter`'s mode with its parameter, checked.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Drop this fraction of the scored documents.
+    Discard(f64),
+    /// Accept each document with the streaming acceptance probability, this rho.
+    Accept(f64),
+}
+
+/// Largest `--accept-batch`: each document's acceptance probability sums that many
+/// terms (and holds them), so larger values would only make filtering crawl (or fail
+/// to allocate).
+const MAX_ACCEPT_BATCH: usize = 1 << 20;
+
+/// The rule `--mode` asks for, with its parameter present and in range. Not left to
+/// clap: its `required_if_eq` does not see `--mode`'s default.
+fn checked_mode(args: &FilterArgs) -> Result<Mode> {
+    match args.mode {
+        FilterMode::Discard => {
+            let Some(fraction) = args.discard_fraction else {
+                let hint = if args.rho.is_some() {
+                    " (--rho is for --mode accept)"
+                } else {
+                    ""
+                };
+                fail!(
+                    "--mode discard (the default) needs --discard-fraction F, the fraction of the scored documents to drop{hint}"
+                );
+            };
+            if !(0.0..1.0).contains(&fraction) {
+                fail!("--discard-fraction {fraction} is not in [0, 1)");
+            }
+            Ok(Mode::Discard(fraction))
+        }
+        FilterMode::Accept => {
+            let Some(rho) = args.rho else {
+                fail!("--mode accept needs --rho R, the filter fraction in [0, 1)");
+            };
+            if args.accept_batch > MAX_ACCEPT_BATCH {
+                fail!(
+                    "--accept-batch {} is larger than {MAX_ACCEPT_BATCH} (each document's acceptance probability sums that many terms)",
+                    args.accept_batch
+                );
+            }
+            draw_size(args.accept_batch, rho).map_err(|e| {
+                crate::error::CliError(format!(
+                    "--rho {rho} / --accept-batch {}: {e}",
+                    args.accept_batch
+                ))
+            })?;
+            Ok(Mode::Accept(rho))
+        }
+    }
+}
+
 /// `datarater filter` (on every rank of `comm`; rank 0 writes and reports).
 pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
+    let mode = checked_mode(args)?;
     let opts = args.input_args.options();
     let corpus = agree(comm, Corpus::open(&args.input, &opts))?;
     let report_path = sibling(&args.out, "report.json");
@@ -624,21 +681,16 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     } else {
         None
     };
-    if let Some(f) = args.discard_fraction
-        && !(0.0..1.0).contains(&f)
-    {
-        fail!("--discard-fraction {f} is not in [0, 1)");
-    }
     let rater = match (&args.rater, &args.scores) {
-        (_, Some(_)) => None,
         (Some(r), None) => Some(agree(comm, RaterFile::<f32>::load(r))?),
-        (None, None) => fail!("filter needs --rater FILE or --scores FILE"),
+        _ => None,
     };
     let scorer = match &rater {
         Some(r) => Some(r.document_scorer(args.aggregate.into(), args.batch_size)?),
         None => None,
     };
     interrupt::install()?;
+    interrupt::reset();
     let start = Instant::now();
 
     // Pass 1: every document's score, shard by shard.
@@ -736,11 +788,8 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     settings["scores_xxh64"] = json!(format!("{:016x}", scores_hash.finish()));
     settings["short"] = json!(if keep_short { "keep" } else { "discard" });
     settings["compression"] = json!(format!("{:?}", args.compression).to_lowercase());
-    let (rule, threshold, mode_report) = match args.mode {
-        FilterMode::Discard => {
-            let fraction = args
-                .discard_fraction
-                .ok_or_else(|| CliError("--mode discard needs --discard-fraction F".into()))?;
+    let (rule, threshold, mode_report) = match mode {
+        Mode::Discard(fraction) => {
             let mut keep_scored = vec![false; scored.len()];
             for i in discard_bottom(&scored, fraction)? {
                 keep_scored[i] = true;
@@ -764,10 +813,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                        "quantile": "exact: every score is held (8 bytes a document)"}),
             )
         }
-        FilterMode::Accept => {
-            let rho = args
-                .rho
-                .ok_or_else(|| CliError("--mode accept needs --rho R".into()))?;
+        Mode::Accept(rho) => {
             // The reference distribution: the corpus's first `--reference` scores.
             let reference: Vec<f64> = scored.iter().copied().take(args.reference).collect();
             let acceptor = Acceptor::new(EmpiricalCdf::new(&reference)?, args.accept_batch, rho)?;

@@ -32,6 +32,11 @@ pub fn install() -> Result<()> {
         .map_err(CliError)
 }
 
+/// Forgets an earlier Ctrl-C (a library caller may run commands one after another).
+pub fn reset() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
 /// Whether Ctrl-C was pressed.
 pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)

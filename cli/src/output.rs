@@ -3,6 +3,14 @@
 //! file there at once), and the file appears under its name only when complete
 //! (temporary file, fsync, rename).
 //!
+//! Every file the command line writes goes through [`OutputFile`]: the outputs of
+//! `score` and `filter`, and `train`'s checkpoint and rater file ([`replace`]). That
+//! makes it the one place for the test-only fault injection: with
+//! `DATARATER_FAULT_AFTER_BYTES=N` in the environment, the process aborts
+//! (`std::process::abort`, like a crash) in the middle of the write that passes `N`
+//! bytes in total, after writing the bytes up to `N`; the tests use it to show that a
+//! crash while writing leaves the previous file (or none) and that a rerun completes.
+//!
 //! In a run on several MPI ranks, rank 0 alone writes: the other ranks hold a sink that
 //! discards what is written, and creating and committing are agreed on, so every rank
 //! sees rank 0's error (and no rank creates a file).
@@ -15,7 +23,12 @@ use std::fs::File;
 use std::hash::Hasher;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use twox_hash::XxHash64;
+
+/// The test-only fault injection's environment variable (see the module docs).
+pub const FAULT_AFTER_BYTES: &str = "DATARATER_FAULT_AFTER_BYTES";
 
 /// A file being written (or, on a rank other than 0, a sink); dropped without
 /// [`OutputFile::commit`], it leaves nothing.
@@ -177,9 +190,11 @@ impl OutputFile {
     /// Appends bytes (a sink drops them).
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         match self.writer.as_mut() {
-            Some(w) => w
-                .write_all(bytes)
-                .map_err(|e| io_error(&self.path, "cannot write", e)),
+            Some(w) => {
+                fault_injection(w, bytes);
+                w.write_all(bytes)
+                    .map_err(|e| io_error(&self.path, "cannot write", e))
+            }
             None => Ok(()),
         }
     }
@@ -226,14 +241,60 @@ impl OutputFile {
         file.sync_all()
             .map_err(|e| io_error(&self.path, "cannot write", e))?;
         before_rename(digest)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_error(&self.path, "cannot write", e))
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| io_error(&self.path, "cannot write", e))?;
+        // Make the rename itself durable (best effort: not every platform can open a
+        // directory for syncing).
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(d) = File::open(dir.unwrap_or(Path::new("."))) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `path` atomically with `bytes` (rank 0's; the other ranks pass `None`):
+/// readers, and a process killed at any moment, see the old file or the new one.
+/// Collective.
+///
+/// # Errors
+/// Rank 0's failure to write, on every rank.
+pub fn replace(path: &Path, bytes: Option<&[u8]>, comm: &dyn Communicator) -> Result<()> {
+    let mut file = OutputFile::create(path, true, comm)?;
+    let written = bytes.map_or(Ok(()), |b| file.write(b));
+    agree(comm, written)?;
+    file.commit(comm)
+}
+
+/// Test-only fault injection (see the module docs): if this write passes the limit,
+/// writes the bytes up to it, flushes them and aborts the process.
+fn fault_injection(w: &mut impl Write, bytes: &[u8]) {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    let limit = *LIMIT.get_or_init(|| {
+        std::env::var(FAULT_AFTER_BYTES)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    let Some(limit) = limit else { return };
+    let len = bytes.len() as u64;
+    let before = WRITTEN.fetch_add(len, Ordering::SeqCst);
+    if before.saturating_add(len) > limit {
+        let keep = limit.saturating_sub(before) as usize;
+        let _ = w.write_all(&bytes[..keep]);
+        let _ = w.flush();
+        eprintln!("{FAULT_AFTER_BYTES}={limit}: aborting after writing {limit} bytes");
+        std::process::abort();
     }
 }
 
 impl Write for OutputFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self.writer.as_mut() {
-            Some(w) => w.write(buf),
+            Some(w) => {
+                fault_injection(w, buf);
+                w.write(buf)
+            }
             None => Ok(buf.len()),
         }
     }

@@ -43,6 +43,7 @@ impl Progress {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(template)
+                    // A constant: it fails only if mistyped, on every run with a terminal.
                     .expect("valid template")
                     .progress_chars("=> "),
             );

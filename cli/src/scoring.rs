@@ -199,9 +199,18 @@ pub fn for_each_scored(
 ) -> Result<PassStats> {
     let bytes_read = Arc::new(AtomicU64::new(0));
     let mut docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
-    let (seq_len, mut file) = match source {
-        ScoreSource::Rater(scorer, _) => (Some(scorer.seq_len()), None),
-        ScoreSource::File(path) => (None, Some(agree(comm, ScoreFile::open(path))?)),
+    // The source, opened.
+    enum Open<'s, 'a> {
+        Rater(&'s DocumentScorer<'a, f32>, bool),
+        File(ScoreFile),
+    }
+    let mut open = match source {
+        ScoreSource::Rater(scorer, pad) => Open::Rater(scorer, *pad),
+        ScoreSource::File(path) => Open::File(agree(comm, ScoreFile::open(path))?),
+    };
+    let seq_len = match &open {
+        Open::Rater(scorer, _) => Some(scorer.seq_len()),
+        Open::File(_) => None,
     };
     let mut stats = PassStats::default();
     let mut index = 0u64;
@@ -211,8 +220,8 @@ pub fn for_each_scored(
         let read =
             crate::interrupt::check().and_then(|()| read_block(&mut docs, &mut block, seq_len));
         let ended = agree_on_block(comm, read, &block)?;
-        let scores = match (source, file.as_mut()) {
-            (ScoreSource::Rater(scorer, pad), _) => {
+        let scores = match &mut open {
+            Open::Rater(scorer, pad) => {
                 let pads: Vec<Option<Vec<u8>>> = block
                     .iter()
                     .map(|d| pad.then(|| padded(d.text(), scorer.seq_len())).flatten())
@@ -226,10 +235,7 @@ pub fn for_each_scored(
                     format!("{}:{}", shard.path.display(), block[i].line)
                 })?
             }
-            (ScoreSource::File(_), Some(file)) => {
-                agree(comm, file.scores_for(&block, index, shard, ended))?
-            }
-            (ScoreSource::File(_), None) => unreachable!("opened above"),
+            Open::File(file) => agree(comm, file.scores_for(&block, index, shard, ended))?,
         };
         let visit = || -> Result<bool> {
             for (doc, s) in block.iter().zip(scores) {

@@ -14,14 +14,15 @@ use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
 use crate::input::{Corpus, Format, InputOptions};
+use crate::output::replace;
 use crate::progress::{Progress, Unit};
 use crate::{agree, on_root};
-use datarater::checkpoint::read_checkpoint_configs;
+use datarater::checkpoint::{encode_checkpoint, read_checkpoint_configs};
 use datarater::curate::documents::chunk_spans;
 use datarater::curate::rater_file::{RaterFile, config_from_json, config_to_json};
 use datarater::distributed::{self, Communicator, RankState};
 use datarater::meta::{MeanLoss, Mode};
-use datarater::nn::{CausalLm, SequenceScorer};
+use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
 use datarater::trainer::{
     MetaAdam, MetaAdamState, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
@@ -123,7 +124,13 @@ fn fingerprint(seqs: &[Vec<u8>]) -> String {
 
 /// The settings a run is defined by (everything but `outer_steps` and
 /// `checkpoint_every`, which a resume may change).
-fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
+fn settings(
+    a: &TrainArgs,
+    train: &Path,
+    held_out: &Path,
+    lm: &TransformerConfig,
+    rater: &TransformerConfig,
+) -> Json {
     json!({
         "train": train.display().to_string(),
         "held_out": held_out.display().to_string(),
@@ -135,8 +142,8 @@ fn settings(a: &TrainArgs, train: &Path, held_out: &Path) -> Json {
         "max_document_bytes": a.input_args.max_document_bytes,
         "text_field": a.input_args.text_field,
         "skip_invalid": a.input_args.skip_invalid,
-        "lm": config_to_json(&a.lm_config()),
-        "rater": config_to_json(&a.rater_config()),
+        "lm": config_to_json(lm),
+        "rater": config_to_json(rater),
         "seq_len": a.seq_len,
         "short_documents": crate::scoring::SHORT_RULE,
         "batch_size": a.batch_size,
@@ -250,23 +257,32 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             (dir, path("train")?, path("held_out")?, Some(recorded))
         }
         None => {
-            let dir = a.out.clone().expect("clap requires --out without --resume");
+            // clap requires these without --resume; a library caller may not have.
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| CliError(format!("train needs {flag} (or --resume RUN_DIR)")))
+            };
             (
-                dir,
-                a.train.clone().expect("clap requires --train"),
-                a.held_out.clone().expect("clap requires --held-out"),
+                need(&a.out, "--out RUN_DIR")?,
+                need(&a.train, "--train DATA")?,
+                need(&a.held_out, "--held-out DATA")?,
                 None,
             )
         }
     };
-    // The run directory must be writable before any work.
-    on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?;
     if a.checkpoint_every == 0 {
         fail!("--checkpoint-every must be at least 1");
     }
     if a.seq_len < 2 {
         fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
     }
+    let (lm_config, rater_config) = (a.lm_config()?, a.rater_config()?);
+    check_sizes(&a, &lm_config, &rater_config)?;
+    // The run directory must be writable before any work; what this creates is removed
+    // again if the run fails before writing a checkpoint into it.
+    let mut created = CreatedDirs(
+        on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?.unwrap_or_default(),
+    );
     let opts = a.input_args.options();
     let mut train_opts = a.input_args.options();
     train_opts.format = a.train_format.unwrap_or(opts.format);
@@ -289,7 +305,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     )?;
     let (train_seqs, train_docs, train_short) = (train.seqs, train.docs, train.short);
     let (held_seqs, held_docs) = (held.seqs, held.docs);
-    let mut configs = settings(&a, &train_path, &held_path);
+    let mut configs = settings(&a, &train_path, &held_path, &lm_config, &rater_config);
     configs["data"] = json!({
         "train_sequences": train_seqs.len(),
         "train_fingerprint": fingerprint(&train_seqs),
@@ -360,8 +376,8 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         );
     }
 
-    let inner = TextLm::new(CausalLm::new(a.lm_config())?, Adam::new(a.inner_lr as f32))?;
-    let scorer = SequenceScorer::new(a.rater_config())?;
+    let inner = TextLm::new(CausalLm::new(lm_config)?, Adam::new(a.inner_lr as f32))?;
+    let scorer = SequenceScorer::new(rater_config)?;
     let rater = TextRater {
         scorer: scorer.clone(),
     };
@@ -399,29 +415,36 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         Some(_) => distributed::load_checkpoint(&ckpt, &expected, comm)?,
         None => distributed::init(&trainer, comm, None)?,
     };
+    // Rank 0 writes both files (through the command line's one file writer, see
+    // `crate::output`); the checkpoint first, so the rater never runs ahead of it.
     let save = |state: &RankState<f32, MetaAdamState<f32>>| -> Result<()> {
-        distributed::save_checkpoint(&ckpt, state, &configs, comm)?;
-        on_root(comm, || {
+        let checkpoint = state
+            .gather(comm)
+            .and_then(|full| full.map(|f| encode_checkpoint(&f, &configs)).transpose());
+        let checkpoint = agree(comm, checkpoint)?;
+        replace(&ckpt, checkpoint.as_deref(), comm)?;
+        let rater_file = on_root(comm, || {
             let mut training = configs.clone();
             training["outer_steps_done"] = json!(state.local.step);
-            RaterFile {
+            Ok(RaterFile {
                 scorer: scorer.clone(),
                 seq_len: a.seq_len,
                 training,
                 eta: state.local.eta.clone(),
             }
-            .save(run_dir.join(RATER))?;
-            Ok(())
+            .to_bytes()?)
         })?;
-        Ok(())
+        replace(&run_dir.join(RATER), rater_file.as_deref(), comm)
     };
     if !resuming {
         save(&state)?;
     }
 
     // A second Ctrl-C while the step finishes kills the process (the last checkpoint
-    // is intact either way).
+    // is intact either way). A library caller may train more than once: a Ctrl-C of
+    // an earlier run does not stop this one.
     crate::interrupt::install()?;
+    crate::interrupt::reset();
     // Progress is shown once, by rank 0.
     let mut progress = root.then(|| {
         Progress::new(
@@ -477,6 +500,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         save(&state)?;
     }
     finish(&mut progress, &last_msg);
+    created.keep();
     if root {
         println!(
             "trained {} outer steps; wrote {} (use it with `datarater score --rater {}`)",
@@ -488,6 +512,87 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     Ok(())
 }
 
+/// Refuses settings whose models or inner windows need more bytes than one allocation
+/// may have (`isize::MAX`): they could never run, and would otherwise stop deep in the
+/// library on an arithmetic or capacity overflow. (Smaller ones that do not fit in
+/// this machine's memory fail when allocated, as in any program.)
+fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig) -> Result<()> {
+    let n = |x: usize| Some(x as u128);
+    let mul = |x: Option<u128>, y: Option<u128>| x?.checked_mul(y?);
+    let add = |x: Option<u128>, y: Option<u128>| x?.checked_add(y?);
+    // Parameters of a transformer with a `head`-wide output (its weights and biases).
+    let params = |c: &TransformerConfig, head: usize| {
+        let (d, f) = (n(c.d_model), n(c.d_ff));
+        let layer = [mul(mul(n(4), d), d), mul(mul(n(2), d), f), f, mul(n(9), d)]
+            .into_iter()
+            .try_fold(0u128, |acc, x| acc.checked_add(x?));
+        let embeddings = mul(add(n(c.vocab), n(c.max_len)), d);
+        add(
+            add(embeddings, mul(n(c.n_layers), layer)),
+            mul(add(d, n(1)), n(head)),
+        )
+    };
+    let (lm_p, rater_p) = (params(lm, lm.vocab), params(rater, 1));
+    let f32s = |x: Option<u128>| mul(x, n(4));
+    // Each member: its language model and Adam's two moments, and the rater's meta-Adam
+    // state; the mixed-mode meta-gradient keeps every inner step's gradient.
+    let member = add(mul(lm_p, n(3)), mul(rater_p, n(3)));
+    let parts = [
+        (
+            "the language model (--lm-width, --lm-layers, --seq-len)",
+            f32s(lm_p),
+        ),
+        (
+            "the rater (--rater-width, --rater-layers, --seq-len)",
+            f32s(rater_p),
+        ),
+        (
+            "the population (--population)",
+            f32s(mul(member, n(a.population))),
+        ),
+        (
+            "one window's inner gradients (--inner-steps)",
+            f32s(mul(lm_p, n(a.inner_steps))),
+        ),
+        (
+            "one window's batches (--inner-steps, --batch-size, --seq-len)",
+            mul(mul(n(a.inner_steps), n(a.batch_size)), n(a.seq_len)),
+        ),
+    ];
+    for (what, bytes) in parts {
+        if bytes.is_none_or(|b| b > isize::MAX as u128) {
+            fail!(
+                "{what} would need more than {} bytes: no process can hold it",
+                isize::MAX
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The directories `train` created for its run directory, outermost first; dropped
+/// without [`CreatedDirs::keep`] (a failed run), it removes those still empty, so a
+/// failure leaves no empty run directory behind (and never touches a file).
+struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// The run succeeded: keep them.
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            // Fails (and stops) at a directory that is not empty: a checkpoint was written.
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 /// Ends rank 0's progress display.
 fn finish(progress: &mut Option<Progress>, msg: &str) {
     if let Some(p) = progress {
@@ -495,8 +600,9 @@ fn finish(progress: &mut Option<Progress>, msg: &str) {
     }
 }
 
-/// Creates the run directory (or checks the one to resume) and proves it writable.
-fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<()> {
+/// Creates the run directory (or checks the one to resume) and proves it writable;
+/// returns the directories it created, outermost first.
+fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<Vec<PathBuf>> {
     if !resuming && dir.join(CHECKPOINT).exists() && !force {
         fail!(
             "{}: already holds a run (resume it with `datarater train --resume {}`, or pass --force to start over)",
@@ -504,11 +610,18 @@ fn prepare_run_dir(dir: &Path, resuming: bool, force: bool) -> Result<()> {
             dir.display()
         );
     }
+    let mut created: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    created.reverse();
+    let mut dirs = CreatedDirs(created);
     std::fs::create_dir_all(dir)
         .map_err(|e| io_error(dir, "cannot create the run directory", e))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .map_err(|e| io_error(dir, "cannot write to the run directory", e))?;
     let _ = std::fs::remove_file(&probe);
-    Ok(())
+    Ok(std::mem::take(&mut dirs.0))
 }

@@ -263,3 +263,140 @@ fn rater_file_that_is_not_safetensors_or_damaged_or_misshapen() {
         &["do not fit the rater config", "shape"],
     );
 }
+
+#[test]
+fn filter_without_mode_or_its_parameter_says_what_is_missing() {
+    // `--mode` defaults to discard, which needs --discard-fraction: this panicked once
+    // (clap's required_if_eq does not see default values).
+    let t = Setup::new();
+    let input = t.write("docs.txt", documents(20, 3).join("\n").as_bytes());
+    let (rater, kept) = (t.p("rater.safetensors"), t.p("kept.txt"));
+    let filter = |extra: &[&str]| {
+        let mut a = vec![
+            "filter",
+            "--rater",
+            s(&rater),
+            "--input",
+            s(&input),
+            "--out",
+            s(&kept),
+        ];
+        a.extend(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    fails(
+        &strs(&filter(&[])),
+        &["--discard-fraction", "--mode discard"],
+    );
+    fails(
+        &strs(&filter(&["--rho", "0.5"])),
+        &["--discard-fraction", "--rho is for --mode accept"],
+    );
+    fails(
+        &strs(&filter(&["--mode", "discard"])),
+        &["--discard-fraction"],
+    );
+    fails(
+        &strs(&filter(&["--mode", "accept"])),
+        &["--mode accept needs --rho"],
+    );
+    fails(
+        &strs(&filter(&["--mode", "accept", "--rho", "1.5"])),
+        &["--rho 1.5", "not in [0, 1)"],
+    );
+    fails(
+        &strs(&filter(&[
+            "--mode",
+            "accept",
+            "--rho",
+            "0.5",
+            "--accept-batch",
+            "0",
+        ])),
+        &["--accept-batch 0"],
+    );
+    fails(
+        &strs(&filter(&[
+            "--mode",
+            "accept",
+            "--rho",
+            "0.5",
+            "--accept-batch",
+            "4611686018427387904",
+        ])),
+        &["--accept-batch 4611686018427387904 is larger than"],
+    );
+    // Nothing was written.
+    assert!(!t.p("kept.txt").exists());
+    assert!(!t.p("kept.txt.report.json").exists());
+}
+
+#[test]
+fn train_settings_too_large_to_hold_are_refused_up_front() {
+    let t = Setup::new();
+    let train = t.write("train.txt", documents(40, 1).join("\n").as_bytes());
+    let run = t.p("run");
+    let args = |flag: &'static str, value: &'static str| {
+        let mut a = vec!["train", "--train", s(&train), "--held-out", s(&train)];
+        a.extend(["--out", s(&run), "--seq-len", "16", flag, value]);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let max = "18446744073709551615";
+    fails(
+        &strs(&args("--lm-width", max)),
+        &["--lm-width", "too large"],
+    );
+    fails(
+        &strs(&args("--rater-width", max)),
+        &["--rater-width", "too large"],
+    );
+    fails(
+        &strs(&args("--rater-width", "4611686018427387904")),
+        &["the rater", "no process can hold it"],
+    );
+    fails(
+        &strs(&args("--lm-layers", max)),
+        &["the language model", "no process can hold it"],
+    );
+    fails(&strs(&args("--population", max)), &["the population"]);
+    fails(&strs(&args("--inner-steps", max)), &["--inner-steps"]);
+    assert!(!t.p("run").exists());
+}
+
+/// A build without MPI started by a launcher as one of several ranks refuses (each
+/// rank would run the whole job alone, writing the same files); one rank is fine.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_ranks_without_mpi_are_refused() {
+    let t = Setup::new();
+    let input = t.write("docs.txt", documents(20, 3).join("\n").as_bytes());
+    let args = t.score(&input, &[]);
+    let run_with = |var: &str, value: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_datarater"));
+        for v in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"] {
+            cmd.env_remove(v);
+        }
+        cmd.args(&args).env(var, value).output().unwrap()
+    };
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"] {
+        let out = run_with(var, "2");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}: {err}");
+        for needle in [
+            &format!("{var}=2") as &str,
+            "built without MPI",
+            "cargo build --release -p datarater-cli --features mpi",
+        ] {
+            assert!(err.contains(needle), "{var}: `{needle}` in {err}");
+        }
+        assert!(!t.p("out.jsonl").exists(), "{var}: nothing is written");
+        // One rank is a single process: it runs.
+        let out = run_with(var, "1");
+        assert!(
+            out.status.success(),
+            "{var}=1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_file(t.p("out.jsonl")).unwrap();
+    }
+}

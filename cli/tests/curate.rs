@@ -477,3 +477,74 @@ fn filter_accept_is_seeded_and_keeps_roughly_one_minus_rho() {
         std::fs::read(p("e.txt")).unwrap()
     );
 }
+
+/// A process that dies (abort) in the middle of writing an output leaves no output
+/// file (only a hidden temporary one), and running the command again (no --force
+/// needed) writes exactly what an undisturbed run writes.
+#[cfg(unix)]
+#[test]
+fn killed_while_writing_an_output_leaves_none_and_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rater, input) = (
+        dir.path().join("rater.safetensors"),
+        dir.path().join("docs.txt"),
+    );
+    write_rater(&rater, 1);
+    // Enough documents that the outputs outgrow the writer's 64 KiB buffer.
+    write_lines(&input, &documents(3000, 4));
+    let score = |out: &str| {
+        let out = dir.path().join(out).display().to_string();
+        let a = ["score", "--rater", s(&rater), "--input", s(&input), "--out"];
+        a.iter()
+            .map(|x| x.to_string())
+            .chain([out])
+            .collect::<Vec<_>>()
+    };
+    let filter = |out: &str| {
+        let out = dir.path().join(out).display().to_string();
+        let a = [
+            "filter",
+            "--rater",
+            s(&rater),
+            "--input",
+            s(&input),
+            "--out",
+        ];
+        a.iter()
+            .map(|x| x.to_string())
+            .chain([out, "--discard-fraction".into(), "0.3".into()])
+            .collect::<Vec<_>>()
+    };
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let exists = |name: &str| dir.path().join(name).exists();
+    for (name, args) in [
+        ("scores.jsonl", &score as &dyn Fn(&str) -> Vec<String>),
+        ("kept.txt", &filter),
+    ] {
+        let reference = format!("reference-{name}");
+        let a = args(&reference);
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let size = read(&reference).len() as u64;
+        assert!(size > 1 << 17, "{name}: {size} bytes");
+        let a = args(name);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        assert_aborted(&run_faulted(dir.path(), &a, size / 2));
+        let report = format!("{name}.report.json");
+        let svg = format!("{name}.histogram.svg");
+        for f in [name, &report, &svg] {
+            assert!(!exists(f), "{f} after the abort");
+        }
+        ok(&a);
+        assert_eq!(read(name), read(&reference), "{name}");
+    }
+    // The filter's report names its own output; everything else is the same.
+    let report = |name: &str| {
+        let mut r: serde_json::Value =
+            serde_json::from_slice(&read(&format!("{name}.report.json"))).unwrap();
+        r["output"] = serde_json::Value::Null;
+        r["histogram"] = serde_json::Value::Null;
+        r["shards"][0]["output"] = serde_json::Value::Null;
+        r
+    };
+    assert_eq!(report("kept.txt"), report("reference-kept.txt"));
+}

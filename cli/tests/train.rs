@@ -1,5 +1,7 @@
 //! `datarater train` through the real binary: the train -> score -> filter round trip,
-//! kill (SIGKILL) and resume == uninterrupted, Ctrl-C, and bad settings.
+//! kill (SIGKILL, or an abort in the middle of writing a checkpoint) and resume ==
+//! uninterrupted, Ctrl-C, bad settings, cleaning up after a failure, and two runs in
+//! one process through the library.
 
 mod common;
 
@@ -265,9 +267,162 @@ fn a_non_finite_meta_gradient_stops_the_run_naming_the_step() {
     let mut a = train_args(&train, &held, &run, "5");
     a.extend(["--inner-lr", "1e30"]);
     fails(&a, &["non-finite", "outer step 0", "last good checkpoint"]);
-    // The checkpoint written before the failure is intact and resumable.
-    assert!(
-        datarater::checkpoint::read_checkpoint_configs(run.join("checkpoint.safetensors")).is_ok()
+    // The checkpoint written before the failure is intact: it is bitwise the state of
+    // an uninterrupted run to the same step (outer step 0 of the same settings) ...
+    let clean_run = dir.path().join("clean");
+    let mut clean = train_args(&train, &held, &clean_run, "0");
+    clean.extend(["--inner-lr", "1e30"]);
+    ok(&clean);
+    let ckpt = run.join("checkpoint.safetensors");
+    let clean_ckpt = dir.path().join("clean/checkpoint.safetensors");
+    assert_eq!(tensors(&ckpt), tensors(&clean_ckpt));
+    assert_eq!(step_of(&ckpt), 0);
+    // ... and resumable: the resumed run loads it and meets the same failure at the
+    // same step (the settings are the run's), leaving the checkpoint as it was.
+    let before = std::fs::read(&ckpt).unwrap();
+    fails(
+        &["train", "--resume", s(&run)],
+        &[
+            "non-finite",
+            "outer step 0",
+            "last good checkpoint (after step 0)",
+        ],
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+}
+
+/// The tensors of a safetensors file (a checkpoint or a rater file).
+fn tensors(path: &Path) -> datarater::Params<datarater::Tensor<f32>> {
+    datarater::io::load_params::<f32>(path).unwrap().0
+}
+
+/// The outer step recorded in a checkpoint.
+fn step_of(ckpt: &Path) -> u64 {
+    let (_, meta) = datarater::io::load_params::<f32>(ckpt).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    state["step"].as_u64().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    let full = dir.path().join("full");
+    ok(&train_args(&train, &held, &full, "4"));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let (ckpt_len, rater_len) = (
+        size(&full.join("checkpoint.safetensors")),
+        size(&full.join("rater.safetensors")),
+    );
+    // Each save writes the checkpoint, then the rater file: the initial save and the
+    // one after step 1 complete, the one after step 2 dies halfway through its
+    // checkpoint.
+    let run = dir.path().join("run");
+    let out = run_faulted(
+        dir.path(),
+        &train_args(&train, &held, &run, "4"),
+        2 * (ckpt_len + rater_len) + ckpt_len / 2,
+    );
+    assert_aborted(&out);
+    let ckpt = run.join("checkpoint.safetensors");
+    // The half-written file is the hidden temporary one; the checkpoint is step 1's.
+    let partial: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".checkpoint")
+        })
+        .collect();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    assert!((1..ckpt_len).contains(&size(&partial[0])), "{partial:?}");
+    assert!(datarater::checkpoint::read_checkpoint_configs(&ckpt).is_ok());
+    assert_eq!(step_of(&ckpt), 1);
+    assert_eq!(checkpoint_step(&run), 1);
+    // Resuming completes the run, bitwise the uninterrupted one.
+    let out = ok(&["train", "--resume", s(&run)]);
+    assert!(out.contains("trained 4 outer steps"), "{out}");
+    assert_eq!(
+        tensors(&ckpt),
+        tensors(&full.join("checkpoint.safetensors"))
+    );
+    assert_eq!(
+        rater_of(&run.join("rater.safetensors")),
+        rater_of(&full.join("rater.safetensors"))
+    );
+
+    // Dying in the middle of the rater file (after step 1's checkpoint) leaves step 1's
+    // checkpoint and step 0's rater file, and resumes the same way.
+    let run = dir.path().join("run2");
+    let out = run_faulted(
+        dir.path(),
+        &train_args(&train, &held, &run, "4"),
+        2 * ckpt_len + rater_len + rater_len / 2,
+    );
+    assert_aborted(&out);
+    assert_eq!(step_of(&run.join("checkpoint.safetensors")), 1);
+    assert_eq!(checkpoint_step(&run), 0);
+    ok(&["train", "--resume", s(&run)]);
+    assert_eq!(
+        rater_of(&run.join("rater.safetensors")),
+        rater_of(&full.join("rater.safetensors"))
+    );
+}
+
+#[test]
+fn a_failed_train_removes_the_run_directory_it_made_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = corpus(dir.path());
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "just one document of some length\n").unwrap();
+    let too_small = ["held-out data is too small"];
+    // Directories the run created (several levels) are removed.
+    let nested = dir.path().join("new/deeper/run");
+    fails(&train_args(&train, &small, &nested, "2"), &too_small);
+    assert!(!dir.path().join("new").exists());
+    // A directory the user made is left as it was, empty or not.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    fails(&train_args(&train, &small, &mine, "2"), &too_small);
+    assert!(mine.is_dir());
+    let parent = dir.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    std::fs::write(parent.join("notes.txt"), "mine").unwrap();
+    fails(
+        &train_args(&train, &small, &parent.join("run"), "2"),
+        &too_small,
+    );
+    assert!(!parent.join("run").exists());
+    assert_eq!(std::fs::read(parent.join("notes.txt")).unwrap(), b"mine");
+    // A run that fails after writing a checkpoint keeps it (it can be resumed).
+    let held = dir.path().join("held.jsonl");
+    let run = dir.path().join("diverged");
+    let mut a = train_args(&train, &held, &run, "2");
+    a.extend(["--inner-lr", "1e30"]);
+    fails(&a, &["non-finite"]);
+    assert!(run.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn two_trains_in_one_process_through_the_library() {
+    use clap::Parser;
+    // The Ctrl-C handler is process-wide: a second `train` once failed to install it.
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = corpus(dir.path());
+    for name in ["first", "second"] {
+        let run = dir.path().join(name);
+        let mut args = vec!["datarater"];
+        args.extend(train_args(&train, &held, &run, "1"));
+        let cli = datarater_cli::args::Cli::try_parse_from(args).unwrap();
+        datarater_cli::run(&cli).unwrap_or_else(|e| panic!("{name} train: {e}"));
+        assert_eq!(checkpoint_step(&run), 1, "{name}");
+    }
+    assert_eq!(
+        rater_of(&dir.path().join("first/rater.safetensors")),
+        rater_of(&dir.path().join("second/rater.safetensors"))
     );
 }
 

@@ -104,8 +104,9 @@ impl<V: Value> Tape<V> {
         self.len() == 0
     }
 
-    /// Bytes of distinct buffers the tape keeps alive for its VJP rules (including the
-    /// inside of a checkpointed block it still keeps).
+    /// Bytes the tape keeps alive: the distinct buffers its VJP rules saved (including
+    /// the inside of a checkpointed block it still keeps) and each node's bookkeeping
+    /// (its rule, parents and shapes: a visible share of a tape of many small ops).
     pub fn bytes(&self) -> usize {
         let mut seen = HashSet::new();
         let mut total = 0;
@@ -119,6 +120,26 @@ impl<V: Value> Tape<V> {
 
     fn visit_saved(&self, visit: &mut dyn FnMut(usize, usize)) {
         let inner = self.0.borrow();
+        // Address 0: bookkeeping, never a buffer's address, and distinct per call.
+        let words = |n: usize| n * std::mem::size_of::<usize>();
+        visit(
+            0,
+            inner.nodes.capacity() * std::mem::size_of::<Option<Node<V>>>()
+                + inner
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .map(|node| {
+                        let c = &node.ctx;
+                        std::mem::size_of_val(&*node.vjp)
+                            + words(2 * node.parents.capacity())
+                            + c.xs.capacity() * std::mem::size_of::<Option<V>>()
+                            + c.shapes.iter().map(|s| words(s.capacity() + 3)).sum::<usize>()
+                            + words(c.out_shape.capacity())
+                            + c.needs.capacity()
+                    })
+                    .sum::<usize>(),
+        );
         for node in inner.nodes.iter().flatten() {
             for x in node.ctx.xs.iter().flatten() {
                 x.visit_buffers(visit);
@@ -186,6 +207,21 @@ impl<V: Value> Tape<V> {
     /// output) and returns the cotangent of each of `wrt` (zeros where unreached).
     /// A tape supports one backward sweep: nodes are freed as the sweep passes them.
     pub fn backward(&self, output: &Var<V>, seed: V, wrt: &[&Var<V>]) -> Result<Vec<V>> {
+        self.backward_within(output, seed, wrt, None)
+            .map(|(grads, _)| grads)
+    }
+
+    /// [`backward`](Self::backward), also returning the most bytes of cotangents alive
+    /// at once during the sweep. With `limit`, the sweep stops before the tape's bytes
+    /// (as at its start) plus the cotangents alive would pass `limit`, with
+    /// [`Error::MemoryBudget`] (its `mode` and `step` for the caller to fill in).
+    pub(crate) fn backward_within(
+        &self,
+        output: &Var<V>,
+        seed: V,
+        wrt: &[&Var<V>],
+        limit: Option<usize>,
+    ) -> Result<(Vec<V>, usize)> {
         if output.shape() != seed.shape() {
             return Err(Error::Shape {
                 op: "backward seed",
@@ -195,7 +231,7 @@ impl<V: Value> Tape<V> {
         }
         let zeros = |w: &Var<V>| w.value.zeros_like();
         let Some((otape, oid)) = &output.node else {
-            return Ok(wrt.iter().map(|w| zeros(w)).collect());
+            return Ok((wrt.iter().map(|w| zeros(w)).collect(), 0));
         };
         for w in wrt.iter().chain([&output]) {
             if let Some((t, _)) = &w.node {
@@ -211,6 +247,10 @@ impl<V: Value> Tape<V> {
                 "backward: output belongs to another tape".into(),
             ));
         }
+        let held = match limit {
+            Some(_) => self.bytes(),
+            None => 0,
+        };
         let mut nodes = {
             let mut inner = self.0.borrow_mut();
             if inner.consumed {
@@ -221,6 +261,13 @@ impl<V: Value> Tape<V> {
             inner.consumed = true;
             std::mem::take(&mut inner.nodes)
         };
+        let size = |v: &V| {
+            let mut n = 0;
+            v.visit_buffers(&mut |_, b| n += b);
+            n
+        };
+        let mut alive = size(&seed);
+        let mut peak = alive;
         let mut cot: Vec<Option<V>> = (0..nodes.len()).map(|_| None).collect();
         cot[*oid] = Some(seed);
         // Recorded (non-leaf) variables in `wrt` keep their cotangent past the sweep.
@@ -235,27 +282,49 @@ impl<V: Value> Tape<V> {
             let g = if keep.contains(&i) {
                 cot[i].clone()
             } else {
-                cot[i].take()
+                cot[i].take().inspect(|g| alive -= size(g))
             };
             let Some(g) = g else { continue };
             let grads = (node.vjp)(&node.ctx, &g);
             drop(node.ctx);
+            // The node's cotangents are alive beside the accumulated ones, and each sum
+            // is a new buffer beside its two terms (the rule's own temporaries are
+            // about as large): counted twice.
+            let fresh: usize = grads.iter().flatten().map(size).sum();
+            peak = peak.max(alive + 2 * fresh);
             for (p, gp) in node.parents.iter().zip(grads) {
                 if let (Some(p), Some(gp)) = (p, gp) {
-                    cot[*p] = Some(match cot[*p].take() {
-                        Some(acc) => acc.accumulate(&gp),
+                    let acc = match cot[*p].take() {
+                        Some(acc) => {
+                            alive -= size(&acc);
+                            acc.accumulate(&gp)
+                        }
                         None => gp,
+                    };
+                    alive += size(&acc);
+                    cot[*p] = Some(acc);
+                }
+            }
+            peak = peak.max(alive);
+            if let Some(limit) = limit {
+                if held + peak > limit {
+                    return Err(Error::MemoryBudget {
+                        budget: limit,
+                        in_use: held + peak,
+                        mode: crate::meta::Mode::Unrolled,
+                        step: 0,
                     });
                 }
             }
         }
-        Ok(wrt
+        let grads = wrt
             .iter()
             .map(|w| match &w.node {
                 Some((_, id)) => cot[*id].clone().unwrap_or_else(|| zeros(w)),
                 None => zeros(w),
             })
-            .collect())
+            .collect();
+        Ok((grads, peak))
     }
 }
 

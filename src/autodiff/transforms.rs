@@ -78,15 +78,25 @@ pub fn value_and_grad<V: Value, R: Output<Var<V>>>(
     f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
 ) -> Result<(V, Params<V>)> {
+    value_and_grad_measured(f, params).map(|(y, g, _)| (y, g))
+}
+
+/// [`value_and_grad`] and its working set: the tape's bytes at the end of the forward
+/// pass plus the most cotangent bytes alive at once in the backward sweep.
+pub(crate) fn value_and_grad_measured<V: Value, R: Output<Var<V>>>(
+    f: impl FnOnce(&Params<Var<V>>) -> R,
+    params: &Params<V>,
+) -> Result<(V, Params<V>, usize)> {
     let tape = Tape::with_checkpointing(false);
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
     scalar_check("value_and_grad: output must be a scalar", &y.shape())?;
     let seed = ones_like::<V>(&y.shape());
     let wrt: Vec<&Var<V>> = vars.values().collect();
-    let grads = tape.backward(&y, seed, &wrt)?;
+    let tape_bytes = tape.bytes();
+    let (grads, cot_bytes) = tape.backward_within(&y, seed, &wrt, None)?;
     let out = vars.names().map(str::to_string).zip(grads).collect();
-    Ok((y.into_value(), out))
+    Ok((y.into_value(), out, tape_bytes + cot_bytes))
 }
 
 /// The gradient of a scalar function.
@@ -103,14 +113,25 @@ pub fn vjp<V: Value, R: Output<Var<V>>>(
     params: &Params<V>,
     cot: &V,
 ) -> Result<(V, Params<V>)> {
+    vjp_measured(f, params, cot).map(|(y, g, _)| (y, g))
+}
+
+/// [`vjp`] and its working set (as in [`value_and_grad_measured`]).
+pub(crate) fn vjp_measured<V: Value, R: Output<Var<V>>>(
+    f: impl FnOnce(&Params<Var<V>>) -> R,
+    params: &Params<V>,
+    cot: &V,
+) -> Result<(V, Params<V>, usize)> {
     let tape = Tape::with_checkpointing(false);
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
     let wrt: Vec<&Var<V>> = vars.values().collect();
-    let grads = tape.backward(&y, cot.clone(), &wrt)?;
+    let tape_bytes = tape.bytes();
+    let (grads, cot_bytes) = tape.backward_within(&y, cot.clone(), &wrt, None)?;
     Ok((
         y.into_value(),
         vars.names().map(str::to_string).zip(grads).collect(),
+        tape_bytes + cot_bytes,
     ))
 }
 
@@ -127,6 +148,7 @@ pub fn jvp<V: Value, R: Output<Dual<V>>>(
 }
 
 /// Result of [`jvp_grad`]: value, gradient per group, and the gradient's tangent per group.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct JvpGrad<V> {
     /// The function value.
@@ -138,6 +160,9 @@ pub struct JvpGrad<V> {
     pub tangents: Vec<Params<V>>,
     /// Bytes the tape held at the end of the forward pass (see [`Tape::bytes`]).
     pub tape_bytes: usize,
+    /// The most bytes of cotangents alive at once during the backward sweep: with
+    /// `tape_bytes`, the pass's working set.
+    pub cotangent_bytes: usize,
 }
 
 /// Gradient of a scalar function with respect to several parameter groups, and the
@@ -183,7 +208,8 @@ pub fn jvp_grad_with<V: Value, R: Output<Var<Dual<V>>>>(
     let tape_bytes = tape.bytes();
     let seed = ones_like::<Dual<V>>(&y.shape());
     let wrt: Vec<&Var<Dual<V>>> = vars.iter().flat_map(|g| g.values()).collect();
-    let mut flat = tape.backward(&y, seed, &wrt)?.into_iter();
+    let (flat, cotangent_bytes) = tape.backward_within(&y, seed, &wrt, None)?;
+    let mut flat = flat.into_iter();
     let (mut grads, mut tans) = (Vec::new(), Vec::new());
     for g in &vars {
         let d: Vec<(String, Dual<V>)> = g
@@ -202,6 +228,7 @@ pub fn jvp_grad_with<V: Value, R: Output<Var<Dual<V>>>>(
         grads,
         tangents: tans,
         tape_bytes,
+        cotangent_bytes,
     })
 }
 

@@ -23,7 +23,9 @@
 
 use super::revolve;
 use super::{MetaProblem, check_weighted, weighted_sum};
-use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad, vjp};
+use crate::autodiff::transforms::{
+    jvp, jvp_grad_with, value_and_grad_measured, vjp_measured,
+};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
@@ -31,15 +33,17 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
 
+
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// Forward-over-reverse backward sweep over the stored gradients `g_t`; each step's
     /// pass keeps all its activations (no block rematerialisation: faster, one step's
     /// activations in memory).
     ///
     /// Of the states `(theta_t, s_t)` at most the least `s` with `C(s + 3, 3) >= T` are
-    /// stored at once (placed as in [`Mode::Checkpointed`] with `snapshots: 0`, the
+    /// stored at once (placed as in [`Mode::Checkpointed`] with [`Snapshots::Auto`], the
     /// forward sweep storing the first ones as it passes them); the others are
     /// recovered by replaying the optimiser's update on the stored gradients. That is
     /// fewer than `2 T` elementwise updates in all ([`MetaStats::replayed_updates`]), no
@@ -58,23 +62,55 @@ pub enum Mode {
     /// recomputes `T - 1` (each step's gradient, which is not stored), `s = 1`
     /// recomputes `T (T - 1) / 2`.
     Checkpointed {
-        /// The most inner states `(theta_t, s_t)` stored at once; more than `T` act as
-        /// `T`. `0` picks the least `s` with `C(s + 3, 3) >= T`, so `r <= 3`: a bounded
-        /// amount of recomputation (under 3 inner steps per step, next to a backward
-        /// step that costs about 3 inner steps anyway), for `s` growing only like the
-        /// cube root of `6 T` (1 for `T <= 4`, 3 at `T = 16`, 6 at `T = 64`).
-        snapshots: usize,
+        /// How many inner states `(theta_t, s_t)` may be stored at once.
+        snapshots: Snapshots,
     },
     /// Reverse-over-reverse through the whole unrolled window (the baseline).
     Unrolled,
+}
+
+/// How many inner states checkpointed mode stores at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Snapshots {
+    /// The least `s` with `C(s + 3, 3) >= T`, so `r <= 3`: a bounded amount of
+    /// recomputation (under 3 inner steps per step, next to a backward step that costs
+    /// about 3 inner steps anyway), for `s` growing only like the cube root of `6 T`
+    /// (1 for `T <= 4`, 3 at `T = 16`, 6 at `T = 64`).
+    #[default]
+    Auto,
+    /// At most this many (at least 1; more than `T` act as `T`).
+    AtMost(usize),
+}
+
+impl Snapshots {
+    /// The snapshots used for a window of `steps` inner steps.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for `AtMost(0)`.
+    pub fn resolve(self, steps: usize) -> Result<usize> {
+        match self {
+            Snapshots::Auto => Ok(revolve::auto_snapshots(steps)),
+            Snapshots::AtMost(0) => Err(Error::Config {
+                field: "snapshots",
+                reason: "at least one state (the window's start) is stored; use Snapshots::Auto \
+                         to let the engine choose"
+                    .into(),
+            }),
+            Snapshots::AtMost(s) => Ok(s.min(steps)),
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mode::Mixed => write!(f, "mixed"),
-            Mode::Checkpointed { snapshots: 0 } => write!(f, "checkpointed (automatic snapshots)"),
-            Mode::Checkpointed { snapshots } => write!(f, "checkpointed ({snapshots} snapshots)"),
+            Mode::Checkpointed {
+                snapshots: Snapshots::Auto,
+            } => write!(f, "checkpointed (automatic snapshots)"),
+            Mode::Checkpointed {
+                snapshots: Snapshots::AtMost(s),
+            } => write!(f, "checkpointed ({s} snapshots)"),
             Mode::Unrolled => write!(f, "unrolled"),
         }
     }
@@ -82,14 +118,24 @@ impl std::fmt::Display for Mode {
 
 /// Measurements of one meta-gradient computation.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct MetaStats {
     /// Inner steps differentiated through.
     pub steps: usize,
+    /// The most bytes the computation held at once beyond its inputs, as the memory
+    /// budget counts them (see [`MetaRequest::memory_budget`]): the smallest budget this
+    /// run completes under.
+    pub peak_bytes: usize,
+    /// The largest working set of one step (its tapes, cotangents and new values, on
+    /// top of what is held across steps): how far the first step of a kind, which has
+    /// nothing to predict it, may pass a budget.
+    pub peak_step_bytes: usize,
     /// Largest number of bytes any tape held (unrolled: the whole window's tape; mixed:
-    /// one step's forward-over-reverse tape, summed over the slices of the batch that
-    /// ran at once; see [`MetaProblem::sub_batch`]).
+    /// one step's forward-over-reverse tapes, summed over the slices of the batch, which
+    /// may all be alive at once; see [`MetaRequest::shards`]).
     pub peak_tape_bytes: usize,
-    /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`) alive at once.
+    /// Largest number of bytes of stored trajectory (`theta_t`, `s_t`, `g_t`, the
+    /// working state) alive at once.
     pub trajectory_bytes: usize,
     /// Inner steps run again after their first run (checkpointed mode: to reach a state
     /// that was not stored, or to recompute a step's gradient for its backward step).
@@ -202,23 +248,18 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
 /// let (eta, theta) = (Linear.init(&mut Rng::new(0)), inner.init(&mut Rng::new(0)));
 /// let batch = Tensor::from_vec(&[3], vec![0.0, 1.0, 5.0])?;
 /// let held_out = Tensor::from_vec(&[2], vec![0.9, 1.1])?;
-/// let r = MetaRequest {
-///     problem: &problem,
-///     eta: &eta,
-///     theta: &theta,
-///     state: &inner.optimizer().init(&theta),
-///     batches: &[batch],
-///     outer_batch: &held_out,
-///     mode: Mode::Mixed,
-///     memory_budget: None,
-/// }
-/// .run()?;
+/// let state = inner.optimizer().init(&theta);
+/// let batches = [batch];
+/// let r = MetaRequest::new(&problem, &eta, &theta, &state, &batches, &held_out)
+///     .mode(Mode::Mixed)
+///     .run()?;
 /// // Up-weighting large x (a > 0) would pull m towards the outlier 5 and away from the
 /// // held-out data near 1, so the meta-gradient in `a` is positive (descent lowers `a`).
 /// assert!(r.grad["a"].item() > 0.0);
 /// # Ok::<(), datarater::Error>(())
 /// ```
 #[derive(Clone, Copy)]
+#[non_exhaustive]
 pub struct MetaRequest<'a, F: Float, P: MetaProblem<F>> {
     /// The inner and outer objectives (and the inner optimiser).
     pub problem: &'a P,
@@ -233,30 +274,91 @@ pub struct MetaRequest<'a, F: Float, P: MetaProblem<F>> {
     pub batches: &'a [P::Batch],
     /// The held-out batch of the outer objective.
     pub outer_batch: &'a P::Batch,
-    /// Which engine to run.
+    /// Which engine to run (default [`Mode::Mixed`]).
     pub mode: Mode,
-    /// Optional limit on the bytes of tapes and stored trajectory alive at once. A run
-    /// that passes it stops with [`Error::MemoryBudget`] naming the bytes in use, the mode
-    /// and the inner step, and frees everything it held. Checked after every inner step
-    /// of the forward sweep and every step of the backward sweep, so the overshoot is
-    /// at most one step's tape.
+    /// Optional limit on the bytes the computation allocates (see
+    /// [`memory_budget`](Self::memory_budget)).
     pub memory_budget: Option<usize>,
+    /// How many slices each inner step's batch is cut into (default [`DEFAULT_SHARDS`];
+    /// see [`shards`](Self::shards)).
+    pub shards: usize,
 }
 
-impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
+/// The default number of slices an inner step's batch is cut into
+/// ([`MetaRequest::shards`]).
+pub const DEFAULT_SHARDS: usize = 4;
+
+impl<'a, F: Float, P: MetaProblem<F>> MetaRequest<'a, F, P> {
+    /// A request for `dJ/d eta` through `batches.len()` inner steps from `(theta,
+    /// state)`, `J` the outer loss on `outer_batch`: mixed mode, no memory budget,
+    /// [`DEFAULT_SHARDS`] slices per batch.
+    pub fn new(
+        problem: &'a P,
+        eta: &'a Params<Tensor<F>>,
+        theta: &'a Params<Tensor<F>>,
+        state: &'a OptState<Tensor<F>>,
+        batches: &'a [P::Batch],
+        outer_batch: &'a P::Batch,
+    ) -> Self {
+        MetaRequest {
+            problem,
+            eta,
+            theta,
+            state,
+            batches,
+            outer_batch,
+            mode: Mode::Mixed,
+            memory_budget: None,
+            shards: DEFAULT_SHARDS,
+        }
+    }
+
+    /// Which engine to run.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// A limit on the bytes the computation allocates beyond its inputs: tapes, stored
+    /// states and gradients, the window's end state, the adjoints, and each step's
+    /// working set. Before each step the engine predicts that step's bytes from the
+    /// steps of the same kind already run (they have the same shapes) and stops with
+    /// [`Error::MemoryBudget`] (naming the bytes, the mode and the inner step) instead of
+    /// running a step that would pass the budget, freeing everything it held. The first
+    /// step of each kind has nothing to predict from and is checked as it runs, so a run
+    /// may pass the budget by at most one step's working set
+    /// ([`MetaStats::peak_step_bytes`]). [`MetaStats::peak_bytes`] of a run is the
+    /// smallest budget that run completes under.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Cuts each inner step's batch into `shards` slices of consecutive examples (fewer
+    /// when the batch is smaller), when the problem can split its batches
+    /// ([`MetaProblem::split_batch`]); the mixed modes run their passes over `theta` on
+    /// the slices in parallel (rayon) and add the results in slice order. The slices
+    /// depend only on the batch and this number, never on the thread count, so the
+    /// result is bitwise the same on any number of threads (or ranks). `1` keeps every
+    /// pass whole; `0` acts as `1`.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
     /// Computes the meta-gradient `dJ(theta_T(eta))/d eta`.
     ///
     /// Inputs are never modified.
     ///
     /// # Errors
-    /// - [`Error::Config`] for an empty window or an invalid optimiser
-    ///   ([`Optimizer::validate`]);
+    /// - [`Error::Config`] for an empty window, an invalid optimiser
+    ///   ([`Optimizer::validate`]) or `Snapshots::AtMost(0)`;
     /// - [`Error::Params`] when `state` does not match `theta` or the optimiser (slot
     ///   count, names, shapes);
     /// - [`Error::Shape`] when per-example weights and losses are not both `[batch]`;
     /// - [`Error::NonFinite`] naming the inner step and the quantity where a NaN or
     ///   infinity appeared;
-    /// - [`Error::MemoryBudget`] when the budget is passed;
+    /// - [`Error::MemoryBudget`] when the budget would be passed;
     /// - the problem's own errors.
     pub fn run(&self) -> Result<MetaGradient<F>> {
         let opt = self.problem.optimizer();
@@ -272,23 +374,7 @@ impl<F: Float, P: MetaProblem<F>> MetaRequest<'_, F, P> {
         match self.mode {
             Mode::Unrolled => unrolled(self),
             Mode::Mixed => binomial(self, revolve::auto_snapshots(n), true),
-            Mode::Checkpointed { snapshots: 0 } => {
-                binomial(self, revolve::auto_snapshots(n), false)
-            }
-            Mode::Checkpointed { snapshots } => binomial(self, snapshots.min(n), false),
-        }
-    }
-
-    /// [`Error::MemoryBudget`] if `in_use` bytes pass the budget at inner step `step`.
-    fn check_budget(&self, in_use: usize, step: usize) -> Result<()> {
-        match self.memory_budget {
-            Some(budget) if in_use > budget => Err(Error::MemoryBudget {
-                budget,
-                in_use,
-                mode: self.mode,
-                step,
-            }),
-            _ => Ok(()),
+            Mode::Checkpointed { snapshots } => binomial(self, snapshots.resolve(n)?, false),
         }
     }
 }
@@ -321,6 +407,92 @@ fn check_state<F: Float, O: Optimizer<F>>(
     Ok(())
 }
 
+/// The memory budget's book ([`MetaRequest::memory_budget`]).
+///
+/// `held`: the bytes the engine holds across steps beyond its inputs (stored states and
+/// gradients, the working state, the window's end and the adjoints; unrolled: its tape).
+/// Each step allocates a working set on top of that and frees it when it ends. Steps of
+/// one kind have the same shapes, so the largest working set seen of a kind predicts
+/// the next one: a step runs only when `held` plus its prediction fits the budget.
+struct Ledger {
+    budget: Option<usize>,
+    mode: Mode,
+    held: usize,
+    /// The largest working set seen per [`Kind`].
+    seen: [Option<usize>; 4],
+    peak: usize,
+    peak_step: usize,
+}
+
+/// The kinds of step whose working sets [`Ledger`] predicts.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A first-order inner step (unrolled: one step recorded on the tape).
+    Inner = 0,
+    /// An optimiser update replayed on a kept gradient.
+    Replay = 1,
+    /// A backward step: the optimiser's adjoint and a forward-over-reverse pass
+    /// (unrolled: the backward sweep).
+    Back = 2,
+    /// The outer loss and its gradient.
+    Outer = 3,
+}
+
+impl Ledger {
+    fn new(budget: Option<usize>, mode: Mode) -> Self {
+        Ledger {
+            budget,
+            mode,
+            held: 0,
+            seen: [None; 4],
+            peak: 0,
+            peak_step: 0,
+        }
+    }
+
+    fn check(&self, bytes: usize, step: usize) -> Result<()> {
+        match self.budget {
+            Some(budget) if bytes > budget => Err(Error::MemoryBudget {
+                budget,
+                in_use: bytes,
+                mode: self.mode,
+                step,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a step of `kind` at inner step `step`: refuses it when what is held plus
+    /// its predicted working set would pass the budget. Returns what is held now, the
+    /// base that [`after`](Self::after) measures the step's working set from.
+    fn before(&mut self, kind: Kind, step: usize) -> Result<usize> {
+        if let Some(ws) = self.seen[kind as usize] {
+            self.peak = self.peak.max(self.held + ws);
+            self.check(self.held + ws, step)?;
+        }
+        Ok(self.held)
+    }
+
+    /// After a step of `kind` that began with `base` bytes held and allocated at most
+    /// `ws` bytes on top of them (the first step of its kind is checked only here).
+    fn after(&mut self, kind: Kind, base: usize, ws: usize, step: usize) -> Result<()> {
+        let seen = &mut self.seen[kind as usize];
+        *seen = Some(seen.map_or(ws, |s| s.max(ws)));
+        self.peak = self.peak.max(base + ws);
+        self.peak_step = self.peak_step.max(ws);
+        self.check(base + ws, step)
+    }
+
+    fn hold(&mut self, bytes: usize) {
+        self.held += bytes;
+        self.peak = self.peak.max(self.held);
+    }
+
+    fn release(&mut self, bytes: usize) {
+        self.held -= bytes;
+    }
+}
+
 /// What one first-order inner step yields: `(L_t, g_t, theta_{t+1}, s_{t+1}, w_t)`,
 /// `w_t` the weights when the problem has the weighted form.
 type StepOut<F> = (
@@ -331,39 +503,43 @@ type StepOut<F> = (
     Option<Tensor<F>>,
 );
 
-/// One first-order inner step. With the weighted form the weights are computed once on
-/// numbers (and returned for the backward sweep); otherwise `inner_loss` runs with
-/// `eta` as constants.
+/// One first-order inner step, and its working set in bytes. With the weighted form the
+/// weights are computed once on numbers (and returned for the backward sweep);
+/// otherwise `inner_loss` runs with `eta` as constants.
 #[allow(clippy::too_many_arguments)]
 fn inner_step<F: Float, P: MetaProblem<F>>(
-    problem: &P,
-    eta: &Params<Tensor<F>>,
+    req: &MetaRequest<'_, F, P>,
     eta_c: &Params<Var<Tensor<F>>>,
     theta: &Params<Tensor<F>>,
     state: &OptState<Tensor<F>>,
-    batch: &P::Batch,
     t: usize,
-) -> Result<StepOut<F>> {
-    let (loss, g, w) = match problem.example_weights(eta, batch) {
+) -> Result<(StepOut<F>, usize)> {
+    let (problem, batch) = (req.problem, &req.batches[t]);
+    let (loss, g, w, tapes) = match problem.example_weights(req.eta, batch) {
         Some(w) => {
             let w = w?;
-            let parts = for_shards(problem, batch, &w, |w, b| {
+            let (parts, alive) = for_shards(req, batch, &w, |w, b| {
                 let w = Var::constant_of(w);
-                value_and_grad(|th| weighted_sum(&w, &losses(problem, th, b)?), theta)
+                value_and_grad_measured(|th| weighted_sum(&w, &losses(problem, th, b)?), theta)
             })?;
-            let loss = parts.iter().map(|(l, _)| l.item()).sum::<F>();
-            let g = sum(parts.into_iter().map(|(_, g)| g))?;
-            (loss, g, Some(w))
+            // `alive` shards' working sets at once, and every shard's gradient.
+            let tapes = alive * parts.iter().map(|p| p.2).max().unwrap_or(0)
+                + parts.iter().map(|p| p.1.nbytes()).sum::<usize>();
+            let loss = parts.iter().map(|p| p.0.item()).sum::<F>();
+            let g = sum(parts.into_iter().map(|p| p.1))?;
+            (loss, g, Some(w), tapes)
         }
         None => {
-            let (loss, g) = value_and_grad(|th| problem.inner_loss(th, eta_c, batch), theta)?;
-            (loss.item(), g, None)
+            let (loss, g, tapes) =
+                value_and_grad_measured(|th| problem.inner_loss(th, eta_c, batch), theta)?;
+            (loss.item(), g, None, tapes)
         }
     };
     finite_scalar(loss, t, "inner loss")?;
     finite(&g, t, "inner gradient")?;
     let (th, st) = problem.optimizer().update(theta, state, &g);
-    Ok((loss, g, th, st, w))
+    let ws = tapes + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes) + state_bytes(&th, &st);
+    Ok(((loss, g, th, st, w), ws))
 }
 
 /// The adjoints carried backwards through the window: `theta_bar`, `s_bar` and the
@@ -388,10 +564,14 @@ impl<F: Float> Adjoint<F> {
         }
     }
 
+    fn nbytes(&self) -> usize {
+        self.theta.nbytes() + self.state.iter().map(Params::nbytes).sum::<usize>() + self.eta.nbytes()
+    }
+
     /// Steps the adjoints back over inner step `t` (from `theta_t, s_t` with gradient
     /// `g_t` and weights `w_t`): the optimiser's adjoint, then one forward-over-reverse
-    /// pass ([`products`]). `alive`: the trajectory bytes held meanwhile, for the budget;
-    /// `g_t` and an owned `s_t` are freed before the pass, which needs neither.
+    /// pass ([`products`]). `g_t` and an owned `s_t` are freed (and released from the
+    /// ledger) before the pass, which needs neither.
     #[allow(clippy::too_many_arguments)]
     fn step_back<P: MetaProblem<F>>(
         &mut self,
@@ -399,60 +579,44 @@ impl<F: Float> Adjoint<F> {
         t: usize,
         theta: &Params<Tensor<F>>,
         state: Cow<'_, OptState<Tensor<F>>>,
-        g: Params<Tensor<F>>,
-        weights: Option<&Tensor<F>>,
+        (g, w): Kept<F>,
         remat: bool,
-        alive: usize,
+        ledger: &mut Ledger,
         stats: &mut MetaStats,
     ) -> Result<()> {
+        let base = ledger.before(Kind::Back, t)?;
         let adj = req
             .problem
             .optimizer()
             .adjoint(theta, &state, &g, &self.theta, &self.state);
         finite(&adj.grad, t, "optimiser adjoint")?;
-        let freed = g.nbytes()
+        // The old and the new adjoints and g_bar are alive together here.
+        let new_adjoint = adj.theta.nbytes() + adj.state.iter().map(Params::nbytes).sum::<usize>();
+        let g_bar = adj.grad.nbytes();
+        let freed = kept_bytes(&(g, w.clone()))
             + match state {
                 Cow::Owned(s) => s.slots.iter().map(Params::nbytes).sum(),
                 Cow::Borrowed(_) => 0,
             };
-        drop(g);
-        // Nor are the adjoints of step t + 1.
+        ledger.release(freed);
+        // Nor are the adjoints of step t + 1 needed any longer (the new ones have the
+        // same shapes).
         (self.theta, self.state) = (adj.theta, adj.state);
-        let alive = alive - freed;
         // theta_0 does not depend on eta: its adjoint is not needed.
-        let (h_gbar, m_gbar, tape_bytes) = products(
-            req.problem,
-            theta,
-            req.eta,
-            weights,
-            &adj.grad,
-            &req.batches[t],
-            remat,
-            t > 0,
-        )?;
-        stats.peak_tape_bytes = stats.peak_tape_bytes.max(tape_bytes);
-        req.check_budget(alive + tape_bytes, t)?;
-        if let Some(h) = &h_gbar {
+        let pass = products(req, theta, w.as_ref(), &adj.grad, t, remat, t > 0)?;
+        stats.peak_tape_bytes = stats.peak_tape_bytes.max(pass.tape_bytes);
+        // Then the pass beside g_bar, and the new theta_bar and eta_bar as they are summed.
+        let summed = self.theta.nbytes() + self.eta.nbytes();
+        let ws = (new_adjoint + g_bar).max((g_bar + pass.working_bytes + summed).saturating_sub(freed));
+        ledger.after(Kind::Back, base, ws, t)?;
+        if let Some(h) = &pass.h {
             finite(h, t, "Hessian-vector product")?;
             self.theta = self.theta.add_scaled(h, F::one())?;
         }
-        finite(&m_gbar, t, "mixed product (meta-gradient contribution)")?;
-        self.eta = self.eta.add_scaled(&m_gbar, F::one())?;
+        finite(&pass.m, t, "mixed product (meta-gradient contribution)")?;
+        self.eta = self.eta.add_scaled(&pass.m, F::one())?;
         Ok(())
     }
-}
-
-/// The outer loss at `theta_T` and the adjoints it starts the backward sweep with.
-fn outer_start<F: Float, P: MetaProblem<F>>(
-    req: &MetaRequest<'_, F, P>,
-    theta: &Params<Tensor<F>>,
-    state: &OptState<Tensor<F>>,
-) -> Result<(F, Adjoint<F>)> {
-    let n = req.batches.len();
-    let (j, theta_bar) = value_and_grad(|th| req.problem.outer_loss(th, req.outer_batch), theta)?;
-    finite_scalar(j.item(), n, "outer loss")?;
-    finite(&theta_bar, n, "outer gradient")?;
-    Ok((j.item(), Adjoint::new(theta_bar, state, req.eta)))
 }
 
 /// An inner state `(theta_t, s_t)`.
@@ -492,25 +656,40 @@ fn binomial<F: Float, P: MetaProblem<F>>(
     snapshots: usize,
     keep_grads: bool,
 ) -> Result<MetaGradient<F>> {
+    binomial_observed(req, snapshots, keep_grads, &mut |_, _, _| {})
+}
+
+/// Sees each state `(t, theta_t, s_t)` a backward step runs at (for the tests).
+type Observer<'o, F> = &'o mut dyn FnMut(usize, &Params<Tensor<F>>, &OptState<Tensor<F>>);
+
+/// [`binomial`], showing `observe` every state a backward step runs at.
+fn binomial_observed<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
+    snapshots: usize,
+    keep_grads: bool,
+    observe: Observer<'_, F>,
+) -> Result<MetaGradient<F>> {
     let n = req.batches.len();
     let mut sweep = Sweep {
         req,
         eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
         inner_losses: Vec::with_capacity(n),
         grads: keep_grads.then(|| Vec::with_capacity(n)),
-        kept: 0,
         end: None,
+        ledger: Ledger::new(req.memory_budget, req.mode),
+        trajectory: 0,
         stats: MetaStats {
             steps: n,
             ..MetaStats::default()
         },
+        observe,
     };
+    // The window's start is borrowed from the caller: not counted.
     let mut stack = vec![Snapshot {
         t: 0,
         theta: Cow::Borrowed(req.theta),
         state: Cow::Borrowed(req.state),
     }];
-    let mut stored = state_bytes(req.theta, req.state);
     let mut tasks = vec![Task::Reverse {
         a: 0,
         b: n,
@@ -520,17 +699,16 @@ fn binomial<F: Float, P: MetaProblem<F>>(
         let (a, b, s) = match task {
             Task::Free => {
                 let x = stack.pop().expect("a snapshot to free");
-                stored -= state_bytes(&x.theta, &x.state);
+                sweep.drop_state(state_bytes(&x.theta, &x.state));
                 continue;
             }
             Task::Reverse { a, b, snapshots } => (a, b, snapshots),
         };
         let top = stack.last().expect("the snapshot of x_a");
-        debug_assert_eq!(top.t, a);
+        assert_eq!(top.t, a, "the top snapshot holds the start of the steps reversed");
         if b - a > 1 && s > 1 {
             let m = a + revolve::split(b - a, s);
-            let (theta, state) = sweep.run_to(top, m, stored)?.expect("m > a");
-            stored += state_bytes(&theta, &state);
+            let (theta, state) = sweep.run_to(top, m)?.expect("m > a");
             stack.push(Snapshot {
                 t: m,
                 theta: Cow::Owned(theta),
@@ -555,23 +733,28 @@ fn binomial<F: Float, P: MetaProblem<F>>(
         sweep.stats.stored_states = sweep.stats.stored_states.max(stack.len());
         for t in (a..b).rev() {
             // x_t: the snapshot, or a working state run forward from it.
-            match sweep.run_to(top, t, stored)? {
+            match sweep.run_to(top, t)? {
                 Some((theta, state)) => {
-                    let working = state_bytes(&theta, &state);
-                    sweep.reverse(t, &theta, Cow::Owned(state), stored + working)?;
+                    let bytes = theta.nbytes();
+                    sweep.reverse(t, &theta, Cow::Owned(state))?;
+                    // Its s_t was freed by the backward step, theta_t only now.
+                    sweep.drop_state(bytes);
                 }
-                None => sweep.reverse(t, &top.theta, Cow::Borrowed(&*top.state), stored)?,
+                None => sweep.reverse(t, &top.theta, Cow::Borrowed(&*top.state))?,
             }
         }
     }
     let (outer_loss, adjoint, theta, state) = sweep.end.expect("every step was reversed");
+    let mut stats = sweep.stats;
+    stats.peak_bytes = sweep.ledger.peak;
+    stats.peak_step_bytes = sweep.ledger.peak_step;
     Ok(MetaGradient {
         grad: adjoint.eta,
         outer_loss,
         inner_losses: sweep.inner_losses,
         theta,
         state,
-        stats: sweep.stats,
+        stats,
     })
 }
 
@@ -599,22 +782,38 @@ enum Task {
 /// `(J, the adjoints, theta_T, s_T)`: what the end of the window gives.
 type WindowEnd<F> = (F, Adjoint<F>, Params<Tensor<F>>, OptState<Tensor<F>>);
 
-/// [`binomial`]'s bookkeeping: which steps have run, what was kept and recomputed.
-struct Sweep<'r, 'a, F: Float, P: MetaProblem<F>> {
+/// [`binomial`]'s bookkeeping: which steps have run, what was kept and recomputed, and
+/// the memory budget's book.
+struct Sweep<'r, 'a, 'o, F: Float, P: MetaProblem<F>> {
     req: &'r MetaRequest<'a, F, P>,
     eta_c: Params<Var<Tensor<F>>>,
     inner_losses: Vec<F>,
     /// Mixed mode: `(g_t, w_t)` of every step that has run and is not reversed yet
     /// (index `t`). Checkpointed mode: `None`.
     grads: Option<Vec<Kept<F>>>,
-    /// Their bytes.
-    kept: usize,
     /// Set by the first step reversed, the last one.
     end: Option<WindowEnd<F>>,
+    ledger: Ledger,
+    /// Bytes of stored and working states and kept gradients held now.
+    trajectory: usize,
     stats: MetaStats,
+    observe: Observer<'o, F>,
 }
 
-impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
+impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, '_, F, P> {
+    /// Holds `bytes` more of trajectory.
+    fn keep_state(&mut self, bytes: usize) {
+        self.ledger.hold(bytes);
+        self.trajectory += bytes;
+        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(self.trajectory);
+    }
+
+    /// Releases `bytes` of trajectory.
+    fn drop_state(&mut self, bytes: usize) {
+        self.ledger.release(bytes);
+        self.trajectory -= bytes;
+    }
+
     /// Inner step `t` from `(theta, state)`; its first run records its loss, any later
     /// one counts as recomputed.
     fn step(
@@ -623,16 +822,9 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
         theta: &Params<Tensor<F>>,
         state: &OptState<Tensor<F>>,
     ) -> Result<StepOut<F>> {
-        let req = self.req;
-        let out = inner_step(
-            req.problem,
-            req.eta,
-            &self.eta_c,
-            theta,
-            state,
-            &req.batches[t],
-            t,
-        )?;
+        let base = self.ledger.before(Kind::Inner, t)?;
+        let (out, ws) = inner_step(self.req, &self.eta_c, theta, state, t)?;
+        self.ledger.after(Kind::Inner, base, ws, t)?;
         if t == self.inner_losses.len() {
             self.inner_losses.push(out.0);
         } else {
@@ -642,78 +834,88 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
     }
 
     /// `x_{t+1}` from `x_t = (theta, state)`: the kept gradient's update replayed, or
-    /// the inner step run (its gradient kept in mixed mode). `stored`: the bytes of the
-    /// stored states, for the budget.
+    /// the inner step run (its gradient kept in mixed mode). The result is held.
     fn advance(
         &mut self,
         t: usize,
         theta: &Params<Tensor<F>>,
         state: &OptState<Tensor<F>>,
-        stored: usize,
     ) -> Result<State<F>> {
         let (th, st) = match &self.grads {
             Some(grads) if t < grads.len() => {
+                let base = self.ledger.before(Kind::Replay, t)?;
                 self.stats.replayed_updates += 1;
                 let opt = self.req.problem.optimizer();
-                opt.update(theta, state, &grads[t].0)
+                let (th, st) = opt.update(theta, state, &grads[t].0);
+                self.ledger.after(Kind::Replay, base, state_bytes(&th, &st), t)?;
+                (th, st)
             }
             _ => {
                 let (_, g, th, st, w) = self.step(t, theta, state)?;
                 if let Some(grads) = &mut self.grads {
-                    debug_assert_eq!(grads.len(), t, "first runs come in order");
+                    assert_eq!(grads.len(), t, "first runs come in order");
                     let k = (g, w);
-                    self.kept += kept_bytes(&k);
+                    let bytes = kept_bytes(&k);
                     grads.push(k);
+                    self.keep_state(bytes);
                 }
                 (th, st)
             }
         };
-        let alive = stored + self.kept + state_bytes(&th, &st);
-        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
-        self.req.check_budget(alive, t)?;
+        self.keep_state(state_bytes(&th, &st));
         Ok((th, st))
     }
 
-    /// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t`.
-    fn run_to(&mut self, x: &Snapshot<'_, F>, t: usize, stored: usize) -> Result<Option<State<F>>> {
+    /// Runs from snapshot `x` to step `t`: `None` when `x` is `x_t`, else `x_t` (held).
+    fn run_to(&mut self, x: &Snapshot<'_, F>, t: usize) -> Result<Option<State<F>>> {
         let mut cur: Option<State<F>> = None;
         for i in x.t..t {
             let (theta, state) = cur.as_ref().map_or((&*x.theta, &*x.state), |(a, b)| (a, b));
-            cur = Some(self.advance(i, theta, state, stored)?);
+            let next = self.advance(i, theta, state)?;
+            // The previous working state is freed once the next one exists.
+            if let Some((th, st)) = cur.replace(next) {
+                self.drop_state(state_bytes(&th, &st));
+            }
         }
         Ok(cur)
     }
 
-    /// Reverses step `t` at `x_t`. `stored`: the bytes of the stored states and of `x_t`.
+    /// Reverses step `t` at `x_t` (a held working state when `state` is owned).
     fn reverse(
         &mut self,
         t: usize,
         theta: &Params<Tensor<F>>,
         state: Cow<'_, OptState<Tensor<F>>>,
-        stored: usize,
     ) -> Result<()> {
         let req = self.req;
+        (self.observe)(t, theta, &state);
         let k = match &mut self.grads {
             Some(grads) if t < grads.len() => {
                 let k = grads.pop().expect("t < len");
-                debug_assert_eq!(grads.len(), t, "steps are reversed last first");
-                self.kept -= kept_bytes(&k);
+                assert_eq!(grads.len(), t, "steps are reversed last first");
                 k
             }
             _ => {
                 let (_, g, th, st, w) = self.step(t, theta, &state)?;
                 // x_{t+1} is only needed at the end of the window, for J and the result.
                 if t + 1 == req.batches.len() {
-                    let (j, adjoint) = outer_start(req, &th, &st)?;
+                    let base = self.ledger.before(Kind::Outer, t + 1)?;
+                    let (j, theta_bar, ws) = outer_start(req, &th)?;
+                    self.ledger.after(Kind::Outer, base, ws, t + 1)?;
+                    let adjoint = Adjoint::new(theta_bar, &st, req.eta);
+                    self.ledger.hold(adjoint.nbytes() + state_bytes(&th, &st));
                     self.end = Some((j, adjoint, th, st));
                 }
-                (g, w)
+                let k = (g, w);
+                self.keep_state(kept_bytes(&k));
+                k
             }
         };
-        let alive = stored + self.kept + kept_bytes(&k);
-        self.stats.trajectory_bytes = self.stats.trajectory_bytes.max(alive);
-        req.check_budget(alive, t)?;
-        let (g, w) = k;
+        if matches!(state, Cow::Owned(_)) {
+            // step_back frees the owned s_t: it leaves the trajectory with g_t.
+            self.trajectory -= state.slots.iter().map(Params::nbytes).sum::<usize>();
+        }
+        self.trajectory -= kept_bytes(&k);
         let remat = self.grads.is_none();
         let (_, adjoint, _, _) = self.end.as_mut().expect("the last step is reversed first");
         adjoint.step_back(
@@ -721,20 +923,45 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
             t,
             theta,
             state,
-            g,
-            w.as_ref(),
+            k,
             remat,
-            alive,
+            &mut self.ledger,
             &mut self.stats,
         )
     }
 }
 
-/// `(H_t g, M_t g, tape bytes)` at one stored step: the tangent along `g` (a direction
-/// in `theta`) of the inner objective's gradients with respect to `theta` and `eta`, by
+/// The outer loss at `theta_T`, its gradient (the adjoint the backward sweep starts
+/// with) and the working set of computing them.
+fn outer_start<F: Float, P: MetaProblem<F>>(
+    req: &MetaRequest<'_, F, P>,
+    theta: &Params<Tensor<F>>,
+) -> Result<(F, Params<Tensor<F>>, usize)> {
+    let n = req.batches.len();
+    let (j, theta_bar, ws) =
+        value_and_grad_measured(|th| req.problem.outer_loss(th, req.outer_batch), theta)?;
+    finite_scalar(j.item(), n, "outer loss")?;
+    finite(&theta_bar, n, "outer gradient")?;
+    Ok((j.item(), theta_bar, ws))
+}
+
+/// What one forward-over-reverse step ([`products`]) yields.
+struct Products<F: Float> {
+    /// `H_t g` (absent for step 0).
+    h: Option<Params<Tensor<F>>>,
+    /// `M_t g`.
+    m: Params<Tensor<F>>,
+    /// The forward-over-reverse tapes' bytes (all shards).
+    tape_bytes: usize,
+    /// The pass's working set: tapes, cotangents, the shards' results and their sums.
+    working_bytes: usize,
+}
+
+/// `H_t g` and `M_t g` at step `t`: the tangent along `g` (a direction in `theta`) of
+/// the inner objective's gradients with respect to `theta` and `eta`, by
 /// forward-over-reverse. When the problem exposes its weighted form
 /// (`sum_i w_i(eta) l_i(theta)`, see [`MetaProblem::example_weights`]) the weights stay
-/// out of that pass: it runs over `theta` only with `w` constant (split over threads by
+/// out of that pass: it runs over `theta` only with `w` constant (on the batch's shards,
 /// [`for_shards`]), which gives `H_t g` and the losses' tangents `d_i`; then
 /// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w` (on its
 /// own tape, after the forward-over-reverse tapes are freed, so they are never alive
@@ -742,23 +969,32 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, F, P> {
 /// `M_t g` is computed: the weighted form needs only `d`, a forward-mode pass; the
 /// generic form records only the ops that depend on `eta`. `remat`: rematerialise
 /// checkpointed blocks in the forward-over-reverse pass.
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn products<F: Float, P: MetaProblem<F>>(
-    problem: &P,
+    req: &MetaRequest<'_, F, P>,
     theta: &Params<Tensor<F>>,
-    eta: &Params<Tensor<F>>,
     weights: Option<&Tensor<F>>,
     g: &Params<Tensor<F>>,
-    batch: &P::Batch,
+    t: usize,
     remat: bool,
     need_h: bool,
-) -> Result<(Option<Params<Tensor<F>>>, Params<Tensor<F>>, usize)> {
+) -> Result<Products<F>> {
+    let (problem, eta, batch) = (req.problem, req.eta, &req.batches[t]);
     let w = match weights {
         Some(w) => Some(Ok(w.clone())),
         None => problem.example_weights(eta, batch),
     };
     let Some(w) = w else {
-        if !need_h {
+        let (h, m, r) = if need_h {
+            let r = jvp_grad_with(
+                |gs| problem.inner_loss(&gs[0], &gs[1], batch),
+                &[theta, eta],
+                &[Some(g), None],
+                remat,
+            )?;
+            let [h, m]: [Params<Tensor<F>>; 2] =
+                r.tangents.clone().try_into().expect("two groups");
+            (Some(h), m, r)
+        } else {
             // theta as constants carrying the tangent: only the ops that depend on eta
             // are recorded.
             let th = theta.zip_map(g, |p, t| Var::constant_of(Dual::new(p.clone(), t.clone())))?;
@@ -768,23 +1004,23 @@ fn products<F: Float, P: MetaProblem<F>>(
                 &[None],
                 remat,
             )?;
-            let m = r.tangents.into_iter().next().expect("one group");
-            return Ok((None, m, r.tape_bytes));
-        }
-        let r = jvp_grad_with(
-            |gs| problem.inner_loss(&gs[0], &gs[1], batch),
-            &[theta, eta],
-            &[Some(g), None],
-            remat,
-        )?;
-        let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
-        return Ok((Some(h), m, r.tape_bytes));
+            let m = r.tangents[0].clone();
+            (None, m, r)
+        };
+        let results = h.as_ref().map_or(0, Params::nbytes) + m.nbytes();
+        return Ok(Products {
+            h,
+            m,
+            tape_bytes: r.tape_bytes,
+            working_bytes: r.tape_bytes + r.cotangent_bytes + results,
+        });
     };
-    let parts = for_shards(problem, batch, &w?, |w, b| {
+    let w = w?;
+    let (parts, alive) = for_shards(req, batch, &w, |w, b| {
         if !need_h {
             let (_, d) = jvp(|th| losses(problem, th, b), theta, g)?;
             check_weighted(w.shape().to_vec(), d.shape().to_vec())?;
-            return Ok((None, d, 0));
+            return Ok((None, d, 0, 0));
         }
         let w = Var::constant_of(Dual::constant_of(w));
         let mut d = None;
@@ -799,16 +1035,22 @@ fn products<F: Float, P: MetaProblem<F>>(
             remat,
         )?;
         let h = r.tangents.into_iter().next().expect("one group");
-        Ok((Some(h), d.expect("set by the objective"), r.tape_bytes))
+        let ws = r.tape_bytes + r.cotangent_bytes;
+        Ok((Some(h), d.expect("set by the objective"), r.tape_bytes, ws))
     })?;
-    // The shards' tapes may all be alive at once.
-    let tape_bytes = parts.iter().map(|p| p.2).sum();
+    // `alive` shards' tapes at once, and every shard's results.
+    let tape_bytes = alive * parts.iter().map(|p| p.2).max().unwrap_or(0);
+    let results: usize = parts
+        .iter()
+        .map(|p| p.0.as_ref().map_or(0, Params::nbytes) + p.1.nbytes())
+        .sum();
+    let mut working_bytes = alive * parts.iter().map(|p| p.3).max().unwrap_or(0) + results;
     let d = Tensor::concat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0);
     let h = match need_h {
         true => Some(sum(parts.into_iter().map(|p| p.0.expect("need_h")))?),
         false => None,
     };
-    let (_, m) = vjp(
+    let (_, m, vjp_bytes) = vjp_measured(
         |e| {
             problem
                 .example_weights(e, batch)
@@ -817,43 +1059,64 @@ fn products<F: Float, P: MetaProblem<F>>(
         eta,
         &d,
     )?;
-    Ok((h, m, tape_bytes))
+    working_bytes += h.as_ref().map_or(0, Params::nbytes) + d.nbytes() + vjp_bytes + m.nbytes();
+    Ok(Products {
+        h,
+        m,
+        tape_bytes,
+        working_bytes,
+    })
 }
 
-/// Runs `f(w_k, batch_k)` on slices of a weighted-form batch (`w` its weights, one per
-/// example along axis 0) and returns the results in order: one slice per rayon thread
-/// when the problem can split its batches ([`MetaProblem::sub_batch`] and
-/// [`MetaProblem::batch_len`], against which `w` is checked), else the whole batch.
+/// Runs `f(w_k, batch_k)` on the shards of a weighted-form batch (`w` its weights, one
+/// per example along axis 0) and returns the results in shard order, with the most
+/// shards that ran at once. The shards are `req.shards` slices of consecutive examples
+/// when the problem can split its batches ([`MetaProblem::split_batch`]), else the
+/// whole batch: a function of the batch size and `req.shards` only. They run in waves
+/// of one shard per rayon thread (so at most that many shards' working sets are alive
+/// at once); rayon decides which thread runs which, never what is added to what, so
+/// sums of the results taken in order are bitwise the same on any number of threads.
 fn for_shards<F: Float, P: MetaProblem<F>, R: Send>(
-    problem: &P,
+    req: &MetaRequest<'_, F, P>,
     batch: &P::Batch,
     w: &Tensor<F>,
     f: impl Fn(Tensor<F>, &P::Batch) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let n = w.shape().first().copied().unwrap_or(1);
-    let Some(len) = problem.batch_len(batch) else {
-        return Ok(vec![f(w.clone(), batch)?]);
+) -> Result<(Vec<R>, usize)> {
+    let whole = || Ok((vec![f(w.clone(), batch)?], 1));
+    let n = match w.shape() {
+        [n] => *n,
+        // Not [batch]: the whole batch, whose objective reports the shapes.
+        _ => return whole(),
     };
-    check_weighted(w.shape().to_vec(), vec![len])?;
-    let k = rayon::current_num_threads().min(n);
-    if k > 1 {
-        let ranges: Vec<Range<usize>> = (0..k).map(|i| i * n / k..(i + 1) * n / k).collect();
-        let subs: Option<Vec<P::Batch>> = ranges
-            .iter()
-            .map(|r| problem.sub_batch(batch, r.clone()))
-            .collect();
-        if let Some(subs) = subs {
-            return ranges
-                .into_par_iter()
-                .zip(subs)
-                .map(|(r, b)| f(w.slice(0, r.start, r.end), &b))
-                .collect();
-        }
+    let size = n.div_ceil(req.shards.max(1)).max(1);
+    if size >= n {
+        return whole();
     }
-    Ok(vec![f(w.clone(), batch)?])
+    let Some(parts) = req.problem.split_batch(batch, size) else {
+        return whole();
+    };
+    let ranges: Vec<Range<usize>> = super::slices(n, size).collect();
+    if parts.len() != ranges.len() {
+        return Err(Error::Shape {
+            op: "split_batch: slices of the batch vs slices of its weights",
+            lhs: vec![parts.len()],
+            rhs: vec![ranges.len()],
+        });
+    }
+    let wave = rayon::current_num_threads().clamp(1, parts.len());
+    let mut out = Vec::with_capacity(parts.len());
+    for (parts, ranges) in parts.chunks(wave).zip(ranges.chunks(wave)) {
+        let done: Vec<R> = parts
+            .par_iter()
+            .zip(ranges)
+            .map(|(b, r)| f(w.slice(0, r.start, r.end), b))
+            .collect::<Result<_>>()?;
+        out.extend(done);
+    }
+    Ok((out, wave))
 }
 
-/// The sum of parameter sets with the same names and shapes.
+/// The sum of parameter sets with the same names and shapes, added in order.
 fn sum<F: Float>(parts: impl IntoIterator<Item = Params<Tensor<F>>>) -> Result<Params<Tensor<F>>> {
     let mut parts = parts.into_iter();
     let first = parts.next().expect("at least one part");
@@ -872,6 +1135,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
     } = *req;
     let opt = problem.optimizer();
     let n = batches.len();
+    let mut ledger = Ledger::new(req.memory_budget, req.mode);
     let tape = Tape::<Tensor<F>>::with_checkpointing(false);
     let eta_v = eta.map(|e| tape.var(e.clone()));
     // The rater's parameters are constants of each inner tape but variables of the outer one.
@@ -883,21 +1147,44 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
         slots: state0.slots.iter().map(lift).collect(),
     };
     let mut inner_losses = Vec::with_capacity(n);
+    // Every step adds the same shapes to the tape: the growth of the last one predicts
+    // the next.
     for (t, batch) in batches.iter().enumerate() {
-        // The inner backward pass runs on values recorded on the outer tape.
-        let (loss, g) = value_and_grad(|th| problem.inner_loss(th, &eta_in, batch), &theta)?;
+        let base = ledger.before(Kind::Inner, t)?;
+        // The inner backward pass runs on values recorded on the outer tape; its own
+        // tape and cotangents are freed with the step.
+        let (loss, g, inner_ws) =
+            value_and_grad_measured(|th| problem.inner_loss(th, &eta_in, batch), &theta)?;
         finite_scalar(loss.item(), t, "inner loss")?;
         finite(&g.map(|v| v.value().clone()), t, "inner gradient")?;
         inner_losses.push(loss.item());
         (theta, state) = opt.update(&theta, &state, &g);
-        req.check_budget(tape.bytes(), t)?;
+        let grown = tape.bytes() - base;
+        ledger.after(Kind::Inner, base, grown + inner_ws, t)?;
+        ledger.hold(grown);
     }
+    let base = ledger.before(Kind::Outer, n)?;
     let j = problem.outer_loss(&theta, outer_batch)?;
     finite_scalar(j.item(), n, "outer loss")?;
     let peak = tape.bytes();
+    ledger.after(Kind::Outer, base, peak - base, n)?;
+    ledger.hold(peak - base);
     let wrt: Vec<&Var<Tensor<F>>> = eta_v.values().collect();
     let seed = Tensor::full(&j.shape(), F::one());
-    let grads = tape.backward(&j, seed, &wrt)?;
+    // The backward sweep stops itself before its cotangents pass what is left.
+    let limit = req.memory_budget;
+    let (grads, cot_bytes) =
+        tape.backward_within(&j, seed, &wrt, limit)
+            .map_err(|e| match e {
+                Error::MemoryBudget { budget, in_use, .. } => Error::MemoryBudget {
+                    budget,
+                    in_use,
+                    mode: req.mode,
+                    step: n,
+                },
+                other => other,
+            })?;
+    ledger.after(Kind::Back, ledger.held, cot_bytes, n)?;
     let grad: Params<Tensor<F>> = eta_v.names().map(str::to_string).zip(grads).collect();
     finite(&grad, 0, "meta-gradient")?;
     let unlift = |p: &Params<Var<Tensor<F>>>| p.map(|x| x.value().clone());
@@ -912,6 +1199,8 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
         },
         stats: MetaStats {
             steps: n,
+            peak_bytes: ledger.peak,
+            peak_step_bytes: ledger.peak_step,
             peak_tape_bytes: peak,
             trajectory_bytes: 0,
             recomputed_steps: 0,
@@ -919,4 +1208,72 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
             stored_states: 0,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Corpus;
+    use crate::meta::{DataRaterProblem, InnerLoop, MeanLoss, Rater, Sampler};
+    use crate::nn::{CausalLm, SequenceScorer, TransformerConfig};
+    use crate::optim::Adam;
+    use crate::rng::Rng;
+    use crate::trainer::{TextLm, TextPool, TextRater};
+    use std::sync::Arc;
+
+    /// Mixed mode recovers the states it did not store by replaying the optimiser's
+    /// update on the kept gradients: every state a backward step runs at is bitwise the
+    /// state of a run that stores them all (checkpointed mode with a snapshot per step),
+    /// and of a plain forward rollout.
+    #[test]
+    fn replayed_states_are_bitwise_the_forward_sweeps() {
+        let cfg = |causal| TransformerConfig {
+            vocab: 256,
+            d_model: 8,
+            n_layers: 1,
+            n_heads: 2,
+            d_ff: 16,
+            max_len: 12,
+            causal,
+        };
+        let seqs = Corpus::embedded().sequences(12).unwrap();
+        let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), 4).unwrap();
+        let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
+        let rater = TextRater {
+            scorer: SequenceScorer::new(cfg(false)).unwrap(),
+        };
+        let problem = DataRaterProblem {
+            inner: &inner,
+            rater: &rater,
+            outer: &MeanLoss,
+        };
+        let mut rng = Rng::new(1);
+        let theta: Params<Tensor<f64>> = inner.init(&mut rng);
+        let eta: Params<Tensor<f64>> = rater.init(&mut rng);
+        let state = inner.opt.init(&theta);
+        let n = 13;
+        let batches: Vec<_> = (0..n).map(|_| pool.sample(&mut rng).unwrap()).collect();
+        let outer = pool.sample(&mut rng).unwrap();
+        let req = MetaRequest::new(&problem, &eta, &theta, &state, &batches, &outer);
+        let seen = |snapshots, keep_grads| {
+            let mut at = vec![None; n];
+            let r = binomial_observed(&req, snapshots, keep_grads, &mut |t, th, st| {
+                assert!(at[t].is_none(), "step {t} reversed twice");
+                at[t] = Some((th.clone(), st.clone()));
+            })
+            .unwrap();
+            (at.into_iter().map(Option::unwrap).collect::<Vec<_>>(), r)
+        };
+        let (mixed, r) = seen(revolve::auto_snapshots(n), true);
+        assert!(r.stats.replayed_updates > 0 && r.stats.stored_states < n);
+        let (all, _) = seen(n, false);
+        let eta_c = eta.map(|e| Var::constant_of(e.clone()));
+        let mut x = (theta.clone(), state.clone());
+        for t in 0..n {
+            assert!(mixed[t] == all[t], "step {t}: replayed vs stored state");
+            assert!(mixed[t] == x, "step {t}: replayed vs forward rollout");
+            let ((_, _, th, st, _), _) = inner_step(&req, &eta_c, &x.0, &x.1, t).unwrap();
+            x = (th, st);
+        }
+    }
 }

@@ -19,7 +19,7 @@
 mod engine;
 mod revolve;
 
-pub use engine::{MetaGradient, MetaRequest, MetaStats, Mode};
+pub use engine::{DEFAULT_SHARDS, MetaGradient, MetaRequest, MetaStats, Mode, Snapshots};
 
 use crate::autodiff::{Float, Params, Tensor, Value};
 use crate::error::{Error, Result};
@@ -57,20 +57,15 @@ pub trait InnerLoop<F: Float>: Sync {
         theta: &Params<V>,
         batch: &Self::Batch,
     ) -> Result<V>;
-    /// Optional, for speed: the examples `range` of `batch` as a batch of their own,
-    /// whose per-example losses are exactly those rows of `batch`'s. With it and
-    /// [`batch_len`](Self::batch_len) the mixed-mode engines split each inner step's
-    /// passes over rayon's threads (see [`MetaProblem::sub_batch`]). The default `None`
-    /// keeps every pass whole.
-    fn sub_batch(&self, batch: &Self::Batch, range: Range<usize>) -> Option<Self::Batch> {
-        let _ = (batch, range);
-        None
-    }
-    /// Optional: the number of examples in `batch`. The engines check the rater's
-    /// weights against it before cutting a batch with [`sub_batch`](Self::sub_batch),
-    /// which they do only when both are given. The default `None` keeps every pass whole.
-    fn batch_len(&self, batch: &Self::Batch) -> Option<usize> {
-        let _ = batch;
+    /// Optional, for speed: `batch` cut into consecutive slices of `size` examples (the
+    /// last one holding the rest), in order, each a batch of its own whose per-example
+    /// losses are exactly those rows of `batch`'s. With it the mixed-mode engines run
+    /// each inner step's passes on the slices in parallel ([`MetaRequest::shards`]);
+    /// the default `None` keeps every pass whole. [`slices`] gives the ranges, so an
+    /// implementation is one line, e.g. `slices(b.len(), size).map(|r| b.rows(r)).collect()`
+    /// for a batch type with a fallible `rows(range) -> Option<Self>`.
+    fn split_batch(&self, batch: &Self::Batch, size: usize) -> Option<Vec<Self::Batch>> {
+        let _ = (batch, size);
         None
     }
 }
@@ -187,25 +182,31 @@ pub trait MetaProblem<F: Float>: Sync {
         None
     }
 
-    /// Optional, for speed, with the weighted form: the examples `range` (rows of
-    /// `example_losses`) of `batch` as a batch of their own. Each inner step's passes
-    /// over `theta` are sums over examples, so the mixed-mode engines then run them on
-    /// one slice of the batch per rayon thread and add the results: the same
-    /// meta-gradient up to rounding, computed data-parallel. The default `None` keeps
-    /// every pass whole (and single-threaded). Run the engine inside a one-thread
-    /// `rayon::ThreadPool` to turn the split off.
-    fn sub_batch(&self, batch: &Self::Batch, range: Range<usize>) -> Option<Self::Batch> {
-        let _ = (batch, range);
+    /// Optional, for speed, with the weighted form: `batch` cut into consecutive slices
+    /// of `size` examples (rows of `example_losses`; the last slice holds the rest), in
+    /// order, each a batch of its own. Each inner step's passes over `theta` are sums
+    /// over examples, so the mixed-mode engines then run them on the slices in parallel
+    /// and add the results in slice order: the same meta-gradient up to rounding, and
+    /// bitwise the same on any number of threads (the slices depend only on the batch
+    /// and [`MetaRequest::shards`]). The engines check the slices against the weights
+    /// (their number, and each slice's losses against its weights, [`Error::Shape`]
+    /// otherwise). The default `None` keeps every pass whole.
+    fn split_batch(&self, batch: &Self::Batch, size: usize) -> Option<Vec<Self::Batch>> {
+        let _ = (batch, size);
         None
     }
+}
 
-    /// The number of examples in `batch`, which the split needs alongside
-    /// [`sub_batch`](Self::sub_batch): the weights must have exactly this length
-    /// (otherwise [`Error::Shape`]). The default `None` keeps every pass whole.
-    fn batch_len(&self, batch: &Self::Batch) -> Option<usize> {
-        let _ = batch;
-        None
-    }
+/// The ranges of consecutive slices of `size` examples (the last one holding the rest)
+/// of a batch of `n`: what [`InnerLoop::split_batch`] cuts.
+///
+/// ```
+/// let r: Vec<_> = datarater::meta::slices(5, 2).collect();
+/// assert_eq!(r, vec![0..2, 2..4, 4..5]);
+/// ```
+pub fn slices(n: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
+    let size = size.max(1);
+    (0..n).step_by(size).map(move |a| a..(a + size).min(n))
 }
 
 /// The DataRater objective: `L(theta, eta) = sum_i softmax_i(rater(eta, batch)) * l_i(theta)`
@@ -257,11 +258,8 @@ where
     ) -> Option<Result<V>> {
         Some(self.inner.per_example_loss(theta, batch))
     }
-    fn sub_batch(&self, batch: &I::Batch, range: Range<usize>) -> Option<I::Batch> {
-        self.inner.sub_batch(batch, range)
-    }
-    fn batch_len(&self, batch: &I::Batch) -> Option<usize> {
-        self.inner.batch_len(batch)
+    fn split_batch(&self, batch: &I::Batch, size: usize) -> Option<Vec<I::Batch>> {
+        self.inner.split_batch(batch, size)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
 use crate::meta::{
     DataRaterProblem, InnerLoop, MetaOptimizer, MetaRequest, Mode, OuterLoop, Rater, Sampler,
+    Snapshots,
 };
 use crate::optim::{OptState, Optimizer};
 use crate::rng::Rng;
@@ -58,7 +59,18 @@ impl TrainerConfig {
                 reason: "must be positive".into(),
             });
         }
-        if let Mode::Checkpointed { snapshots } = self.mode {
+        if let Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(snapshots),
+        } = self.mode
+        {
+            if snapshots == 0 {
+                return Err(Error::Config {
+                    field: "mode",
+                    reason: "Snapshots::AtMost(0): at least the window's start is stored; \
+                             use Snapshots::Auto to let the engine choose"
+                        .into(),
+                });
+            }
             if snapshots > self.inner_steps {
                 return Err(Error::Config {
                     field: "mode",
@@ -336,16 +348,15 @@ where
             rater,
             outer,
         };
-        let r = MetaRequest {
-            problem: &problem,
+        let r = MetaRequest::new(
+            &problem,
             eta,
-            theta: &m.theta,
-            state: &m.opt_state,
-            batches: &batches,
-            outer_batch: &outer_batch,
-            mode: self.config.mode,
-            memory_budget: None,
-        }
+            &m.theta,
+            &m.opt_state,
+            &batches,
+            &outer_batch,
+        )
+        .mode(self.config.mode)
         .run()
         .map_err(|e| at_outer_step(e, k, i))?;
         let grad_norm = r.grad.norm().f64();

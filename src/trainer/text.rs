@@ -5,7 +5,7 @@
 use crate::autodiff::{Float, Indices, Params, Tensor, Value};
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::meta::{InnerLoop, Rater, Sampler};
+use crate::meta::{InnerLoop, Rater, Sampler, slices};
 use crate::nn::{CausalLm, SequenceScorer};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -201,11 +201,8 @@ impl<F: Float, O: Optimizer<F>> InnerLoop<F> for TextLm<O> {
     fn per_example_loss<V: Value<F = F>>(&self, theta: &Params<V>, b: &TextBatch) -> Result<V> {
         self.lm.per_example_loss(theta, &b.inputs, &b.targets)
     }
-    fn sub_batch(&self, b: &TextBatch, range: Range<usize>) -> Option<TextBatch> {
-        b.slice(range).ok()
-    }
-    fn batch_len(&self, b: &TextBatch) -> Option<usize> {
-        Some(b.len())
+    fn split_batch(&self, b: &TextBatch, size: usize) -> Option<Vec<TextBatch>> {
+        slices(b.len(), size).map(|r| b.slice(r).ok()).collect()
     }
 }
 

@@ -126,3 +126,24 @@ pub fn read_scores(path: &Path) -> Vec<serde_json::Value> {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs `datarater ARGS` in `dir` (where a core dump would land) with the test-only
+/// fault injection aborting the process after `bytes` bytes written to files.
+#[cfg(unix)]
+pub fn run_faulted(dir: &Path, args: &[&str], bytes: u64) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_datarater"))
+        .args(args)
+        .current_dir(dir)
+        .env("DATARATER_FAULT_AFTER_BYTES", bytes.to_string())
+        .output()
+        .unwrap()
+}
+
+/// Asserts that `out` is a process killed by the fault injection's abort (SIGABRT).
+#[cfg(unix)]
+pub fn assert_aborted(out: &std::process::Output) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(6), "SIGABRT expected: {err}");
+    assert!(err.contains("DATARATER_FAULT_AFTER_BYTES"), "{err}");
+}
