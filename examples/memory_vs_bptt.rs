@@ -44,8 +44,7 @@ use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::flops;
 use datarater::data::Corpus;
 use datarater::meta::{
-    DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, MetaStats, Mode, Rater, Sampler,
-    Snapshots,
+    DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, MetaStats, Mode, Rater, Sampler, Snapshots,
 };
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
@@ -314,10 +313,8 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
             Some(
                 one_thread
                     .install(|| {
-                        MetaRequest::new(
-                            &problem64, &eta64, &theta64, &state64, &batches, &outer,
-                        )
-                        .run()
+                        MetaRequest::new(&problem64, &eta64, &theta64, &state64, &batches, &outer)
+                            .run()
                     })?
                     .grad,
             )

@@ -48,8 +48,9 @@ fn the_memory_budget_bounds_the_real_heap() {
         let base = current_bytes();
         let (r, peak) = measure_peak(|| {
             one.install(|| {
-                let req = MetaRequest::new(&problem, &eta, &theta, &state, &batches[..steps], &outer)
-                    .mode(mode);
+                let req =
+                    MetaRequest::new(&problem, &eta, &theta, &state, &batches[..steps], &outer)
+                        .mode(mode);
                 match budget {
                     Some(b) => req.memory_budget(b).run(),
                     None => req.run(),
@@ -57,7 +58,11 @@ fn the_memory_budget_bounds_the_real_heap() {
             })
         });
         if r.is_err() {
-            assert_eq!(current_bytes(), base, "{mode}, T = {steps}: everything freed");
+            assert_eq!(
+                current_bytes(),
+                base,
+                "{mode}, T = {steps}: everything freed"
+            );
         }
         (r, peak)
     };

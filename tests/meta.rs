@@ -5,8 +5,8 @@
 
 use datarater::autodiff::check::compare;
 use datarater::meta::{
-    DEFAULT_SHARDS, DataRaterProblem, InnerLoop, MeanLoss, MetaGradient, MetaProblem,
-    MetaRequest, Mode, Rater, Snapshots, slices,
+    DEFAULT_SHARDS, DataRaterProblem, InnerLoop, MeanLoss, MetaGradient, MetaProblem, MetaRequest,
+    Mode, Rater, Snapshots, slices,
 };
 use datarater::nn::{Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, OptState, Optimizer, Sgd};
@@ -589,11 +589,7 @@ fn custom_inner_objective_matches_closed_form() {
     };
     let decay = (1.0f64 - lr).powi(steps as i32);
     let state = problem.opt.init(&theta);
-    for mode in [
-        Mode::Mixed,
-        Mode::Unrolled,
-        ck(0),
-    ] {
+    for mode in [Mode::Mixed, Mode::Unrolled, ck(0)] {
         let r = meta_grad(mode, &problem, &eta, &theta, &state, &vec![(); steps], &()).unwrap();
         for i in 0..3 {
             let th = eta["w"].to_vec()[i] + decay * (theta["w"].to_vec()[i] - eta["w"].to_vec()[i]);
@@ -636,11 +632,7 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
     let (theta_before, eta_before) = (theta.clone(), eta.clone());
     let problem = BlowsUp(Sgd::new(1.0));
     let state = problem.0.init(&theta);
-    for mode in [
-        Mode::Mixed,
-        Mode::Unrolled,
-        ck(2),
-    ] {
+    for mode in [Mode::Mixed, Mode::Unrolled, ck(2)] {
         let err = meta_grad(mode, &problem, &eta, &theta, &state, &[(); 4], &()).unwrap_err();
         match err {
             Error::NonFinite { step, quantity } => {
@@ -672,11 +664,7 @@ fn empty_window_is_a_config_error() {
 
 // ---- bad input is a typed error, in every mode ------------------------------------------
 
-const MODES: [Mode; 3] = [
-    Mode::Mixed,
-    Mode::Unrolled,
-    ck(2),
-];
+const MODES: [Mode; 3] = [Mode::Mixed, Mode::Unrolled, ck(2)];
 
 /// The shape a rater gives its scores for a batch of `n` examples.
 type ScoreShape = fn(usize) -> Vec<usize>;

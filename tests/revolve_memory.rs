@@ -52,9 +52,24 @@ fn peak_memory_follows_the_stored_states() {
     };
     // Step 0 needs no forward-over-reverse tape (theta_0 does not depend on eta), so
     // the window of two steps is the one whose working set longer windows share.
-    let (_, two_steps) = peak(2, Mode::Checkpointed { snapshots: Snapshots::AtMost(2) });
-    let (few, few_peak) = peak(16, Mode::Checkpointed { snapshots: Snapshots::AtMost(2) });
-    let (all, all_peak) = peak(16, Mode::Checkpointed { snapshots: Snapshots::AtMost(16) });
+    let (_, two_steps) = peak(
+        2,
+        Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(2),
+        },
+    );
+    let (few, few_peak) = peak(
+        16,
+        Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(2),
+        },
+    );
+    let (all, all_peak) = peak(
+        16,
+        Mode::Checkpointed {
+            snapshots: Snapshots::AtMost(16),
+        },
+    );
     let (_, mixed_two) = peak(2, Mode::Mixed);
     let (mixed, mixed_peak) = peak(16, Mode::Mixed);
     println!(

@@ -52,8 +52,11 @@ struct Text<F: Float> {
 fn text<F: Float>() -> Text<F> {
     let seqs = Corpus::embedded().sequences(64).unwrap();
     Text {
-        inner: TextLm::new(CausalLm::new(cfg(true, 32, 64)).unwrap(), Adam::new(F::c(1e-3)))
-            .unwrap(),
+        inner: TextLm::new(
+            CausalLm::new(cfg(true, 32, 64)).unwrap(),
+            Adam::new(F::c(1e-3)),
+        )
+        .unwrap(),
         rater: TextRater {
             scorer: SequenceScorer::new(cfg(false, 16, 64)).unwrap(),
         },
@@ -96,7 +99,11 @@ fn meta_gradients_agree_on_every_thread_count<F: Float>() {
             let label = format!("{mode}, {threads} threads");
             assert_eq!(r.grad, first.grad, "{label}: meta-gradient");
             assert_eq!(r.theta, first.theta, "{label}: theta_T");
-            assert_eq!(r.outer_loss.to_bits_u64(), first.outer_loss.to_bits_u64(), "{label}");
+            assert_eq!(
+                r.outer_loss.to_bits_u64(),
+                first.outer_loss.to_bits_u64(),
+                "{label}"
+            );
             assert_eq!(r.inner_losses, first.inner_losses, "{label}");
         }
     }

@@ -200,16 +200,10 @@ fn resets_are_staggered_and_re_initialise_parameters_and_optimiser_state() {
                 .collect::<Result<_>>()
                 .unwrap();
             let held_out = t.held.sample(&mut rng).unwrap();
-            let replay = MetaRequest::new(
-                &problem,
-                &before.eta,
-                &theta0,
-                &state0,
-                &batches,
-                &held_out,
-            )
-            .run()
-            .unwrap();
+            let replay =
+                MetaRequest::new(&problem, &before.eta, &theta0, &state0, &batches, &held_out)
+                    .run()
+                    .unwrap();
             let now = &state.members[i];
             assert_eq!(
                 now.theta, replay.theta,

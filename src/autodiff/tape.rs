@@ -134,7 +134,10 @@ impl<V: Value> Tape<V> {
                         std::mem::size_of_val(&*node.vjp)
                             + words(2 * node.parents.capacity())
                             + c.xs.capacity() * std::mem::size_of::<Option<V>>()
-                            + c.shapes.iter().map(|s| words(s.capacity() + 3)).sum::<usize>()
+                            + c.shapes
+                                .iter()
+                                .map(|s| words(s.capacity() + 3))
+                                .sum::<usize>()
                             + words(c.out_shape.capacity())
                             + c.needs.capacity()
                     })

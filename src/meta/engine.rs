@@ -23,16 +23,13 @@
 
 use super::revolve;
 use super::{MetaProblem, check_weighted, weighted_sum};
-use crate::autodiff::transforms::{
-    jvp, jvp_grad_with, value_and_grad_measured, vjp_measured,
-};
+use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad_measured, vjp_measured};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
-
 
 /// Which meta-gradient engine to run. All give the same meta-gradient (to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -565,7 +562,9 @@ impl<F: Float> Adjoint<F> {
     }
 
     fn nbytes(&self) -> usize {
-        self.theta.nbytes() + self.state.iter().map(Params::nbytes).sum::<usize>() + self.eta.nbytes()
+        self.theta.nbytes()
+            + self.state.iter().map(Params::nbytes).sum::<usize>()
+            + self.eta.nbytes()
     }
 
     /// Steps the adjoints back over inner step `t` (from `theta_t, s_t` with gradient
@@ -607,7 +606,8 @@ impl<F: Float> Adjoint<F> {
         stats.peak_tape_bytes = stats.peak_tape_bytes.max(pass.tape_bytes);
         // Then the pass beside g_bar, and the new theta_bar and eta_bar as they are summed.
         let summed = self.theta.nbytes() + self.eta.nbytes();
-        let ws = (new_adjoint + g_bar).max((g_bar + pass.working_bytes + summed).saturating_sub(freed));
+        let ws =
+            (new_adjoint + g_bar).max((g_bar + pass.working_bytes + summed).saturating_sub(freed));
         ledger.after(Kind::Back, base, ws, t)?;
         if let Some(h) = &pass.h {
             finite(h, t, "Hessian-vector product")?;
@@ -705,7 +705,10 @@ fn binomial_observed<F: Float, P: MetaProblem<F>>(
             Task::Reverse { a, b, snapshots } => (a, b, snapshots),
         };
         let top = stack.last().expect("the snapshot of x_a");
-        assert_eq!(top.t, a, "the top snapshot holds the start of the steps reversed");
+        assert_eq!(
+            top.t, a,
+            "the top snapshot holds the start of the steps reversed"
+        );
         if b - a > 1 && s > 1 {
             let m = a + revolve::split(b - a, s);
             let (theta, state) = sweep.run_to(top, m)?.expect("m > a");
@@ -847,7 +850,8 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, '_, F, P> {
                 self.stats.replayed_updates += 1;
                 let opt = self.req.problem.optimizer();
                 let (th, st) = opt.update(theta, state, &grads[t].0);
-                self.ledger.after(Kind::Replay, base, state_bytes(&th, &st), t)?;
+                self.ledger
+                    .after(Kind::Replay, base, state_bytes(&th, &st), t)?;
                 (th, st)
             }
             _ => {
@@ -991,8 +995,7 @@ fn products<F: Float, P: MetaProblem<F>>(
                 &[Some(g), None],
                 remat,
             )?;
-            let [h, m]: [Params<Tensor<F>>; 2] =
-                r.tangents.clone().try_into().expect("two groups");
+            let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.clone().try_into().expect("two groups");
             (Some(h), m, r)
         } else {
             // theta as constants carrying the tangent: only the ops that depend on eta
@@ -1173,17 +1176,17 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
     let seed = Tensor::full(&j.shape(), F::one());
     // The backward sweep stops itself before its cotangents pass what is left.
     let limit = req.memory_budget;
-    let (grads, cot_bytes) =
-        tape.backward_within(&j, seed, &wrt, limit)
-            .map_err(|e| match e {
-                Error::MemoryBudget { budget, in_use, .. } => Error::MemoryBudget {
-                    budget,
-                    in_use,
-                    mode: req.mode,
-                    step: n,
-                },
-                other => other,
-            })?;
+    let (grads, cot_bytes) = tape
+        .backward_within(&j, seed, &wrt, limit)
+        .map_err(|e| match e {
+            Error::MemoryBudget { budget, in_use, .. } => Error::MemoryBudget {
+                budget,
+                in_use,
+                mode: req.mode,
+                step: n,
+            },
+            other => other,
+        })?;
     ledger.after(Kind::Back, ledger.held, cot_bytes, n)?;
     let grad: Params<Tensor<F>> = eta_v.names().map(str::to_string).zip(grads).collect();
     finite(&grad, 0, "meta-gradient")?;
