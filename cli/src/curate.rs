@@ -174,9 +174,15 @@ fn explain(error: CliError, done: usize, total: usize, out: &Path) -> CliError {
     }
 }
 
-/// A shard that could not be read, with `--skip-invalid`: listed in the report.
-fn skip_or_fail(shard: &Shard, e: CliError, opts: &InputOptions) -> Result<String> {
-    if opts.skip_invalid && !interrupt::interrupted(&e) {
+/// A shard that could not be read, with `--skip-invalid` and a corpus of shards:
+/// listed in the report (a single file in is the whole input: its failure is the run's).
+fn skip_or_fail(
+    corpus: &Corpus,
+    shard: &Shard,
+    e: CliError,
+    opts: &InputOptions,
+) -> Result<String> {
+    if opts.skip_invalid && !corpus.single_file && !interrupt::interrupted(&e) {
         eprintln!(
             "warning: skipping {} (--skip-invalid): {e}",
             shard.path.display()
@@ -279,7 +285,7 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
                 }
                 Err(e) => {
                     let e = explain(e, written + skipped, corpus.shards.len(), &args.out);
-                    invalid.push((shard.rel.clone(), skip_or_fail(shard, e, &opts)?));
+                    invalid.push((shard.rel.clone(), skip_or_fail(&corpus, shard, e, &opts)?));
                     progress.shard_done(shard, 0, 0, 0);
                 }
             }
@@ -310,9 +316,9 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     invalid.sort();
     if total.read.documents == 0 {
         fail!(
-            "{}: no documents found in its {} shards{}",
+            "{}: no documents found in its {}{}",
             args.input.display(),
-            corpus.shards.len(),
+            count(corpus.shards.len() as u64, "shard"),
             skipped_note(&total)
         );
     }
@@ -731,7 +737,7 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
                     Ok(stats) => Ok((scores, stats)),
                     Err(e) => {
                         let e = explain(e, 0, corpus.shards.len(), &args.out);
-                        let why = skip_or_fail(shard, e, &opts)?;
+                        let why = skip_or_fail(&corpus, shard, e, &opts)?;
                         progress.shard_done(shard, 0, 0, 0);
                         Err(why)
                     }
