@@ -274,15 +274,7 @@ fn mlp<F: Float>(c: &mut Criterion) {
 
 fn transformer<F: Float>(c: &mut Criterion) {
     let (batch, seq) = (16, 127);
-    let cfg = TransformerConfig {
-        vocab: 256,
-        d_model: 64,
-        n_layers: 2,
-        n_heads: 4,
-        d_ff: 256,
-        max_len: 128,
-        causal: true,
-    };
+    let cfg = TransformerConfig::new(64, 2, 4, 128).with_d_ff(256);
     let lm = CausalLm::new(cfg).expect("valid config");
     let mut rng = Rng::new(2);
     // Next-byte targets: the inputs shifted by one inside a random 128-byte window.

@@ -94,14 +94,8 @@ static TIMES: Mutex<Vec<(&str, f64)>> = Mutex::new(Vec::new());
 fn main() {
     datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let (n, seq, steps) = (8, 63, 2);
-    let cfg = |d_model, n_heads, causal| TransformerConfig {
-        vocab: 256,
-        d_model,
-        n_layers: 1,
-        n_heads,
-        d_ff: 4 * d_model,
-        max_len: 64,
-        causal,
+    let cfg = |d_model, n_heads, causal| {
+        TransformerConfig::new(d_model, 1, n_heads, 64).with_causal(causal)
     };
     let problem = Problem {
         lm: CausalLm::new(cfg(32, 2, true)).expect("valid"),

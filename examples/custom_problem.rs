@@ -54,8 +54,8 @@ impl InnerLoop<f64> for Regression {
     type Opt = Momentum<f64>;
     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
         Params::from_iter([
-            ("w".to_string(), Tensor::zeros(&[DIM, 1])),
-            ("b".to_string(), Tensor::zeros(&[1])),
+            ("w".to_string(), Tensor::zeros(&[DIM, 1]).unwrap()),
+            ("b".to_string(), Tensor::zeros(&[1]).unwrap()),
         ])
     }
     fn optimizer(&self) -> &Momentum<f64> {
@@ -79,7 +79,7 @@ impl Rater<f64, Batch> for PairRater {
     fn init(&self, rng: &mut Rng) -> Params<Tensor<f64>> {
         let mut p = Params::new();
         p.insert("A", normal(rng, &[DIM + 1, 16], 0.3));
-        p.insert("a", Tensor::zeros(&[16]));
+        p.insert("a", Tensor::zeros(&[16]).unwrap());
         p.insert("c", normal(rng, &[16, 1], 0.3));
         p
     }
@@ -137,14 +137,13 @@ fn main() -> Result<()> {
     // Training batches have a third of their labels corrupted; held-out ones are clean.
     let train = |rng: &mut Rng| Ok(draw(&w_star, 32, 1.0 / 3.0, rng));
     let held_out = |rng: &mut Rng| Ok(draw(&w_star, 64, 0.0, rng));
-    let config = TrainerConfig {
-        outer_steps: 200,
-        inner_steps: 4,
-        population: 2,
-        reset_every: 20,
-        mode: Mode::Mixed,
-        seed: 1,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(200)
+        .with_inner_steps(4)
+        .with_population(2)
+        .with_reset_every(20)
+        .with_mode(Mode::Mixed)
+        .with_seed(1);
     let setup = Setup {
         inner: &inner,
         rater: &rater,

@@ -126,40 +126,24 @@ fn parse_args() -> Result<Args> {
 }
 
 fn lm_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 128,
-        max_len: SEQ_LEN,
-        causal: true,
-    }
+    TransformerConfig::new(32, 2, 2, SEQ_LEN).with_d_ff(128)
 }
 
 /// The transfer study's LM: 4x the width (and MLP), 2x the layers, heads scaled so each
 /// head keeps the small LM's width (16).
 fn large_lm_config() -> TransformerConfig {
     let s = lm_config();
-    TransformerConfig {
-        d_model: 4 * s.d_model,
-        n_layers: 2 * s.n_layers,
-        n_heads: 4 * s.n_heads,
-        d_ff: 4 * s.d_ff,
-        ..s
-    }
+    let (d_model, n_layers, n_heads, d_ff) = (s.d_model, s.n_layers, s.n_heads, s.d_ff);
+    s.with_d_model(4 * d_model)
+        .with_n_layers(2 * n_layers)
+        .with_n_heads(4 * n_heads)
+        .with_d_ff(4 * d_ff)
 }
 
 fn rater_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 2,
-        d_ff: 64,
-        max_len: SEQ_LEN,
-        causal: false,
-    }
+    TransformerConfig::new(32, 1, 2, SEQ_LEN)
+        .with_d_ff(64)
+        .with_causal(false)
 }
 
 /// Label of a corruption for tables and plots.
@@ -471,10 +455,9 @@ fn main() -> Result<()> {
     };
     let mut rng = Rng::new(args.seed);
     let split = corpus.split(
-        &SplitConfig {
-            seq_len: SEQ_LEN,
-            held_out_fraction: 0.15,
-        },
+        &SplitConfig::default()
+            .with_seq_len(SEQ_LEN)
+            .with_held_out_fraction(0.15),
         &mut rng,
     )?;
     // Held-out sequences: half drive the meta-objective, half are the test set.
@@ -526,22 +509,19 @@ fn main() -> Result<()> {
     let rater = TextRater {
         scorer: SequenceScorer::new(rater_config())?,
     };
-    let meta = MetaAdam {
-        lr: 3e-3,
-        weight_decay: 0.01,
-        warmup_steps: 20,
-        clip_norm: 1.0,
-        ..MetaAdam::default()
-    };
+    let meta = MetaAdam::default()
+        .with_lr(3e-3)
+        .with_weight_decay(0.01)
+        .with_warmup_steps(20)
+        .with_clip_norm(1.0);
     let held_out_pool = TextPool::new(Arc::new(meta_held_out.to_vec()), BATCH)?;
-    let config = TrainerConfig {
-        outer_steps: args.outer_steps,
-        inner_steps: args.inner_steps,
-        population: args.population,
-        reset_every: 50,
-        mode: Mode::Mixed,
-        seed: args.seed,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(args.outer_steps)
+        .with_inner_steps(args.inner_steps)
+        .with_population(args.population)
+        .with_reset_every(50)
+        .with_mode(Mode::Mixed)
+        .with_seed(args.seed);
     println!(
         "meta-training: K = {} outer steps, population {} (reset every {}, staggered), T = {} inner Adam steps, batch {}, mixed-mode meta-gradients",
         config.outer_steps, config.population, config.reset_every, config.inner_steps, BATCH

@@ -232,15 +232,7 @@ fn transformer(
     seq: usize,
     causal: bool,
 ) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: d,
-        n_layers: layers,
-        n_heads: heads,
-        d_ff: 4 * d,
-        max_len: seq,
-        causal,
-    }
+    TransformerConfig::new(d, layers, heads, seq).with_causal(causal)
 }
 
 fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {

@@ -44,15 +44,9 @@ type State = TrainerState<f64, MetaAdamState<f64>>;
 
 /// The models: tiny for the checks, `d_model` 32 (two layers) for `bench`.
 fn cfg(causal: bool, d_model: usize) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model,
-        n_layers: if d_model > 8 { 2 } else { 1 },
-        n_heads: 2,
-        d_ff: 2 * d_model,
-        max_len: 12,
-        causal,
-    }
+    TransformerConfig::new(d_model, if d_model > 8 { 2 } else { 1 }, 2, 12)
+        .with_d_ff(2 * d_model)
+        .with_causal(causal)
 }
 
 /// The failure injected on rank 1 once armed.
@@ -134,10 +128,7 @@ fn parts(fault: &Fault, d_model: usize, batch: usize) -> Parts<'_> {
             scorer: SequenceScorer::new(cfg(false, d_model)).unwrap(),
         },
         objective: Objective { fault },
-        meta: MetaAdam {
-            lr: 1e-2,
-            ..MetaAdam::default()
-        },
+        meta: MetaAdam::default().with_lr(1e-2),
         train: Train {
             pool: TextPool::new(Arc::new(seqs[..200].to_vec()), batch).unwrap(),
             fault,
@@ -149,15 +140,14 @@ fn parts(fault: &Fault, d_model: usize, batch: usize) -> Parts<'_> {
 type T<'a> = Trainer<'a, f64, Inner, TextRater, Objective<'a>, MetaAdam>;
 
 fn trainer<'a>(p: &'a Parts<'a>, population: usize) -> T<'a> {
-    let config = TrainerConfig {
-        outer_steps: 4,
-        inner_steps: 2,
-        population,
-        // Resets every 2 steps, staggered: members reset at different steps.
-        reset_every: 2,
-        mode: Mode::Mixed,
-        seed: 5,
-    };
+    // Resets every 2 steps, staggered: members reset at different steps.
+    let config = TrainerConfig::default()
+        .with_outer_steps(4)
+        .with_inner_steps(2)
+        .with_population(population)
+        .with_reset_every(2)
+        .with_mode(Mode::Mixed)
+        .with_seed(5);
     let setup = Setup {
         inner: &p.inner,
         rater: &p.rater,

@@ -73,15 +73,7 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
         flag(args, "--batch", 8)?,
         flag(args, "--reps", 3)?,
     );
-    let lm = CausalLm::new(TransformerConfig {
-        vocab: 256,
-        d_model: d,
-        n_layers: layers,
-        n_heads: heads,
-        d_ff: 4 * d,
-        max_len: seq,
-        causal: true,
-    })?;
+    let lm = CausalLm::new(TransformerConfig::new(d, layers, heads, seq))?;
     let mut rng = Rng::new(0);
     let p: Params<Tensor<F>> = lm.init(&mut rng);
     let v: Params<Tensor<F>> = lm.init(&mut rng);

@@ -2,12 +2,17 @@
 //!
 //! Opt in from a binary, example or bench:
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: datarater::alloc::CountingAlloc = datarater::alloc::CountingAlloc;
+//!
+//! fn main() {
+//!     let (v, peak) = datarater::alloc::measure_peak(|| vec![0u8; 1 << 20]);
+//!     assert!(peak >= v.len()); // the 1 MiB buffer, counted
+//! }
 //! ```
 //!
-//! then bracket the work with [`reset_peak`] and [`peak_bytes`].
+//! then bracket the work with [`reset_peak`] and [`peak_bytes`] (or [`measure_peak`]).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -18,7 +18,7 @@
 
 use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
-use crate::io::{DtypePolicy, decode_checked, encode_checked, write_atomic};
+use crate::io::{DtypePolicy, canonical_json, decode_checked, encode_checked, write_atomic};
 use crate::optim::OptState;
 use crate::rng::Rng;
 use crate::trainer::{Member, MetaAdamState, TrainerState};
@@ -128,8 +128,8 @@ pub fn encode_checkpoint<F: Float, M: StateTensors<F>>(
             "meta": meta,
         }));
     }
-    let scalars = json!({"step": state.step, "members": members}).to_string();
-    let configs = configs.to_string();
+    let scalars = canonical_json(&json!({"step": state.step, "members": members}));
+    let configs = canonical_json(configs);
     encode_checked(
         &tensors,
         &[

@@ -273,7 +273,7 @@ where
     M: MetaOptimizer<F>,
 {
     let eta = trainer.init_rater(eta)?;
-    let population = trainer.config.population;
+    let population = trainer.config().population;
     let members = members_of(comm, population);
     Ok(RankState {
         local: TrainerState {

@@ -6,7 +6,11 @@ use thiserror::Error;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every failure the crate reports instead of panicking.
+///
+/// Non-exhaustive: new variants may be added in minor releases, so a `match` needs a
+/// wildcard arm.
 #[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Error {
     /// Two shapes that an operation needs to agree do not.
     #[error("{op}: incompatible shapes {lhs:?} and {rhs:?}")]
@@ -17,6 +21,18 @@ pub enum Error {
         lhs: Vec<usize>,
         /// The second shape.
         rhs: Vec<usize>,
+    },
+    /// A shape is not of the kind an operation needs, where the need is a rule rather
+    /// than a second shape (for example `[batch]`, or an element count that fits in
+    /// memory).
+    #[error("{op}: got shape {shape:?}, expected {expected}")]
+    ShapeExpected {
+        /// The operation that was given the shape.
+        op: &'static str,
+        /// The shape it was given.
+        shape: Vec<usize>,
+        /// What it needs, in words (e.g. `"[batch] with batch > 0"`).
+        expected: String,
     },
     /// An integer index (token, class or row) is out of range.
     #[error("{op}: index {index} out of range for size {size}")]
@@ -97,6 +113,13 @@ impl Error {
     pub fn in_op(self, op: &'static str) -> Self {
         match self {
             Error::Shape { lhs, rhs, .. } => Error::Shape { op, lhs, rhs },
+            Error::ShapeExpected {
+                shape, expected, ..
+            } => Error::ShapeExpected {
+                op,
+                shape,
+                expected,
+            },
             Error::Index { index, size, .. } => Error::Index { op, index, size },
             other => other,
         }

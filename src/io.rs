@@ -44,7 +44,7 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde_json::Value as Json;
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// String-to-string metadata stored in a file's `__metadata__` header entry.
@@ -134,21 +134,90 @@ pub fn encode_params<F: Float>(
             },
         ));
     }
-    let info: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| {
-        metadata
-            .iter()
-            .map(|&(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
-    safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), info)
-        .map_err(|e| Error::Usage(format!("safetensors serialization failed: {e}")))
+    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), None)
+        .map_err(|e| Error::Usage(format!("safetensors serialization failed: {e}")))?;
+    let metadata: Metadata = metadata
+        .iter()
+        .map(|&(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok(with_metadata(bytes, &metadata))
+}
+
+/// Adds `metadata` to safetensors `bytes` written without it, in key order: the
+/// safetensors writer takes a `HashMap`, whose order varies from map to map, and equal
+/// states must give byte-identical files. The header gains a leading `__metadata__`
+/// entry (where the safetensors writer puts it) and is re-padded with spaces to a
+/// multiple of 8 bytes; the data section is unchanged.
+fn with_metadata(bytes: Vec<u8>, metadata: &Metadata) -> Vec<u8> {
+    if metadata.is_empty() {
+        return bytes;
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n])
+        .expect("safetensors writes a UTF-8 header")
+        .trim_end_matches(' ');
+    let tensors = header
+        .strip_prefix('{')
+        .and_then(|h| h.strip_suffix('}'))
+        .expect("safetensors writes a JSON object");
+    let meta = serde_json::to_string(metadata).expect("strings serialize");
+    let mut new = format!("{{\"{METADATA_KEY}\":{meta}");
+    if !tensors.is_empty() {
+        new.push(',');
+        new.push_str(tensors);
+    }
+    new.push('}');
+    let mut new = new.into_bytes();
+    new.resize(new.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + new.len() + bytes.len() - 8 - n);
+    out.extend((new.len() as u64).to_le_bytes());
+    out.extend(new);
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
+/// `v` as compact JSON with every object's keys in sorted order, whatever the map type
+/// behind `serde_json` (its `preserve_order` feature keeps insertion order), so that
+/// equal values always give equal bytes in a file's metadata.
+pub fn canonical_json(v: &Json) -> String {
+    fn write(v: &Json, out: &mut String) {
+        match v {
+            Json::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (k, x)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Json::String(k.clone()).to_string());
+                    out.push(':');
+                    write(x, out);
+                }
+                out.push('}');
+            }
+            Json::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
 }
 
 /// Writes `params` to a safetensors file at `path`, with string metadata (for a
 /// repeated key the last value wins). Each tensor is stored as `F32` or `F64` to match
-/// `F`. The output is byte-for-byte deterministic except for the order of keys inside
-/// `__metadata__` when there are several (the safetensors writer keeps them in a hash
-/// map); the content is always the same.
+/// `F`. The output is byte-for-byte a function of `params` and `metadata` (metadata is
+/// written in key order), so equal states give identical files.
 ///
 /// # Errors
 /// [`Error::Params`] if a tensor is named [`METADATA_KEY`]; [`Error::File`] if the
@@ -221,9 +290,9 @@ pub fn load_params_with<F: Float>(
 /// ```
 /// use datarater::{Error, Params, Tensor, io::{load_params_like, save_params}};
 /// let mut model = Params::new();
-/// model.insert("w", Tensor::<f32>::zeros(&[3, 2]));
+/// model.insert("w", Tensor::<f32>::zeros(&[3, 2])?);
 /// let mut other = Params::new();
-/// other.insert("w", Tensor::<f32>::zeros(&[4, 2])); // another configuration
+/// other.insert("w", Tensor::<f32>::zeros(&[4, 2])?); // another configuration
 /// let path = std::env::temp_dir().join("datarater-io-like-doc.safetensors");
 /// save_params(&path, &other, &[])?;
 /// match load_params_like(&path, &model) {

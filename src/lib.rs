@@ -44,6 +44,24 @@
 
 #![warn(missing_docs)]
 
+/// Builder methods for a `#[non_exhaustive]` config struct, one per listed field:
+/// `with_x(self, x) -> Self` sets field `x` and keeps the others, so callers outside the
+/// crate can build it from `Default` or a constructor without a struct literal (which
+/// `#[non_exhaustive]` forbids them, so fields can be added without breaking them).
+macro_rules! with_fields {
+    ($ty:ident$(<$g:ident: $b:path>)? { $($(#[doc = $doc:literal])* $method:ident => $field:ident: $t:ty),* $(,)? }) => {
+        impl$(<$g: $b>)? $ty$(<$g>)? {
+            $(
+                $(#[doc = $doc])*
+                #[must_use]
+                pub fn $method(self, $field: $t) -> Self {
+                    Self { $field, ..self }
+                }
+            )*
+        }
+    };
+}
+
 pub mod alloc;
 pub mod autodiff;
 pub mod checkpoint;
@@ -64,6 +82,27 @@ pub use ndarray;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of the guides in docs/, compiled and run as doctests (so a
+/// newcomer can copy any of them).
+#[cfg(doctest)]
+pub mod docs_doctests {
+    /// docs/guide.md.
+    #[doc = include_str!("../docs/guide.md")]
+    pub struct Guide;
+    /// docs/autodiff.md.
+    #[doc = include_str!("../docs/autodiff.md")]
+    pub struct Autodiff;
+    /// docs/meta-gradients.md.
+    #[doc = include_str!("../docs/meta-gradients.md")]
+    pub struct MetaGradients;
+    /// docs/distributed.md.
+    #[doc = include_str!("../docs/distributed.md")]
+    pub struct Distributed;
+    /// docs/cli.md.
+    #[doc = include_str!("../docs/cli.md")]
+    pub struct Cli;
+}
 
 pub use autodiff::{Dual, Float, Indices, Mask, Params, Tape, Tensor, Value, Var, transforms};
 pub use error::{Error, Result};

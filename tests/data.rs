@@ -56,10 +56,9 @@ fn sequences_are_non_overlapping_windows_dropping_the_tail() {
 #[test]
 fn split_is_disjoint_covers_the_corpus_and_matches_the_bytes() {
     let c = Corpus::embedded();
-    let cfg = SplitConfig {
-        seq_len: 128,
-        held_out_fraction: 0.15,
-    };
+    let cfg = SplitConfig::default()
+        .with_seq_len(128)
+        .with_held_out_fraction(0.15);
     let s = c.split(&cfg, &mut Rng::new(11)).unwrap();
     let n = c.len() / 128;
     assert_eq!(s.train.len() + s.held_out.len(), n);
@@ -111,10 +110,9 @@ fn split_keeps_both_sets_non_empty() {
     for f in [0.01, 0.99] {
         let s = c
             .split(
-                &SplitConfig {
-                    seq_len: 10,
-                    held_out_fraction: f,
-                },
+                &SplitConfig::default()
+                    .with_seq_len(10)
+                    .with_held_out_fraction(f),
                 &mut Rng::new(0),
             )
             .unwrap();
@@ -132,9 +130,10 @@ fn config_errors_name_the_field() {
     }
     let c = Corpus::from_bytes(vec![0u8; 100]);
     let mut rng = Rng::new(0);
-    let cfg = |seq_len, held_out_fraction| SplitConfig {
-        seq_len,
-        held_out_fraction,
+    let cfg = |seq_len, held_out_fraction| {
+        SplitConfig::default()
+            .with_seq_len(seq_len)
+            .with_held_out_fraction(held_out_fraction)
     };
     assert_eq!(field(c.split(&cfg(0, 0.1), &mut rng)), "seq_len");
     assert_eq!(field(c.sequences(0)), "seq_len");

@@ -91,40 +91,47 @@ fn shape_errors<V: Value<F = f64>>(mk: &dyn Fn(&[usize]) -> V) {
 
 #[test]
 fn shape_mismatch_panics_name_op_and_shapes_tensor() {
-    shape_errors::<Tensor<f64>>(&|s| Tensor::zeros(s));
+    shape_errors::<Tensor<f64>>(&|s| Tensor::zeros(s).unwrap());
 }
 
 #[test]
 fn shape_mismatch_panics_name_op_and_shapes_dual() {
-    shape_errors::<Dual<Tensor<f64>>>(&|s| Dual::new(Tensor::zeros(s), Tensor::full(s, 1.0)));
+    shape_errors::<Dual<Tensor<f64>>>(&|s| {
+        Dual::new(Tensor::zeros(s).unwrap(), Tensor::full(s, 1.0).unwrap())
+    });
 }
 
 #[test]
 fn shape_mismatch_panics_name_op_and_shapes_var() {
     let tape = Tape::new();
-    shape_errors::<Var<Tensor<f64>>>(&|s| tape.var(Tensor::zeros(s)));
+    shape_errors::<Var<Tensor<f64>>>(&|s| tape.var(Tensor::zeros(s).unwrap()));
 }
 
 #[test]
 fn shape_mismatch_panics_name_op_and_shapes_nested() {
     let tape = Tape::new();
     shape_errors::<Var<Dual<Tensor<f64>>>>(&|s| {
-        tape.var(Dual::new(Tensor::zeros(s), Tensor::full(s, 1.0)))
+        tape.var(Dual::new(
+            Tensor::zeros(s).unwrap(),
+            Tensor::full(s, 1.0).unwrap(),
+        ))
     });
     let outer = Tape::new();
     let inner = Tape::new();
-    shape_errors::<Var<Var<Tensor<f64>>>>(&|s| inner.var(outer.var(Tensor::zeros(s))));
+    shape_errors::<Var<Var<Tensor<f64>>>>(&|s| inner.var(outer.var(Tensor::zeros(s).unwrap())));
 }
 
 #[test]
 #[should_panic(expected = "add: incompatible shapes [2, 3] and [3, 2]")]
 fn add_shape_mismatch_should_panic() {
-    let _ = Tensor::<f64>::zeros(&[2, 3]).add(&Tensor::zeros(&[3, 2]));
+    let _ = Tensor::<f64>::zeros(&[2, 3])
+        .unwrap()
+        .add(&Tensor::zeros(&[3, 2]).unwrap());
 }
 
 #[test]
 fn out_of_range_indices_are_index_errors() {
-    let table = Tensor::<f64>::zeros(&[3, 2]);
+    let table = Tensor::<f64>::zeros(&[3, 2]).unwrap();
     let idx = Indices::new(&[2, 2], vec![0, 2, 5, 1]).unwrap();
     assert_eq!(
         table.gather_rows(&idx).unwrap_err(),
@@ -150,7 +157,7 @@ fn out_of_range_indices_are_index_errors() {
             .is_ok()
     );
 
-    let logits = Tensor::<f64>::zeros(&[2, 4]);
+    let logits = Tensor::<f64>::zeros(&[2, 4]).unwrap();
     let targets = Indices::new(&[2], vec![1, 7]).unwrap();
     assert_eq!(
         logits.pick_last(&targets).unwrap_err(),
@@ -205,7 +212,7 @@ fn out_of_range_indices_are_index_errors() {
 fn index_shape_errors_are_shape_errors() {
     let idx = Indices::new(&[2], vec![0, 1]).unwrap();
     // gather_rows needs a 2-D table.
-    let t3 = Tensor::<f64>::zeros(&[3, 2, 2]);
+    let t3 = Tensor::<f64>::zeros(&[3, 2, 2]).unwrap();
     assert!(matches!(
         t3.gather_rows(&idx),
         Err(Error::Shape {
@@ -214,7 +221,7 @@ fn index_shape_errors_are_shape_errors() {
         })
     ));
     // pick_last needs the leading shape to match the indices.
-    let x = Tensor::<f64>::zeros(&[3, 4]);
+    let x = Tensor::<f64>::zeros(&[3, 4]).unwrap();
     assert_eq!(
         x.pick_last(&idx).unwrap_err(),
         Error::Shape {
@@ -254,7 +261,7 @@ fn index_shape_errors_are_shape_errors() {
 fn group(entries: &[(&str, &[usize])]) -> Params<Tensor<f64>> {
     entries
         .iter()
-        .map(|(k, s)| (k.to_string(), Tensor::zeros(s)))
+        .map(|(k, s)| (k.to_string(), Tensor::zeros(s).unwrap()))
         .collect()
 }
 
@@ -334,7 +341,7 @@ fn other_backward_misuse_is_reported() {
     ));
     // A seed of the wrong shape.
     assert!(matches!(
-        t1.backward(&y1, Tensor::zeros(&[2]), &[&x1]),
+        t1.backward(&y1, Tensor::zeros(&[2]).unwrap(), &[&x1]),
         Err(Error::Shape { .. })
     ));
     // The failed calls did not consume the tape.
@@ -377,4 +384,48 @@ fn indices_rows_selects_rows_and_rejects_ranges_past_the_end() {
             size: 3
         }
     );
+}
+
+/// Constructors that take a shape refuse one whose buffer could not exist, with a
+/// typed error naming the constructor and the shape (they panicked in ndarray or the
+/// allocator before).
+#[test]
+fn shape_constructors_refuse_shapes_that_overflow() {
+    let huge: [&[usize]; 4] = [
+        &[1 << 40, 1 << 40],
+        &[usize::MAX, 2],
+        &[0, 1 << 62, 4],       // empty, but ndarray still indexes the non-zero axes
+        &[isize::MAX as usize], // fits in isize as a count, not as f64 bytes
+    ];
+    let mut rng = datarater::Rng::new(0);
+    for shape in huge {
+        let results = [
+            ("Tensor::zeros", Tensor::<f64>::zeros(shape)),
+            ("Tensor::full", Tensor::<f64>::full(shape, 1.0)),
+            ("Tensor::randn", Tensor::<f64>::randn(shape, &mut rng)),
+            (
+                "Tensor::uniform",
+                Tensor::<f64>::uniform(shape, 0.0, 1.0, &mut rng),
+            ),
+        ];
+        for (op, r) in results {
+            match r {
+                Err(e @ Error::ShapeExpected { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.starts_with(&format!("{op}: got shape {shape:?}, expected")),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{op} {shape:?}: {other:?}"),
+            }
+        }
+    }
+    // Empty and ordinary shapes are fine.
+    assert_eq!(Tensor::<f32>::zeros(&[0, 5]).unwrap().shape(), &[0, 5]);
+    assert_eq!(Tensor::<f32>::full(&[], 2.0).unwrap().item(), 2.0);
+    assert!(matches!(
+        Tensor::<f64>::uniform(&[2], 0.0, f64::NAN, &mut rng),
+        Err(Error::Config { field: "hi", .. })
+    ));
 }

@@ -16,8 +16,8 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, FlopCount) {
 
 fn ab() -> Params<Tensor<f64>> {
     let mut p = Params::new();
-    p.insert("a", Tensor::full(&[6, 4], 0.5));
-    p.insert("b", Tensor::full(&[4, 3], 0.25));
+    p.insert("a", Tensor::full(&[6, 4], 0.5).unwrap());
+    p.insert("b", Tensor::full(&[4, 3], 0.25).unwrap());
     p
 }
 
@@ -35,8 +35,8 @@ fn one_matmul_forward_gradient_and_jvp() {
     let (_, w) = counted(|| jvp(|q| q["a"].matmul(&q["b"]).sum_all(), &p, &p).unwrap());
     assert_eq!(w.matmul, 3 * mm);
     // A batched product counts every slice, and elementwise work goes to `other`.
-    let a = Tensor::<f32>::full(&[5, 2, 7], 1.0);
-    let b = Tensor::<f32>::full(&[5, 3, 7], 1.0);
+    let a = Tensor::<f32>::full(&[5, 2, 7], 1.0).unwrap();
+    let b = Tensor::<f32>::full(&[5, 3, 7], 1.0).unwrap();
     let (_, w) = counted(|| a.matmul_t(&b, false, true).tanh());
     assert_eq!(w.matmul, 5 * 2 * 2 * 3 * 7);
     assert_eq!(w.other, 5 * 2 * 3);
@@ -46,8 +46,8 @@ fn one_matmul_forward_gradient_and_jvp() {
 fn gemm_shapes_are_recorded_and_replayed() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     flops::reset();
-    let a = Tensor::<f32>::full(&[8, 16], 1.0);
-    let b = Tensor::<f32>::full(&[8, 4], 1.0);
+    let a = Tensor::<f32>::full(&[8, 16], 1.0).unwrap();
+    let b = Tensor::<f32>::full(&[8, 4], 1.0).unwrap();
     a.matmul_t(&b, true, false);
     a.matmul_t(&b, true, false);
     let shapes = flops::gemm_shapes();
@@ -67,15 +67,9 @@ fn gemm_shapes_are_recorded_and_replayed() {
 
 #[test]
 fn small_transformer_forward_and_gradient() {
-    let cfg = TransformerConfig {
-        vocab: 11,
-        d_model: 8,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 12,
-        max_len: 6,
-        causal: true,
-    };
+    let cfg = TransformerConfig::new(8, 2, 2, 6)
+        .with_vocab(11)
+        .with_d_ff(12);
     let lm = CausalLm::new(cfg).unwrap();
     let (b, t, d, ff, h, v) = (3u64, 5u64, 8u64, 12u64, 2u64, 11u64);
     let mut rng = Rng::new(1);

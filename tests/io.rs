@@ -166,6 +166,46 @@ fn files_follow_the_safetensors_layout() {
     assert_eq!(data[off("b") + 4..off("b") + 8], 2.0f32.to_le_bytes());
 }
 
+/// Metadata is written in key order: the same tensors and metadata, given in any
+/// order, give byte-identical files (the safetensors writer alone keeps metadata in a
+/// hash map, whose order differed from one save to the next), and the safetensors
+/// crate itself reads them back.
+#[test]
+fn metadata_is_written_in_key_order_so_files_are_reproducible() {
+    let p = random_params::<f32>(3);
+    let meta: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("key{i:02}"), format!("value {i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let first = encode_params(&p, &pairs).unwrap();
+    let mut reversed = pairs.clone();
+    reversed.reverse();
+    for i in 0..8 {
+        let again = if i % 2 == 0 { &pairs } else { &reversed };
+        assert!(
+            encode_params(&p, again).unwrap() == first,
+            "save {i} differs"
+        );
+    }
+    let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    let keys: Vec<usize> = (0..12)
+        .map(|i| header.find(&format!("\"key{i:02}\"")).unwrap())
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{header}");
+    let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+    assert_eq!(st.len(), p.len());
+    let (_, read) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+    let read = read.metadata().as_ref().unwrap();
+    assert_eq!(read.len(), 12);
+    assert_eq!(read["key07"], "value 7");
+    let (back, meta_back) = decode_params::<f32>(&first, DtypePolicy::Exact).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(meta_back["key11"], "value 11");
+    // No metadata: exactly what the safetensors writer gives.
+    assert!(!String::from_utf8_lossy(&encode_params(&p, &[]).unwrap()).contains(METADATA_KEY));
+}
+
 #[test]
 fn hand_made_files_from_other_tools_load() {
     let w: Vec<u8> = [0.5f64, -2.0, 8.0]
@@ -444,7 +484,7 @@ fn io_errors_and_reserved_names() {
     assert!(reason.contains("cannot write"), "{reason}");
 
     let mut r = Params::new();
-    r.insert(METADATA_KEY, Tensor::<f32>::zeros(&[1]));
+    r.insert(METADATA_KEY, Tensor::<f32>::zeros(&[1]).unwrap());
     assert!(matches!(
         save_params(dir.path("r.safetensors"), &r, &[]),
         Err(Error::Params { name, .. }) if name == METADATA_KEY
@@ -501,7 +541,7 @@ fn load_like_names_a_missing_tensor() {
 fn load_like_names_an_unexpected_tensor() {
     let model = random_params::<f32>(12);
     let mut saved = model.clone();
-    saved.insert("block1.extra", Tensor::zeros(&[2]));
+    saved.insert("block1.extra", Tensor::zeros(&[2]).unwrap());
     let bytes = encode_params(&saved, &[]).unwrap();
     let (name, reason) = params_mismatch(decode_params_like(&bytes, &model));
     assert_eq!(name, "block1.extra");
@@ -514,7 +554,7 @@ fn load_like_names_a_shape_mismatch() {
     let dir = TempDir::new("like-shape");
     let model = random_params::<f64>(13);
     let mut saved = model.clone();
-    saved.insert("head.bias", Tensor::zeros(&[4]));
+    saved.insert("head.bias", Tensor::zeros(&[4]).unwrap());
     let path = dir.path("p.safetensors");
     save_params(&path, &saved, &[]).unwrap();
     let (name, reason) = params_mismatch(load_params_like(&path, &model));
@@ -522,7 +562,7 @@ fn load_like_names_a_shape_mismatch() {
     assert!(reason.contains("[4]") && reason.contains("[3]"), "{reason}");
     // Same element count, other shape: still a mismatch.
     saved.insert("head.bias", model["head.bias"].clone());
-    saved.insert("block0.attn.wq", Tensor::zeros(&[25]));
+    saved.insert("block0.attn.wq", Tensor::zeros(&[25]).unwrap());
     save_params(&path, &saved, &[]).unwrap();
     let (name, reason) = params_mismatch(load_params_like(&path, &model));
     assert_eq!(name, "block0.attn.wq");
@@ -548,13 +588,13 @@ fn load_like_reports_the_first_mismatch_in_name_order() {
     let mut saved = Params::new();
     for (n, t) in model.iter() {
         match n {
-            "block0.ln.gain" => {}                               // missing
-            "head.bias" => saved.insert(n, Tensor::zeros(&[9])), // wrong shape
+            "block0.ln.gain" => {}                                        // missing
+            "head.bias" => saved.insert(n, Tensor::zeros(&[9]).unwrap()), // wrong shape
             _ => saved.insert(n, t.clone()),
         }
     }
-    saved.insert("zzz", Tensor::zeros(&[1])); // unexpected
-    saved.insert("aaa", Tensor::zeros(&[1])); // unexpected, and first of all
+    saved.insert("zzz", Tensor::zeros(&[1]).unwrap()); // unexpected
+    saved.insert("aaa", Tensor::zeros(&[1]).unwrap()); // unexpected, and first of all
     let bytes = encode_params(&saved, &[]).unwrap();
     let name_of = |saved: &Params<Tensor<f64>>| {
         params_mismatch(decode_params_like(

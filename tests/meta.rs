@@ -176,15 +176,10 @@ impl Rater<f64, TokBatch> for TokRater {
 
 /// Two layers, so checkpointed mode recomputes a layer inside a meta-gradient.
 fn tiny(causal: bool) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 7,
-        d_model: 8,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 16,
-        max_len: 5,
-        causal,
-    }
+    TransformerConfig::new(8, 2, 2, 5)
+        .with_vocab(7)
+        .with_d_ff(16)
+        .with_causal(causal)
 }
 
 // ---- the checks --------------------------------------------------------------------
@@ -719,6 +714,9 @@ fn rater_scores_that_are_not_one_per_example_are_a_shape_error() {
         };
         for mode in MODES {
             let check = |r: Result<MetaGradient<f64>>, path: &str| match r {
+                Err(Error::ShapeExpected { shape, .. }) => {
+                    assert_eq!(shape, got, "{mode} {path}");
+                }
                 Err(Error::Shape { lhs, rhs, .. }) => {
                     // Cut into slices of 2 by the weights' count (5), the batch's last
                     // slice holds 2 examples for 1 weight.

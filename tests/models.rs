@@ -56,15 +56,9 @@ fn tokens(rng: &mut Rng, b: usize, t: usize, vocab: usize) -> Indices {
 }
 
 fn small_cfg() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 11,
-        d_model: 8,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 16,
-        max_len: 6,
-        causal: true,
-    }
+    TransformerConfig::new(8, 2, 2, 6)
+        .with_vocab(11)
+        .with_d_ff(16)
 }
 
 fn mlp_problem(rng: &mut Rng) -> (MlpLoss, Params<Tensor<f64>>) {
@@ -154,11 +148,7 @@ fn transformer_lm_hvp_all_modes_agree() {
 #[test]
 fn bidirectional_scorer_hvp_all_modes_agree() {
     let mut rng = Rng::new(4);
-    let scorer = SequenceScorer::new(TransformerConfig {
-        causal: false,
-        ..small_cfg()
-    })
-    .unwrap();
+    let scorer = SequenceScorer::new(small_cfg()).unwrap();
     let p = scorer.init(&mut rng);
     let f = ScorerLoss {
         scorer,
@@ -209,10 +199,7 @@ fn bad_tokens_are_typed_errors() {
     ));
     let long = Indices::new(&[1, 7], vec![0; 7]).unwrap();
     assert!(lm.per_example_loss(&p, &long, &long).is_err());
-    let cfg = TransformerConfig {
-        n_heads: 3,
-        ..small_cfg()
-    };
+    let cfg = small_cfg().with_n_heads(3);
     assert!(matches!(
         CausalLm::new(cfg),
         Err(datarater::Error::Config {

@@ -890,6 +890,7 @@ fn forward_values() {
     assert_eq!(ms, vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
     let causal = Mask::causal(3);
     let sq = Tensor::<f64>::zeros(&[3, 3])
+        .unwrap()
         .masked_softmax(1, &causal)
         .to_vec();
     let third = 1.0 / 3.0;
@@ -1246,4 +1247,39 @@ fn large_permutes_match_a_reference_on_any_thread_count() {
             assert_eq!(got.to_vec(), want, "perm {perm:?}, {threads} threads");
         }
     }
+}
+
+/// `Tensor::randn` and `Tensor::uniform` draw from the given generator in row-major
+/// order, with the right moments and bounds.
+#[test]
+fn random_tensors_follow_the_generator_and_their_distribution() {
+    let mut rng = Rng::new(42);
+    let x = Tensor::<f64>::randn(&[100, 100], &mut rng).unwrap();
+    let mut same = Rng::new(42);
+    let by_hand: Vec<f64> = (0..10_000).map(|_| same.normal()).collect();
+    assert_eq!(x.to_vec(), by_hand);
+    assert_eq!(
+        rng.next_u64(),
+        same.next_u64(),
+        "the generator advanced once per element"
+    );
+    let n = x.len() as f64;
+    let mean = x.to_vec().iter().sum::<f64>() / n;
+    let var = x.to_vec().iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    assert!(
+        mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+        "{mean} {var}"
+    );
+
+    let u = Tensor::<f32>::uniform(&[10_000], -2.0, 3.0, &mut rng).unwrap();
+    let v = u.to_vec();
+    assert!(v.iter().all(|&y| (-2.0..3.0).contains(&y)));
+    let mean = v.iter().map(|&y| y as f64).sum::<f64>() / v.len() as f64;
+    assert!((mean - 0.5).abs() < 0.05, "{mean}");
+    assert_eq!(
+        Tensor::<f64>::uniform(&[3], 1.0, 1.0, &mut rng)
+            .unwrap()
+            .to_vec(),
+        vec![1.0; 3]
+    );
 }

@@ -4,7 +4,9 @@
 //! validation.
 
 use datarater::autodiff::check::{compare, fd_gradient};
-use datarater::optim::{Adam, Adjoint, DEFAULT_EPS_ROOT, Momentum, OptState, Optimizer, Sgd};
+use datarater::optim::{
+    self, Adam, Adjoint, DEFAULT_EPS_ROOT, Momentum, OptState, Optimizer, Sgd, taped_adjoint,
+};
 use datarater::transforms::{grad, value_and_grad};
 use datarater::{Error, Params, Rng, Tape, Tensor, Value, Var};
 use proptest::prelude::*;
@@ -72,7 +74,7 @@ fn pairing<V: Value<F = f64>>(theta2: &Params<V>, state2: &OptState<V>, tb: &P, 
     total
 }
 
-/// The VJP of `update` by reverse-mode autodiff on a `Tape<Tensor<f64>>`.
+/// The VJP of `update` by reverse-mode autodiff (the library's `taped_adjoint`).
 fn tape_vjp<O: Optimizer<f64>>(
     opt: &O,
     theta: &P,
@@ -81,42 +83,9 @@ fn tape_vjp<O: Optimizer<f64>>(
     tb: &P,
     sb: &[P],
 ) -> Adjoint<f64> {
-    let tape = Tape::new();
-    let tv = theta.map(|t| tape.var(t.clone()));
-    let sv = OptState {
-        step: state.step,
-        slots: state
-            .slots
-            .iter()
-            .map(|s| s.map(|t| tape.var(t.clone())))
-            .collect(),
-    };
-    let gv = g.map(|t| tape.var(t.clone()));
-    let (t2, s2) = opt.update(&tv, &sv, &gv);
-    assert_eq!(s2.step, state.step + 1);
-    let loss = pairing(&t2, &s2, tb, sb);
-    let wrt: Vec<&Var<Tensor<f64>>> = tv
-        .values()
-        .chain(sv.slots.iter().flat_map(|s| s.values()))
-        .chain(gv.values())
-        .collect();
-    let mut flat = tape
-        .backward(&loss, Tensor::scalar(1.0), &wrt)
-        .unwrap()
-        .into_iter();
-    let mut take = |like: &P| -> P {
-        like.names()
-            .map(|k| (k.to_string(), flat.next().unwrap()))
-            .collect()
-    };
-    let theta_bar = take(theta);
-    let state_bar = state.slots.iter().map(&mut take).collect();
-    let grad = take(g);
-    Adjoint {
-        theta: theta_bar,
-        state: state_bar,
-        grad,
-    }
+    let a = taped_adjoint(opt, theta, state, g, tb, sb).unwrap();
+    assert_eq!(a.state.len(), state.slots.len());
+    a
 }
 
 /// All inputs of one update in one group (`theta.*`, `s0.*`, `s1.*`, `g.*`).
@@ -188,7 +157,8 @@ fn groups(all: &P) -> std::collections::BTreeSet<&str> {
     all.names().map(|k| k.split('.').next().unwrap()).collect()
 }
 
-/// Checks `adjoint` against the tape VJP (and optionally finite differences).
+/// Checks `adjoint` against the tape VJP with the public `check_adjoint` (each group
+/// relative to its own scale), and optionally against finite differences.
 fn check_adjoint<O: Optimizer<f64>>(
     opt: &O,
     theta: &P,
@@ -198,18 +168,11 @@ fn check_adjoint<O: Optimizer<f64>>(
     fd_steps: Option<FdSteps>,
 ) {
     let (tb, sb) = cotangents(rng, state.slots.len());
-    let hand = pack_adjoint(&opt.adjoint(theta, state, g, &tb, &sb));
-    let tape = pack_adjoint(&tape_vjp(opt, theta, state, g, &tb, &sb));
-    // Group by group, so each is measured relative to its own scale.
-    for prefix in groups(&hand) {
-        let r = compare(&hand.scope(prefix), &tape.scope(prefix)).unwrap();
-        assert!(
-            r.rel < 1e-12,
-            "{prefix} vs tape at step {}: {r:?}",
-            state.step
-        );
-    }
+    let err = optim::check_adjoint(opt, theta, state, g, &tb, &sb, 1e-12)
+        .unwrap_or_else(|e| panic!("at step {}: {e}", state.step));
+    assert!(err < 1e-12);
     if let Some(fd_steps) = fd_steps {
+        let hand = pack_adjoint(&opt.adjoint(theta, state, g, &tb, &sb));
         let fd = fd_vjp(opt, theta, state, g, &tb, &sb, fd_steps);
         let r = compare(&hand, &fd).unwrap();
         assert!(
@@ -246,7 +209,7 @@ proptest! {
         beta in 0.0f64..0.99,
         nesterov in any::<bool>(),
     ) {
-        let opt = Momentum { lr, beta, nesterov };
+        let opt = if nesterov { Momentum::nesterov(lr, beta) } else { Momentum::new(lr, beta) };
         let mut rng = Rng::new(seed);
         let (theta, state) = run(&opt, &mut rng, steps);
         let g = normal_params(&mut rng, 1.0);
@@ -262,7 +225,7 @@ proptest! {
         beta2 in 0.9f64..0.9999,
         weight_decay in prop_oneof![Just(0.0), 1e-3f64..0.5],
     ) {
-        let opt = Adam { lr, beta1, beta2, weight_decay, ..Adam::new(lr) };
+        let opt = Adam::adamw(lr, weight_decay).with_betas(beta1, beta2);
         opt.validate().unwrap();
         let mut rng = Rng::new(seed);
         let (theta, state) = run(&opt, &mut rng, steps);
@@ -383,6 +346,114 @@ fn adjoint_handles_non_contiguous_tensors() {
     assert_eq!(got, reference);
 }
 
+// ---- check_adjoint catches a wrong adjoint ---------------------------------------------
+
+/// A downstream optimiser with a subtly wrong adjoint: heavy-ball momentum whose
+/// adjoint is right except for one slot or one parameter's gradient cotangent.
+#[derive(Clone)]
+struct Faulty {
+    inner: Momentum<f64>,
+    /// Which cotangent is wrong: the momentum slot (`true`) or `grad` of parameter `b`.
+    in_slot: bool,
+}
+
+impl Optimizer<f64> for Faulty {
+    fn init(&self, p: &P) -> OptState<Tensor<f64>> {
+        self.inner.init(p)
+    }
+    fn update<V: Value<F = f64>>(
+        &self,
+        theta: &Params<V>,
+        state: &OptState<V>,
+        g: &Params<V>,
+    ) -> (Params<V>, OptState<V>) {
+        self.inner.update(theta, state, g)
+    }
+    fn adjoint(
+        &self,
+        theta: &P,
+        state: &OptState<Tensor<f64>>,
+        g: &P,
+        theta_bar: &P,
+        state_bar: &[P],
+    ) -> Adjoint<f64> {
+        let mut a = self.inner.adjoint(theta, state, g, theta_bar, state_bar);
+        if self.in_slot {
+            // Forgets the decay of the buffer: buf_bar = b instead of beta * b.
+            a.state[0] = a.state[0].map(|t| t.map(|x| x / self.inner.beta));
+        } else {
+            // A one-part-in-a-million error in one tensor.
+            let b = a.grad["b"].map(|x| x * (1.0 + 1e-6));
+            a.grad.insert("b", b);
+        }
+        a
+    }
+}
+
+#[test]
+fn check_adjoint_names_the_slot_or_parameter_of_a_wrong_adjoint() {
+    let mut rng = Rng::new(4);
+    let good = Momentum::new(0.1, 0.9);
+    let (theta, state) = run(&good, &mut rng, 3);
+    let g = sparse_grad(&mut rng); // with exact zeros
+    let (tb, sb) = cotangents(&mut rng, 1);
+    let err = optim::check_adjoint(&good, &theta, &state, &g, &tb, &sb, 1e-12).unwrap();
+    assert!(err < 1e-12);
+    let reject = |opt: &Faulty| match optim::check_adjoint(opt, &theta, &state, &g, &tb, &sb, 1e-10)
+    {
+        Err(Error::Params { name, reason }) => {
+            assert!(reason.contains("relative error"), "{reason}");
+            name
+        }
+        r => panic!("a wrong adjoint passed: {r:?}"),
+    };
+    let slot = reject(&Faulty {
+        inner: good,
+        in_slot: true,
+    });
+    assert!(slot.starts_with("state[0]."), "{slot}");
+    let grad = reject(&Faulty {
+        inner: good,
+        in_slot: false,
+    });
+    assert!(grad.starts_with("grad.b["), "{grad}");
+    // The same wrong adjoint is within a loose enough tolerance, which is the point of
+    // reporting the error: 1e-6 relative.
+    let loose = optim::check_adjoint(
+        &Faulty {
+            inner: good,
+            in_slot: false,
+        },
+        &theta,
+        &state,
+        &g,
+        &tb,
+        &sb,
+        1e-5,
+    )
+    .unwrap();
+    assert!(loose > 1e-8 && loose < 1e-5, "{loose}");
+    // Inputs that do not fit are typed errors naming the group.
+    let mut short = g.clone();
+    short.insert("b", Tensor::zeros(&[4]).unwrap());
+    match optim::check_adjoint(&good, &theta, &state, &short, &tb, &sb, 1e-12) {
+        Err(Error::Params { name, .. }) => assert_eq!(name, "g.b"),
+        r => panic!("{r:?}"),
+    }
+    match optim::check_adjoint(
+        &good,
+        &theta,
+        &state,
+        &g,
+        &tb,
+        &[tb.clone(), tb.clone()],
+        1e-12,
+    ) {
+        Err(Error::Params { name, .. }) => assert_eq!(name, "state_bar"),
+        r => panic!("{r:?}"),
+    }
+}
+
 // ---- Adam at v = 0 ------------------------------------------------------------------
 
 /// A gradient with exact zeros in a fixed pattern (every third element) and normal
@@ -414,9 +485,9 @@ fn adam_adjoint_is_finite_at_zero_second_moment() {
             for p in [&adj.theta, &adj.grad, &adj.state[0], &adj.state[1]] {
                 assert_eq!(p.first_non_finite(), None, "at step {}", state.step);
             }
-            // Still the exact VJP of the update.
-            let t = tape_vjp(&opt, &th, &state, &g, &tb, &sb);
-            assert!(compare(&pack_adjoint(&adj), &pack_adjoint(&t)).unwrap().rel < 1e-12);
+            // Still the exact VJP of the update, at a gradient with exact zeros.
+            let err = optim::check_adjoint(&opt, &th, &state, &g, &tb, &sb, 1e-12).unwrap();
+            assert!(err < 1e-12);
             // At a zero-gradient coordinate with m = v = 0, g_bar is the first-order
             // sensitivity of a step that divides by sqrt(eps_root) + eps:
             // g_bar = (1 - b1) * (m_bar' - tb * lr * c1 / d) with d = 1e-6 + 1e-8.
@@ -441,10 +512,7 @@ fn adam_adjoint_is_finite_at_zero_second_moment() {
 fn adam_without_eps_root_has_a_nan_adjoint_at_zero_second_moment() {
     // The failure `eps_root` exists to prevent, shown on both the tape and the hand adjoint.
     let mut rng = Rng::new(5);
-    let opt = Adam {
-        eps_root: 0.0,
-        ..Adam::new(1e-3)
-    };
+    let opt = Adam::new(1e-3).with_eps_root(0.0);
     opt.validate().unwrap();
     let theta = normal_params(&mut rng, 1.0);
     let state = opt.init(&theta);
@@ -466,7 +534,7 @@ fn adam_adjoint_is_finite_in_f32_for_zero_and_tiny_gradients() {
     let mut theta = Params::new();
     theta.insert("w", Tensor::<f32>::from_vec(&[8], vec![0.5; 8]).unwrap());
     let g = theta.map(|_| Tensor::from_vec(&[8], vals.clone()).unwrap());
-    let ones = theta.map(|_| Tensor::full(&[8], 1.0f32));
+    let ones = theta.map(|_| Tensor::full(&[8], 1.0f32).unwrap());
     let mut state = opt.init(&theta);
     for _ in 0..5 {
         let adj = opt.adjoint(&theta, &state, &g, &ones, &[ones.clone(), ones.clone()]);
@@ -524,10 +592,10 @@ fn scalar_param(x: f64) -> P {
 fn momentum_update_matches_hand_computation() {
     let gs = [0.5, -1.0, 2.0, 0.25];
     for nesterov in [false, true] {
-        let opt = Momentum {
-            lr: 0.1,
-            beta: 0.9,
-            nesterov,
+        let opt = if nesterov {
+            Momentum::nesterov(0.1, 0.9)
+        } else {
+            Momentum::new(0.1, 0.9)
         };
         let mut theta = scalar_param(1.0);
         let mut state = opt.init(&theta);
@@ -585,13 +653,10 @@ fn adam_and_adamw_updates_match_hand_computation() {
     for opt in [
         Adam::new(0.05),
         Adam::adamw(0.05, 0.1),
-        Adam {
-            beta1: 0.5,
-            beta2: 0.9,
-            eps: 1e-3,
-            eps_root: 1e-4,
-            ..Adam::adamw(0.2, 0.01)
-        },
+        Adam::adamw(0.2, 0.01)
+            .with_betas(0.5, 0.9)
+            .with_eps(1e-3)
+            .with_eps_root(1e-4),
     ] {
         let mut theta = scalar_param(0.7);
         let mut state = opt.init(&theta);
@@ -639,14 +704,7 @@ fn validation_rejects_bad_hyper_parameters() {
     assert!(Momentum::nesterov(0.1, 0.0).validate().is_ok());
     assert!(Adam::new(1e-3).validate().is_ok());
     assert!(Adam::<f32>::adamw(1e-3, 0.1).validate().is_ok());
-    assert!(
-        Adam {
-            eps: 0.0,
-            ..Adam::new(1e-3)
-        }
-        .validate()
-        .is_ok()
-    );
+    assert!(Adam::new(1e-3).with_eps(0.0).validate().is_ok());
 
     for lr in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert_eq!(bad_field(Sgd::new(lr).validate()), "lr");
@@ -665,31 +723,13 @@ fn validation_rejects_bad_hyper_parameters() {
         assert_eq!(bad_field(Momentum::new(0.1, beta).validate()), "beta");
         assert_eq!(bad_field(Momentum::nesterov(0.1, beta).validate()), "beta");
         let a = Adam::new(1e-3);
-        assert_eq!(bad_field(Adam { beta1: beta, ..a }.validate()), "beta1");
-        assert_eq!(bad_field(Adam { beta2: beta, ..a }.validate()), "beta2");
+        assert_eq!(bad_field(a.with_betas(beta, a.beta2).validate()), "beta1");
+        assert_eq!(bad_field(a.with_betas(a.beta1, beta).validate()), "beta2");
     }
     let a = Adam::new(1e-3);
-    assert_eq!(bad_field(Adam { eps: -1e-8, ..a }.validate()), "eps");
-    assert_eq!(
-        bad_field(
-            Adam {
-                eps_root: -1e-12,
-                ..a
-            }
-            .validate()
-        ),
-        "eps_root"
-    );
-    assert_eq!(
-        bad_field(
-            Adam {
-                eps_root: f64::NAN,
-                ..a
-            }
-            .validate()
-        ),
-        "eps_root"
-    );
+    assert_eq!(bad_field(a.with_eps(-1e-8).validate()), "eps");
+    assert_eq!(bad_field(a.with_eps_root(-1e-12).validate()), "eps_root");
+    assert_eq!(bad_field(a.with_eps_root(f64::NAN).validate()), "eps_root");
     assert_eq!(
         bad_field(Adam::adamw(1e-3, -0.1).validate()),
         "weight_decay"
@@ -699,14 +739,7 @@ fn validation_rejects_bad_hyper_parameters() {
         "weight_decay"
     );
     assert_eq!(
-        bad_field(
-            Adam {
-                eps: 0.0,
-                eps_root: 0.0,
-                ..a
-            }
-            .validate()
-        ),
+        bad_field(a.with_eps(0.0).with_eps_root(0.0).validate()),
         "eps"
     );
 }
@@ -742,15 +775,15 @@ fn adam_builders_set_one_field_each() {
         .with_betas(0.8, 0.95)
         .with_eps(1e-6);
     assert_eq!(
-        opt,
-        Adam {
-            lr: 0.01,
-            beta1: 0.8,
-            beta2: 0.95,
-            eps: 1e-6,
-            eps_root: 1e-20,
-            weight_decay: 0.1,
-        }
+        (
+            opt.lr,
+            opt.beta1,
+            opt.beta2,
+            opt.eps,
+            opt.eps_root,
+            opt.weight_decay
+        ),
+        (0.01, 0.8, 0.95, 1e-6, 1e-20, 0.1)
     );
     assert_eq!(base.with_weight_decay(0.1), Adam::adamw(0.01, 0.1));
     assert_eq!(base.eps_root, DEFAULT_EPS_ROOT);

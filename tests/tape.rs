@@ -89,7 +89,7 @@ fn adds_only_tape_vs_exps_tape() {
 fn nested_tapes_count_tangents_and_inner_values() {
     // Var<Dual>: exp keeps its output, a dual with primal and tangent: two buffers.
     let tape = Tape::new();
-    let x = tape.var(Dual::new(ramp(N), Tensor::full(&[N], 1.0)));
+    let x = tape.var(Dual::new(ramp(N), Tensor::full(&[N], 1.0).unwrap()));
     let _ = x.exp();
     assert_eq!(tape.bytes(), 2 * N * F64);
     // A dual without a tangent keeps one.
@@ -140,7 +140,7 @@ fn fan_out_accumulates() {
     // Broadcast fan-out: a [3] vector added to every row of a [4, 3] matrix.
     let mut p2 = Params::new();
     p2.insert("b", Tensor::from_vec(&[3], vec![1.0, 2.0, 3.0]).unwrap());
-    let m = Tensor::<f64>::full(&[4, 3], 0.5);
+    let m = Tensor::<f64>::full(&[4, 3], 0.5).unwrap();
     let g = grad(
         |q: &Params<Var<Tensor<f64>>>| q["b"].add(&Var::constant(m.clone())).square().sum_all(),
         &p2,
@@ -149,7 +149,7 @@ fn fan_out_accumulates() {
     assert_eq!(g["b"].to_vec(), vec![12.0, 20.0, 28.0]);
 
     // The second derivative accumulates too: f = sum(x^2 * 50 terms) -> H = 100 I.
-    let v = p.map(|t| Tensor::full(t.shape(), 1.0));
+    let v = p.map(|t| Tensor::full(t.shape(), 1.0).unwrap());
     let f = |x: &Var<Dual<Tensor<f64>>>| {
         let mut s = Var::scalar(0.0);
         for _ in 0..50 {

@@ -20,15 +20,9 @@ use std::sync::Arc;
 const THREADS: [usize; 4] = [1, 2, 3, 8];
 
 fn cfg(causal: bool, d_model: usize, seq: usize) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model,
-        n_layers: 2,
-        n_heads: 4,
-        d_ff: 2 * d_model,
-        max_len: seq,
-        causal,
-    }
+    TransformerConfig::new(d_model, 2, 4, seq)
+        .with_d_ff(2 * d_model)
+        .with_causal(causal)
 }
 
 /// Runs `f` on a pool of `threads` threads.
@@ -133,14 +127,12 @@ fn meta_gradients_are_bitwise_equal_on_1_2_3_and_8_threads_f32() {
 fn a_trained_rater_and_its_scores_are_bitwise_equal_on_1_2_3_and_8_threads() {
     let t = text::<f32>();
     let meta = MetaAdam::default();
-    let config = TrainerConfig {
-        outer_steps: 2,
-        inner_steps: 2,
-        population: 3,
-        reset_every: 0,
-        mode: Mode::Mixed,
-        seed: 7,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(2)
+        .with_inner_steps(2)
+        .with_population(3)
+        .with_reset_every(0)
+        .with_seed(7);
     let probe: Vec<Vec<u8>> = Corpus::embedded().sequences(64).unwrap()[140..150].to_vec();
     let run = |threads| {
         on(threads, || {

@@ -18,15 +18,9 @@ use datarater::{Error, Params, Result, Rng, Tensor, Value};
 use std::sync::Arc;
 
 fn cfg(causal: bool) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 8,
-        n_layers: 1,
-        n_heads: 2,
-        d_ff: 16,
-        max_len: 12,
-        causal,
-    }
+    TransformerConfig::new(8, 1, 2, 12)
+        .with_d_ff(16)
+        .with_causal(causal)
 }
 
 /// The text setting's parts: inner LM, rater, training and held-out pools.
@@ -66,14 +60,13 @@ impl Text {
 }
 
 fn config(seed: u64) -> TrainerConfig {
-    TrainerConfig {
-        outer_steps: 4,
-        inner_steps: 2,
-        population: 3,
-        reset_every: 3,
-        mode: Mode::Mixed,
-        seed,
-    }
+    TrainerConfig::default()
+        .with_outer_steps(4)
+        .with_inner_steps(2)
+        .with_population(3)
+        .with_reset_every(3)
+        .with_mode(Mode::Mixed)
+        .with_seed(seed)
 }
 
 #[test]
@@ -81,18 +74,13 @@ fn new_rater_is_the_mean_of_the_per_model_updated_raters() {
     let t = text();
     // A stateful meta-optimiser with warm-up and clipping off, so that "mean of the
     // per-model Adam updates" and "one Adam update with the mean gradient" differ.
-    let meta = MetaAdam {
-        lr: 1e-2,
-        warmup_steps: 0,
-        clip_norm: 0.0,
-        weight_decay: 0.1,
-        ..MetaAdam::default()
-    };
+    let meta = MetaAdam::default()
+        .with_lr(1e-2)
+        .with_warmup_steps(0)
+        .with_clip_norm(0.0)
+        .with_weight_decay(0.1);
     // No resets: a reset draws a new initialisation from the model's stream first.
-    let config = TrainerConfig {
-        reset_every: 0,
-        ..config(1)
-    };
+    let config = config(1).with_reset_every(0);
     let trainer = Trainer::new(t.setup(&meta), config).unwrap();
     let mut state = trainer.init(None).unwrap();
     for _ in 0..3 {
@@ -157,11 +145,7 @@ fn new_rater_is_the_mean_of_the_per_model_updated_raters() {
 
 #[test]
 fn resets_are_staggered_and_re_initialise_parameters_and_optimiser_state() {
-    let c = TrainerConfig {
-        population: 4,
-        reset_every: 8,
-        ..config(0)
-    };
+    let c = config(0).with_population(4).with_reset_every(8);
     let offsets: Vec<usize> = (0..4).map(|i| c.reset_offset(i)).collect();
     assert_eq!(offsets, vec![0, 2, 4, 6]);
     for (i, offset) in offsets.iter().enumerate() {
@@ -275,13 +259,11 @@ fn a_non_finite_update_is_reported_and_the_last_good_rater_kept() {
 
 #[test]
 fn meta_adam_warms_up_clips_and_decays() {
-    let meta = MetaAdam {
-        lr: 0.1,
-        weight_decay: 0.5,
-        warmup_steps: 4,
-        clip_norm: 1.0,
-        ..MetaAdam::default()
-    };
+    let meta = MetaAdam::default()
+        .with_lr(0.1)
+        .with_weight_decay(0.5)
+        .with_warmup_steps(4)
+        .with_clip_norm(1.0);
     assert!((meta.lr_at(0) - 0.025).abs() < 1e-15);
     assert!((meta.lr_at(3) - 0.1).abs() < 1e-15);
     assert!((meta.lr_at(100) - 0.1).abs() < 1e-15);
@@ -305,18 +287,14 @@ fn meta_adam_warms_up_clips_and_decays() {
     // The clipped gradient, not the raw one, is in the moments.
     assert!((st.m["w"].to_vec()[0] - 0.1 * 0.6).abs() < 1e-12);
     assert!(matches!(
-        MetaAdam {
-            lr: -1.0,
-            ..meta.clone()
-        }
-        .validate(),
+        meta.clone().with_lr(-1.0).validate(),
         Err(Error::Config {
             field: "meta lr",
             ..
         })
     ));
     // A gradient for other parameters is an error, and the state is untouched.
-    let other = Params::from_iter([("v".to_string(), Tensor::zeros(&[2]))]);
+    let other = Params::from_iter([("v".to_string(), Tensor::zeros(&[2]).unwrap())]);
     let before = st.clone();
     assert!(matches!(
         meta.update(&eta, &other, &mut st, 1),
@@ -350,11 +328,7 @@ fn rater_round_trips_through_a_file_and_a_mismatched_one_is_refused() {
     let resumed = trainer.init(Some(loaded)).unwrap();
     assert_eq!(resumed.eta, state.eta);
     // A rater for another model config is refused, naming the first mismatch.
-    let wide = SequenceScorer::new(TransformerConfig {
-        d_model: 16,
-        ..cfg(false)
-    })
-    .unwrap();
+    let wide = SequenceScorer::new(cfg(false).with_d_model(16)).unwrap();
     let other: Params<Tensor<f64>> = wide.init(&mut Rng::new(0));
     match trainer.init(Some(other)) {
         Err(Error::Params { name, reason }) => {
@@ -369,10 +343,7 @@ fn rater_round_trips_through_a_file_and_a_mismatched_one_is_refused() {
 fn bad_settings_name_the_field() {
     let t = text();
     let meta = MetaAdam::default();
-    let bad = TrainerConfig {
-        population: 0,
-        ..config(0)
-    };
+    let bad = config(0).with_population(0);
     let field = |r: Result<_>| match r {
         Err(Error::Config { field, .. }) => field,
         Err(e) => panic!("expected a config error, got {e}"),
@@ -382,18 +353,12 @@ fn bad_settings_name_the_field() {
         field(Trainer::new(t.setup(&meta), bad).map(|_| ())),
         "population"
     );
-    let bad = TrainerConfig {
-        mode: Mode::Checkpointed {
-            snapshots: Snapshots::AtMost(5),
-        },
-        ..config(0)
-    };
+    let bad = config(0).with_mode(Mode::Checkpointed {
+        snapshots: Snapshots::AtMost(5),
+    });
     assert_eq!(field(Trainer::new(t.setup(&meta), bad).map(|_| ())), "mode");
     // The meta-optimiser and the inner optimiser are validated too.
-    let bad_meta = MetaAdam {
-        eps: 0.0,
-        ..MetaAdam::default()
-    };
+    let bad_meta = MetaAdam::default().with_eps(0.0);
     assert_eq!(
         field(Trainer::new(t.setup(&bad_meta), config(0)).map(|_| ())),
         "meta eps"
@@ -514,7 +479,7 @@ impl InnerLoop<f64> for Linear {
     type Batch = Xy;
     type Opt = Sgd<f64>;
     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1]))])
+        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1]).unwrap())])
     }
     fn optimizer(&self) -> &Sgd<f64> {
         &self.0
@@ -558,18 +523,17 @@ fn meta_training_learns_to_down_weight_corrupted_examples() {
         inner: &inner,
         rater: &PairRater,
         outer: &MeanLoss,
-        meta_opt: &MetaSgd { lr: 0.5 },
+        meta_opt: &MetaSgd::new(0.5),
         train: &train,
         held_out: &held_out,
     };
-    let config = TrainerConfig {
-        outer_steps: 120,
-        inner_steps: 3,
-        population: 2,
-        reset_every: 10,
-        mode: Mode::Mixed,
-        seed: 1,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(120)
+        .with_inner_steps(3)
+        .with_population(2)
+        .with_reset_every(10)
+        .with_mode(Mode::Mixed)
+        .with_seed(1);
     let trainer = Trainer::new(setup, config).unwrap();
     let mut state = trainer.init(None).unwrap();
     // Mean softmax weight (times the batch size) of clean and noisy examples.

@@ -179,12 +179,7 @@ fn main() {
         .expect("save the rater");
     };
     save(&cfg, "rater.safetensors");
-    let tiny = TransformerConfig {
-        d_model: 8,
-        n_heads: 1,
-        d_ff: 16,
-        ..cfg.clone()
-    };
+    let tiny = cfg.clone().with_d_model(8).with_n_heads(1).with_d_ff(16);
     save(&tiny, "tiny.safetensors");
     let threads = rayon::current_num_threads();
     println!(

@@ -487,15 +487,14 @@ impl TrainArgs {
     /// # Errors
     /// `--rater-width` so large that the MLP's width overflows.
     pub fn rater_config(&self) -> Result<TransformerConfig, CliError> {
-        Ok(TransformerConfig {
-            vocab: 256,
-            d_model: self.rater_width,
-            n_layers: self.rater_layers,
-            n_heads: self.rater_heads,
-            d_ff: widened(self.rater_width, 2, "--rater-width")?,
-            max_len: self.seq_len,
-            causal: false,
-        })
+        Ok(TransformerConfig::new(
+            self.rater_width,
+            self.rater_layers,
+            self.rater_heads,
+            self.seq_len,
+        )
+        .with_d_ff(widened(self.rater_width, 2, "--rater-width")?)
+        .with_causal(false))
     }
 
     /// The inner language model: a causal transformer reading `seq_len - 1` bytes, MLP 4x wide.
@@ -503,15 +502,13 @@ impl TrainArgs {
     /// # Errors
     /// `--lm-width` so large that the MLP's width overflows.
     pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
-        Ok(TransformerConfig {
-            vocab: 256,
-            d_model: self.lm_width,
-            n_layers: self.lm_layers,
-            n_heads: self.lm_heads,
-            d_ff: widened(self.lm_width, 4, "--lm-width")?,
-            max_len: self.seq_len.saturating_sub(1).max(1),
-            causal: true,
-        })
+        Ok(TransformerConfig::new(
+            self.lm_width,
+            self.lm_layers,
+            self.lm_heads,
+            self.seq_len.saturating_sub(1).max(1),
+        )
+        .with_d_ff(widened(self.lm_width, 4, "--lm-width")?))
     }
 }
 

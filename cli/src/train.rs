@@ -381,23 +381,20 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let rater = TextRater {
         scorer: scorer.clone(),
     };
-    let meta_opt = MetaAdam {
-        lr: a.meta_lr,
-        weight_decay: 0.01,
-        warmup_steps: 20,
-        clip_norm: 1.0,
-        ..MetaAdam::default()
-    };
+    let meta_opt = MetaAdam::default()
+        .with_lr(a.meta_lr)
+        .with_weight_decay(0.01)
+        .with_warmup_steps(20)
+        .with_clip_norm(1.0);
     let train_pool = TextPool::new(Arc::new(train_seqs), a.batch_size)?;
     let held_pool = TextPool::new(Arc::new(held_seqs), a.batch_size)?;
-    let config = TrainerConfig {
-        outer_steps: a.outer_steps,
-        inner_steps: a.inner_steps,
-        population: a.population,
-        reset_every: a.reset_every,
-        mode: Mode::Mixed,
-        seed: a.seed,
-    };
+    let config = TrainerConfig::default()
+        .with_outer_steps(a.outer_steps)
+        .with_inner_steps(a.inner_steps)
+        .with_population(a.population)
+        .with_reset_every(a.reset_every)
+        .with_mode(Mode::Mixed)
+        .with_seed(a.seed);
     let trainer = Trainer::new(
         Setup {
             inner: &inner,

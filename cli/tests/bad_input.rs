@@ -238,7 +238,7 @@ fn rater_file_that_is_not_safetensors_or_damaged_or_misshapen() {
     fails(&strs(&score_with(&cut)), &["cut.safetensors", "truncated"]);
     // A plain parameter file without the rater metadata.
     let mut plain = datarater::Params::new();
-    plain.insert("w", datarater::Tensor::<f32>::zeros(&[2]));
+    plain.insert("w", datarater::Tensor::<f32>::zeros(&[2]).unwrap());
     datarater::io::save_params(t.p("plain.safetensors"), &plain, &[]).unwrap();
     fails(&strs(&score_with(&t.p("plain.safetensors"))), &["checksum"]);
     // Tensors of another shape than the recorded config says.

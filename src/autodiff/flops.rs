@@ -11,11 +11,12 @@
 //! ```
 //! use datarater::autodiff::flops;
 //! use datarater::{Tensor, Value};
-//! let a = Tensor::<f32>::full(&[4, 3], 1.0);
-//! let b = Tensor::<f32>::full(&[3, 5], 1.0);
+//! let a = Tensor::<f32>::full(&[4, 3], 1.0)?;
+//! let b = Tensor::<f32>::full(&[3, 5], 1.0)?;
 //! let (_, work) = flops::count(|| a.matmul(&b).exp());
 //! assert_eq!(work.matmul, 2 * 4 * 5 * 3); // 2 m n k
 //! assert_eq!(work.other, 4 * 5);          // the exp's outputs
+//! # Ok::<(), datarater::Error>(())
 //! ```
 //!
 //! The counters are global: concurrent work elsewhere in the process is counted too.
@@ -162,8 +163,8 @@ pub fn gemm_peak<F: Float>(shapes: &[(GemmShape, u64)], min_secs: f64) -> GemmPe
             let op = MatMul { ta: s.ta, tb: s.tb };
             (
                 op,
-                Tensor::full(&a, F::c(0.5)),
-                Tensor::full(&b, F::c(0.25)),
+                Tensor::filled(&a, F::c(0.5)),
+                Tensor::filled(&b, F::c(0.25)),
                 c,
             )
         })

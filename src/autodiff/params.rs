@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 /// ```
 /// use datarater::{Params, Tensor};
 /// let mut p = Params::new();
-/// p.insert("w", Tensor::<f64>::zeros(&[2, 3]));
+/// p.insert("w", Tensor::<f64>::zeros(&[2, 3]).unwrap());
 /// assert_eq!(p["w"].shape(), &[2, 3]);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -153,7 +153,7 @@ impl<V: Value> Params<V> {
 impl<F: Float> Params<Tensor<F>> {
     /// Zeros with the same names and shapes.
     pub fn zeros_like(&self) -> Self {
-        self.map(|t| Tensor::zeros(t.shape()))
+        self.map(|t| Tensor::filled(t.shape(), F::zero()))
     }
     /// `sum_k <self_k, other_k>` (names must match).
     pub fn dot(&self, other: &Self) -> Result<F> {

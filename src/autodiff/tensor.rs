@@ -4,6 +4,7 @@ use super::float::Float;
 use super::ops::linalg::MatMul;
 use super::value::{Op, Value};
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 /// A concrete n-dimensional array. Cloning is cheap (the buffer is reference counted),
@@ -52,13 +53,136 @@ impl<F: Float> Tensor<F> {
     }
 
     /// All zeros.
-    pub fn zeros(shape: &[usize]) -> Self {
-        Self::from_array(ArrayD::zeros(IxDyn(shape)))
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// let t = Tensor::<f32>::zeros(&[2, 3])?;
+    /// assert_eq!(t.to_vec(), vec![0.0; 6]);
+    /// assert!(Tensor::<f32>::zeros(&[1 << 40, 1 << 40]).is_err());
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeExpected`] if a buffer of that shape could not exist (its byte size
+    /// overflows `isize`); see [`Tensor::full`].
+    pub fn zeros(shape: &[usize]) -> Result<Self> {
+        Self::full_checked("Tensor::zeros", shape, F::zero())
     }
 
     /// All `x`.
-    pub fn full(shape: &[usize], x: F) -> Self {
+    ///
+    /// ```
+    /// use datarater::Tensor;
+    /// assert_eq!(Tensor::<f64>::full(&[2], 0.5)?.to_vec(), vec![0.5, 0.5]);
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeExpected`] if the element count, or the product of the non-zero
+    /// axis lengths (what ndarray indexes with, even for an empty tensor), times the
+    /// element size does not fit in `isize`.
+    pub fn full(shape: &[usize], x: F) -> Result<Self> {
+        Self::full_checked("Tensor::full", shape, x)
+    }
+
+    /// Independent standard normal draws (mean 0, standard deviation 1) from `rng`, in
+    /// row-major order: the same seed gives the same tensor.
+    ///
+    /// ```
+    /// use datarater::{Rng, Tensor};
+    /// let w = Tensor::<f32>::randn(&[64, 32], &mut Rng::new(7))?;
+    /// assert_eq!(w.shape(), &[64, 32]);
+    /// assert_eq!(w, Tensor::randn(&[64, 32], &mut Rng::new(7))?); // reproducible
+    /// let mean = w.to_vec().iter().sum::<f32>() / w.len() as f32;
+    /// assert!(mean.abs() < 0.1);
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Tensor::full`].
+    pub fn randn(shape: &[usize], rng: &mut Rng) -> Result<Self> {
+        Self::from_draws("Tensor::randn", shape, || rng.normal())
+    }
+
+    /// Independent draws uniform in `[lo, hi)` from `rng`, in row-major order (all `lo`
+    /// when `lo == hi`).
+    ///
+    /// ```
+    /// use datarater::{Rng, Tensor};
+    /// let x = Tensor::<f64>::uniform(&[100], -1.0, 1.0, &mut Rng::new(0))?;
+    /// assert!(x.to_vec().iter().all(|&v| (-1.0..1.0).contains(&v)));
+    /// assert!(Tensor::<f64>::uniform(&[2], 1.0, 0.0, &mut Rng::new(0)).is_err());
+    /// # Ok::<(), datarater::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`hi`) unless `lo` and `hi` are finite with `lo <= hi`; as
+    /// [`Tensor::full`] for the shape.
+    pub fn uniform(shape: &[usize], lo: F, hi: F, rng: &mut Rng) -> Result<Self> {
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Err(Error::Config {
+                field: "hi",
+                reason: format!("Tensor::uniform needs finite bounds lo <= hi, got [{lo}, {hi})"),
+            });
+        }
+        let (lo_f, width) = (lo.f64(), hi.f64() - lo.f64());
+        // Redraw the rare value that rounds up to `hi` (in f64 or in `F`).
+        Self::from_draws("Tensor::uniform", shape, || {
+            loop {
+                let y = lo_f + width * rng.uniform();
+                if F::c(y) < hi || lo == hi {
+                    return y;
+                }
+            }
+        })
+    }
+
+    /// A tensor of `shape` filled by `draw`, one call per element in row-major order.
+    pub(crate) fn from_draws(
+        op: &'static str,
+        shape: &[usize],
+        mut draw: impl FnMut() -> f64,
+    ) -> Result<Self> {
+        let n = Self::checked_len(op, shape)?;
+        let data = (0..n).map(|_| F::c(draw())).collect();
+        Ok(Self::from_array(
+            ArrayD::from_shape_vec(IxDyn(shape), data).expect("size checked"),
+        ))
+    }
+
+    fn full_checked(op: &'static str, shape: &[usize], x: F) -> Result<Self> {
+        Self::checked_len(op, shape)?;
+        Ok(Self::filled(shape, x))
+    }
+
+    /// All `x`, for a shape known to be valid because an existing tensor has it.
+    ///
+    /// # Panics
+    /// If the shape is too large (see [`Tensor::full`]); never for an existing
+    /// tensor's shape.
+    pub(crate) fn filled(shape: &[usize], x: F) -> Self {
         Self::from_array(ArrayD::from_elem(IxDyn(shape), x))
+    }
+
+    /// The element count of `shape`, if a buffer of `F` of that shape can exist:
+    /// ndarray needs the product of the non-zero axis lengths to fit in `isize`, and
+    /// the allocator the byte size.
+    fn checked_len(op: &'static str, shape: &[usize]) -> Result<usize> {
+        let bytes = shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(std::mem::size_of::<F>(), |a, &d| a.checked_mul(d));
+        match bytes {
+            Some(b) if b <= isize::MAX as usize => Ok(shape.iter().product()),
+            _ => Err(Error::ShapeExpected {
+                op,
+                shape: shape.to_vec(),
+                expected: format!(
+                    "a shape whose byte size ({} bytes per element) fits in isize",
+                    std::mem::size_of::<F>()
+                ),
+            }),
+        }
     }
 
     /// The shape.

@@ -50,7 +50,7 @@ impl<V: Value> Output<Dual<V>> for Result<Dual<V>> {
 }
 
 fn ones_like<V: Value>(shape: &[usize]) -> V {
-    V::constant(Tensor::full(shape, <V::F as num_traits::One>::one()))
+    V::constant(Tensor::filled(shape, <V::F as num_traits::One>::one()))
 }
 
 fn scalar_check(op: &'static str, shape: &[usize]) -> Result<()> {

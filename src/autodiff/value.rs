@@ -205,7 +205,7 @@ pub trait Value: Clone + 'static {
     }
     /// A constant of zeros with this shape.
     fn zeros_like(&self) -> Self {
-        Self::constant(Tensor::zeros(&self.shape()))
+        Self::constant(Tensor::filled(&self.shape(), num_traits::Zero::zero()))
     }
     /// A constant scalar.
     fn scalar(x: Self::F) -> Self {

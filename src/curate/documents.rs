@@ -86,9 +86,7 @@ pub struct DocumentScore {
 /// use datarater::Rng;
 /// use datarater::curate::documents::{Aggregate, DocumentScorer};
 /// use datarater::nn::{SequenceScorer, TransformerConfig};
-/// let scorer = SequenceScorer::new(TransformerConfig {
-///     vocab: 256, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 4, causal: false,
-/// })?;
+/// let scorer = SequenceScorer::new(TransformerConfig::new(8, 1, 2, 4).with_d_ff(16))?;
 /// let eta = scorer.init::<f32>(&mut Rng::new(0));
 /// let ds = DocumentScorer::new(&scorer, &eta, 4, Aggregate::Mean, 16)?;
 /// let out = ds.score(&[&b"hello world"[..], b"hi"])?;

@@ -19,9 +19,7 @@
 //! use datarater::Rng;
 //! use datarater::curate::rater_file::RaterFile;
 //! use datarater::nn::{SequenceScorer, TransformerConfig};
-//! let scorer = SequenceScorer::new(TransformerConfig {
-//!     vocab: 256, d_model: 8, n_layers: 1, n_heads: 2, d_ff: 16, max_len: 16, causal: false,
-//! })?;
+//! let scorer = SequenceScorer::new(TransformerConfig::new(8, 1, 2, 16).with_d_ff(16))?;
 //! let file = RaterFile {
 //!     eta: scorer.init::<f32>(&mut Rng::new(0)),
 //!     scorer,
@@ -40,7 +38,9 @@
 use super::documents::{Aggregate, DocumentScorer};
 use crate::autodiff::{Float, Params, Tensor};
 use crate::error::{Error, Result};
-use crate::io::{DtypePolicy, Metadata, decode_checked, encode_checked, write_atomic};
+use crate::io::{
+    DtypePolicy, Metadata, canonical_json, decode_checked, encode_checked, write_atomic,
+};
 use crate::nn::{SequenceScorer, TransformerConfig};
 use crate::rng::Rng;
 use serde_json::{Value as Json, json};
@@ -136,9 +136,9 @@ impl<F: Float> RaterFile<F> {
     /// [`Error::Params`] if `eta` does not fit the scorer.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         check_params(&self.scorer, &self.eta)?;
-        let cfg = config_to_json(&self.scorer.cfg).to_string();
+        let cfg = canonical_json(&config_to_json(&self.scorer.cfg));
         let seq_len = self.seq_len.to_string();
-        let training = self.training.to_string();
+        let training = canonical_json(&self.training);
         encode_checked(
             &self.eta,
             &[

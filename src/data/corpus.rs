@@ -21,8 +21,10 @@ pub struct Corpus {
     bytes: Vec<u8>,
 }
 
-/// How to cut a corpus into sequences and split them.
+/// How to cut a corpus into sequences and split them. Build it from [`Default`] with the
+/// `with_*` methods.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SplitConfig {
     /// Bytes per sequence (non-overlapping windows; the tail shorter than this is dropped).
     pub seq_len: usize,
@@ -40,6 +42,13 @@ impl Default for SplitConfig {
         }
     }
 }
+
+with_fields!(SplitConfig {
+    /// Sets [`seq_len`](SplitConfig::seq_len).
+    with_seq_len => seq_len: usize,
+    /// Sets [`held_out_fraction`](SplitConfig::held_out_fraction).
+    with_held_out_fraction => held_out_fraction: f64,
+});
 
 /// Disjoint train and held-out sequences of one corpus.
 ///
@@ -148,7 +157,7 @@ impl Corpus {
     /// ```
     /// use datarater::{Rng, data::{Corpus, SplitConfig}};
     /// let c = Corpus::from_bytes(vec![7u8; 1000]);
-    /// let s = c.split(&SplitConfig { seq_len: 100, held_out_fraction: 0.2 }, &mut Rng::new(3))?;
+    /// let s = c.split(&SplitConfig::default().with_seq_len(100).with_held_out_fraction(0.2), &mut Rng::new(3))?;
     /// assert_eq!((s.train.len(), s.held_out.len()), (8, 2));
     /// # Ok::<(), datarater::Error>(())
     /// ```

@@ -16,7 +16,7 @@
 //! use datarater::data::{Batch, Corpus, SplitConfig, corrupted_pool, default_mix};
 //!
 //! let corpus = Corpus::embedded();
-//! let split = corpus.split(&SplitConfig { seq_len: 64, held_out_fraction: 0.1 }, &mut Rng::new(0))?;
+//! let split = corpus.split(&SplitConfig::default().with_seq_len(64), &mut Rng::new(0))?;
 //! let pool = corrupted_pool(&split.train, &default_mix(), &mut Rng::new(1))?;
 //! assert_eq!(pool.len(), split.train.len());
 //! let batch = Batch::from_sequences(&pool[..8])?;

@@ -220,7 +220,7 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
 ///     type Batch = Tensor<f64>;
 ///     type Opt = Sgd<f64>;
 ///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-///         Params::from_iter([("m".to_string(), Tensor::zeros(&[1]))])
+///         Params::from_iter([("m".to_string(), Tensor::zeros(&[1]).unwrap())])
 ///     }
 ///     fn optimizer(&self) -> &Sgd<f64> {
 ///         &self.0
@@ -233,7 +233,7 @@ fn finite_scalar<F: Float>(x: F, step: usize, quantity: &str) -> Result<()> {
 /// struct Linear;
 /// impl Rater<f64, Tensor<f64>> for Linear {
 ///     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-///         Params::from_iter([("a".to_string(), Tensor::zeros(&[1]))])
+///         Params::from_iter([("a".to_string(), Tensor::zeros(&[1]).unwrap())])
 ///     }
 ///     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, x: &Tensor<f64>) -> Result<V> {
 ///         Ok(V::constant(x.clone()).mul(&eta["a"]))
@@ -1173,7 +1173,7 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
     ledger.after(Kind::Outer, base, peak - base, n)?;
     ledger.hold(peak - base);
     let wrt: Vec<&Var<Tensor<F>>> = eta_v.values().collect();
-    let seed = Tensor::full(&j.shape(), F::one());
+    let seed = Tensor::filled(&j.shape(), F::one());
     // The backward sweep stops itself before its cotangents pass what is left.
     let limit = req.memory_budget;
     let (grads, cot_bytes) = tape

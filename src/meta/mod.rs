@@ -267,10 +267,10 @@ where
 fn softmax_weights<V: Value>(scores: V) -> Result<V> {
     let shape = scores.shape();
     if shape.len() != 1 || shape[0] == 0 {
-        return Err(Error::Shape {
-            op: "rater scores (expected [batch])",
-            lhs: shape,
-            rhs: vec![],
+        return Err(Error::ShapeExpected {
+            op: "rater scores",
+            shape,
+            expected: "[batch] with batch > 0 (one score per example)".into(),
         });
     }
     Ok(scores.softmax(0))

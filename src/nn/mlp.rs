@@ -35,7 +35,7 @@ impl Activation {
 /// use datarater::{Rng, Tensor};
 /// let mlp = Mlp::new(&[3, 8, 1], Activation::Tanh).unwrap();
 /// let p = mlp.init::<f64>(&mut Rng::new(0));
-/// let y = mlp.forward(&p, &Tensor::zeros(&[5, 3])).unwrap();
+/// let y = mlp.forward(&p, &Tensor::zeros(&[5, 3]).unwrap()).unwrap();
 /// assert_eq!(y.shape(), &[5, 1]);
 /// ```
 #[derive(Clone, Debug, PartialEq)]

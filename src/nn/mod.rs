@@ -27,11 +27,13 @@ pub fn layer_norm<V: Value>(x: &V, g: &V, b: &V, eps: V::F) -> V {
     x.layer_norm(eps).mul(g).add(b)
 }
 
-/// A tensor of independent normal draws with standard deviation `std`.
+/// A tensor of independent normal draws with standard deviation `std` (for a
+/// model's parameters; [`Tensor::randn`] is the checked form for standard normals).
+///
+/// # Panics
+/// If the shape is too large to allocate (a model config bug).
 pub fn normal<F: Float>(rng: &mut Rng, shape: &[usize], std: f64) -> Tensor<F> {
-    let n = shape.iter().product();
-    let data = (0..n).map(|_| F::c(rng.normal() * std)).collect();
-    Tensor::from_vec(shape, data).expect("length matches shape")
+    Tensor::from_draws("nn::normal", shape, || rng.normal() * std).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub(crate) fn insert_linear<F: Float>(
@@ -43,10 +45,10 @@ pub(crate) fn insert_linear<F: Float>(
     std: f64,
 ) {
     p.insert(format!("{name}.w"), normal(rng, &[d_in, d_out], std));
-    p.insert(format!("{name}.b"), Tensor::zeros(&[d_out]));
+    p.insert(format!("{name}.b"), Tensor::filled(&[d_out], F::zero()));
 }
 
 pub(crate) fn insert_layer_norm<F: Float>(p: &mut Params<Tensor<F>>, name: &str, d: usize) {
-    p.insert(format!("{name}.g"), Tensor::full(&[d], F::one()));
-    p.insert(format!("{name}.b"), Tensor::zeros(&[d]));
+    p.insert(format!("{name}.g"), Tensor::filled(&[d], F::one()));
+    p.insert(format!("{name}.b"), Tensor::filled(&[d], F::zero()));
 }

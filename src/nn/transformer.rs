@@ -8,8 +8,19 @@ use crate::autodiff::{Block, Float, Indices, Mask, Params, Tensor, Value};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-/// Shape of a transformer.
+/// Shape of a transformer. Build it with [`TransformerConfig::new`] and the `with_*`
+/// methods:
+///
+/// ```
+/// use datarater::nn::{SequenceScorer, TransformerConfig};
+/// let lm = TransformerConfig::new(32, 2, 2, 64); // d_model, n_layers, n_heads, max_len
+/// assert_eq!((lm.vocab, lm.d_ff, lm.causal), (256, 128, true));
+/// let rater = SequenceScorer::new(TransformerConfig::new(32, 1, 2, 64).with_d_ff(64))?;
+/// assert!(!rater.cfg.causal);
+/// # Ok::<(), datarater::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TransformerConfig {
     /// Vocabulary size (256 for bytes).
     pub vocab: usize,
@@ -27,7 +38,39 @@ pub struct TransformerConfig {
     pub causal: bool,
 }
 
+with_fields!(TransformerConfig {
+    /// Sets [`vocab`](TransformerConfig::vocab).
+    with_vocab => vocab: usize,
+    /// Sets [`d_model`](TransformerConfig::d_model) (leaves `d_ff` as it is).
+    with_d_model => d_model: usize,
+    /// Sets [`n_layers`](TransformerConfig::n_layers).
+    with_n_layers => n_layers: usize,
+    /// Sets [`n_heads`](TransformerConfig::n_heads).
+    with_n_heads => n_heads: usize,
+    /// Sets [`d_ff`](TransformerConfig::d_ff).
+    with_d_ff => d_ff: usize,
+    /// Sets [`max_len`](TransformerConfig::max_len).
+    with_max_len => max_len: usize,
+    /// Sets [`causal`](TransformerConfig::causal).
+    with_causal => causal: bool,
+});
+
 impl TransformerConfig {
+    /// A byte-level (`vocab` 256) causal transformer with the usual MLP width
+    /// `d_ff = 4 d_model` (checked by [`validate`](Self::validate)). [`CausalLm::new`]
+    /// and [`SequenceScorer::new`] set `causal` themselves.
+    pub fn new(d_model: usize, n_layers: usize, n_heads: usize, max_len: usize) -> Self {
+        TransformerConfig {
+            vocab: 256,
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff: d_model.saturating_mul(4),
+            max_len,
+            causal: true,
+        }
+    }
+
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         let positive = [

@@ -38,6 +38,7 @@ pub const DEFAULT_EPS_ROOT: f64 = 1e-12;
 /// assert!((w[0] - 0.99).abs() < 1e-8 && (w[1] - 1.01).abs() < 1e-8);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Adam<F> {
     /// Learning rate (finite, `> 0`).
     pub lr: F,

@@ -37,6 +37,7 @@
 //! adjoint is NaN wherever `v_hat = 0`.
 
 mod adam;
+mod check;
 mod momentum;
 mod sgd;
 
@@ -69,6 +70,39 @@ pub struct Adjoint<F: Float> {
 /// All parameter groups passed to one call (`theta`, every slot, `g`, and the
 /// cotangents) must have the same names and shapes; a mismatch is a bug in the calling
 /// code and panics, naming the tensor.
+///
+/// # Rules for an implementation
+///
+/// * [`update`](Optimizer::update) must be a **pure function** of `self`, `theta`,
+///   `state` and `g`: no interior mutability, no randomness, no clock. The engines call
+///   it again on the same inputs and rely on getting the same bits: mixed mode replays
+///   it on stored gradients to recover states it did not keep, checkpointed mode
+///   recomputes inner steps from snapshots, and unrolled mode records it on a tape.
+///   Anything an update needs to remember goes into [`OptState`].
+/// * [`adjoint`](Optimizer::adjoint) must be the exact VJP of `update`. Only unrolled
+///   mode differentiates `update` itself; mixed and checkpointed modes (the ones that
+///   save memory) call `adjoint`, so a wrong adjoint gives a silently wrong
+///   meta-gradient. Test it with [`check_adjoint`], which compares it with the VJP of
+///   the taped `update` ([`taped_adjoint`]) in `f64`, at several states and with
+///   gradients that have exact zeros:
+///
+/// ```
+/// use datarater::optim::{Momentum, Optimizer, check_adjoint};
+/// use datarater::{Params, Rng, Tensor};
+/// let mut rng = Rng::new(1);
+/// let mut draw = || -> datarater::Result<Params<Tensor<f64>>> {
+///     Ok(Params::from_iter([("w".to_string(), Tensor::randn(&[4], &mut rng)?)]))
+/// };
+/// let opt = Momentum::nesterov(0.1, 0.9);
+/// let (mut theta, mut state) = (draw()?, opt.init(&draw()?));
+/// for _ in 0..3 {
+///     let (g, theta_bar, buf_bar) = (draw()?, draw()?, draw()?);
+///     let err = check_adjoint(&opt, &theta, &state, &g, &theta_bar, &[buf_bar], 1e-12)?;
+///     assert!(err <= 1e-12);
+///     (theta, state) = opt.update(&theta, &state, &g);
+/// }
+/// # Ok::<(), datarater::Error>(())
+/// ```
 pub trait Optimizer<F: Float>: Clone + Send + Sync {
     /// Fresh state for `params`.
     fn init(&self, params: &Params<Tensor<F>>) -> OptState<Tensor<F>>;
@@ -214,5 +248,6 @@ pub(crate) fn elementwise<F: Float, const I: usize, const O: usize>(
 }
 
 pub use adam::{Adam, DEFAULT_EPS_ROOT};
+pub use check::{check_adjoint, taped_adjoint};
 pub use momentum::Momentum;
 pub use sgd::Sgd;

@@ -33,6 +33,7 @@ use crate::error::Result;
 /// assert!((p2["w"].item() + 0.25).abs() < 1e-15);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Momentum<F> {
     /// Learning rate (finite, `> 0`).
     pub lr: F,

@@ -23,6 +23,7 @@ use crate::error::Result;
 /// assert_eq!(s2.step, 1);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Sgd<F> {
     /// Learning rate (finite, `> 0`).
     pub lr: F,

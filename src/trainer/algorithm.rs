@@ -15,8 +15,16 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::time::Instant;
 
-/// Settings of Algorithm 1.
+/// Settings of Algorithm 1. Build it from [`Default`] with the `with_*` methods:
+///
+/// ```
+/// use datarater::trainer::TrainerConfig;
+/// let config = TrainerConfig::default().with_outer_steps(300).with_population(4);
+/// assert_eq!((config.outer_steps, config.inner_steps), (300, 2));
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TrainerConfig {
     /// Outer (meta) steps `K`.
     pub outer_steps: usize,
@@ -45,6 +53,21 @@ impl Default for TrainerConfig {
         }
     }
 }
+
+with_fields!(TrainerConfig {
+    /// Sets [`outer_steps`](TrainerConfig::outer_steps) (`K`).
+    with_outer_steps => outer_steps: usize,
+    /// Sets [`inner_steps`](TrainerConfig::inner_steps) (`T`).
+    with_inner_steps => inner_steps: usize,
+    /// Sets [`population`](TrainerConfig::population) (`N`).
+    with_population => population: usize,
+    /// Sets [`reset_every`](TrainerConfig::reset_every).
+    with_reset_every => reset_every: usize,
+    /// Sets [`mode`](TrainerConfig::mode).
+    with_mode => mode: Mode,
+    /// Sets [`seed`](TrainerConfig::seed).
+    with_seed => seed: u64,
+});
 
 impl TrainerConfig {
     /// Checks every field, naming the first bad one.
@@ -219,8 +242,8 @@ pub struct Advanced<F: Float, M> {
 pub struct Trainer<'a, F: Float, I: InnerLoop<F>, R, O, M> {
     /// The parts.
     pub setup: Setup<'a, I::Batch, I, R, O, M>,
-    /// Settings.
-    pub config: TrainerConfig,
+    /// Settings, validated by [`Trainer::new`] (read them with [`Trainer::config`]).
+    config: TrainerConfig,
     precision: PhantomData<fn() -> F>,
 }
 
@@ -245,6 +268,12 @@ where
             config,
             precision: PhantomData,
         })
+    }
+
+    /// The settings this trainer was built with (read-only: they were validated by
+    /// [`Trainer::new`]).
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
     }
 
     /// Fresh state from the seed: a new rater (or `eta`, to continue from saved

@@ -7,8 +7,17 @@ use crate::meta::MetaOptimizer;
 use ndarray::Zip;
 
 /// Adam on the rater's parameters with decoupled weight decay, linear learning-rate
-/// warm-up and global-norm gradient clipping.
+/// warm-up and global-norm gradient clipping. Build it from [`Default`] with the
+/// `with_*` methods:
+///
+/// ```
+/// use datarater::trainer::MetaAdam;
+/// let opt = MetaAdam::default().with_lr(1e-3).with_warmup_steps(0);
+/// assert_eq!((opt.lr, opt.clip_norm), (1e-3, 1.0));
+/// assert!(opt.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MetaAdam {
     /// Peak learning rate.
     pub lr: f64,
@@ -39,6 +48,23 @@ impl Default for MetaAdam {
         }
     }
 }
+
+with_fields!(MetaAdam {
+    /// Sets the peak learning rate [`lr`](MetaAdam::lr).
+    with_lr => lr: f64,
+    /// Sets [`beta1`](MetaAdam::beta1).
+    with_beta1 => beta1: f64,
+    /// Sets [`beta2`](MetaAdam::beta2).
+    with_beta2 => beta2: f64,
+    /// Sets [`eps`](MetaAdam::eps).
+    with_eps => eps: f64,
+    /// Sets [`weight_decay`](MetaAdam::weight_decay).
+    with_weight_decay => weight_decay: f64,
+    /// Sets [`warmup_steps`](MetaAdam::warmup_steps).
+    with_warmup_steps => warmup_steps: usize,
+    /// Sets [`clip_norm`](MetaAdam::clip_norm) (`0` = off).
+    with_clip_norm => clip_norm: f64,
+});
 
 /// Per-model state of [`MetaAdam`].
 #[derive(Clone, Debug, PartialEq)]
@@ -160,9 +186,18 @@ impl<F: Float> MetaOptimizer<F> for MetaAdam {
 /// Plain gradient descent on the rater, `eta <- eta - lr * g`: a stateless
 /// meta-optimiser, for experiments and tests.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MetaSgd {
     /// Learning rate (finite, `> 0`).
     pub lr: f64,
+}
+
+impl MetaSgd {
+    /// Gradient descent with learning rate `lr` (checked by
+    /// [`MetaOptimizer::validate`]).
+    pub fn new(lr: f64) -> Self {
+        MetaSgd { lr }
+    }
 }
 
 impl<F: Float> MetaOptimizer<F> for MetaSgd {

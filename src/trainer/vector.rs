@@ -54,8 +54,9 @@ impl<F: Float> VectorBatch<F> {
 /// use datarater::{Rng, Tensor};
 /// let rater = MlpRater::new(3, 1, 16).unwrap();
 /// let eta = Rater::<f64, _>::init(&rater, &mut Rng::new(0));
-/// let b = VectorBatch::new(Tensor::zeros(&[5, 3]), Tensor::zeros(&[5, 1])).unwrap();
+/// let b = VectorBatch::new(Tensor::zeros(&[5, 3])?, Tensor::zeros(&[5, 1])?)?;
 /// assert_eq!(rater.scores(&eta, &b).unwrap().shape(), &[5]);
+/// # Ok::<(), datarater::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlpRater {

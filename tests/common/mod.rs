@@ -8,15 +8,9 @@ use datarater::trainer::{TextLm, TextPool, TextRater};
 use std::sync::Arc;
 
 fn cfg(causal: bool) -> TransformerConfig {
-    TransformerConfig {
-        vocab: 256,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 32,
-        max_len: 16,
-        causal,
-    }
+    TransformerConfig::new(16, 2, 2, 16)
+        .with_d_ff(32)
+        .with_causal(causal)
 }
 
 /// A pool of 64 shipped 16-byte sequences drawn `batch` at a time, a 2-layer byte LM

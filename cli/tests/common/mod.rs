@@ -93,16 +93,8 @@ pub fn write_jsonl(path: &Path, docs: &[String]) {
 
 /// A rater file for a small untrained rater (seeded), sequence length [`SEQ_LEN`].
 pub fn write_rater(path: &Path, seed: u64) {
-    let scorer = SequenceScorer::new(TransformerConfig {
-        vocab: 256,
-        d_model: 16,
-        n_layers: 1,
-        n_heads: 2,
-        d_ff: 32,
-        max_len: SEQ_LEN,
-        causal: false,
-    })
-    .unwrap();
+    let scorer =
+        SequenceScorer::new(TransformerConfig::new(16, 1, 2, SEQ_LEN).with_d_ff(32)).unwrap();
     RaterFile {
         eta: scorer.init::<f32>(&mut Rng::new(seed)),
         scorer,

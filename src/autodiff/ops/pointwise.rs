@@ -189,7 +189,10 @@ impl Elementwise for Powi {
         let x = x.expect("saved input");
         match self.0 {
             0 => x.zeros_like(),
-            1 => V::constant(super::super::tensor::Tensor::full(&x.shape(), c::<V>(1.0))),
+            1 => V::constant(super::super::tensor::Tensor::filled(
+                &x.shape(),
+                c::<V>(1.0),
+            )),
             n => x.powi(n - 1).scale(c::<V>(n as f64)),
         }
     }

@@ -159,7 +159,7 @@ impl<F: Float> Op<F> for Slice {
         let zeros = |len: usize| {
             let mut s = full.to_vec();
             s[self.axis] = len;
-            V::constant(Tensor::zeros(&s))
+            V::constant(Tensor::filled(&s, F::zero()))
         };
         let (before, after) = (zeros(self.start), zeros(full[self.axis] - self.end));
         let mut parts = Vec::with_capacity(3);
@@ -212,7 +212,7 @@ impl<F: Float> Op<F> for Concat {
             .enumerate()
             .map(|(i, t)| {
                 t.cloned()
-                    .unwrap_or_else(|| V::constant(Tensor::zeros(ctx.shape(i))))
+                    .unwrap_or_else(|| V::constant(Tensor::filled(ctx.shape(i), F::zero())))
             })
             .collect();
         V::concat(&filled.iter().collect::<Vec<_>>(), self.0)
