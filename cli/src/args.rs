@@ -123,16 +123,17 @@ pub struct EvaluateArgs {
 
 impl EvaluateArgs {
     /// The language model: as `train`'s inner model.
-    pub fn lm_config(&self) -> TransformerConfig {
-        TransformerConfig {
-            vocab: 256,
-            d_model: self.lm_width,
-            n_layers: self.lm_layers,
-            n_heads: self.lm_heads,
-            d_ff: 4 * self.lm_width,
-            max_len: self.seq_len.saturating_sub(1).max(1),
-            causal: true,
-        }
+    ///
+    /// # Errors
+    /// `--lm-width` so large that the MLP's width overflows.
+    pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
+        Ok(TransformerConfig::new(
+            self.lm_width,
+            self.lm_layers,
+            self.lm_heads,
+            self.seq_len.saturating_sub(1).max(1),
+        )
+        .with_d_ff(widened(self.lm_width, 4, "--lm-width")?))
     }
 }
 

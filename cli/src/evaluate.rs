@@ -67,7 +67,8 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     if held.seqs.is_empty() {
         fail!("{}: no held-out sequences", args.held_out.display());
     }
-    let lm = TextLm::new(CausalLm::new(args.lm_config())?, Adam::new(args.lr as f32))?;
+    let lm_config = args.lm_config()?;
+    let lm = TextLm::new(CausalLm::new(lm_config.clone())?, Adam::new(args.lr as f32))?;
     let init = lm.lm.init::<f32>(&mut Rng::new(args.seed));
     let mut curves = Vec::new();
     for corpus in &args.corpora {
@@ -137,7 +138,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         "settings": {
             "steps": args.steps, "eval_every": args.eval_every, "seed": args.seed,
             "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "lm": datarater::curate::rater_file::config_to_json(&args.lm_config()),
+            "lm": datarater::curate::rater_file::config_to_json(&lm_config),
             "sample_bytes": args.sample_bytes,
         },
         "reference_final_loss": target,
