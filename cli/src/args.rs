@@ -2,7 +2,7 @@
 //! that scripts rely on.
 
 use crate::error::CliError;
-use crate::input::{Format, InputOptions};
+use crate::input::{Compression, Format, InputOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datarater::curate::documents::Aggregate;
 use datarater::nn::TransformerConfig;
@@ -59,23 +59,109 @@ pub enum Command {
     Score(ScoreArgs),
     /// Keep the better documents of an input, byte for byte, in input order.
     Filter(FilterArgs),
+    /// Did the curation help? Train a fresh LM on each corpus and compare held-out losses.
+    Evaluate(EvaluateArgs),
+}
+
+/// `datarater evaluate`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each corpus gives a fresh causal LM of the given size, from one \
+    initialisation (--seed), the same number of steps on batches drawn with one seed from \
+    a sample of at most --sample-bytes of its sequences. Prints each corpus's final \
+    held-out loss and the steps it needs to reach the first corpus's final loss, and \
+    writes OUT.json (the curves) and OUT.svg (a plot). Give the raw corpus first to see \
+    what a curation saves."
+)]
+pub struct EvaluateArgs {
+    /// Held-out data the LMs are evaluated on.
+    #[arg(long, value_name = "DATA")]
+    pub held_out: PathBuf,
+    /// The corpora to compare (files, directories of shards or globs).
+    #[arg(value_name = "CORPUS", required = true)]
+    pub corpora: Vec<PathBuf>,
+    /// Where to write OUT.json and OUT.svg.
+    #[arg(long, value_name = "OUT", default_value = "evaluation")]
+    pub out: PathBuf,
+    /// Training steps per corpus.
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    /// Evaluate the held-out loss every this many steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    pub eval_every: usize,
+    /// Held-out sequences evaluated (a sample of --held-out).
+    #[arg(long, default_value_t = 256)]
+    pub eval_sequences: usize,
+    /// Bytes of sequences sampled from each corpus.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub sample_bytes: u64,
+    /// Seed of the initialisation, the samples and the batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Language model width (d_model; the MLP is 4x).
+    #[arg(long, default_value_t = 32)]
+    pub lm_width: usize,
+    /// Language model layers.
+    #[arg(long, default_value_t = 2)]
+    pub lm_layers: usize,
+    /// Language model attention heads.
+    #[arg(long, default_value_t = 2)]
+    pub lm_heads: usize,
+    /// Bytes per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub input_args: InputArgs,
+}
+
+impl EvaluateArgs {
+    /// The language model: as `train`'s inner model.
+    ///
+    /// # Errors
+    /// `--lm-width` so large that the MLP's width overflows.
+    pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
+        Ok(TransformerConfig::new(
+            self.lm_width,
+            self.lm_layers,
+            self.lm_heads,
+            self.seq_len.saturating_sub(1).max(1),
+        )
+        .with_d_ff(widened(self.lm_width, 4, "--lm-width")?))
+    }
 }
 
 /// How the input is read.
 #[derive(Debug, Args, Clone)]
 pub struct InputArgs {
-    /// Input format: `auto` picks from each file's extension (`.jsonl`, `.ndjson`,
-    /// `.json` -> jsonl, anything else -> lines; a `.gz` suffix is ignored, gzip is
-    /// detected by content).
+    /// Input format: `auto` detects each shard's own: Parquet, gzip and zstd by their
+    /// magic bytes, then the extension (`.parquet`; `.jsonl`, `.ndjson`, `.json` ->
+    /// jsonl; other text -> lines). Files of other formats (bzip2, xz, zip,
+    /// executables, binary data) are refused by name.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub format: Format,
-    /// JSON Lines: the field holding the document's text.
+    /// JSON Lines and Parquet: the field (column) holding the document's text.
     #[arg(long, default_value = "text", value_name = "NAME")]
     pub text_field: String,
-    /// JSON Lines: skip (and count) malformed lines, invalid UTF-8 and records without
-    /// the text field, instead of stopping at the first.
+    /// JSON Lines and Parquet: the field (column) holding a document id, copied into
+    /// score records when present.
+    #[arg(long, default_value = "id", value_name = "NAME")]
+    pub id_field: String,
+    /// Skip (and count) malformed records, invalid UTF-8, records without the text
+    /// field, and in `score` and `filter` whole corrupt shards (listed in the report),
+    /// instead of stopping at the first.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Skip (and count) documents whose text is longer than this many bytes (0: no
+    /// limit). Skipped documents are not scored and not written.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub max_document_bytes: u64,
 }
 
 impl InputArgs {
@@ -84,8 +170,79 @@ impl InputArgs {
         InputOptions {
             format: self.format,
             text_field: self.text_field.clone(),
+            id_field: self.id_field.clone(),
             skip_invalid: self.skip_invalid,
+            max_document_bytes: self.max_document_bytes,
         }
+    }
+
+    /// The settings that decide what is read, for run records.
+    pub fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "format": self.format.name(),
+            "text_field": self.text_field,
+            "id_field": self.id_field,
+            "skip_invalid": self.skip_invalid,
+            "max_document_bytes": self.max_document_bytes,
+        })
+    }
+}
+
+/// Compression of written shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputCompression {
+    /// As the input shard (a single output file: from its name's `.gz` or `.zst`).
+    Auto,
+    /// Uncompressed (Parquet: uncompressed pages).
+    None,
+    /// gzip (text formats only).
+    Gzip,
+    /// zstd (Parquet: zstd pages).
+    Zstd,
+    /// Snappy (Parquet only).
+    Snappy,
+}
+
+impl OutputCompression {
+    /// The text-layer compression of an output; `input` is the input shard's, `name`
+    /// the output's file name when it was given by the user.
+    ///
+    /// # Errors
+    /// Snappy, which is not a text-layer compression.
+    pub fn text(self, input: Compression, name: Option<&str>) -> crate::error::Result<Compression> {
+        Ok(match self {
+            OutputCompression::Auto => match name {
+                Some(n) => Compression::detect_name(n),
+                None => input,
+            },
+            OutputCompression::None => Compression::None,
+            OutputCompression::Gzip => Compression::Gzip,
+            OutputCompression::Zstd => Compression::Zstd,
+            OutputCompression::Snappy => {
+                crate::fail!(
+                    "--compression snappy is for Parquet output; text shards take gzip or zstd"
+                )
+            }
+        })
+    }
+
+    /// The Parquet codec of an output (`None`: as the input's).
+    ///
+    /// # Errors
+    /// gzip, which this build does not write into Parquet.
+    pub fn parquet(self) -> crate::error::Result<Option<parquet::basic::Compression>> {
+        use parquet::basic::{Compression as C, ZstdLevel};
+        Ok(match self {
+            OutputCompression::Auto => None,
+            OutputCompression::None => Some(C::UNCOMPRESSED),
+            OutputCompression::Zstd => Some(C::ZSTD(ZstdLevel::default())),
+            OutputCompression::Snappy => Some(C::SNAPPY),
+            OutputCompression::Gzip => {
+                crate::fail!(
+                    "--compression gzip is for text output; Parquet shards take none, snappy or zstd"
+                )
+            }
+        })
     }
 }
 
@@ -112,18 +269,25 @@ impl From<AggregateArg> for Aggregate {
 #[command(
     after_help = "Each document is cut into sequences of the rater's length (the last one \
     aligned to the document's end); its score is the mean (or min) of their scores. \
-    Documents shorter than one sequence get \"score\": null and are counted."
+    Documents shorter than one sequence get \"score\": null and are counted. \
+    A file in gives one score file out; a directory or glob in gives, under OUT, one \
+    attribute shard per input shard at the same relative path (NAME.scores.jsonl, \
+    compressed as the input). A rerun skips the shards already complete."
 )]
 pub struct ScoreArgs {
     /// The rater file written by `datarater train` (RUN_DIR/rater.safetensors).
     #[arg(long, value_name = "FILE")]
     pub rater: PathBuf,
-    /// The documents: a file or a directory of files.
+    /// The documents: a file, a directory of shards or a glob (quote it).
     #[arg(long, value_name = "DATA")]
     pub input: PathBuf,
-    /// Where to write one JSON object per document: doc, source, line, bytes, chunks, score.
-    #[arg(long, value_name = "FILE")]
+    /// Where to write one JSON object per document (doc, line, id, bytes, chunks,
+    /// score): a file for a file in, a directory for shards in.
+    #[arg(long, value_name = "OUT")]
     pub out: PathBuf,
+    /// Compression of the score files.
+    #[arg(long, value_enum, default_value_t = OutputCompression::Auto)]
+    pub compression: OutputCompression,
     /// How a document's chunk scores are combined.
     #[arg(long, value_enum, default_value_t = AggregateArg::Mean)]
     pub aggregate: AggregateArg,
@@ -131,7 +295,7 @@ pub struct ScoreArgs {
     /// fastest for the default rater).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Overwrite an existing output file.
+    /// Overwrite existing output files, and redo shards written with other settings.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -163,19 +327,26 @@ pub enum ShortPolicy {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Writes OUT (the kept documents exactly as in the input, in input order; \
-    lines and JSON Lines end with a newline, paragraphs are separated by a blank line), \
-    OUT.report.json (counts, per-source counts, settings) and OUT.histogram.svg."
+    lines and JSON Lines end with a newline, paragraphs are separated by a blank line; \
+    Parquet rows with every column), OUT.report.json (counts, per-shard counts, settings) \
+    and OUT.histogram.svg. A directory or glob in gives a directory out with one shard per \
+    input shard at the same relative path, in the same format. One threshold (or \
+    acceptance rule) holds for the whole corpus. A rerun skips the shards already complete."
 )]
 pub struct FilterArgs {
     /// The rater file (not needed with --scores).
     #[arg(long, value_name = "FILE", required_unless_present = "scores")]
     pub rater: Option<PathBuf>,
-    /// The documents: a file or a directory of files.
+    /// The documents: a file, a directory of shards or a glob (quote it).
     #[arg(long, value_name = "DATA")]
     pub input: PathBuf,
-    /// Where to write the kept documents.
+    /// Where to write the kept documents: a file for a file in, a directory for
+    /// shards in.
     #[arg(long, value_name = "KEPT")]
     pub out: PathBuf,
+    /// Compression of the kept shards.
+    #[arg(long, value_enum, default_value_t = OutputCompression::Auto)]
+    pub compression: OutputCompression,
     /// Decision rule.
     #[arg(long, value_enum, default_value_t = FilterMode::Discard)]
     pub mode: FilterMode,
@@ -195,8 +366,9 @@ pub struct FilterArgs {
     /// Accept mode: how many leading documents' scores form the reference distribution.
     #[arg(long, default_value_t = 10_000, value_name = "DOCS")]
     pub reference: usize,
-    /// Reuse a score file written by `datarater score` for this input instead of scoring.
-    #[arg(long, value_name = "FILE")]
+    /// Reuse the scores written by `datarater score` for this input (its OUT: a file,
+    /// or the directory of attribute shards) instead of scoring.
+    #[arg(long, value_name = "SCORES")]
     pub scores: Option<PathBuf>,
     /// What to do with documents too short to score.
     #[arg(long, value_enum, default_value_t = ShortPolicy::Keep)]
@@ -208,7 +380,7 @@ pub struct FilterArgs {
     /// fastest for the default rater).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Overwrite existing output files.
+    /// Overwrite existing output files, and redo shards written with other settings.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -295,6 +467,17 @@ pub struct TrainArgs {
     /// Overwrite a RUN_DIR that already holds a run.
     #[arg(long)]
     pub force: bool,
+    /// The format of --train when detection cannot tell (default: --format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub train_format: Option<Format>,
+    /// The format of --held-out when detection cannot tell (default: --format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub held_out_format: Option<Format>,
+    /// At most this many bytes of sequences are drawn from --train (and from
+    /// --held-out): a uniform sample over all their shards, fixed by --seed and the
+    /// shard list, so memory does not grow with the corpus.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub train_sample_bytes: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub input_args: InputArgs,

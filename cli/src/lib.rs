@@ -7,11 +7,14 @@
 pub mod args;
 pub mod curate;
 pub mod error;
+pub mod evaluate;
 pub mod histogram;
 pub mod input;
+pub mod interrupt;
 pub mod output;
 pub mod progress;
 pub mod scoring;
+pub mod shards;
 pub mod train;
 
 use datarater::distributed::Communicator;
@@ -110,6 +113,8 @@ pub fn run_on(cli: &args::Cli, comm: &dyn Communicator) -> error::Result<()> {
         args::Command::Train(a) => train::train(a, comm),
         args::Command::Score(a) => curate::score(a, comm),
         args::Command::Filter(a) => curate::filter(a, comm),
+        // One process's work: rank 0 does it.
+        args::Command::Evaluate(a) => on_root(comm, || evaluate::evaluate(a)).map(|_| ()),
     }
 }
 

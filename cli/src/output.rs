@@ -16,13 +16,16 @@
 //! sees rank 0's error (and no rank creates a file).
 
 use crate::error::{Result, io_error};
+use crate::input::compress::{Compression, Encoder};
 use crate::{agree, fail, on_root};
 use datarater::distributed::Communicator;
 use std::fs::File;
+use std::hash::Hasher;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use twox_hash::XxHash64;
 
 /// The test-only fault injection's environment variable (see the module docs).
 pub const FAULT_AFTER_BYTES: &str = "DATARATER_FAULT_AFTER_BYTES";
@@ -32,7 +35,71 @@ pub const FAULT_AFTER_BYTES: &str = "DATARATER_FAULT_AFTER_BYTES";
 pub struct OutputFile {
     path: PathBuf,
     tmp: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<Encoder<Hashing<BufWriter<File>>>>,
+}
+
+/// The size and XXH64 checksum of a file's bytes: what resumption compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    /// Size in bytes.
+    pub bytes: u64,
+    /// XXH64 (seed 0) of the bytes.
+    pub xxh64: u64,
+}
+
+impl Digest {
+    /// As JSON: `{"bytes": n, "xxh64": "16 hex digits"}`.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({"bytes": self.bytes, "xxh64": format!("{:016x}", self.xxh64)})
+    }
+
+    /// The digest of the file at `path`, read as a stream.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn of_file(path: &Path) -> Result<Digest> {
+        let mut f = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
+        let mut h = Hashing::new(std::io::sink());
+        std::io::copy(&mut f, &mut h).map_err(|e| io_error(path, "cannot read", e))?;
+        Ok(h.digest())
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: XxHash64,
+    bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            hasher: XxHash64::with_seed(0),
+            bytes: 0,
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        Digest {
+            bytes: self.bytes,
+            xxh64: self.hasher.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.write(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Refuses `path` if it exists and `force` is not set.
@@ -54,7 +121,10 @@ impl OutputFile {
     /// On every rank: `path` exists without `force`, is a directory, or its directory
     /// is missing or not writable.
     pub fn create(path: &Path, force: bool, comm: &dyn Communicator) -> Result<OutputFile> {
-        let file = on_root(comm, || Self::open(path, force))?;
+        let file = on_root(comm, || {
+            check_absent(path, force)?;
+            Self::open(path, Compression::None)
+        })?;
         Ok(file.unwrap_or_else(|| OutputFile {
             path: path.to_path_buf(),
             tmp: PathBuf::new(),
@@ -62,8 +132,35 @@ impl OutputFile {
         }))
     }
 
-    fn open(path: &Path, force: bool) -> Result<OutputFile> {
-        check_absent(path, force)?;
+    /// Starts writing an output shard at `path` (compressed), creating its directory
+    /// and removing the temporary files of earlier runs that were killed; whether
+    /// `path` may be replaced was decided by the caller. Collective, as
+    /// [`OutputFile::create`].
+    ///
+    /// # Errors
+    /// On every rank: `path` is a directory, or its directory cannot be created or
+    /// written.
+    pub fn create_shard(
+        path: &Path,
+        compression: Compression,
+        comm: &dyn Communicator,
+    ) -> Result<OutputFile> {
+        let file = on_root(comm, || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| io_error(dir, "cannot write the output directory", e))?;
+                remove_stale_temporaries(path);
+            }
+            Self::open(path, compression)
+        })?;
+        Ok(file.unwrap_or_else(|| OutputFile {
+            path: path.to_path_buf(),
+            tmp: PathBuf::new(),
+            writer: None,
+        }))
+    }
+
+    fn open(path: &Path, compression: Compression) -> Result<OutputFile> {
         if path.is_dir() {
             fail!("{}: is a directory, not an output file", path.display());
         }
@@ -80,10 +177,13 @@ impl OutputFile {
             .unwrap_or(Path::new("."));
         let file = File::create(&tmp)
             .map_err(|e| io_error(dir, "cannot write the output file's directory", e))?;
+        let writer = compression
+            .encoder(Hashing::new(BufWriter::with_capacity(1 << 16, file)))
+            .map_err(|e| io_error(path, "cannot write", e))?;
         Ok(OutputFile {
             path: path.to_path_buf(),
             tmp,
-            writer: Some(BufWriter::with_capacity(1 << 16, file)),
+            writer: Some(writer),
         })
     }
 
@@ -103,20 +203,44 @@ impl OutputFile {
     ///
     /// # Errors
     /// Rank 0's failure to write, on every rank.
-    pub fn commit(mut self, comm: &dyn Communicator) -> Result<()> {
+    pub fn commit(self, comm: &dyn Communicator) -> Result<()> {
+        self.commit_with(comm, |_| Ok(()))
+    }
+
+    /// As [`OutputFile::commit`], calling `before_rename` with the digest of the
+    /// complete file (on rank 0) between syncing it and renaming it into place: a
+    /// record written there exists whenever the file does.
+    ///
+    /// # Errors
+    /// Rank 0's failure to write (or `before_rename`'s), on every rank.
+    pub fn commit_with(
+        mut self,
+        comm: &dyn Communicator,
+        before_rename: impl FnOnce(Digest) -> Result<()>,
+    ) -> Result<()> {
         let written = match self.writer.take() {
-            Some(w) => self.finish(w),
+            Some(w) => self.finish(w, before_rename),
             None => Ok(()), // a sink
         };
         agree(comm, written)
     }
 
-    fn finish(&self, w: BufWriter<File>) -> Result<()> {
-        let file = w
+    fn finish(
+        &self,
+        w: Encoder<Hashing<BufWriter<File>>>,
+        before_rename: impl FnOnce(Digest) -> Result<()>,
+    ) -> Result<()> {
+        let hashing = w
+            .finish()
+            .map_err(|e| io_error(&self.path, "cannot write", e))?;
+        let digest = hashing.digest();
+        let file = hashing
+            .inner
             .into_inner()
             .map_err(|e| io_error(&self.path, "cannot write", e.into_error()))?;
         file.sync_all()
             .map_err(|e| io_error(&self.path, "cannot write", e))?;
+        before_rename(digest)?;
         std::fs::rename(&self.tmp, &self.path)
             .map_err(|e| io_error(&self.path, "cannot write", e))?;
         // Make the rename itself durable (best effort: not every platform can open a
@@ -144,7 +268,7 @@ pub fn replace(path: &Path, bytes: Option<&[u8]>, comm: &dyn Communicator) -> Re
 
 /// Test-only fault injection (see the module docs): if this write passes the limit,
 /// writes the bytes up to it, flushes them and aborts the process.
-fn fault_injection(w: &mut BufWriter<File>, bytes: &[u8]) {
+fn fault_injection(w: &mut impl Write, bytes: &[u8]) {
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
     static WRITTEN: AtomicU64 = AtomicU64::new(0);
     let limit = *LIMIT.get_or_init(|| {
@@ -162,6 +286,55 @@ fn fault_injection(w: &mut BufWriter<File>, bytes: &[u8]) {
         eprintln!("{FAULT_AFTER_BYTES}={limit}: aborting after writing {limit} bytes");
         std::process::abort();
     }
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => {
+                fault_injection(w, buf);
+                w.write(buf)
+            }
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Removes `.NAME.tmp-PID` files beside `path` left by runs that were killed.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot write", e))?;
+    }
+    let mut f = OutputFile::open(path, Compression::None)?;
+    f.write(bytes)?;
+    let w = f.writer.take().expect("opened");
+    f.finish(w, |_| Ok(()))
 }
 
 impl Drop for OutputFile {

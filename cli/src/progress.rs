@@ -96,7 +96,7 @@ impl Progress {
         let pct = 100.0 * self.pos as f64 / self.total.max(1) as f64;
         match self.unit {
             Unit::Bytes => format!(
-                "{}: {:.1}/{:.1} MB ({pct:.0}%), {:.2} MB/s, ETA {eta}, {msg}",
+                "{}: {:.1}/{:.1} MB on disk ({pct:.0}%), {:.2} MB/s, ETA {eta}, {msg}",
                 self.label,
                 self.pos as f64 / 1e6,
                 self.total as f64 / 1e6,
@@ -118,5 +118,15 @@ impl Progress {
             Some(bar) => bar.finish_and_clear(),
             None => eprintln!("{}", self.line(msg)),
         }
+    }
+}
+
+/// `n` and `noun`, plural unless `n` is 1 (`1 shard`, `2 shards`).
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

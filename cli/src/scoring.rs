@@ -11,7 +11,7 @@
 //! returns the failing rank's message.
 
 use crate::error::{CliError, Result, io_error};
-use crate::input::{Document, Documents, Input, ReadStats};
+use crate::input::{Compression, Document, Documents, InputOptions, ReadStats, Shard};
 use crate::progress::{Progress, Unit};
 use crate::{agree, fail};
 use datarater::curate::documents::{DocumentScore, DocumentScorer};
@@ -22,11 +22,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Where the scores come from.
+/// The short-document rule of raters trained by this version, as recorded in their
+/// `training` metadata: a document shorter than the sequence length (but not empty)
+/// is one sequence, padded at its end with NUL bytes ([`padded`]). `train` cuts its
+/// data so, so the rater learns to score such sequences; `score` and `filter` apply
+/// it for raters that record it (others leave short documents unscored).
+pub const SHORT_RULE: &str = "pad-with-nul";
+
+/// `text` padded with NUL bytes to `seq_len` if it is shorter and not empty.
+pub fn padded(text: &[u8], seq_len: usize) -> Option<Vec<u8>> {
+    (!text.is_empty() && text.len() < seq_len).then(|| {
+        let mut v = text.to_vec();
+        v.resize(seq_len, 0);
+        v
+    })
+}
+
+/// Whether a rater's training metadata records [`SHORT_RULE`].
+pub fn pads_short(training: &serde_json::Value) -> bool {
+    training["short_documents"] == SHORT_RULE
+}
+
+/// Where the scores of a shard come from.
 pub enum ScoreSource<'a> {
-    /// Computed by a rater.
-    Rater(DocumentScorer<'a, f32>),
-    /// Read from a score file (JSON Lines with `doc`, `source`, `line`, `chunks`, `score`).
+    /// Computed by a rater; with `true`, short documents are padded ([`SHORT_RULE`]).
+    Rater(&'a DocumentScorer<'a, f32>, bool),
+    /// Read from an attribute shard written by `datarater score`.
     File(PathBuf),
 }
 
@@ -38,64 +59,194 @@ const BLOCK_SEQS: usize = 2048;
 /// What a pass saw.
 #[derive(Clone, Debug, Default)]
 pub struct PassStats {
-    /// Reader counts (documents, skipped invalid lines).
+    /// Reader counts (documents, skipped invalid records, too long).
     pub read: ReadStats,
     /// Documents too short to score.
     pub short: u64,
+    /// Documents shorter than the rater's sequence length scored padded.
+    pub padded: u64,
     /// Bytes of text scored.
     pub text_bytes: u64,
 }
 
-/// Calls `f(index, document, score)` for every document in input order, until `f`
-/// breaks, on every rank of `comm` (see the module docs). Rank 0 shows progress
-/// labelled `label`. Collective.
+impl PassStats {
+    /// As JSON (to gather the counts of several ranks).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "documents": self.read.documents, "skipped": self.read.skipped,
+            "too_long": self.read.too_long, "first_skipped": self.read.first_skipped,
+            "short": self.short, "padded": self.padded, "text_bytes": self.text_bytes,
+        })
+    }
+
+    /// From [`PassStats::to_json`]'s form.
+    pub fn from_json(v: &serde_json::Value) -> PassStats {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        PassStats {
+            read: ReadStats {
+                documents: n("documents"),
+                skipped: n("skipped"),
+                too_long: n("too_long"),
+                first_skipped: v["first_skipped"].as_str().map(String::from),
+            },
+            short: n("short"),
+            padded: n("padded"),
+            text_bytes: n("text_bytes"),
+        }
+    }
+
+    /// Adds another pass's counts.
+    pub fn add(&mut self, o: &PassStats) {
+        self.read.add(&o.read);
+        self.short += o.short;
+        self.padded += o.padded;
+        self.text_bytes += o.text_bytes;
+    }
+}
+
+/// Progress over a whole corpus, shown by rank 0 only: the position is the on-disk
+/// bytes of the shards done plus the current one's (the one total known before
+/// reading), the message the shard and the documents and text bytes so far.
+pub struct CorpusProgress {
+    progress: Option<Progress>,
+    total_bytes: u64,
+    done_bytes: u64,
+    shards: usize,
+    shards_done: usize,
+    /// Documents so far (all shards).
+    pub documents: u64,
+    /// Too short so far.
+    pub short: u64,
+    /// Text bytes so far.
+    pub text_bytes: u64,
+}
+
+impl CorpusProgress {
+    /// Progress of the stage `label` over `shards` shards of `total_bytes` on disk.
+    pub fn new(
+        label: &'static str,
+        shards: usize,
+        total_bytes: u64,
+        comm: &dyn Communicator,
+    ) -> CorpusProgress {
+        CorpusProgress {
+            progress: (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, total_bytes, 0)),
+            total_bytes,
+            done_bytes: 0,
+            shards,
+            shards_done: 0,
+            documents: 0,
+            short: 0,
+            text_bytes: 0,
+        }
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "{} documents ({:.2} MB of text), {} too short",
+            self.documents,
+            self.text_bytes as f64 / 1e6,
+            self.short
+        )
+    }
+
+    fn show(&mut self, shard_bytes: u64, what: &str) {
+        let msg = format!(
+            "shard {}/{} {what}: {}",
+            (self.shards_done + 1).min(self.shards),
+            self.shards,
+            self.message()
+        );
+        if let Some(p) = self.progress.as_mut() {
+            p.set(self.done_bytes + shard_bytes, &msg);
+        }
+    }
+
+    /// Counts a whole shard as done (skipped as complete, or not readable).
+    pub fn shard_done(&mut self, shard: &Shard, documents: u64, short: u64, text_bytes: u64) {
+        self.done_bytes += shard.bytes;
+        self.shards_done += 1;
+        self.documents += documents;
+        self.short += short;
+        self.text_bytes += text_bytes;
+        self.show(0, &shard.rel.display().to_string());
+    }
+
+    /// Ends the display at 100% (the stage is complete; under MPI with shards shared
+    /// by rank, rank 0 counted only its own).
+    pub fn finish(&mut self) {
+        let msg = format!("{} shards, {}", self.shards, self.message());
+        if let Some(p) = self.progress.as_mut() {
+            p.set(self.total_bytes, &msg);
+            p.finish(&msg);
+        }
+    }
+}
+
+/// Calls `f(index, document, score)` for every document of `shard` in order, until
+/// `f` breaks, on every rank of `comm` (see the module docs), checking for Ctrl-C
+/// between blocks. Collective.
 ///
 /// # Errors
 /// The first failure on any rank, on every rank.
 pub fn for_each_scored(
-    input: &Input,
+    shard: &Shard,
+    opts: &InputOptions,
     source: &ScoreSource<'_>,
-    label: &'static str,
     comm: &dyn Communicator,
+    progress: &mut CorpusProgress,
     mut f: impl FnMut(u64, &Document, DocumentScore) -> Result<ControlFlow<()>>,
 ) -> Result<PassStats> {
     let bytes_read = Arc::new(AtomicU64::new(0));
-    let mut progress =
-        (comm.rank() == 0).then(|| Progress::new(label, Unit::Bytes, input.total_bytes(), 0));
-    let mut docs = input.documents(bytes_read.clone());
+    let mut docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
     // The source, opened.
     enum Open<'s, 'a> {
-        Rater(&'s DocumentScorer<'a, f32>),
+        Rater(&'s DocumentScorer<'a, f32>, bool),
         File(ScoreFile),
     }
     let mut open = match source {
-        ScoreSource::Rater(scorer) => Open::Rater(scorer),
+        ScoreSource::Rater(scorer, pad) => Open::Rater(scorer, *pad),
         ScoreSource::File(path) => Open::File(agree(comm, ScoreFile::open(path))?),
     };
     let seq_len = match &open {
-        Open::Rater(scorer) => Some(scorer.seq_len()),
+        Open::Rater(scorer, _) => Some(scorer.seq_len()),
         Open::File(_) => None,
     };
     let mut stats = PassStats::default();
     let mut index = 0u64;
     let mut block: Vec<Document> = Vec::new();
+    let name = shard.rel.display().to_string();
     loop {
-        let read = read_block(&mut docs, &mut block, seq_len);
+        let read =
+            crate::interrupt::check().and_then(|()| read_block(&mut docs, &mut block, seq_len));
         let ended = agree_on_block(comm, read, &block)?;
         let scores = match &mut open {
-            Open::Rater(scorer) => {
-                let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
+            Open::Rater(scorer, pad) => {
+                let pads: Vec<Option<Vec<u8>>> = block
+                    .iter()
+                    .map(|d| pad.then(|| padded(d.text(), scorer.seq_len())).flatten())
+                    .collect();
+                let texts: Vec<&[u8]> = block
+                    .iter()
+                    .zip(&pads)
+                    .map(|(d, p)| p.as_deref().unwrap_or(d.text()))
+                    .collect();
                 scorer.score_on(&texts, comm, |i| {
-                    format!("{}:{}", input.sources()[block[i].source], block[i].line)
+                    format!("{}:{}", shard.path.display(), block[i].line)
                 })?
             }
-            Open::File(file) => agree(comm, file.scores_for(&block, index, input, ended))?,
+            Open::File(file) => agree(comm, file.scores_for(&block, index, shard, ended))?,
         };
         let visit = || -> Result<bool> {
             for (doc, s) in block.iter().zip(scores) {
                 if s.score.is_none() {
                     stats.short += 1;
+                    progress.short += 1;
+                } else if seq_len.is_some_and(|l| doc.text().len() < l) {
+                    stats.padded += 1;
                 }
+                progress.documents += 1;
+                progress.text_bytes += doc.text().len() as u64;
                 stats.text_bytes += doc.text().len() as u64;
                 let flow = f(index, doc, s)?;
                 index += 1;
@@ -107,18 +258,13 @@ pub fn for_each_scored(
         };
         let stop = agree(comm, visit())?;
         block.clear();
-        let message = format!("{index} documents, {} too short", stats.short);
-        if let Some(p) = progress.as_mut() {
-            if stop {
-                p.finish(&message);
-            } else {
-                p.set(bytes_read.load(Ordering::Relaxed), &message);
-            }
-        }
+        progress.show(bytes_read.load(Ordering::Relaxed).min(shard.bytes), &name);
         if stop {
             break;
         }
     }
+    progress.done_bytes += shard.bytes;
+    progress.shards_done += 1;
     stats.read = docs.stats.clone();
     Ok(stats)
 }
@@ -170,15 +316,17 @@ fn agree_on_block(comm: &dyn Communicator, read: Result<bool>, block: &[Document
     Ok(all[0][0] == 1)
 }
 
-/// One record of a score file.
+/// One record of an attribute shard (a score file): the document's position in its
+/// shard, its line (row for Parquet), its id if it has one, its text's length, the
+/// sequences scored and the score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoreRecord {
-    /// 0-based document index.
+    /// 0-based position of the document in its shard.
     pub doc: u64,
-    /// The input file.
-    pub source: String,
-    /// 1-based line of the document's first byte.
+    /// 1-based line of the document's first byte (row for Parquet).
     pub line: u64,
+    /// The document's id field, if it has one.
+    pub id: Option<serde_json::Value>,
     /// Sequences scored.
     pub chunks: usize,
     /// The score (`None`: too short).
@@ -192,12 +340,13 @@ impl ScoreRecord {
             Some(s) => serde_json::Value::from(s),
             None => serde_json::Value::Null,
         };
+        let id = match &self.id {
+            Some(id) => format!("\"id\":{id},"),
+            None => String::new(),
+        };
         format!(
-            "{{\"doc\":{},\"source\":{},\"line\":{},\"bytes\":{bytes},\"chunks\":{},\"score\":{score}}}\n",
-            self.doc,
-            serde_json::Value::from(self.source.as_str()),
-            self.line,
-            self.chunks
+            "{{\"doc\":{},\"line\":{},{id}\"bytes\":{bytes},\"chunks\":{},\"score\":{score}}}\n",
+            self.doc, self.line, self.chunks
         )
     }
 }
@@ -205,7 +354,7 @@ impl ScoreRecord {
 /// A score file read line by line.
 pub struct ScoreFile {
     path: PathBuf,
-    reader: BufReader<std::fs::File>,
+    reader: BufReader<Box<dyn std::io::Read + Send>>,
     buf: String,
     line: u64,
 }
@@ -215,9 +364,16 @@ impl ScoreFile {
     pub fn open(path: &Path) -> Result<ScoreFile> {
         let f =
             std::fs::File::open(path).map_err(|e| io_error(path, "cannot open score file", e))?;
+        let mut raw = BufReader::new(f);
+        let head = raw
+            .fill_buf()
+            .map_err(|e| io_error(path, "cannot read score file", e))?;
+        let decoded = Compression::detect(head)
+            .decoder(raw)
+            .map_err(|e| io_error(path, "cannot read score file", e))?;
         Ok(ScoreFile {
             path: path.to_path_buf(),
-            reader: BufReader::new(f),
+            reader: BufReader::new(decoded),
             buf: String::new(),
             line: 0,
         })
@@ -259,44 +415,40 @@ impl ScoreFile {
         };
         Ok(Some(ScoreRecord {
             doc: uint("doc")?,
-            source: v
-                .get("source")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| CliError(format!("{}: score record has no `source` field", at())))?
-                .to_string(),
             line: uint("line")?,
+            id: v.get("id").cloned(),
             chunks: uint("chunks")? as usize,
             score,
         }))
     }
 
     /// The next `block.len()` records, checked against the block's documents (the
-    /// first is document `first` of the input); at the `end` of the input, also
-    /// checks that no record is left.
+    /// first is document `first` of `shard`); at the `end` of the shard, also checks
+    /// that no record is left.
     fn scores_for(
         &mut self,
         block: &[Document],
         first: u64,
-        input: &Input,
+        shard: &Shard,
         end: bool,
     ) -> Result<Vec<DocumentScore>> {
         let mut scores = Vec::with_capacity(block.len());
         for (index, doc) in (first..).zip(block) {
             let Some(rec) = self.next_record()? else {
                 fail!(
-                    "{}: has scores for {index} documents but the input has more (was it written for another input?)",
-                    self.path.display()
+                    "{}: has scores for {index} documents but {} has more (was it written for another input?)",
+                    self.path.display(),
+                    shard.path.display()
                 );
             };
-            let src = &input.sources()[doc.source];
-            if rec.doc != index || rec.source != *src || rec.line != doc.line {
+            if rec.doc != index || rec.line != doc.line {
                 fail!(
-                    "{}:{}: the score record is for document {} ({}:{}) but document {index} of the input is {src}:{} (was the score file written for another input?)",
+                    "{}:{}: the score record is for document {} (line {}) but document {index} of {} is at line {} (was the score file written for another input?)",
                     self.path.display(),
                     self.line,
                     rec.doc,
-                    rec.source,
                     rec.line,
+                    shard.path.display(),
                     doc.line
                 );
             }
@@ -307,8 +459,9 @@ impl ScoreFile {
         }
         if end && self.next_record()?.is_some() {
             fail!(
-                "{}: has more score records than the input has documents ({}) (was it written for another input?)",
+                "{}: has more score records than {} has documents ({}) (was it written for another input?)",
                 self.path.display(),
+                shard.path.display(),
                 first + block.len() as u64
             );
         }

@@ -13,7 +13,7 @@
 use crate::args::TrainArgs;
 use crate::error::{CliError, Result, io_error};
 use crate::fail;
-use crate::input::{Format, Input, InputOptions};
+use crate::input::{Corpus, Format, InputOptions};
 use crate::output::replace;
 use crate::progress::{Progress, Unit};
 use crate::{agree, on_root};
@@ -29,29 +29,86 @@ use datarater::trainer::{
 };
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const RATER: &str = "rater.safetensors";
+/// Seeds of the training and held-out samples' streams (xor the run's seed), apart
+/// from every stream the trainer draws.
+const TRAIN_STREAM: u64 = 0x7361_6d70_6c65_0001;
+const HELD_STREAM: u64 = 0x7361_6d70_6c65_0002;
+
+/// A reproducible sample of a corpus's sequences (see [`sample`]).
+pub(crate) struct Sample {
+    /// The sampled sequences.
+    pub(crate) seqs: Vec<Vec<u8>>,
+    /// Documents read.
+    pub(crate) docs: u64,
+    /// Documents too short to use.
+    pub(crate) short: u64,
+    /// Sequences in the whole corpus.
+    pub(crate) total: u64,
+    /// The shards read (relative path, size), in order: what the sample is drawn from.
+    pub(crate) shards: Json,
+}
 
 /// Cuts every document of `path` into `seq_len`-byte sequences (the chunking rule of
-/// `datarater::curate::documents`); returns the sequences, the document count and the
-/// number of documents too short to use.
-fn sequences(path: &Path, opts: &InputOptions, seq_len: usize) -> Result<(Vec<Vec<u8>>, u64, u64)> {
-    let input = Input::open(path, opts.clone())?;
-    let (mut seqs, mut docs, mut short) = (Vec::new(), 0u64, 0u64);
-    for doc in input.documents(Arc::default()) {
-        let doc = doc?;
-        let text = doc.text();
-        let spans = chunk_spans(text.len(), seq_len);
-        docs += 1;
-        if spans.is_empty() {
-            short += 1;
+/// `datarater::curate::documents`) and keeps a uniform sample of at most `max_bytes`
+/// of them (all of them if they fit): a reservoir over the corpus in shard order,
+/// drawn from `seed`, so the sample is a function of the seed and the shards, and
+/// memory is bounded by `max_bytes` whatever the corpus's size.
+pub(crate) fn sample(
+    path: &Path,
+    opts: &InputOptions,
+    seq_len: usize,
+    max_bytes: u64,
+    seed: u64,
+) -> Result<Sample> {
+    let corpus = Corpus::open(path, opts)?;
+    let capacity = usize::try_from(max_bytes / seq_len as u64)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut rng = datarater::Rng::new(seed);
+    let (mut seqs, mut docs, mut short, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
+    for shard in &corpus.shards {
+        for doc in shard.documents(opts, Arc::default())? {
+            let doc = doc?;
+            // A short document is one sequence, padded (the rule `score` applies to
+            // raters trained so).
+            let padded = crate::scoring::padded(doc.text(), seq_len);
+            let text = padded.as_deref().unwrap_or(doc.text());
+            let spans = chunk_spans(text.len(), seq_len);
+            docs += 1;
+            if padded.is_some() || spans.is_empty() {
+                short += 1;
+            }
+            for r in spans {
+                total += 1;
+                if seqs.len() < capacity {
+                    seqs.push(text[r].to_vec());
+                } else {
+                    // Algorithm R: sequence `total` replaces a kept one with probability
+                    // capacity / total.
+                    let j = rng.next_u64() % total;
+                    if let Some(slot) = seqs.get_mut(j as usize) {
+                        slot.copy_from_slice(&text[r]);
+                    }
+                }
+            }
         }
-        seqs.extend(spans.into_iter().map(|r| text[r].to_vec()));
     }
-    Ok((seqs, docs, short))
+    let shards = corpus
+        .shards
+        .iter()
+        .map(|s| json!([s.rel.display().to_string(), s.bytes]))
+        .collect();
+    Ok(Sample {
+        seqs,
+        docs,
+        short,
+        total,
+        shards,
+    })
 }
 
 /// FNV-1a of a pool, recorded so a resume on changed data is refused.
@@ -77,12 +134,18 @@ fn settings(
     let mut s = json!({
         "train": train.display().to_string(),
         "held_out": held_out.display().to_string(),
-        "format": format!("{:?}", a.input_args.format).to_lowercase(),
+        "format": a.input_args.format.name(),
+        "train_format": a.train_format.map(Format::name),
+        "held_out_format": a.held_out_format.map(Format::name),
+        "train_sample_bytes": a.train_sample_bytes,
+        "id_field": a.input_args.id_field,
+        "max_document_bytes": a.input_args.max_document_bytes,
         "text_field": a.input_args.text_field,
         "skip_invalid": a.input_args.skip_invalid,
         "lm": config_to_json(lm),
         "rater": config_to_json(rater),
         "seq_len": a.seq_len,
+        "short_documents": crate::scoring::SHORT_RULE,
         "batch_size": a.batch_size,
         "inner_steps": a.inner_steps,
         "population": a.population,
@@ -140,12 +203,29 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
         a.input_args.text_field = text("text_field")?.to_string();
     }
     if !given("format") {
-        a.input_args.format = match text("format")? {
-            "lines" => Format::Lines,
-            "paragraphs" => Format::Paragraphs,
-            "jsonl" => Format::Jsonl,
-            _ => Format::Auto,
-        };
+        a.input_args.format = Format::from_name(text("format")?).unwrap_or(Format::Auto);
+    }
+    if !given("train_sample_bytes") {
+        a.train_sample_bytes = s
+            .get("train_sample_bytes")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| bad("train_sample_bytes"))?;
+    }
+    if !given("max_document_bytes") {
+        a.input_args.max_document_bytes = s
+            .get("max_document_bytes")
+            .and_then(Json::as_u64)
+            .unwrap_or(0);
+    }
+    if !given("id_field") {
+        a.input_args.id_field = text("id_field")?.to_string();
+    }
+    let format = |k: &str| s.get(k).and_then(Json::as_str).and_then(Format::from_name);
+    if !given("train_format") {
+        a.train_format = format("train_format");
+    }
+    if !given("held_out_format") {
+        a.held_out_format = format("held_out_format");
     }
     if !given("skip_invalid") {
         a.input_args.skip_invalid = s
@@ -210,15 +290,37 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         on_root(comm, || prepare_run_dir(&run_dir, resuming, a.force))?.unwrap_or_default(),
     );
     let opts = a.input_args.options();
-    let (train_seqs, train_docs, train_short) =
-        agree(comm, sequences(&train_path, &opts, a.seq_len))?;
-    let (held_seqs, held_docs, _) = agree(comm, sequences(&held_path, &opts, a.seq_len))?;
+    let mut train_opts = a.input_args.options();
+    train_opts.format = a.train_format.unwrap_or(opts.format);
+    let mut held_opts = opts.clone();
+    held_opts.format = a.held_out_format.unwrap_or(opts.format);
+    let max = a.train_sample_bytes;
+    let train = agree(
+        comm,
+        sample(
+            &train_path,
+            &train_opts,
+            a.seq_len,
+            max,
+            a.seed ^ TRAIN_STREAM,
+        ),
+    )?;
+    let held = agree(
+        comm,
+        sample(&held_path, &held_opts, a.seq_len, max, a.seed ^ HELD_STREAM),
+    )?;
+    let (train_seqs, train_docs, train_short) = (train.seqs, train.docs, train.short);
+    let (held_seqs, held_docs) = (held.seqs, held.docs);
     let mut configs = settings(&a, &train_path, &held_path, &lm_config, &rater_config);
     configs["data"] = json!({
         "train_sequences": train_seqs.len(),
         "train_fingerprint": fingerprint(&train_seqs),
         "held_out_sequences": held_seqs.len(),
         "held_out_fingerprint": fingerprint(&held_seqs),
+        "train_corpus_sequences": train.total,
+        "held_out_corpus_sequences": held.total,
+        "train_shards": train.shards,
+        "held_out_shards": held.shards,
     });
     // Every rank reads the data itself: ranks that read different data would train
     // different members on it, silently.
@@ -234,7 +336,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     }
     if train_seqs.is_empty() {
         fail!(
-            "{}: no document is long enough to train on: all {train_docs} are shorter than --seq-len {}",
+            "{}: no document is long enough to train on: all {train_docs} are empty (shorter ones are padded to --seq-len {})",
             train_path.display(),
             a.seq_len
         );
@@ -266,10 +368,16 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
     resumable(&mut configs, &a);
     if root {
         println!(
-            "{}training data: {train_docs} documents -> {} sequences of {} bytes ({train_short} documents too short, unused); held-out: {held_docs} documents -> {} sequences",
+            "{}training data: {train_docs} documents in {} -> {} sequences of {} bytes ({train_short} shorter documents padded with NUL bytes to one sequence), sampled {} of them (--train-sample-bytes {}); held-out: {held_docs} documents -> {} sequences, sampled {}",
             if resuming { "resuming; " } else { "" },
-            train_seqs.len(),
+            configs["data"]["train_shards"]
+                .as_array()
+                .map_or(0, Vec::len),
+            train.total,
             a.seq_len,
+            train_seqs.len(),
+            a.train_sample_bytes,
+            held.total,
             held_seqs.len()
         );
     }
@@ -339,7 +447,11 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         save(&state)?;
     }
 
-    watch_ctrl_c()?;
+    // A second Ctrl-C while the step finishes kills the process (the last checkpoint
+    // is intact either way). A library caller may train more than once: a Ctrl-C of
+    // an earlier run does not stop this one.
+    crate::interrupt::install()?;
+    crate::interrupt::reset();
     // Progress is shown once, by rank 0.
     let mut progress = root.then(|| {
         Progress::new(
@@ -366,7 +478,7 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         };
         // Ranks may see Ctrl-C at different steps: stop when any rank has.
         let interrupted = comm
-            .all_gather_bytes(&[u8::from(INTERRUPTED.load(Ordering::SeqCst))])
+            .all_gather_bytes(&[u8::from(crate::interrupt::requested())])
             .iter()
             .any(|b| b == &[1]);
         let step = state.local.step;
@@ -404,30 +516,6 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             run_dir.join(RATER).display()
         );
     }
-    Ok(())
-}
-
-/// Set by the Ctrl-C handler; read after every outer step, cleared when a run starts.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Installs the Ctrl-C handler (once per process: a second `ctrlc::set_handler` fails,
-/// and a library caller may train more than once) and clears [`INTERRUPTED`].
-fn watch_ctrl_c() -> Result<()> {
-    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            // A second Ctrl-C while the step finishes kills the process (the last
-            // checkpoint is intact either way).
-            ctrlc::set_handler(|| {
-                if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-            })
-            .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| CliError(format!("cannot install the Ctrl-C handler: {e}")))?;
-    INTERRUPTED.store(false, Ordering::SeqCst);
     Ok(())
 }
 

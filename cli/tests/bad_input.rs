@@ -91,7 +91,7 @@ fn malformed_json_line_names_file_and_line_and_can_be_skipped() {
     );
     fails(&strs(&t.score(&f, &[])), &["bad.jsonl:3", "malformed JSON"]);
     let stdout = ok(&strs(&t.score(&f, &["--skip-invalid"])));
-    assert!(stdout.contains("skipped 1 invalid lines"), "{stdout}");
+    assert!(stdout.contains("skipped 1 invalid records"), "{stdout}");
     assert!(stdout.contains("bad.jsonl:3"), "{stdout}");
     let recs = read_scores(&t.p("out.jsonl"));
     assert_eq!(recs.len(), 2);

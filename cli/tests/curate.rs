@@ -9,7 +9,7 @@ use std::io::Write;
 #[test]
 fn help_lists_every_subcommand_and_flag() {
     let top = ok(&["--help"]);
-    for sub in ["train", "score", "filter"] {
+    for sub in ["train", "score", "filter", "evaluate"] {
         assert!(top.contains(sub), "{top}");
     }
     let train = ok(&["train", "--help"]);
@@ -29,6 +29,9 @@ fn help_lists_every_subcommand_and_flag() {
         "--seq-len",
         "--batch-size",
         "--checkpoint-every",
+        "--train-sample-bytes",
+        "--train-format",
+        "--held-out-format",
     ] {
         assert!(train.contains(flag), "train --help lacks {flag}");
     }
@@ -40,6 +43,10 @@ fn help_lists_every_subcommand_and_flag() {
         "--aggregate",
         "--format",
         "--text-field",
+        "--id-field",
+        "--compression",
+        "--max-document-bytes",
+        "--skip-invalid",
     ] {
         assert!(score.contains(flag), "score --help lacks {flag}");
     }
@@ -51,8 +58,19 @@ fn help_lists_every_subcommand_and_flag() {
         "--seed",
         "--scores",
         "--force",
+        "--compression",
     ] {
         assert!(filter.contains(flag), "filter --help lacks {flag}");
+    }
+    let evaluate = ok(&["evaluate", "--help"]);
+    for flag in [
+        "--held-out",
+        "--steps",
+        "--eval-every",
+        "--lm-width",
+        "--out",
+    ] {
+        assert!(evaluate.contains(flag), "evaluate --help lacks {flag}");
     }
 }
 
@@ -83,7 +101,7 @@ fn score_writes_one_record_per_document_in_order() {
     for (i, (r, d)) in recs.iter().zip(&docs).enumerate() {
         assert_eq!(r["doc"], i);
         assert_eq!(r["line"], i + 1);
-        assert_eq!(r["source"], s(&input));
+        assert!(r.get("id").is_none(), "plain lines have no id: {r}");
         assert_eq!(r["bytes"], d.len());
         let chunks = d.len().div_ceil(SEQ_LEN);
         if d.len() < SEQ_LEN {
@@ -152,29 +170,50 @@ fn every_input_form_gives_identical_scores() {
             "--format",
             format,
         ]);
-        read_scores(&out)
-            .iter()
-            .map(|r| (r["doc"].clone(), r["chunks"].clone(), r["score"].clone()))
+        out
+    };
+    let fields = |recs: &[serde_json::Value]| {
+        recs.iter()
+            .map(|r| (r["chunks"].clone(), r["score"].clone()))
             .collect::<Vec<_>>()
     };
-    let reference = score("docs.txt", "lines");
+    let reference = fields(&read_scores(&score("docs.txt", "lines")));
     assert_eq!(reference.len(), 50);
-    assert_eq!(score("docs.para", "paragraphs"), reference);
-    assert_eq!(score("docs.jsonl", "auto"), reference);
-    assert_eq!(score("docs.jsonl.gz", "auto"), reference);
-    assert_eq!(score("docs.jsonl.gz", "jsonl"), reference);
-    assert_eq!(score("dir", "auto"), reference);
+    assert_eq!(
+        fields(&read_scores(&score("docs.para", "paragraphs"))),
+        reference
+    );
+    let jsonl = read_scores(&score("docs.jsonl", "auto"));
+    assert_eq!(fields(&jsonl), reference);
+    assert_eq!(jsonl[7]["id"], 7, "the id field is copied");
+    assert_eq!(
+        fields(&read_scores(&score("docs.jsonl.gz", "auto"))),
+        reference
+    );
+    assert_eq!(
+        fields(&read_scores(&score("docs.jsonl.gz", "jsonl"))),
+        reference
+    );
+    // A directory in gives a directory out: one score file per shard, compressed as
+    // the shard was.
+    let out = score("dir", "auto");
+    let first = read_scores(&out.join("part-1.jsonl.scores.jsonl"));
+    let gz = std::fs::read(out.join("part-2.txt.scores.jsonl.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let second: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!((first.len(), second.len()), (20, 30));
+    assert_eq!(fields(&[first, second.clone()].concat()), reference);
+    assert_eq!(
+        (second[0]["doc"].clone(), second[0]["line"].clone()),
+        (0.into(), 1.into())
+    );
     // Paragraphs start on every third line.
     let para = read_scores(&p("docs.para.paragraphs.scores"));
     assert_eq!(para[2]["line"], 7);
-    let dir_scores = read_scores(&p("dir.auto.scores"));
-    assert!(
-        dir_scores[20]["source"]
-            .as_str()
-            .unwrap()
-            .ends_with("part-2.txt.gz")
-    );
-    assert_eq!(dir_scores[20]["line"], 1);
 }
 
 /// The kept set the discard rule must produce: drop `round(f * n)` lowest scores among
@@ -249,7 +288,7 @@ fn filter_discard_keeps_exact_lines_in_order_and_reuses_scores() {
             .unwrap();
     assert_eq!(report["kept"], want.len());
     assert_eq!(report["discarded"], 80 - want.len());
-    assert_eq!(report["sources"][0]["kept"], want.len());
+    assert_eq!(report["shards"][0]["kept"], want.len());
     let svg = std::fs::read_to_string(p("kept.jsonl.histogram.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<rect"));
 
@@ -504,6 +543,7 @@ fn killed_while_writing_an_output_leaves_none_and_a_rerun_completes() {
             serde_json::from_slice(&read(&format!("{name}.report.json"))).unwrap();
         r["output"] = serde_json::Value::Null;
         r["histogram"] = serde_json::Value::Null;
+        r["shards"][0]["output"] = serde_json::Value::Null;
         r
     };
     assert_eq!(report("kept.txt"), report("reference-kept.txt"));

@@ -278,8 +278,9 @@ fn bad_training_inputs() {
             "--batch-size is 4",
         ],
     );
-    let short = dir.path().join("short.txt");
-    std::fs::write(&short, "tiny\nwords\n").unwrap();
+    // Short documents are padded to one sequence; only empty ones cannot be used.
+    let short = dir.path().join("empty.jsonl");
+    std::fs::write(&short, "{\"text\":\"\"}\n{\"text\":\"\"}\n").unwrap();
     fails(
         &train_args(&short, &train, &run, "2"),
         &["no document is long enough"],
@@ -459,4 +460,190 @@ fn two_trains_in_one_process_through_the_library() {
         rater_of(&dir.path().join("first/rater.safetensors")),
         rater_of(&dir.path().join("second/rater.safetensors"))
     );
+}
+
+#[test]
+fn each_input_is_detected_on_its_own_and_unsupported_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = corpus(dir.path());
+    let run = dir.path().join("run");
+    // A compressed or binary held-out set is refused by name, never read as text.
+    let bz2 = dir.path().join("held.txt.bz2");
+    std::fs::write(&bz2, b"BZh91AY&SY\x01\x02\x03").unwrap();
+    fails(
+        &train_args(&train, &bz2, &run, "1"),
+        &["held.txt.bz2", "bzip2"],
+    );
+    let exe = std::env::current_exe().unwrap();
+    fails(&train_args(&train, &exe, &run, "1"), &["ELF executable"]);
+    // A paragraphs held-out set beside a JSON Lines training set: the held-out's own
+    // format does not change how the training set is read.
+    let held = dir.path().join("held.para");
+    std::fs::write(&held, documents(30, 5).join("\n\n") + "\n").unwrap();
+    let mut a = train_args(&train, &held, &run, "1");
+    a.extend(["--held-out-format", "paragraphs"]);
+    let stdout = ok(&a);
+    assert!(
+        stdout.contains("training data: 120 documents")
+            && stdout.contains("held-out: 30 documents"),
+        "{stdout}"
+    );
+}
+
+/// Short documents (shorter than the sequence): words, or noise bytes of the same
+/// lengths; which one is document i's: `i % 2 == 1` is noise.
+fn short_documents(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = datarater::Rng::new(seed);
+    let words = documents(n, seed + 100);
+    (0..n)
+        .map(|i| {
+            let clean: String = words[i].chars().take(8 + rng.below(16)).collect();
+            let clean = clean.trim().to_string();
+            if i % 2 == 0 {
+                clean
+            } else {
+                (0..clean.len().max(4))
+                    .map(|_| char::from(b'!' + rng.below(94) as u8))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn short_documents_are_scored_padded_and_a_short_corpus_is_filtered_sensibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held) = (dir.path().join("train.txt"), dir.path().join("held.txt"));
+    write_lines(&train, &short_documents(2000, 1));
+    let held_docs: Vec<String> = short_documents(800, 2).into_iter().step_by(2).collect();
+    write_lines(&held, &held_docs);
+    let run = dir.path().join("run");
+    let mut a = vec![
+        "train",
+        "--train",
+        s(&train),
+        "--held-out",
+        s(&held),
+        "--out",
+        s(&run),
+        "--outer-steps",
+        "120",
+        "--reset-every",
+        "40",
+        "--checkpoint-every",
+        "1000",
+        "--seq-len",
+        "24",
+        "--lm-width",
+        "16",
+        "--rater-width",
+        "16",
+        "--batch-size",
+        "16",
+        "--meta-lr",
+        "0.01",
+    ];
+    let stdout = ok(&a);
+    assert!(stdout.contains("padded with NUL"), "{stdout}");
+    a.clear();
+    // A fresh corpus of short documents: every one gets a score, and the rater keeps
+    // the words rather than the noise.
+    let corpus = dir.path().join("short.txt");
+    let docs = short_documents(400, 3);
+    write_lines(&corpus, &docs);
+    let kept = dir.path().join("kept.txt");
+    let rater = run.join("rater.safetensors");
+    let stdout = ok(&[
+        "filter",
+        "--rater",
+        s(&rater),
+        "--input",
+        s(&corpus),
+        "--out",
+        s(&kept),
+        "--discard-fraction",
+        "0.5",
+    ]);
+    assert!(
+        stdout.contains("400 documents shorter than the rater's sequence were scored padded"),
+        "{stdout}"
+    );
+    let kept: Vec<String> = std::fs::read_to_string(&kept)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(kept.len(), 200);
+    let clean_kept = kept
+        .iter()
+        .filter(|k| {
+            docs.iter()
+                .position(|d| d == *k)
+                .is_some_and(|i| i % 2 == 0)
+        })
+        .count();
+    eprintln!("kept {clean_kept} word documents of 200 kept");
+    assert!(
+        clean_kept >= 150,
+        "kept {clean_kept} word documents of 200 kept"
+    );
+}
+
+#[test]
+fn evaluate_compares_fresh_lms_trained_on_each_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // Clean text, and the same text with every other document replaced by noise.
+    let docs = documents(400, 7);
+    write_lines(&p("clean.txt"), &docs);
+    let noisy: Vec<String> = short_documents(400, 8)
+        .into_iter()
+        .zip(&docs)
+        .enumerate()
+        .map(|(i, (n, d))| if i % 2 == 1 { n.repeat(4) } else { d.clone() })
+        .collect();
+    write_lines(&p("noisy.txt"), &noisy);
+    write_lines(&p("held.txt"), &documents(100, 9));
+    let stdout = ok(&[
+        "evaluate",
+        "--held-out",
+        s(&p("held.txt")),
+        s(&p("noisy.txt")),
+        s(&p("clean.txt")),
+        "--out",
+        s(&p("eval")),
+        "--steps",
+        "80",
+        "--eval-every",
+        "20",
+        "--lm-width",
+        "8",
+        "--lm-layers",
+        "1",
+        "--lm-heads",
+        "1",
+        "--seq-len",
+        "16",
+    ]);
+    assert!(stdout.contains("steps to reach the first"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("eval.json")).unwrap()).unwrap();
+    let corpora = report["corpora"].as_array().unwrap();
+    assert_eq!(corpora.len(), 2);
+    let (noisy, clean) = (&corpora[0], &corpora[1]);
+    assert_eq!(
+        noisy["curve"].as_array().unwrap().len(),
+        5,
+        "steps 0, 20, 40, 60, 80"
+    );
+    let (fn_, fc) = (
+        noisy["final_loss"].as_f64().unwrap(),
+        clean["final_loss"].as_f64().unwrap(),
+    );
+    assert!(fc < fn_, "clean {fc} should beat noisy {fn_}");
+    // The clean corpus reaches the noisy one's final loss no later than step 80.
+    assert!(clean["steps_to_reference"].as_u64().unwrap() <= 80);
+    assert_eq!(noisy["steps_to_reference"], 80);
+    let svg = std::fs::read_to_string(p("eval.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
 }
