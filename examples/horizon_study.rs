@@ -25,7 +25,7 @@ use datarater::autodiff::flops;
 use datarater::curate::discard_bottom;
 use datarater::data::{Corpus, LabeledSequence, SplitConfig, corrupted_pool, default_mix};
 use datarater::meta::{InnerLoop, MeanLoss, Mode};
-use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
+use datarater::nn::{CausalLm, SequenceScorer};
 use datarater::optim::Adam;
 use datarater::trainer::{
     MetaAdam, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig, score_sequences,
@@ -291,10 +291,9 @@ fn main() -> Result<()> {
     // The demo's split, corruptions and labelled evaluation set, from the same seed.
     let mut rng = Rng::new(args.seed);
     let split = corpus.split(
-        &SplitConfig {
-            seq_len: SEQ_LEN,
-            held_out_fraction: 0.15,
-        },
+        &SplitConfig::default()
+            .with_seq_len(SEQ_LEN)
+            .with_held_out_fraction(0.15),
         &mut rng,
     )?;
     let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);

@@ -49,7 +49,7 @@ impl InnerLoop<f64> for Linear {
     type Batch = Xy;
     type Opt = Sgd<f64>;
     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1]))])
+        Params::from_iter([("w".to_string(), Tensor::zeros(&[DIM, 1]).unwrap())])
     }
     fn optimizer(&self) -> &Sgd<f64> {
         &self.0
@@ -69,7 +69,7 @@ struct KindRater;
 
 impl Rater<f64, Xy> for KindRater {
     fn init(&self, _: &mut Rng) -> Params<Tensor<f64>> {
-        Params::from_iter([("a".to_string(), Tensor::zeros(&[2, 1]))])
+        Params::from_iter([("a".to_string(), Tensor::zeros(&[2, 1]).unwrap())])
     }
     fn scores<V: Value<F = f64>>(&self, eta: &Params<V>, b: &Xy) -> Result<V> {
         let onehot: Vec<f64> = b
