@@ -217,10 +217,7 @@ fn text_trainer_resumes_bitwise() {
         .with_seed(5);
     // With a target age: warm-started members, plain steps and age-based resets (at
     // age 9, members age 3 per outer step) before and after the checkpoint.
-    let aged = fixed
-        .clone()
-        .with_target_steps(Some(9))
-        .with_plain_steps(1);
+    let aged = fixed.clone().with_target_steps(Some(9)).with_plain_steps(1);
     for (name, config) in [("text", fixed), ("text-target", aged)] {
         let setup = Setup {
             inner: &inner,
