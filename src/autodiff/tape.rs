@@ -104,9 +104,8 @@ impl<V: Value> Tape<V> {
         self.len() == 0
     }
 
-    /// Bytes the tape keeps alive: the distinct buffers its VJP rules saved (including
-    /// the inside of a checkpointed block it still keeps) and each node's bookkeeping
-    /// (its rule, parents and shapes: a visible share of a tape of many small ops).
+    /// Bytes of distinct buffers the tape keeps alive for its VJP rules (including the
+    /// inside of a checkpointed block it still keeps).
     pub fn bytes(&self) -> usize {
         let mut seen = HashSet::new();
         let mut total = 0;
@@ -118,31 +117,36 @@ impl<V: Value> Tape<V> {
         total
     }
 
+    /// [`bytes`](Self::bytes) plus each node's bookkeeping (its rule, parents and
+    /// shapes): a visible share of a tape of many small ops, which a memory budget
+    /// must count.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let inner = self.0.borrow();
+        let words = |n: usize| n * std::mem::size_of::<usize>();
+        let nodes = inner.nodes.capacity() * std::mem::size_of::<Option<Node<V>>>()
+            + inner
+                .nodes
+                .iter()
+                .flatten()
+                .map(|node| {
+                    let c = &node.ctx;
+                    std::mem::size_of_val(&*node.vjp)
+                        + words(2 * node.parents.capacity())
+                        + c.xs.capacity() * std::mem::size_of::<Option<V>>()
+                        + c.shapes
+                            .iter()
+                            .map(|s| words(s.capacity() + 3))
+                            .sum::<usize>()
+                        + words(c.out_shape.capacity())
+                        + c.needs.capacity()
+                })
+                .sum::<usize>();
+        drop(inner);
+        nodes + self.bytes()
+    }
+
     fn visit_saved(&self, visit: &mut dyn FnMut(usize, usize)) {
         let inner = self.0.borrow();
-        // Address 0: bookkeeping, never a buffer's address, and distinct per call.
-        let words = |n: usize| n * std::mem::size_of::<usize>();
-        visit(
-            0,
-            inner.nodes.capacity() * std::mem::size_of::<Option<Node<V>>>()
-                + inner
-                    .nodes
-                    .iter()
-                    .flatten()
-                    .map(|node| {
-                        let c = &node.ctx;
-                        std::mem::size_of_val(&*node.vjp)
-                            + words(2 * node.parents.capacity())
-                            + c.xs.capacity() * std::mem::size_of::<Option<V>>()
-                            + c.shapes
-                                .iter()
-                                .map(|s| words(s.capacity() + 3))
-                                .sum::<usize>()
-                            + words(c.out_shape.capacity())
-                            + c.needs.capacity()
-                    })
-                    .sum::<usize>(),
-        );
         for node in inner.nodes.iter().flatten() {
             for x in node.ctx.xs.iter().flatten() {
                 x.visit_buffers(visit);
@@ -251,7 +255,7 @@ impl<V: Value> Tape<V> {
             ));
         }
         let held = match limit {
-            Some(_) => self.bytes(),
+            Some(_) => self.held_bytes(),
             None => 0,
         };
         let mut nodes = {

@@ -93,7 +93,7 @@ pub(crate) fn value_and_grad_measured<V: Value, R: Output<Var<V>>>(
     scalar_check("value_and_grad: output must be a scalar", &y.shape())?;
     let seed = ones_like::<V>(&y.shape());
     let wrt: Vec<&Var<V>> = vars.values().collect();
-    let tape_bytes = tape.bytes();
+    let tape_bytes = tape.held_bytes();
     let (grads, cot_bytes) = tape.backward_within(&y, seed, &wrt, None)?;
     let out = vars.names().map(str::to_string).zip(grads).collect();
     Ok((y.into_value(), out, tape_bytes + cot_bytes))
@@ -126,7 +126,7 @@ pub(crate) fn vjp_measured<V: Value, R: Output<Var<V>>>(
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
     let wrt: Vec<&Var<V>> = vars.values().collect();
-    let tape_bytes = tape.bytes();
+    let tape_bytes = tape.held_bytes();
     let (grads, cot_bytes) = tape.backward_within(&y, cot.clone(), &wrt, None)?;
     Ok((
         y.into_value(),

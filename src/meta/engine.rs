@@ -1162,16 +1162,17 @@ fn unrolled<F: Float, P: MetaProblem<F>>(req: &MetaRequest<'_, F, P>) -> Result<
         finite(&g.map(|v| v.value().clone()), t, "inner gradient")?;
         inner_losses.push(loss.item());
         (theta, state) = opt.update(&theta, &state, &g);
-        let grown = tape.bytes() - base;
+        let grown = tape.held_bytes() - base;
         ledger.after(Kind::Inner, base, grown + inner_ws, t)?;
         ledger.hold(grown);
     }
     let base = ledger.before(Kind::Outer, n)?;
     let j = problem.outer_loss(&theta, outer_batch)?;
     finite_scalar(j.item(), n, "outer loss")?;
+    let held = tape.held_bytes();
+    ledger.after(Kind::Outer, base, held - base, n)?;
+    ledger.hold(held - base);
     let peak = tape.bytes();
-    ledger.after(Kind::Outer, base, peak - base, n)?;
-    ledger.hold(peak - base);
     let wrt: Vec<&Var<Tensor<F>>> = eta_v.values().collect();
     let seed = Tensor::filled(&j.shape(), F::one());
     // The backward sweep stops itself before its cotangents pass what is left.
