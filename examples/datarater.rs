@@ -36,9 +36,7 @@ use datarater::curate::rater_file::RaterFile;
 use datarater::curate::{
     auc, discard_bottom, draw_size, filter_batch, spearman, sweep_discard_fractions,
 };
-use datarater::data::{
-    Corpus, Corruption, LabeledSequence, SplitConfig, corrupted_pool, default_mix,
-};
+use datarater::data::{Corruption, LabeledSequence, default_mix};
 use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
@@ -330,33 +328,17 @@ fn main() -> Result<()> {
         path: args.out.display().to_string(),
         reason: e.to_string(),
     })?;
-    let corpus = match &args.corpus {
-        Some(p) => Corpus::from_file(p)?,
-        None => Corpus::embedded(),
-    };
     let mut rng = Rng::new(args.seed);
-    let split = corpus.split(
-        &SplitConfig::default()
-            .with_seq_len(SEQ_LEN)
-            .with_held_out_fraction(0.15),
-        &mut rng,
-    )?;
-    // Held-out sequences: half drive the meta-objective, half are the test set.
-    let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);
-    if meta_held_out.is_empty() || test.len() < 8 {
-        return Err(Error::Config {
-            field: "--corpus",
-            reason: "too small: need at least ~100 sequences of 64 bytes".into(),
-        });
-    }
+    let DemoData {
+        corpus_bytes,
+        pool,
+        meta_held_out,
+        test,
+    } = demo_data(args.corpus.as_deref(), &mut rng)?;
+    let (meta_held_out, test) = (&meta_held_out[..], &test[..]);
     let mix = default_mix();
-    let pool = corrupted_pool(&split.train, &mix, &mut rng)?;
     let train_bytes = Arc::new(pool.iter().map(|s| s.bytes.clone()).collect::<Vec<_>>());
-    println!(
-        "datarater demo: {} bytes of text, {}-byte sequences",
-        corpus.len(),
-        SEQ_LEN
-    );
+    println!("datarater demo: {corpus_bytes} bytes of text, {SEQ_LEN}-byte sequences");
     println!(
         "  training pool {} sequences ({}% clean; byte replacement at 0.1/0.25/0.5/0.75/1.0, shuffled words, repeated runs, all caps)",
         pool.len(),
@@ -765,7 +747,7 @@ fn main() -> Result<()> {
         ],
     )?;
     let summary = serde_json::json!({
-        "corpus_bytes": corpus.len(),
+        "corpus_bytes": corpus_bytes,
         "seq_len": SEQ_LEN,
         "outer_steps": args.outer_steps,
         "inner_steps": args.inner_steps,

@@ -23,7 +23,7 @@
 use datarater::alloc::{CountingAlloc, measure_peak};
 use datarater::autodiff::flops;
 use datarater::curate::discard_bottom;
-use datarater::data::{Corpus, LabeledSequence, SplitConfig, corrupted_pool, default_mix};
+use datarater::data::{LabeledSequence, default_mix};
 use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer};
 use datarater::optim::Adam;
@@ -284,27 +284,15 @@ fn main() -> Result<()> {
         path: args.out.display().to_string(),
         reason: e.to_string(),
     })?;
-    let corpus = match &args.corpus {
-        Some(p) => Corpus::from_file(p)?,
-        None => Corpus::embedded(),
-    };
     // The demo's split, corruptions and labelled evaluation set, from the same seed.
     let mut rng = Rng::new(args.seed);
-    let split = corpus.split(
-        &SplitConfig::default()
-            .with_seq_len(SEQ_LEN)
-            .with_held_out_fraction(0.15),
-        &mut rng,
-    )?;
-    let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);
-    if meta_held_out.is_empty() || test.len() < 8 {
-        return Err(Error::Config {
-            field: "--corpus",
-            reason: "too small: need at least ~100 sequences of 64 bytes".into(),
-        });
-    }
+    let DemoData {
+        pool,
+        meta_held_out,
+        test,
+        ..
+    } = demo_data(args.corpus.as_deref(), &mut rng)?;
     let mix = default_mix();
-    let pool = corrupted_pool(&split.train, &mix, &mut rng)?;
     let mut eval_rng = rng.fork(7);
     let mut eval = vec![];
     for (c, _) in &mix {
@@ -320,8 +308,8 @@ fn main() -> Result<()> {
         train_bytes: Arc::new(pool.iter().map(|s| s.bytes.clone()).collect()),
         eval_labels: eval.iter().map(|s| label(s.kind, s.level)).collect(),
         pool,
-        meta_held_out: meta_held_out.to_vec(),
-        test: test.to_vec(),
+        meta_held_out,
+        test,
         eval,
     };
     let columns: Vec<String> = mix

@@ -127,13 +127,7 @@ impl EvaluateArgs {
     /// # Errors
     /// `--lm-width` so large that the MLP's width overflows.
     pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
-        Ok(TransformerConfig::new(
-            self.lm_width,
-            self.lm_layers,
-            self.lm_heads,
-            self.seq_len.saturating_sub(1).max(1),
-        )
-        .with_d_ff(widened(self.lm_width, 4, "--lm-width")?))
+        lm_config(self.lm_width, self.lm_layers, self.lm_heads, self.seq_len)
     }
 }
 
@@ -508,14 +502,22 @@ impl TrainArgs {
     /// # Errors
     /// `--lm-width` so large that the MLP's width overflows.
     pub fn lm_config(&self) -> Result<TransformerConfig, CliError> {
-        Ok(TransformerConfig::new(
-            self.lm_width,
-            self.lm_layers,
-            self.lm_heads,
-            self.seq_len.saturating_sub(1).max(1),
-        )
-        .with_d_ff(widened(self.lm_width, 4, "--lm-width")?))
+        lm_config(self.lm_width, self.lm_layers, self.lm_heads, self.seq_len)
     }
+}
+
+/// The byte LM of `train` and `evaluate`: causal, reading `seq_len - 1` bytes, MLP 4x
+/// `width` (an error naming `--lm-width` when that overflows).
+fn lm_config(
+    width: usize,
+    layers: usize,
+    heads: usize,
+    seq_len: usize,
+) -> Result<TransformerConfig, CliError> {
+    Ok(
+        TransformerConfig::new(width, layers, heads, seq_len.saturating_sub(1).max(1))
+            .with_d_ff(widened(width, 4, "--lm-width")?),
+    )
 }
 
 /// `factor * width`, the MLP's width, or an error naming `flag`.

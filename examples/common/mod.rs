@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each example uses a different part
 
 use datarater::curate::discard_bottom;
-use datarater::data::LabeledSequence;
+use datarater::data::{Corpus, LabeledSequence, SplitConfig, corrupted_pool, default_mix};
 use datarater::nn::TransformerConfig;
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{TextBatch, TextLm, evaluate, train_step};
@@ -167,4 +167,43 @@ pub fn kept_shares(
             .or_default() += 1.0 / kept.len() as f64;
     }
     Ok(shares)
+}
+
+/// The demo's data: the corpus at `path` (or the shipped one) cut into `SEQ_LEN`-byte
+/// sequences and split with `rng`; the held-out half that drives the meta-objective, the
+/// test half, and the training sequences under the default corruption mix.
+pub struct DemoData {
+    /// Bytes of text in the corpus.
+    pub corpus_bytes: usize,
+    pub pool: Vec<LabeledSequence>,
+    pub meta_held_out: Vec<Vec<u8>>,
+    pub test: Vec<Vec<u8>>,
+}
+
+pub fn demo_data(path: Option<&Path>, rng: &mut Rng) -> Result<DemoData> {
+    let corpus = match path {
+        Some(p) => Corpus::from_file(p)?,
+        None => Corpus::embedded(),
+    };
+    let split = corpus.split(
+        &SplitConfig::default()
+            .with_seq_len(SEQ_LEN)
+            .with_held_out_fraction(0.15),
+        rng,
+    )?;
+    // Held-out sequences: half drive the meta-objective, half are the test set.
+    let (meta_held_out, test) = split.held_out.split_at(split.held_out.len() / 2);
+    if meta_held_out.is_empty() || test.len() < 8 {
+        return Err(Error::Config {
+            field: "--corpus",
+            reason: "too small: need at least ~100 sequences of 64 bytes".into(),
+        });
+    }
+    let pool = corrupted_pool(&split.train, &default_mix(), rng)?;
+    Ok(DemoData {
+        corpus_bytes: corpus.len(),
+        pool,
+        meta_held_out: meta_held_out.to_vec(),
+        test: test.to_vec(),
+    })
 }

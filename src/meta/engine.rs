@@ -562,9 +562,7 @@ impl<F: Float> Adjoint<F> {
     }
 
     fn nbytes(&self) -> usize {
-        self.theta.nbytes()
-            + self.state.iter().map(Params::nbytes).sum::<usize>()
-            + self.eta.nbytes()
+        self.theta.nbytes() + slot_bytes(&self.state) + self.eta.nbytes()
     }
 
     /// Steps the adjoints back over inner step `t` (from `theta_t, s_t` with gradient
@@ -578,7 +576,7 @@ impl<F: Float> Adjoint<F> {
         t: usize,
         theta: &Params<Tensor<F>>,
         state: Cow<'_, OptState<Tensor<F>>>,
-        (g, w): Kept<F>,
+        kept: Kept<F>,
         remat: bool,
         ledger: &mut Ledger,
         stats: &mut MetaStats,
@@ -587,16 +585,19 @@ impl<F: Float> Adjoint<F> {
         let adj = req
             .problem
             .optimizer()
-            .adjoint(theta, &state, &g, &self.theta, &self.state);
+            .adjoint(theta, &state, &kept.0, &self.theta, &self.state);
         finite(&adj.grad, t, "optimiser adjoint")?;
         // The old and the new adjoints and g_bar are alive together here.
-        let new_adjoint = adj.theta.nbytes() + adj.state.iter().map(Params::nbytes).sum::<usize>();
+        let new_adjoint = adj.theta.nbytes() + slot_bytes(&adj.state);
         let g_bar = adj.grad.nbytes();
-        let freed = kept_bytes(&(g, w.clone()))
+        // g_t and an owned s_t are freed here.
+        let freed = kept_bytes(&kept)
             + match state {
-                Cow::Owned(s) => s.slots.iter().map(Params::nbytes).sum(),
+                Cow::Owned(s) => slot_bytes(&s.slots),
                 Cow::Borrowed(_) => 0,
             };
+        let (g, w) = kept;
+        drop(g);
         ledger.release(freed);
         // Nor are the adjoints of step t + 1 needed any longer (the new ones have the
         // same shapes).
@@ -630,9 +631,14 @@ fn kept_bytes<F: Float>((g, w): &Kept<F>) -> usize {
     g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes)
 }
 
+/// The bytes of optimiser-state slots (or of their adjoints).
+fn slot_bytes<F: Float>(slots: &[Params<Tensor<F>>]) -> usize {
+    slots.iter().map(Params::nbytes).sum()
+}
+
 /// The bytes of an inner state `(theta, s)`.
 fn state_bytes<F: Float>(theta: &Params<Tensor<F>>, state: &OptState<Tensor<F>>) -> usize {
-    theta.nbytes() + state.slots.iter().map(Params::nbytes).sum::<usize>()
+    theta.nbytes() + slot_bytes(&state.slots)
 }
 
 /// Mixed (`keep_grads`) and checkpointed mode: reverses the window with at most
@@ -917,7 +923,7 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, '_, F, P> {
         };
         if matches!(state, Cow::Owned(_)) {
             // step_back frees the owned s_t: it leaves the trajectory with g_t.
-            self.trajectory -= state.slots.iter().map(Params::nbytes).sum::<usize>();
+            self.trajectory -= slot_bytes(&state.slots);
         }
         self.trajectory -= kept_bytes(&k);
         let remat = self.grads.is_none();
@@ -988,15 +994,16 @@ fn products<F: Float, P: MetaProblem<F>>(
         None => problem.example_weights(eta, batch),
     };
     let Some(w) = w else {
-        let (h, m, r) = if need_h {
+        let (h, m, tape_bytes, cotangent_bytes) = if need_h {
             let r = jvp_grad_with(
                 |gs| problem.inner_loss(&gs[0], &gs[1], batch),
                 &[theta, eta],
                 &[Some(g), None],
                 remat,
             )?;
-            let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.clone().try_into().expect("two groups");
-            (Some(h), m, r)
+            let (tape, cot) = (r.tape_bytes, r.cotangent_bytes);
+            let [h, m]: [Params<Tensor<F>>; 2] = r.tangents.try_into().expect("two groups");
+            (Some(h), m, tape, cot)
         } else {
             // theta as constants carrying the tangent: only the ops that depend on eta
             // are recorded.
@@ -1007,15 +1014,16 @@ fn products<F: Float, P: MetaProblem<F>>(
                 &[None],
                 remat,
             )?;
-            let m = r.tangents[0].clone();
-            (None, m, r)
+            let (tape, cot) = (r.tape_bytes, r.cotangent_bytes);
+            let m = r.tangents.into_iter().next().expect("one group");
+            (None, m, tape, cot)
         };
         let results = h.as_ref().map_or(0, Params::nbytes) + m.nbytes();
         return Ok(Products {
             h,
             m,
-            tape_bytes: r.tape_bytes,
-            working_bytes: r.tape_bytes + r.cotangent_bytes + results,
+            tape_bytes,
+            working_bytes: tape_bytes + cotangent_bytes + results,
         });
     };
     let w = w?;
