@@ -41,7 +41,7 @@ use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{
-    MetaAdam, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    MetaAdam, Sequences, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
     score_sequences, train_step,
 };
 use datarater::{Error, Params, Result, Rng, Tensor};
@@ -154,7 +154,7 @@ struct Costs {
 /// to reach the baseline's final loss and the compute accounting.
 fn transfer(
     args: &Args,
-    train_bytes: &Arc<Vec<Vec<u8>>>,
+    train_bytes: &Arc<Sequences>,
     all: &Arc<Vec<usize>>,
     kept: &Arc<Vec<usize>>,
     frac: f64,
@@ -168,7 +168,7 @@ fn transfer(
     // Every training step has the same shapes, so one counted step times the number of
     // steps is the run's training work (the two runs overlap in time below, so their
     // work cannot be told apart on the process-wide counter).
-    let probe = TextBatch::from_pool(train_bytes, (0..BATCH).collect())?;
+    let probe = TextBatch::from_pool(&**train_bytes, (0..BATCH).collect())?;
     let (mut th, mut st) = (init.clone(), lm.opt.init(&init));
     let (r, step_flops) = flops::count(|| train_step(&lm, &mut th, &mut st, &probe));
     r?;
@@ -337,7 +337,9 @@ fn main() -> Result<()> {
     } = demo_data(args.corpus.as_deref(), &mut rng)?;
     let (meta_held_out, test) = (&meta_held_out[..], &test[..]);
     let mix = default_mix();
-    let train_bytes = Arc::new(pool.iter().map(|s| s.bytes.clone()).collect::<Vec<_>>());
+    let train_bytes = Arc::new(Sequences::from_rows(
+        &pool.iter().map(|s| &s.bytes[..]).collect::<Vec<_>>(),
+    )?);
     println!("datarater demo: {corpus_bytes} bytes of text, {SEQ_LEN}-byte sequences");
     println!(
         "  training pool {} sequences ({}% clean; byte replacement at 0.1/0.25/0.5/0.75/1.0, shuffled words, repeated runs, all caps)",
@@ -377,7 +379,7 @@ fn main() -> Result<()> {
         .with_weight_decay(0.01)
         .with_warmup_steps(20)
         .with_clip_norm(1.0);
-    let held_out_pool = TextPool::new(Arc::new(meta_held_out.to_vec()), BATCH)?;
+    let held_out_pool = TextPool::new(Sequences::from_rows(meta_held_out)?, BATCH)?;
     let config = TrainerConfig::default()
         .with_outer_steps(args.outer_steps)
         .with_inner_steps(args.inner_steps)
@@ -666,7 +668,7 @@ fn main() -> Result<()> {
                             )?;
                             let keep = filter_batch(&s, BATCH)?;
                             TextBatch::from_pool(
-                                &train_bytes,
+                                &*train_bytes,
                                 keep.into_iter().map(|k| cand[k]).collect(),
                             )
                         },

@@ -28,7 +28,8 @@ use datarater::meta::{InnerLoop, MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer};
 use datarater::optim::Adam;
 use datarater::trainer::{
-    MetaAdam, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig, score_sequences,
+    MetaAdam, Sequences, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    score_sequences,
 };
 use datarater::{Error, Params, Result, Rng, Tensor};
 use std::collections::BTreeMap;
@@ -187,7 +188,7 @@ struct Outcome {
 /// The data every setting shares.
 struct Data {
     pool: Vec<LabeledSequence>,
-    train_bytes: Arc<Vec<Vec<u8>>>,
+    train_bytes: Arc<Sequences>,
     meta_held_out: Vec<Vec<u8>>,
     test: Vec<Vec<u8>>,
     eval: Vec<LabeledSequence>,
@@ -229,7 +230,7 @@ fn run(args: &Args, data: &Data, s: &Setting) -> Result<Outcome> {
         .with_warmup_steps(20)
         .with_clip_norm(1.0);
     let train_pool = TextPool::new(data.train_bytes.clone(), BATCH)?;
-    let held_out_pool = TextPool::new(Arc::new(data.meta_held_out.clone()), BATCH)?;
+    let held_out_pool = TextPool::new(Sequences::from_rows(&data.meta_held_out)?, BATCH)?;
     let config = TrainerConfig::default()
         .with_outer_steps(args.outer_steps)
         .with_inner_steps(s.inner_steps)
@@ -305,7 +306,9 @@ fn main() -> Result<()> {
         }
     }
     let data = Data {
-        train_bytes: Arc::new(pool.iter().map(|s| s.bytes.clone()).collect()),
+        train_bytes: Arc::new(Sequences::from_rows(
+            &pool.iter().map(|s| &s.bytes[..]).collect::<Vec<_>>(),
+        )?),
         eval_labels: eval.iter().map(|s| label(s.kind, s.level)).collect(),
         pool,
         meta_held_out,

@@ -48,10 +48,9 @@ use datarater::meta::{
 };
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
-use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
+use datarater::trainer::{Sequences, TextBatch, TextLm, TextPool, TextRater};
 use datarater::{Error, Float, Params, Result, Rng, Tensor};
 use plotters::prelude::*;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[global_allocator]
@@ -237,7 +236,7 @@ fn transformer(
 
 fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
     let corpus = Corpus::embedded();
-    let pool = Arc::new(corpus.sequences(a.seq)?);
+    let pool = Sequences::from_rows(&corpus.sequences(a.seq)?)?;
     let lm = CausalLm::new(transformer(a.d, a.layers, a.heads, a.seq, true))?;
     let scorer = SequenceScorer::new(transformer(
         a.rater_d,

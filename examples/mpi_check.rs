@@ -29,8 +29,8 @@ use datarater::meta::{InnerLoop, Mode, OuterLoop, Sampler};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
 use datarater::trainer::{
-    MetaAdam, MetaAdamState, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
-    TrainerState,
+    MetaAdam, MetaAdamState, Sequences, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer,
+    TrainerConfig, TrainerState,
 };
 use datarater::{Error, Params, Result, Rng, Value};
 use serde_json::json;
@@ -130,10 +130,10 @@ fn parts(fault: &Fault, d_model: usize, batch: usize) -> Parts<'_> {
         objective: Objective { fault },
         meta: MetaAdam::default().with_lr(1e-2),
         train: Train {
-            pool: TextPool::new(Arc::new(seqs[..200].to_vec()), batch).unwrap(),
+            pool: TextPool::new(Sequences::from_rows(&seqs[..200]).unwrap(), batch).unwrap(),
             fault,
         },
-        held: TextPool::new(Arc::new(seqs[200..260].to_vec()), batch).unwrap(),
+        held: TextPool::new(Sequences::from_rows(&seqs[200..260]).unwrap(), batch).unwrap(),
     }
 }
 

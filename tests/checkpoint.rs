@@ -148,8 +148,9 @@ use datarater::checkpoint::StateTensors;
 use datarater::meta::{InnerLoop, MeanLoss, MetaOptimizer, Mode, Rater};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum};
-use datarater::trainer::{MetaAdam, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig};
-use std::sync::Arc;
+use datarater::trainer::{
+    MetaAdam, Sequences, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+};
 
 /// Runs `k` steps, checkpoints to a file, loads into a fresh state, runs the rest; and
 /// compares with running all `total` steps without stopping.
@@ -205,8 +206,8 @@ fn text_trainer_resumes_bitwise() {
     let rater = TextRater {
         scorer: SequenceScorer::new(cfg(false, 12)).unwrap(),
     };
-    let pool = TextPool::new(Arc::new(seqs[..30].to_vec()), 4).unwrap();
-    let held = TextPool::new(Arc::new(seqs[30..].to_vec()), 4).unwrap();
+    let pool = TextPool::new(Sequences::from_rows(&seqs[..30]).unwrap(), 4).unwrap();
+    let held = TextPool::new(Sequences::from_rows(&seqs[30..]).unwrap(), 4).unwrap();
     let meta = MetaAdam::default();
     let fixed = TrainerConfig::default()
         .with_outer_steps(7)

@@ -11,11 +11,10 @@ use datarater::meta::{
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
 use datarater::trainer::{
-    MetaAdam, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    MetaAdam, Sequences, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
     score_sequences,
 };
 use datarater::{Float, Params, Rng, Tensor};
-use std::sync::Arc;
 
 const THREADS: [usize; 4] = [1, 2, 3, 8];
 
@@ -54,8 +53,8 @@ fn text<F: Float>() -> Text<F> {
         rater: TextRater {
             scorer: SequenceScorer::new(cfg(false, 16, 64)).unwrap(),
         },
-        train: TextPool::new(Arc::new(seqs[..100].to_vec()), 10).unwrap(),
-        held: TextPool::new(Arc::new(seqs[100..140].to_vec()), 10).unwrap(),
+        train: TextPool::new(Sequences::from_rows(&seqs[..100]).unwrap(), 10).unwrap(),
+        held: TextPool::new(Sequences::from_rows(&seqs[100..140]).unwrap(), 10).unwrap(),
     }
 }
 

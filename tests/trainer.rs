@@ -11,11 +11,10 @@ use datarater::meta::{
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig, normal};
 use datarater::optim::{Adam, Momentum, Optimizer, Sgd};
 use datarater::trainer::{
-    MetaAdam, MetaAdamState, MetaSgd, Setup, TextBatch, TextLm, TextPool, TextRater, Trainer,
-    TrainerConfig, evaluate, score_sequences,
+    MetaAdam, MetaAdamState, MetaSgd, Sequences, Setup, TextBatch, TextLm, TextPool, TextRater,
+    Trainer, TrainerConfig, evaluate, score_sequences,
 };
 use datarater::{Error, Params, Result, Rng, Tensor, Value};
-use std::sync::Arc;
 
 fn cfg(causal: bool) -> TransformerConfig {
     TransformerConfig::new(8, 1, 2, 12)
@@ -38,8 +37,8 @@ fn text() -> Text {
         rater: TextRater {
             scorer: SequenceScorer::new(cfg(false)).unwrap(),
         },
-        train: TextPool::new(Arc::new(seqs[..200].to_vec()), 4).unwrap(),
-        held: TextPool::new(Arc::new(seqs[200..260].to_vec()), 4).unwrap(),
+        train: TextPool::new(Sequences::from_rows(&seqs[..200]).unwrap(), 4).unwrap(),
+        held: TextPool::new(Sequences::from_rows(&seqs[200..260]).unwrap(), 4).unwrap(),
     }
 }
 
@@ -320,9 +319,9 @@ fn rater_round_trips_through_a_file_and_a_mismatched_one_is_refused() {
         meta_data.get("model").map(String::as_str),
         Some("SequenceScorer")
     );
-    let held = t.held.seqs();
-    let a = score_sequences(&t.rater, &state.eta, &held[..10], 4).unwrap();
-    let b = score_sequences(&t.rater, &loaded, &held[..10], 4).unwrap();
+    let held: Vec<&[u8]> = t.held.seqs().iter().take(10).collect();
+    let a = score_sequences(&t.rater, &state.eta, &held, 4).unwrap();
+    let b = score_sequences(&t.rater, &loaded, &held, 4).unwrap();
     assert_eq!(a, b);
     // Continuing from the loaded rater is the same as continuing from memory.
     let resumed = trainer.init(Some(loaded)).unwrap();
@@ -396,7 +395,11 @@ fn bad_settings_name_the_field() {
 
 #[test]
 fn text_pools_check_every_sequence() {
-    let pool = |seqs: Vec<Vec<u8>>| TextPool::new(Arc::new(seqs), 2).map(|_| ());
+    let pool = |seqs: Vec<Vec<u8>>| {
+        Sequences::from_rows(&seqs)
+            .and_then(|s| TextPool::new(s, 2))
+            .map(|_| ())
+    };
     let reason = |r: Result<()>| match r {
         Err(Error::Config { field, reason }) => format!("{field}: {reason}"),
         other => panic!("expected a config error, got {other:?}"),
@@ -407,10 +410,11 @@ fn text_pools_check_every_sequence() {
     assert!(r.contains("sequence 2 has 2 bytes"), "{r}");
     assert!(reason(pool(vec![vec![1], vec![2]])).contains("at least 2"));
     assert!(
-        reason(TextPool::new(Arc::new(vec![vec![1, 2]]), 0).map(|_| ())).starts_with("batch_size")
+        reason(TextPool::new(Sequences::from_rows(&[[1, 2]]).unwrap(), 0).map(|_| ()))
+            .starts_with("batch_size")
     );
     // A pool smaller than a batch draws with replacement.
-    let small = TextPool::new(Arc::new(vec![vec![1, 2, 3]]), 4).unwrap();
+    let small = TextPool::new(Sequences::from_rows(&[[1, 2, 3]]).unwrap(), 4).unwrap();
     assert_eq!(small.sample(&mut Rng::new(0)).unwrap().rows, vec![0; 4]);
 }
 
@@ -420,10 +424,16 @@ fn evaluating_on_nothing_is_an_error() {
     let theta: Params<Tensor<f64>> = t.inner.init(&mut Rng::new(0));
     let none: [Vec<u8>; 0] = [];
     assert!(matches!(
-        evaluate(&t.inner, &theta, &none, 8),
+        evaluate(&t.inner, &theta, &none[..], 8),
         Err(Error::Config { field: "seqs", .. })
     ));
-    let some = evaluate(&t.inner, &theta, &t.held.seqs()[..3], 2).unwrap();
+    let some = evaluate(
+        &t.inner,
+        &theta,
+        &t.held.seqs().iter().take(3).collect::<Vec<_>>(),
+        2,
+    )
+    .unwrap();
     assert!(some.is_finite() && some > 0.0);
 }
 

@@ -121,6 +121,18 @@ impl<'a> Sharing<'a> {
         !self.by_shard || k % self.comm.size() == self.comm.rank()
     }
 
+    /// The progress of the stage `label` over this rank's share of `shards` (shown by
+    /// rank 0): with shards shared by rank, its own shards only, so the bar reaches
+    /// 100% when they are done; otherwise all of them.
+    fn progress(&self, label: &'static str, shards: &[Shard]) -> CorpusProgress {
+        let (n, bytes) = shards
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| self.mine(*k))
+            .fold((0, 0), |(n, b), (_, s)| (n + 1, b + s.bytes));
+        CorpusProgress::new(label, n, bytes, self.comm)
+    }
+
     /// The communicator a shard's work runs on.
     fn work(&self) -> &dyn Communicator {
         if self.by_shard {
@@ -230,9 +242,8 @@ pub fn score(args: &ScoreArgs, comm: &dyn Communicator) -> Result<()> {
     interrupt::install()?;
     interrupt::reset();
     let start = Instant::now();
-    let mut progress =
-        CorpusProgress::new("score", corpus.shards.len(), corpus.total_bytes(), comm);
     let sharing = Sharing::new(comm, corpus.shards.len());
+    let mut progress = sharing.progress("score", &corpus.shards);
     // `total` counts every shard's documents, `fresh` those scored by this run.
     let (mut total, mut fresh) = (PassStats::default(), PassStats::default());
     let (mut written, mut skipped, mut invalid) = (0usize, 0usize, Vec::new());
@@ -705,8 +716,8 @@ pub fn filter(args: &FilterArgs, comm: &dyn Communicator) -> Result<()> {
     } else {
         "filter: reading scores"
     };
-    let mut progress = CorpusProgress::new(stage, corpus.shards.len(), corpus.total_bytes(), comm);
     let sharing = Sharing::new(comm, corpus.shards.len());
+    let mut progress = sharing.progress(stage, &corpus.shards);
     let mut mine: Vec<(usize, ShardScores)> = Vec::new();
     let outcome = (|| -> Result<()> {
         for (k, shard) in corpus.shards.iter().enumerate() {

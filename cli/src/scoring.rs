@@ -172,8 +172,8 @@ impl CorpusProgress {
         self.show(0, &shard.rel.display().to_string());
     }
 
-    /// Ends the display at 100% (the stage is complete; under MPI with shards shared
-    /// by rank, rank 0 counted only its own).
+    /// Ends the display at 100%: the stage is complete (for the shards this progress
+    /// was made for: under MPI with shards shared by rank, rank 0's own).
     pub fn finish(&mut self) {
         let msg = format!("{} shards, {}", self.shards, self.message());
         if let Some(p) = self.progress.as_mut() {

@@ -25,7 +25,7 @@ use datarater::meta::{MeanLoss, Mode};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
 use datarater::trainer::{
-    MetaAdam, MetaAdamState, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
+    MetaAdam, MetaAdamState, Sequences, Setup, TextLm, TextPool, TextRater, Trainer, TrainerConfig,
 };
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
@@ -40,8 +40,8 @@ const HELD_STREAM: u64 = 0x7361_6d70_6c65_0002;
 
 /// A reproducible sample of a corpus's sequences (see [`sample`]).
 pub(crate) struct Sample {
-    /// The sampled sequences.
-    pub(crate) seqs: Vec<Vec<u8>>,
+    /// The sampled sequences, in one buffer.
+    pub(crate) seqs: Sequences,
     /// Documents read.
     pub(crate) docs: u64,
     /// Documents too short to use.
@@ -69,7 +69,8 @@ pub(crate) fn sample(
         .unwrap_or(usize::MAX)
         .max(1);
     let mut rng = datarater::Rng::new(seed);
-    let (mut seqs, mut docs, mut short, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
+    let mut seqs = Sequences::new(seq_len)?;
+    let (mut docs, mut short, mut total) = (0u64, 0u64, 0u64);
     for shard in &corpus.shards {
         for doc in shard.documents(opts, Arc::default())? {
             let doc = doc?;
@@ -85,7 +86,11 @@ pub(crate) fn sample(
             for r in spans {
                 total += 1;
                 if seqs.len() < capacity {
-                    seqs.push(text[r].to_vec());
+                    if seqs.len() == seqs.capacity() {
+                        // Double, but never past the sample's bound.
+                        seqs.reserve_exact(seqs.len().max(1024).min(capacity - seqs.len()));
+                    }
+                    seqs.push(&text[r])?;
                 } else {
                     // Algorithm R: sequence `total` replaces a kept one with probability
                     // capacity / total.
@@ -111,13 +116,11 @@ pub(crate) fn sample(
     })
 }
 
-/// FNV-1a of a pool, recorded so a resume on changed data is refused.
-fn fingerprint(seqs: &[Vec<u8>]) -> String {
+/// FNV-1a of a pool's bytes, recorded so a resume on changed data is refused.
+fn fingerprint(seqs: &Sequences) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for s in seqs {
-        for &b in s {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+    for &b in seqs.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
 }
@@ -392,8 +395,8 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
         .with_weight_decay(0.01)
         .with_warmup_steps(20)
         .with_clip_norm(1.0);
-    let train_pool = TextPool::new(Arc::new(train_seqs), a.batch_size)?;
-    let held_pool = TextPool::new(Arc::new(held_seqs), a.batch_size)?;
+    let train_pool = TextPool::new(train_seqs, a.batch_size)?;
+    let held_pool = TextPool::new(held_seqs, a.batch_size)?;
     let config = TrainerConfig::default()
         .with_outer_steps(a.outer_steps)
         .with_inner_steps(a.inner_steps)

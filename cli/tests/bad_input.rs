@@ -36,10 +36,6 @@ impl Setup {
     }
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 #[test]
 fn missing_input_file() {
     let t = Setup::new();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 
 #[test]
 fn help_lists_every_subcommand_and_flag() {
@@ -146,16 +145,18 @@ fn every_input_form_gives_identical_scores() {
     write_lines(&p("docs.txt"), &docs);
     std::fs::write(p("docs.para"), docs.join("\n\n\n") + "\n").unwrap();
     write_jsonl(&p("docs.jsonl"), &docs);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&std::fs::read(p("docs.jsonl")).unwrap())
-        .unwrap();
-    std::fs::write(p("docs.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::write(
+        p("docs.jsonl.gz"),
+        gzip(&std::fs::read(p("docs.jsonl")).unwrap()),
+    )
+    .unwrap();
     std::fs::create_dir(p("dir")).unwrap();
     write_jsonl(&p("dir/part-1.jsonl"), &docs[..20]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all((docs[20..].join("\n") + "\n").as_bytes())
-        .unwrap();
-    std::fs::write(p("dir/part-2.txt.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::write(
+        p("dir/part-2.txt.gz"),
+        gzip((docs[20..].join("\n") + "\n").as_bytes()),
+    )
+    .unwrap();
 
     let score = |input: &str, format: &str| {
         let out = p(&format!("{}.{format}.scores", input.replace('/', "_")));

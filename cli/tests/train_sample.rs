@@ -14,6 +14,14 @@ use std::path::{Path, PathBuf};
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// The allocator's peak is the whole process's: one test at a time, so no other test's
+/// allocations land in a measurement.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A corpus of `shards` shards of about 1 MB of text each, alternating plain lines and
 /// zstd-compressed JSON Lines.
 fn corpus(dir: &Path, shards: usize) -> PathBuf {
@@ -40,7 +48,13 @@ fn corpus(dir: &Path, shards: usize) -> PathBuf {
 
 /// Runs `train` for one outer step in this process; returns the peak heap it added
 /// and the recorded training-data summary.
-fn train(corpus: &Path, held: &Path, out: &Path, seed: &str) -> (usize, serde_json::Value) {
+fn train(
+    corpus: &Path,
+    held: &Path,
+    out: &Path,
+    seed: &str,
+    sample_bytes: &str,
+) -> (usize, serde_json::Value) {
     let args = [
         "datarater",
         "train",
@@ -61,7 +75,7 @@ fn train(corpus: &Path, held: &Path, out: &Path, seed: &str) -> (usize, serde_js
         "--rater-width",
         "8",
         "--train-sample-bytes",
-        "65536",
+        sample_bytes,
         "--seed",
         seed,
     ];
@@ -73,13 +87,15 @@ fn train(corpus: &Path, held: &Path, out: &Path, seed: &str) -> (usize, serde_js
 
 #[test]
 fn train_memory_does_not_grow_with_the_corpus_and_the_sample_is_reproducible() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let held = dir.path().join("held.txt");
     common::write_lines(&held, &common::documents(400, 99));
     let small = corpus(dir.path(), 2);
     let big = corpus(dir.path(), 12);
-    let (small_peak, small_data) = train(&small, &held, &dir.path().join("run-small"), "1");
-    let (big_peak, big_data) = train(&big, &held, &dir.path().join("run-big"), "1");
+    let (small_peak, small_data) =
+        train(&small, &held, &dir.path().join("run-small"), "1", "65536");
+    let (big_peak, big_data) = train(&big, &held, &dir.path().join("run-big"), "1", "65536");
     assert_eq!(small_data["train_shards"].as_array().unwrap().len(), 2);
     assert_eq!(big_data["train_shards"].as_array().unwrap().len(), 12);
     // 64 KiB of 32-byte sequences: 2048 sequences from either corpus.
@@ -98,8 +114,29 @@ fn train_memory_does_not_grow_with_the_corpus_and_the_sample_is_reproducible() {
     );
     assert!(big_peak < 8 << 20, "peak {big_peak} bytes");
     // The same seed and shards draw the same sample; another seed another.
-    let (_, again) = train(&big, &held, &dir.path().join("run-again"), "1");
+    let (_, again) = train(&big, &held, &dir.path().join("run-again"), "1", "65536");
     assert_eq!(again["train_fingerprint"], big_data["train_fingerprint"]);
-    let (_, other) = train(&big, &held, &dir.path().join("run-other"), "2");
+    let (_, other) = train(&big, &held, &dir.path().join("run-other"), "2", "65536");
     assert_ne!(other["train_fingerprint"], big_data["train_fingerprint"]);
+}
+
+#[test]
+fn the_sample_is_held_in_one_buffer_of_its_own_size() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let held = dir.path().join("held.txt");
+    common::write_lines(&held, &common::documents(400, 99));
+    let big = corpus(dir.path(), 12);
+    let (small_peak, _) = train(&big, &held, &dir.path().join("run-64k"), "1", "65536");
+    let (peak, data) = train(&big, &held, &dir.path().join("run-4m"), "1", "4194304");
+    assert_eq!(data["train_sequences"], 4 << 20 >> 5);
+    // 4 MiB more of sample costs 4 MiB more heap, give or take a little; one
+    // allocation per 32-byte sequence (a Vec per row: 24 bytes of header in the
+    // outer vector and the allocator's own) would cost over 7 MiB.
+    let extra = peak - small_peak;
+    eprintln!("peak heap: {small_peak} bytes (64 KiB sample), {peak} bytes (4 MiB sample)");
+    assert!(
+        ((4 << 20) - (64 << 10)..5 << 20).contains(&extra),
+        "a 4 MiB sample added {extra} bytes"
+    );
 }

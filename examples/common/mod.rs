@@ -7,7 +7,7 @@ use datarater::curate::discard_bottom;
 use datarater::data::{Corpus, LabeledSequence, SplitConfig, corrupted_pool, default_mix};
 use datarater::nn::TransformerConfig;
 use datarater::optim::{Adam, Optimizer};
-use datarater::trainer::{TextBatch, TextLm, evaluate, train_step};
+use datarater::trainer::{Sequences, TextBatch, TextLm, evaluate, train_step};
 use datarater::{Error, Params, Result, Rng, Tensor};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -57,12 +57,12 @@ pub fn relative_weights(scores: &[f64], labels: &[String]) -> BTreeMap<String, f
 
 /// Draws batches of `BATCH` rows of `bytes` uniformly (with replacement) from `rows`.
 pub fn uniform(
-    bytes: Arc<Vec<Vec<u8>>>,
+    bytes: Arc<Sequences>,
     rows: Arc<Vec<usize>>,
 ) -> impl FnMut(&mut Rng) -> Result<TextBatch> {
     move |r: &mut Rng| {
         let pick = (0..BATCH).map(|_| rows[r.below(rows.len())]).collect();
-        TextBatch::from_pool(&bytes, pick)
+        TextBatch::from_pool(&*bytes, pick)
     }
 }
 

@@ -1230,8 +1230,7 @@ mod tests {
     use crate::nn::{CausalLm, SequenceScorer, TransformerConfig};
     use crate::optim::Adam;
     use crate::rng::Rng;
-    use crate::trainer::{TextLm, TextPool, TextRater};
-    use std::sync::Arc;
+    use crate::trainer::{Sequences, TextLm, TextPool, TextRater};
 
     /// Mixed mode recovers the states it did not store by replaying the optimiser's
     /// update on the kept gradients: every state a backward step runs at is bitwise the
@@ -1249,7 +1248,7 @@ mod tests {
             causal,
         };
         let seqs = Corpus::embedded().sequences(12).unwrap();
-        let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), 4).unwrap();
+        let pool = TextPool::new(Sequences::from_rows(&seqs[..64]).unwrap(), 4).unwrap();
         let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
         let rater = TextRater {
             scorer: SequenceScorer::new(cfg(false)).unwrap(),

@@ -8,5 +8,7 @@ pub mod vector;
 
 pub use algorithm::{Advanced, Member, Setup, StepReport, Trainer, TrainerConfig, TrainerState};
 pub use meta_opt::{MetaAdam, MetaAdamState, MetaSgd};
-pub use text::{TextBatch, TextLm, TextPool, TextRater, evaluate, score_sequences, train_step};
+pub use text::{
+    Rows, Sequences, TextBatch, TextLm, TextPool, TextRater, evaluate, score_sequences, train_step,
+};
 pub use vector::{MlpRater, VectorBatch};

@@ -28,14 +28,18 @@ pub struct TextBatch {
 
 impl TextBatch {
     /// Builds a batch from rows of `pool`.
-    pub fn from_pool<S: AsRef<[u8]>>(pool: &[S], rows: Vec<usize>) -> Result<Self> {
+    ///
+    /// # Errors
+    /// [`Error::Index`] for a row past the end; [`Error::Config`] when the rows differ
+    /// in length.
+    pub fn from_pool<P: Rows + ?Sized>(pool: &P, rows: Vec<usize>) -> Result<Self> {
         let seqs: Vec<&[u8]> = rows
             .iter()
             .map(|&r| {
-                pool.get(r).map(AsRef::as_ref).ok_or(Error::Index {
+                pool.row(r).ok_or(Error::Index {
                     op: "TextBatch::from_pool",
                     index: r,
-                    size: pool.len(),
+                    size: pool.count(),
                 })
             })
             .collect::<Result<_>>()?;
@@ -86,43 +90,200 @@ fn draw_rows(pool: usize, n: usize, rng: &mut Rng) -> Vec<usize> {
     }
 }
 
-/// A pool of equal-length byte sequences from which batches of `batch_size` are drawn
-/// (distinct rows, or with replacement when the pool is smaller than a batch): the
-/// [`Sampler`] of the text setting, for training and held-out data alike.
-#[derive(Clone, Debug)]
-pub struct TextPool {
-    seqs: Arc<Vec<Vec<u8>>>,
-    batch_size: usize,
+/// Rows of bytes that batches are built from ([`TextBatch::from_pool`],
+/// [`score_sequences`], [`evaluate`]): a slice or `Vec` of byte strings, or
+/// [`Sequences`] in one buffer.
+pub trait Rows {
+    /// Number of rows.
+    fn count(&self) -> usize;
+    /// Row `i`, if there is one.
+    fn row(&self, i: usize) -> Option<&[u8]>;
 }
 
-impl TextPool {
-    /// Checks the pool is non-empty, its sequences all have one length of at least 2
-    /// bytes (an input byte and its next-byte target), and `batch_size > 0`.
+impl<S: AsRef<[u8]>> Rows for [S] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn row(&self, i: usize) -> Option<&[u8]> {
+        self.get(i).map(AsRef::as_ref)
+    }
+}
+
+impl<S: AsRef<[u8]>> Rows for Vec<S> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn row(&self, i: usize) -> Option<&[u8]> {
+        self.get(i).map(AsRef::as_ref)
+    }
+}
+
+/// Equal-length byte sequences held in one contiguous buffer (row `i` is bytes
+/// `i * seq_len .. (i + 1) * seq_len`): one allocation for a whole training set, with
+/// no per-row header or allocator overhead, so its memory is exactly
+/// `len() * seq_len()` bytes.
+///
+/// ```
+/// use datarater::trainer::Sequences;
+///
+/// let mut s = Sequences::from_rows(&[b"abcd", b"efgh"])?;
+/// s.push(b"ijkl")?;
+/// assert_eq!((s.len(), s.seq_len()), (3, 4));
+/// assert_eq!(s.get(2), Some(&b"ijkl"[..]));
+/// assert!(s.push(b"too long").is_err());
+/// # Ok::<(), datarater::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sequences {
+    bytes: Vec<u8>,
+    seq_len: usize,
+}
+
+impl Sequences {
+    /// No sequences yet, each to be `seq_len` bytes long.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `pool`, `seq_len` (with the first offending row) or
-    /// `batch_size`.
-    pub fn new(seqs: Arc<Vec<Vec<u8>>>, batch_size: usize) -> Result<Self> {
-        let Some(first) = seqs.first() else {
+    /// [`Error::Config`] (`seq_len`) when `seq_len` is 0.
+    pub fn new(seq_len: usize) -> Result<Self> {
+        if seq_len == 0 {
+            return Err(Error::Config {
+                field: "seq_len",
+                reason: "sequences of 0 bytes".into(),
+            });
+        }
+        Ok(Sequences {
+            bytes: Vec::new(),
+            seq_len,
+        })
+    }
+
+    /// The rows of `rows`, copied into one buffer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`pool`) for no rows; (`seq_len`) for rows of 0 bytes or of
+    /// different lengths, naming the first row that differs from row 0.
+    pub fn from_rows<S: AsRef<[u8]>>(rows: &[S]) -> Result<Self> {
+        let Some(first) = rows.first() else {
             return Err(Error::Config {
                 field: "pool",
                 reason: "no sequences".into(),
             });
         };
-        let len = first.len();
+        let mut s = Sequences::new(first.as_ref().len())?;
+        s.reserve_exact(rows.len());
+        for r in rows {
+            s.push(r.as_ref())?;
+        }
+        Ok(s)
+    }
+
+    /// Appends a row.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`seq_len`) when `row` is not `seq_len()` bytes long.
+    pub fn push(&mut self, row: &[u8]) -> Result<()> {
+        if row.len() != self.seq_len {
+            return Err(Error::Config {
+                field: "seq_len",
+                reason: format!(
+                    "sequence {} has {} bytes but sequence 0 has {}: all must have one length",
+                    self.len(),
+                    row.len(),
+                    self.seq_len
+                ),
+            });
+        }
+        self.bytes.extend_from_slice(row);
+        Ok(())
+    }
+
+    /// Rows this buffer holds without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity() / self.seq_len
+    }
+
+    /// Makes room for exactly `rows` more rows (no more), so a caller that knows its
+    /// bound keeps the buffer within it.
+    pub fn reserve_exact(&mut self, rows: usize) {
+        self.bytes.reserve_exact(rows.saturating_mul(self.seq_len));
+    }
+
+    /// Row `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let start = i.checked_mul(self.seq_len)?;
+        self.bytes.get(start..start + self.seq_len)
+    }
+
+    /// Row `i`, to overwrite in place, if there is one.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        let start = i.checked_mul(self.seq_len)?;
+        self.bytes.get_mut(start..start + self.seq_len)
+    }
+
+    /// The rows in order.
+    pub fn iter(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.bytes.chunks_exact(self.seq_len)
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.seq_len
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Bytes per row.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Every row's bytes, row after row.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Rows for Sequences {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn row(&self, i: usize) -> Option<&[u8]> {
+        self.get(i)
+    }
+}
+
+/// A pool of equal-length byte sequences from which batches of `batch_size` are drawn
+/// (distinct rows, or with replacement when the pool is smaller than a batch): the
+/// [`Sampler`] of the text setting, for training and held-out data alike.
+#[derive(Clone, Debug)]
+pub struct TextPool {
+    seqs: Arc<Sequences>,
+    batch_size: usize,
+}
+
+impl TextPool {
+    /// Checks the pool is non-empty, its sequences are at least 2 bytes long (an input
+    /// byte and its next-byte target), and `batch_size > 0`. Takes [`Sequences`] or an
+    /// `Arc` of them (to share one buffer between pools).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `pool`, `seq_len` or `batch_size`.
+    pub fn new(seqs: impl Into<Arc<Sequences>>, batch_size: usize) -> Result<Self> {
+        let seqs = seqs.into();
+        if seqs.is_empty() {
+            return Err(Error::Config {
+                field: "pool",
+                reason: "no sequences".into(),
+            });
+        }
+        let len = seqs.seq_len();
         if len < 2 {
             return Err(Error::Config {
                 field: "seq_len",
                 reason: format!("sequences of {len} bytes; at least 2 are needed"),
-            });
-        }
-        if let Some((row, s)) = seqs.iter().enumerate().find(|(_, s)| s.len() != len) {
-            return Err(Error::Config {
-                field: "seq_len",
-                reason: format!(
-                    "sequence {row} has {} bytes but sequence 0 has {len}: all must have one length",
-                    s.len()
-                ),
             });
         }
         if batch_size == 0 {
@@ -135,7 +296,7 @@ impl TextPool {
     }
 
     /// The sequences.
-    pub fn seqs(&self) -> &Arc<Vec<Vec<u8>>> {
+    pub fn seqs(&self) -> &Arc<Sequences> {
         &self.seqs
     }
 
@@ -146,7 +307,7 @@ impl TextPool {
 
     /// Bytes per sequence.
     pub fn seq_len(&self) -> usize {
-        self.seqs[0].len()
+        self.seqs.seq_len()
     }
 
     /// A batch of the given rows.
@@ -154,7 +315,7 @@ impl TextPool {
     /// # Errors
     /// [`Error::Index`] for a row past the end.
     pub fn batch(&self, rows: Vec<usize>) -> Result<TextBatch> {
-        TextBatch::from_pool(&self.seqs, rows)
+        TextBatch::from_pool(&*self.seqs, rows)
     }
 }
 
@@ -225,15 +386,15 @@ impl<F: Float> Rater<F, TextBatch> for TextRater {
 
 /// Scores sequences with a rater in chunks of `chunk` (no gradients); sequences must all
 /// have the same length.
-pub fn score_sequences<F: Float, S: AsRef<[u8]>>(
+pub fn score_sequences<F: Float, P: Rows + ?Sized>(
     rater: &TextRater,
     eta: &Params<Tensor<F>>,
-    seqs: &[S],
+    seqs: &P,
     chunk: usize,
 ) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for start in (0..seqs.len()).step_by(chunk.max(1)) {
-        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
+    let mut out = Vec::with_capacity(seqs.count());
+    for start in (0..seqs.count()).step_by(chunk.max(1)) {
+        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
         let b = TextBatch::from_pool(seqs, rows)?;
         out.extend(
             rater
@@ -274,21 +435,21 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
 /// # Errors
 /// [`Error::Config`] when `seqs` is empty (there is no mean to report); the model's
 /// errors otherwise.
-pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(
+pub fn evaluate<F: Float, O, P: Rows + ?Sized>(
     lm: &TextLm<O>,
     theta: &Params<Tensor<F>>,
-    seqs: &[S],
+    seqs: &P,
     chunk: usize,
 ) -> Result<f64> {
-    if seqs.is_empty() {
+    if seqs.count() == 0 {
         return Err(Error::Config {
             field: "seqs",
             reason: "cannot evaluate on an empty set".into(),
         });
     }
     let (mut total, mut n) = (0.0, 0usize);
-    for start in (0..seqs.len()).step_by(chunk.max(1)) {
-        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
+    for start in (0..seqs.count()).step_by(chunk.max(1)) {
+        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
         let b = TextBatch::from_pool(seqs, rows)?;
         let l = lm.lm.per_example_loss(theta, &b.inputs, &b.targets)?;
         total += l.to_vec().into_iter().map(|x: F| x.f64()).sum::<f64>();

@@ -4,8 +4,7 @@
 use datarater::data::Corpus;
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::Adam;
-use datarater::trainer::{TextLm, TextPool, TextRater};
-use std::sync::Arc;
+use datarater::trainer::{Sequences, TextLm, TextPool, TextRater};
 
 fn cfg(causal: bool) -> TransformerConfig {
     TransformerConfig::new(16, 2, 2, 16)
@@ -17,7 +16,7 @@ fn cfg(causal: bool) -> TransformerConfig {
 /// with Adam, and a rater of the same shape.
 pub fn tiny_text(batch: usize) -> (TextPool, TextLm<Adam<f64>>, TextRater) {
     let seqs = Corpus::embedded().sequences(16).unwrap();
-    let pool = TextPool::new(Arc::new(seqs[..64].to_vec()), batch).unwrap();
+    let pool = TextPool::new(Sequences::from_rows(&seqs[..64]).unwrap(), batch).unwrap();
     let inner = TextLm::new(CausalLm::new(cfg(true)).unwrap(), Adam::new(1e-2)).unwrap();
     let rater = TextRater {
         scorer: SequenceScorer::new(cfg(false)).unwrap(),

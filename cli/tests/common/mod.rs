@@ -10,6 +10,19 @@ use datarater::nn::{SequenceScorer, TransformerConfig};
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// gzip of `bytes`.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The strings of `v` as `&str`s (for argument lists).
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// Sequence length of the test rater.
 pub const SEQ_LEN: usize = 16;
 
