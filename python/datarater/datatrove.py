@@ -13,9 +13,13 @@ try:
     from datatrove.data import Document
     from datatrove.pipeline.filters.base_filter import BaseFilter
     from datatrove.pipeline.writers.disk_base import DiskWriter
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "datarater.datatrove needs datatrove: pip install 'datarater[datatrove]'"
+except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
+    # datatrove itself, or `regex`, which its filters import but only its
+    # `processing` extra installs (the `datarater[datatrove]` extra adds it).
+    if e.name not in ("datatrove", "regex"):
+        raise
+    raise ModuleNotFoundError(
+        f"datarater.datatrove needs {e.name}: pip install 'datarater[datatrove]'", name=e.name
     ) from e
 
 from . import Rater
