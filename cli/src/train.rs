@@ -502,8 +502,7 @@ pub fn train_with(
                 );
             }
         };
-        let meta_grad_norm =
-            report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64;
+        let meta_grad_norm = report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64;
         on_step(&StepInfo {
             step: state.local.step,
             outer_steps: a.outer_steps,

@@ -155,7 +155,8 @@ fn guarded<T>(f: impl FnOnce() -> T) -> PyResult<T> {
 
 /// Parses an argument vector with the command line's definitions.
 fn parse(argv: Vec<String>) -> PyResult<Cli> {
-    Cli::try_parse_args(argv).map_err(|e| ArgumentError::new_err(e.to_string().trim_end().to_string()))
+    Cli::try_parse_args(argv)
+        .map_err(|e| ArgumentError::new_err(e.to_string().trim_end().to_string()))
 }
 
 /// `datarater SUB` with `settings` (Python keyword arguments: the flags' names with
@@ -181,7 +182,9 @@ fn argv(sub: &str, settings: &Bound<'_, PyDict>, func: &str) -> PyResult<Vec<Str
                     && !matches!(a.get_action(), ArgAction::Help | ArgAction::Version)
             })
             .ok_or_else(|| {
-                PyTypeError::new_err(format!("{func}() got an unexpected keyword argument '{key}'"))
+                PyTypeError::new_err(format!(
+                    "{func}() got an unexpected keyword argument '{key}'"
+                ))
             })?;
         let long = format!("--{}", arg.get_long().unwrap_or_default());
         if matches!(arg.get_action(), ArgAction::SetTrue) {
@@ -206,7 +209,8 @@ fn settings_doc(sub: &str) -> PyResult<String> {
         .ok_or_else(|| PyValueError::new_err(format!("no subcommand {sub}")))?;
     let mut out = String::new();
     for a in cmd.get_arguments() {
-        if a.get_long().is_none() || matches!(a.get_action(), ArgAction::Help | ArgAction::Version) {
+        if a.get_long().is_none() || matches!(a.get_action(), ArgAction::Help | ArgAction::Version)
+        {
             continue;
         }
         let default = match a.get_action() {
@@ -217,7 +221,11 @@ fn settings_doc(sub: &str) -> PyResult<String> {
                     .iter()
                     .map(|v| v.to_string_lossy().into_owned())
                     .collect();
-                if d.is_empty() { "None".into() } else { d.join(" ") }
+                if d.is_empty() {
+                    "None".into()
+                } else {
+                    d.join(" ")
+                }
             }
         };
         let mut values = String::new();
@@ -254,11 +262,9 @@ fn run_command<T: Send>(
                 let _ = done.send(());
                 r
             });
-            loop {
-                match finished.recv_timeout(Duration::from_millis(100)) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                finished.recv_timeout(Duration::from_millis(100))
+            {
                 if signal.is_none() {
                     signal = Python::attach(|py| py.check_signals()).err();
                 }
@@ -267,10 +273,7 @@ fn run_command<T: Send>(
                     interrupt::request();
                 }
             }
-            match worker.join() {
-                Ok(r) => r,
-                Err(payload) => Err(payload),
-            }
+            worker.join().and_then(|r| r)
         })
     });
     let outcome = outcome.map_err(panic_error)?;
@@ -300,7 +303,11 @@ fn run_train(
     let Command::Train(args) = cli.command else {
         return Err(PyValueError::new_err("not a train command"));
     };
-    let run_dir = args.resume.clone().or_else(|| args.out.clone()).unwrap_or_default();
+    let run_dir = args
+        .resume
+        .clone()
+        .or_else(|| args.out.clone())
+        .unwrap_or_default();
     let logger = py
         .import("logging")?
         .call_method1("getLogger", ("datarater",))?
@@ -393,7 +400,10 @@ fn dtype(name: &str) -> PyResult<Dtype> {
 fn to_array<'py>(py: Python<'py>, scores: &[f64], dtype: Dtype) -> PyResult<Bound<'py, PyAny>> {
     let (bytes, name): (Vec<u8>, &str) = match dtype {
         Dtype::F32 => (
-            scores.iter().flat_map(|&s| (s as f32).to_ne_bytes()).collect(),
+            scores
+                .iter()
+                .flat_map(|&s| (s as f32).to_ne_bytes())
+                .collect(),
             "float32",
         ),
         Dtype::F64 => (
@@ -443,9 +453,18 @@ impl Rater {
         forward_batch: Option<usize>,
     ) -> PyResult<Rater> {
         // `datarater score`'s --aggregate and --batch-size, parsed and defaulted by it.
-        let mut args: Vec<String> = ["datarater", "score", "--rater", "-", "--input", "-", "--out", "-"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "datarater",
+            "score",
+            "--rater",
+            "-",
+            "--input",
+            "-",
+            "--out",
+            "-",
+        ]
+        .map(String::from)
+        .to_vec();
         if let Some(a) = aggregate {
             args.extend(["--aggregate".into(), a.into()]);
         }
@@ -651,7 +670,9 @@ impl Rater {
     /// Pickles as the rater file's bytes (for multiprocess pipelines).
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let bytes = self.file.to_bytes().map_err(library_error)?;
-        let load = py.import("datarater._native")?.getattr("_rater_from_bytes")?;
+        let load = py
+            .import("datarater._native")?
+            .getattr("_rater_from_bytes")?;
         let args = (
             PyBytes::new(py, &bytes),
             self.path.clone(),
