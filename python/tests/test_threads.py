@@ -52,7 +52,6 @@ def test_a_python_thread_progresses_while_score_runs(slow_rater):
     assert elapsed > 0.05, f"score took {elapsed:.3f}s: too short to tell"
     # Holding the interpreter, the counting thread could not run at all (a C call is
     # never preempted); released, it counts at Python speed (millions per second).
-    print(f"{during} ticks in {elapsed:.3f}s")
     assert during > 10_000, f"{during} ticks in {elapsed:.3f}s"
 
 
@@ -70,3 +69,23 @@ def test_scores_do_not_depend_on_the_calling_thread(slow_rater):
     for t in threads:
         t.join()
     assert results == [expected] * 3
+
+
+def test_ctrl_c_stops_a_long_score_between_blocks(slow_rater):
+    import signal
+
+    # About ten of the command line's blocks of 2048 sequences.
+    docs = ["x" * (slow_rater.seq_len * 16)] * (128 * 10)
+    timer = threading.Timer(0.2, signal.raise_signal, args=(signal.SIGINT,))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        slow_rater.score(docs)
+    stopped = time.perf_counter() - start
+    timer.join()
+    # The whole input takes several times longer than one block.
+    first_block = docs[:128]
+    start = time.perf_counter()
+    slow_rater.score(first_block)
+    block = time.perf_counter() - start
+    assert stopped < 0.2 + 3 * block + 0.5, (stopped, block)
