@@ -1098,7 +1098,7 @@ fn min_max(xs: &[f64]) -> (f64, f64) {
 }
 
 /// `out` with `.suffix` appended to its file name (`kept.jsonl` -> `kept.jsonl.report.json`).
-fn sibling(out: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+pub fn sibling(out: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".");
     name.push(suffix);

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static EXTERNAL: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
 
 /// The message of the error a pass stops with.
@@ -19,6 +20,9 @@ pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 /// # Errors
 /// The handler cannot be installed.
 pub fn install() -> Result<()> {
+    if EXTERNAL.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     INSTALLED
         .get_or_init(|| {
             ctrlc::set_handler(|| {
@@ -30,6 +34,18 @@ pub fn install() -> Result<()> {
         })
         .clone()
         .map_err(CliError)
+}
+
+/// For a program that runs these commands and handles Ctrl-C itself (the Python
+/// module, whose interpreter owns SIGINT): from now on [`install`] installs nothing,
+/// and the program calls [`request`] when its user interrupts.
+pub fn handle_externally() {
+    EXTERNAL.store(true, Ordering::SeqCst);
+}
+
+/// Asks the running command to stop, as Ctrl-C does (see [`handle_externally`]).
+pub fn request() {
+    STOP.store(true, Ordering::SeqCst);
 }
 
 /// Forgets an earlier Ctrl-C (a library caller may run commands one after another).

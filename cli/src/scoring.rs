@@ -43,6 +43,33 @@ pub fn pads_short(training: &serde_json::Value) -> bool {
     training["short_documents"] == SHORT_RULE
 }
 
+/// Scores in-memory documents by the command line's rule: with `pad` (a rater that
+/// records [`SHORT_RULE`]), a short document is scored [`padded`]; the rest as
+/// [`DocumentScorer::score_on`] does (a non-finite score names document `i` as
+/// `name(i)`). The scores do not depend on how documents are grouped into calls.
+/// Collective.
+///
+/// # Errors
+/// As [`DocumentScorer::score_on`].
+pub fn score_texts<D: AsRef<[u8]> + Sync>(
+    scorer: &DocumentScorer<'_, f32>,
+    pad: bool,
+    texts: &[D],
+    comm: &dyn Communicator,
+    name: impl Fn(usize) -> String,
+) -> datarater::Result<Vec<DocumentScore>> {
+    let pads: Vec<Option<Vec<u8>>> = texts
+        .iter()
+        .map(|d| pad.then(|| padded(d.as_ref(), scorer.seq_len())).flatten())
+        .collect();
+    let texts: Vec<&[u8]> = texts
+        .iter()
+        .zip(&pads)
+        .map(|(d, p)| p.as_deref().unwrap_or(d.as_ref()))
+        .collect();
+    scorer.score_on(&texts, comm, name)
+}
+
 /// Where the scores of a shard come from.
 pub enum ScoreSource<'a> {
     /// Computed by a rater; with `true`, short documents are padded ([`SHORT_RULE`]).
@@ -52,9 +79,9 @@ pub enum ScoreSource<'a> {
 }
 
 /// Documents per scored block; bounds memory to one block of documents.
-const BLOCK_DOCS: usize = 4096;
+pub const BLOCK_DOCS: usize = 4096;
 /// Sequences per scored block (enough to keep every core busy).
-const BLOCK_SEQS: usize = 2048;
+pub const BLOCK_SEQS: usize = 2048;
 
 /// What a pass saw.
 #[derive(Clone, Debug, Default)]
@@ -222,16 +249,8 @@ pub fn for_each_scored(
         let ended = agree_on_block(comm, read, &block)?;
         let scores = match &mut open {
             Open::Rater(scorer, pad) => {
-                let pads: Vec<Option<Vec<u8>>> = block
-                    .iter()
-                    .map(|d| pad.then(|| padded(d.text(), scorer.seq_len())).flatten())
-                    .collect();
-                let texts: Vec<&[u8]> = block
-                    .iter()
-                    .zip(&pads)
-                    .map(|(d, p)| p.as_deref().unwrap_or(d.text()))
-                    .collect();
-                scorer.score_on(&texts, comm, |i| {
+                let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
+                score_texts(scorer, *pad, &texts, comm, |i| {
                     format!("{}:{}", shard.path.display(), block[i].line)
                 })?
             }

@@ -31,8 +31,10 @@ use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const CHECKPOINT: &str = "checkpoint.safetensors";
-const RATER: &str = "rater.safetensors";
+/// The checkpoint's file name in a run directory.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The rater file's name in a run directory.
+pub const RATER: &str = "rater.safetensors";
 /// Seeds of the training and held-out samples' streams (xor the run's seed), apart
 /// from every stream the trainer draws.
 const TRAIN_STREAM: u64 = 0x7361_6d70_6c65_0001;
@@ -239,8 +241,32 @@ fn apply_recorded(a: &mut TrainArgs, s: &Json) -> Result<()> {
     Ok(())
 }
 
+/// One finished outer step, as [`train_with`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepInfo {
+    /// Outer steps done (this one included).
+    pub step: usize,
+    /// Outer steps the run trains for.
+    pub outer_steps: usize,
+    /// The step's mean held-out (outer) loss.
+    pub held_out_loss: f64,
+    /// The mean norm of the population's meta-gradients.
+    pub meta_grad_norm: f64,
+}
+
 /// `datarater train` (on every rank of `comm`).
 pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
+    train_with(args, comm, &mut |_| {})
+}
+
+/// [`train`], calling `on_step` after every outer step, before the run checks for
+/// Ctrl-C ([`crate::interrupt::request`] from it stops the run after this step, with a
+/// checkpoint) and writes a checkpoint due at this step.
+pub fn train_with(
+    args: &TrainArgs,
+    comm: &dyn Communicator,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<()> {
     let root = comm.rank() == 0;
     let mut a = args.clone();
     let resuming = a.resume.is_some();
@@ -479,6 +505,13 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
                 );
             }
         };
+        let meta_grad_norm = report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64;
+        on_step(&StepInfo {
+            step: state.local.step,
+            outer_steps: a.outer_steps,
+            held_out_loss: report.mean_outer_loss(),
+            meta_grad_norm,
+        });
         // Ranks may see Ctrl-C at different steps: stop when any rank has.
         let interrupted = comm
             .all_gather_bytes(&[u8::from(crate::interrupt::requested())])
@@ -490,9 +523,8 @@ pub fn train(args: &TrainArgs, comm: &dyn Communicator) -> Result<()> {
             last_saved = step;
         }
         let msg = format!(
-            "held-out loss {:.4}, |meta-grad| {:.2e}",
+            "held-out loss {:.4}, |meta-grad| {meta_grad_norm:.2e}",
             report.mean_outer_loss(),
-            report.grad_norms.iter().sum::<f64>() / report.grad_norms.len() as f64
         );
         if let Some(p) = progress.as_mut() {
             p.set(step as u64, &msg);
