@@ -85,6 +85,47 @@ pub fn measure_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, peak_bytes().saturating_sub(base))
 }
 
+/// Runs `f` with the engine's large freed tensor buffers kept for reuse, and frees them
+/// when the outermost such call (on any thread) returns.
+///
+/// The engine's own passes already do this ([`MetaRequest::run`], the
+/// [`transforms`](crate::transforms), [`DocumentScorer`] and the trainer's scoring and
+/// evaluation), so the engine runs at the same speed in any process, whatever the
+/// system allocator's settings. Wrap a loop of many small calls (say, scoring one
+/// batch at a time) to share buffers across them too: a buffer of a length that comes
+/// back is then reused instead of page-faulting in again. Pooled buffers plus live ones
+/// never exceed the most the work needed live at once (see docs/meta-gradients.md,
+/// "Buffer reuse"); results do not change.
+///
+/// ```
+/// use datarater::{Tensor, Value};
+/// let x = Tensor::<f32>::full(&[256, 256], 0.5)?;
+/// let sums = datarater::alloc::reuse_buffers(|| {
+///     (0..4).map(|_| x.mul(&x).sum_all().item()).collect::<Vec<_>>()
+/// });
+/// assert_eq!(sums, vec![16384.0; 4]);
+/// assert_eq!(datarater::alloc::pooled_bytes(), 0); // released on return
+/// # Ok::<(), datarater::Error>(())
+/// ```
+///
+/// [`MetaRequest::run`]: crate::meta::MetaRequest::run
+/// [`DocumentScorer`]: crate::curate::documents::DocumentScorer
+pub fn reuse_buffers<T>(f: impl FnOnce() -> T) -> T {
+    let _scope = crate::autodiff::pool::Scope::enter();
+    f()
+}
+
+/// Bytes of freed tensor buffers the engine keeps for reuse right now (0 outside
+/// [`reuse_buffers`] and the engine's passes).
+pub fn pooled_bytes() -> usize {
+    crate::autodiff::pool::held_bytes()
+}
+
+/// How many times a freed tensor buffer has been reused since the process started.
+pub fn reused_buffers() -> usize {
+    crate::autodiff::pool::reused()
+}
+
 /// Makes glibc's `malloc` keep freed memory for reuse (up to a bound) instead of
 /// handing every large block straight back to the kernel.
 ///

@@ -231,6 +231,7 @@ pub fn score_sequences<F: Float, S: AsRef<[u8]>>(
     seqs: &[S],
     chunk: usize,
 ) -> Result<Vec<f64>> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     let mut out = Vec::with_capacity(seqs.len());
     for start in (0..seqs.len()).step_by(chunk.max(1)) {
         let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.len())).collect();
@@ -280,6 +281,7 @@ pub fn evaluate<F: Float, O, S: AsRef<[u8]>>(
     seqs: &[S],
     chunk: usize,
 ) -> Result<f64> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     if seqs.is_empty() {
         return Err(Error::Config {
             field: "seqs",
