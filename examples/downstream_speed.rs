@@ -2,10 +2,12 @@
 //! depends on the library would: the reference meta-gradient workload (f32, inner
 //! causal LM width 64, 2 layers, 4 heads, 128-byte sequences, batch 16, Adam; rater
 //! width 32, 1 layer; T = 16 inner steps, mixed mode), timed with glibc's default
-//! `malloc` settings, and, with `--tune`, after [`datarater::alloc::tune_allocator`].
+//! `malloc` settings, and, with `--tune`, after `mallopt` has told glibc to keep freed
+//! memory (mmap threshold 32 MiB, trim threshold 64 MiB: what the crate's binaries did
+//! before the engine reused its own buffers).
 //!
-//! No counting allocator and no `tune_allocator` unless asked: the process is set up as
-//! a downstream binary's would be. Run it both ways (two processes, since `mallopt`
+//! No counting allocator and no `mallopt` unless asked: the process is set up as a
+//! downstream binary's would be. Run it both ways (two processes, since `mallopt`
 //! cannot be undone) and compare the medians:
 //!
 //! ```text
@@ -51,10 +53,30 @@ fn minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
+/// glibc only: keep freed blocks up to 32 MiB in the heap, and up to 64 MiB of free
+/// heap top, instead of returning them to the kernel.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // From glibc's <malloc.h>.
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only sets allocator parameters (glibc serialises it with the
+        // arenas' locks); called before any thread is started.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 64 << 20);
+        }
+    }
+}
+
 fn run(args: &[String]) -> Result<()> {
     let tune = args.iter().any(|a| a == "--tune");
     if tune {
-        datarater::alloc::tune_allocator();
+        keep_freed_memory();
     }
     let (reps, steps) = (flag(args, "--reps", 5)?, flag(args, "--steps", 16)?);
     let (seq, batch) = (128, 16);
@@ -92,7 +114,7 @@ fn run(args: &[String]) -> Result<()> {
     let faults = (minor_faults() - faults) / reps as u64;
     secs.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "reference meta-gradient (d64, 2 layers, T = {steps}, mixed, f32, {} threads), tune_allocator {}: median {:.3} s (range {:.3}-{:.3} s over {reps}), {faults} minor page faults per run",
+        "reference meta-gradient (d64, 2 layers, T = {steps}, mixed, f32, {} threads), mallopt {}: median {:.3} s (range {:.3}-{:.3} s over {reps}), {faults} minor page faults per run",
         rayon::current_num_threads(),
         if tune { "called" } else { "not called" },
         secs[secs.len() / 2],

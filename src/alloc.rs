@@ -1,4 +1,5 @@
-//! A counting global allocator for measuring real peak heap bytes.
+//! Memory: a counting global allocator for measuring real peak heap bytes, and the
+//! engine's reuse of its own tensor buffers ([`reuse_buffers`]).
 //!
 //! Opt in from a binary, example or bench:
 //!
@@ -124,38 +125,4 @@ pub fn pooled_bytes() -> usize {
 /// How many times a freed tensor buffer has been reused since the process started.
 pub fn reused_buffers() -> usize {
     crate::autodiff::pool::reused()
-}
-
-/// Makes glibc's `malloc` keep freed memory for reuse (up to a bound) instead of
-/// handing every large block straight back to the kernel.
-///
-/// The engine allocates and frees the same arrays (activations, attention scores,
-/// their tangents) on every pass. With glibc's defaults every block above 128 KiB is a
-/// fresh `mmap` whose pages fault in again: 20% of `datarater score`'s CPU time and
-/// 18% of the scale workload's forward pass went to the kernel, and the threads
-/// serialise on the page tables. Call it once at start-up, before any thread is
-/// started (the `datarater` binary and the examples do); a no-op on other platforms.
-/// It changes no result, only where freed memory goes: blocks above 32 MiB are still
-/// mapped and unmapped at once, and a heap returns its free top to the kernel beyond
-/// 64 MiB.
-///
-/// ```
-/// datarater::alloc::tune_allocator();
-/// ```
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // From glibc's <malloc.h>.
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only sets allocator parameters (glibc serialises it with the
-        // arenas' locks).
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            mallopt(M_TRIM_THRESHOLD, 64 << 20);
-        }
-    }
 }
