@@ -33,11 +33,8 @@ fn passes(lm: &CausalLm, p: &Params<Tensor<f32>>, v: &Params<Tensor<f32>>, x: &I
 fn buffers_are_reused_without_changing_a_bit_and_released() {
     let lm = CausalLm::new(TransformerConfig::new(64, 1, 2, 64)).unwrap();
     let mut rng = Rng::new(3);
-    let (p, v, other): (
-        Params<Tensor<f32>>,
-        Params<Tensor<f32>>,
-        Params<Tensor<f32>>,
-    ) = (lm.init(&mut rng), lm.init(&mut rng), lm.init(&mut rng));
+    let mut init = || -> Params<Tensor<f32>> { lm.init(&mut rng) };
+    let (p, v, other) = (init(), init(), init());
     let x = Indices::new(&[8, 64], (0..8 * 64).map(|_| rng.below(256)).collect()).unwrap();
 
     // Each pass has its own scope: its backward reuses its forward's buffers.
