@@ -39,7 +39,8 @@ pub(crate) const MIN_BYTES: usize = 64 << 10;
 
 /// Free buffers of one element type, by element count.
 struct Pool<F> {
-    free: BTreeMap<usize, Vec<Vec<F>>>,
+    /// Each with the thread that gave it back ([`thread_tag`]), most recent last.
+    free: BTreeMap<usize, Vec<(usize, Vec<F>)>>,
     /// Bytes of all the buffers in `free`.
     held: usize,
     /// Buffers handed out again (for tests and the docs' measurements).
@@ -86,6 +87,12 @@ fn pool<F: Float>() -> Option<MutexGuard<'static, Pool<F>>> {
     Some(m.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// A number naming the calling thread (the address of a thread-local).
+fn thread_tag() -> usize {
+    thread_local!(static TAG: u8 = const { 0 });
+    TAG.with(|t| t as *const u8 as usize)
+}
+
 fn bytes<F>(len: usize) -> usize {
     len.saturating_mul(std::mem::size_of::<F>())
 }
@@ -125,7 +132,14 @@ impl<F> Pool<F> {
 
     fn pop(&mut self, len: usize) -> Option<Vec<F>> {
         let list = self.free.get_mut(&len)?;
-        let v = list.pop().expect("no empty lists are kept");
+        // The calling thread's most recent buffer first: it is likely still in this
+        // core's cache.
+        let me = thread_tag();
+        let at = list
+            .iter()
+            .rposition(|(t, _)| *t == me)
+            .unwrap_or(list.len() - 1);
+        let (_, v) = list.remove(at);
         if list.is_empty() {
             self.free.remove(&len);
         }
@@ -137,7 +151,10 @@ impl<F> Pool<F> {
         let b = bytes::<F>(v.len());
         self.live = self.live.saturating_sub(b);
         self.held += b;
-        self.free.entry(v.len()).or_default().push(v);
+        self.free
+            .entry(v.len())
+            .or_default()
+            .push((thread_tag(), v));
     }
 }
 
