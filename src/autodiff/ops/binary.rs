@@ -30,7 +30,7 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize>
 /// `f(a, b)` elementwise with numpy broadcasting (a panic naming `op` on a mismatch).
 /// When both are contiguous and one is the other's shape or repeats whole over it (a
 /// scalar, a bias over rows) this is a slice loop over rows of the smaller one
-/// ([`kernels::par_rows_new`]: it vectorises, and large outputs are split over threads);
+/// ([`kernels::par_rows_overwrite`]: it vectorises, and large outputs are split over threads);
 /// otherwise ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same
 /// arithmetic, element for element, either way.
 fn zip_with<F: Float>(
