@@ -388,7 +388,6 @@ fn summary() {
 }
 
 fn main() {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))

@@ -92,7 +92,6 @@ fn batch(rng: &mut Rng, n: usize, seq: usize) -> Batch {
 static TIMES: Mutex<Vec<(&str, f64)>> = Mutex::new(Vec::new());
 
 fn main() {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let (n, seq, steps) = (8, 63, 2);
     let cfg = |d_model, n_heads, causal| {
         TransformerConfig::new(d_model, 1, n_heads, 64).with_causal(causal)

@@ -321,7 +321,6 @@ fn transfer(
 }
 
 fn main() -> Result<()> {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let args = parse_args()?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File {

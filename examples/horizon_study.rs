@@ -278,7 +278,6 @@ fn run(args: &Args, data: &Data, s: &Setting) -> Result<Outcome> {
 }
 
 fn main() -> Result<()> {
-    datarater::alloc::tune_allocator();
     let args = parse_args()?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File {

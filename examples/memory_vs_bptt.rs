@@ -555,7 +555,6 @@ fn write_plot(path: &str, rows: &[Row], modes: &[(&'static str, Mode)]) -> Resul
 }
 
 fn main() {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     if let Err(e) = run_main() {
         eprintln!("memory_vs_bptt: {e}");
         std::process::exit(2);

@@ -244,7 +244,6 @@ fn ckpt(dir: &Path) -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mpi = launched_by_mpi().then(|| Mpi::init().expect("MPI initialises"));
     let comm: &dyn Communicator = match &mpi {

@@ -144,7 +144,6 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    datarater::alloc::tune_allocator(); // freed arrays are reused, not page-faulted in again
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--f64") {
         run::<f64>(&args)

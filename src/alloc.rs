@@ -1,4 +1,5 @@
-//! A counting global allocator for measuring real peak heap bytes.
+//! Memory: a counting global allocator for measuring real peak heap bytes, and the
+//! engine's reuse of its own tensor buffers ([`reuse_buffers`]).
 //!
 //! Opt in from a binary, example or bench:
 //!
@@ -85,36 +86,43 @@ pub fn measure_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, peak_bytes().saturating_sub(base))
 }
 
-/// Makes glibc's `malloc` keep freed memory for reuse (up to a bound) instead of
-/// handing every large block straight back to the kernel.
+/// Runs `f` with the engine's large freed tensor buffers kept for reuse, and frees them
+/// when the outermost such call (on any thread) returns.
 ///
-/// The engine allocates and frees the same arrays (activations, attention scores,
-/// their tangents) on every pass. With glibc's defaults every block above 128 KiB is a
-/// fresh `mmap` whose pages fault in again: 20% of `datarater score`'s CPU time and
-/// 18% of the scale workload's forward pass went to the kernel, and the threads
-/// serialise on the page tables. Call it once at start-up, before any thread is
-/// started (the `datarater` binary and the examples do); a no-op on other platforms.
-/// It changes no result, only where freed memory goes: blocks above 32 MiB are still
-/// mapped and unmapped at once, and a heap returns its free top to the kernel beyond
-/// 64 MiB.
+/// The engine's own passes already do this ([`MetaRequest::run`], the
+/// [`transforms`](crate::transforms), [`DocumentScorer`] and the trainer's scoring and
+/// evaluation), so the engine runs at the same speed in any process, whatever the
+/// system allocator's settings. Wrap a loop of many small calls (say, scoring one
+/// batch at a time) to share buffers across them too: a buffer of a length that comes
+/// back is then reused instead of page-faulting in again. Pooled buffers plus live ones
+/// never exceed the most the work needed live at once (see docs/meta-gradients.md,
+/// "Buffer reuse"); results do not change.
 ///
 /// ```
-/// datarater::alloc::tune_allocator();
+/// use datarater::{Tensor, Value};
+/// let x = Tensor::<f32>::full(&[256, 256], 0.5)?;
+/// let sums = datarater::alloc::reuse_buffers(|| {
+///     (0..4).map(|_| x.mul(&x).sum_all().item()).collect::<Vec<_>>()
+/// });
+/// assert_eq!(sums, vec![16384.0; 4]);
+/// assert_eq!(datarater::alloc::pooled_bytes(), 0); // released on return
+/// # Ok::<(), datarater::Error>(())
 /// ```
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // From glibc's <malloc.h>.
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only sets allocator parameters (glibc serialises it with the
-        // arenas' locks).
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            mallopt(M_TRIM_THRESHOLD, 64 << 20);
-        }
-    }
+///
+/// [`MetaRequest::run`]: crate::meta::MetaRequest::run
+/// [`DocumentScorer`]: crate::curate::documents::DocumentScorer
+pub fn reuse_buffers<T>(f: impl FnOnce() -> T) -> T {
+    let _scope = crate::autodiff::pool::Scope::enter();
+    f()
+}
+
+/// Bytes of freed tensor buffers the engine keeps for reuse right now (0 outside
+/// [`reuse_buffers`] and the engine's passes).
+pub fn pooled_bytes() -> usize {
+    crate::autodiff::pool::held_bytes()
+}
+
+/// How many times a freed tensor buffer has been reused since the process started.
+pub fn reused_buffers() -> usize {
+    crate::autodiff::pool::reused()
 }

@@ -165,7 +165,6 @@ fn records(dir: &Path) -> usize {
 }
 
 fn main() {
-    datarater::alloc::tune_allocator(); // as the binary does
     let opts = Opts::parse();
     let keep = opts.dir.is_some();
     let dir = opts.dir.clone().unwrap_or_else(|| {

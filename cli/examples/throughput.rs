@@ -141,7 +141,6 @@ fn macs_per_sequence(c: &TransformerConfig, l: usize) -> f64 {
 }
 
 fn main() {
-    datarater::alloc::tune_allocator(); // as the binary does
     let opts = Opts::parse();
     let dir = opts
         .dir

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    datarater::alloc::tune_allocator();
     let cli = datarater_cli::args::Cli::from_env();
     let comm = match datarater_cli::communicator() {
         Ok(comm) => comm,
@@ -13,7 +12,9 @@ fn main() -> ExitCode {
     };
     // The error is printed before `comm` drops (finalising MPI): mpirun ends the other
     // ranks as soon as one exits non-zero, and each should have printed it.
-    match datarater_cli::run_on(&cli, comm.as_ref()) {
+    // One buffer pool for the whole command (released when it returns): successive
+    // meta-gradients and scored blocks reuse each other's buffers.
+    match datarater::alloc::reuse_buffers(|| datarater_cli::run_on(&cli, comm.as_ref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

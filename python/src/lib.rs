@@ -258,7 +258,8 @@ fn run_command<T: Send>(
         std::thread::scope(|s| {
             let (done, finished) = mpsc::channel::<()>();
             let worker = s.spawn(move || {
-                let r = catch_unwind(AssertUnwindSafe(f));
+                // As the `datarater` binary does: freed buffers reused within the command.
+                let r = catch_unwind(AssertUnwindSafe(|| datarater::alloc::reuse_buffers(f)));
                 let _ = done.send(());
                 r
             });
@@ -807,8 +808,6 @@ fn _panic_in_command(py: Python<'_>) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The interpreter owns SIGINT: the commands must not install their own handler.
     interrupt::handle_externally();
-    // As the `datarater` binary does: freed blocks are reused, not unmapped.
-    datarater::alloc::tune_allocator();
     let py = m.py();
     m.add_class::<Rater>()?;
     m.add_class::<ScoreBatches>()?;

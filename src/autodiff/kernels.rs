@@ -65,13 +65,55 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut 
 }
 
 /// A new vector of `len` elements whose rows of `n` are computed by `f` as in
-/// [`par_rows`]. Each chunk is zeroed by the thread that computes it, just before: in
-/// cache and in parallel, where a zeroed allocation would be one serial `memset`.
+/// [`par_rows`], starting from zeros. Each chunk is zeroed by the thread that computes
+/// it, just before: in cache and in parallel, where a zeroed allocation would be one
+/// serial `memset`. The buffer is a pooled one when a pass has one of that length free
+/// (see [`pool`](super::pool)).
 pub(crate) fn par_rows_new<F: Float>(
     len: usize,
     n: usize,
     f: impl Fn(usize, &mut [F]) + Sync,
 ) -> Vec<F> {
+    new_rows(len, n, true, f)
+}
+
+/// [`par_rows_new`] for an `f` that writes every element of its rows: a pooled buffer
+/// is not zeroed first (it holds values left from its last use until `f` overwrites
+/// them), so `f` must not read its rows before writing them.
+pub(crate) fn par_rows_overwrite<F: Float>(
+    len: usize,
+    n: usize,
+    f: impl Fn(usize, &mut [F]) + Sync,
+) -> Vec<F> {
+    new_rows(len, n, false, f)
+}
+
+/// A vector of `len` zeros, pooled when a pass has one free ([`par_rows_new`]).
+pub(crate) fn zeros<F: Float>(len: usize) -> Vec<F> {
+    par_rows_new(len, 1, |_, _| {})
+}
+
+#[inline(always)]
+fn new_rows<F: Float>(
+    len: usize,
+    n: usize,
+    zero: bool,
+    f: impl Fn(usize, &mut [F]) + Sync,
+) -> Vec<F> {
+    if let Some(mut out) = super::pool::take::<F>(len) {
+        par_rows(
+            &mut out,
+            n,
+            #[inline(always)]
+            |first, rows| {
+                if zero {
+                    rows.fill(F::zero());
+                }
+                f(first, rows)
+            },
+        );
+        return out;
+    }
     let mut out: Vec<F> = Vec::with_capacity(len);
     par_rows(
         &mut out.spare_capacity_mut()[..len],
@@ -90,12 +132,13 @@ pub(crate) fn par_rows_new<F: Float>(
     // SAFETY: `par_rows` ran the closure above, which initialises its rows, over all
     // `len` elements.
     unsafe { out.set_len(len) };
+    super::pool::adopt(&out);
     out
 }
 
-/// `f` of each element of `x`, into a new vector, through [`par_rows_new`].
+/// `f` of each element of `x`, into a new vector, through [`par_rows_overwrite`].
 pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
-    par_rows_new(
+    par_rows_overwrite(
         x.len(),
         1,
         #[inline(always)]

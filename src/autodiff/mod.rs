@@ -14,6 +14,7 @@ pub mod flops;
 pub(crate) mod kernels;
 pub mod ops;
 pub mod params;
+pub(crate) mod pool;
 pub mod tape;
 pub mod tensor;
 pub mod transforms;

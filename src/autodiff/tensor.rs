@@ -412,6 +412,23 @@ impl<F: Float> Tensor<F> {
         Ok(Self::from_array(a))
     }
 
+    /// A new tensor of `shape` whose every element `fill` writes, through a view of its
+    /// buffer in standard layout: a pooled buffer when a pass has one of that length
+    /// free ([`pool`](super::pool)), so its values before `fill` are unspecified.
+    pub(crate) fn overwritten(
+        shape: &[usize],
+        fill: impl FnOnce(ndarray::ArrayViewMutD<'_, F>),
+    ) -> Self {
+        let len = shape.iter().product();
+        let mut data = super::pool::take(len).unwrap_or_else(|| {
+            let v = vec![F::zero(); len];
+            super::pool::adopt(&v);
+            v
+        });
+        fill(ndarray::ArrayViewMutD::from_shape(IxDyn(shape), &mut data).expect("len elements"));
+        Self::from_vec(shape, data).expect("len elements")
+    }
+
     /// Reshapes without copying when the data is contiguous.
     pub(crate) fn reshaped(&self, shape: &[usize]) -> Self {
         let a = if self.0.is_standard_layout() {
@@ -431,6 +448,19 @@ impl<F: Float> Tensor<F> {
 fn count_other<F: Float, O: Op<F>>(op: &O, elements: usize) {
     if op.name() != MatMul::NAME {
         super::flops::add_other(elements);
+    }
+}
+
+/// The last owner of a large buffer hands it to the pass's buffer pool (see
+/// [`pool`](super::pool)) instead of freeing it, when a pass is running.
+impl<F: Float> Drop for Tensor<F> {
+    fn drop(&mut self) {
+        if super::pool::wants::<F>(self.0.len()) {
+            let a = std::mem::replace(&mut self.0, ArcArray::from_vec(Vec::new()).into_dyn());
+            if let Ok(a) = a.try_into_owned_nocopy() {
+                super::pool::give(a.into_raw_vec_and_offset().0);
+            }
+        }
     }
 }
 
@@ -471,11 +501,10 @@ impl<F: Float> Value for Tensor<F> {
         }
     }
 
-    fn accumulate(self, other: &Self) -> Self {
+    fn accumulate(mut self, other: &Self) -> Self {
         if self.shape() == other.shape() {
-            let mut a = self.0;
-            a += &other.0;
-            Tensor(a)
+            self.0 += &other.0;
+            self
         } else {
             self.add(other)
         }

@@ -87,6 +87,7 @@ pub(crate) fn value_and_grad_measured<V: Value, R: Output<Var<V>>>(
     f: impl FnOnce(&Params<Var<V>>) -> R,
     params: &Params<V>,
 ) -> Result<(V, Params<V>, usize)> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     let tape = Tape::with_checkpointing(false);
     let vars = params.map(|v| tape.var(v.clone()));
     let y = f(&vars).into_result()?;
@@ -113,6 +114,7 @@ pub fn vjp<V: Value, R: Output<Var<V>>>(
     params: &Params<V>,
     cot: &V,
 ) -> Result<(V, Params<V>)> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     vjp_measured(f, params, cot).map(|(y, g, _)| (y, g))
 }
 
@@ -141,6 +143,7 @@ pub fn jvp<V: Value, R: Output<Dual<V>>>(
     params: &Params<V>,
     tangent: &Params<V>,
 ) -> Result<(V, V)> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     let duals = params.zip_map(tangent, |p, t| Dual::new(p.clone(), t.clone()))?;
     let y = f(&duals).into_result()?;
     let t = y.tangent_or_zeros();
@@ -188,6 +191,7 @@ pub fn jvp_grad_with<V: Value, R: Output<Var<Dual<V>>>>(
     tangents: &[Option<&Params<V>>],
     checkpointing: bool,
 ) -> Result<JvpGrad<V>> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     if groups.len() != tangents.len() {
         return Err(Error::Usage(format!(
             "jvp_grad: {} groups but {} tangents",
@@ -250,6 +254,7 @@ pub fn hvp_rev_rev<V: Value, R: Output<Var<Var<V>>>>(
     params: &Params<V>,
     v: &Params<V>,
 ) -> Result<Params<V>> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     params.check_like(v)?;
     grad(
         |p: &Params<Var<V>>| -> Result<Var<V>> {
@@ -271,6 +276,7 @@ pub fn hvp_rev_fwd<V: Value, R: Output<Dual<Var<V>>>>(
     params: &Params<V>,
     v: &Params<V>,
 ) -> Result<Params<V>> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     params.check_like(v)?;
     grad(
         |p: &Params<Var<V>>| {

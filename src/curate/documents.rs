@@ -153,6 +153,7 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
     /// # Errors
     /// [`Error::Shape`] if a sequence is not `seq_len` bytes long.
     pub fn score_sequences(&self, seqs: &[&[u8]]) -> Result<Vec<f64>> {
+        let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
         let batches: Vec<Vec<f64>> = seqs
             .par_chunks(self.batch_size)
             .map(|batch| {

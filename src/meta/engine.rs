@@ -358,6 +358,7 @@ impl<'a, F: Float, P: MetaProblem<F>> MetaRequest<'a, F, P> {
     /// - [`Error::MemoryBudget`] when the budget would be passed;
     /// - the problem's own errors.
     pub fn run(&self) -> Result<MetaGradient<F>> {
+        let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
         let opt = self.problem.optimizer();
         opt.validate()?;
         if self.batches.is_empty() {

@@ -392,6 +392,7 @@ pub fn score_sequences<F: Float, P: Rows + ?Sized>(
     seqs: &P,
     chunk: usize,
 ) -> Result<Vec<f64>> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     let mut out = Vec::with_capacity(seqs.count());
     for start in (0..seqs.count()).step_by(chunk.max(1)) {
         let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
@@ -441,6 +442,7 @@ pub fn evaluate<F: Float, O, P: Rows + ?Sized>(
     seqs: &P,
     chunk: usize,
 ) -> Result<f64> {
+    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
     if seqs.count() == 0 {
         return Err(Error::Config {
             field: "seqs",

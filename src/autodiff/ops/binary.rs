@@ -30,7 +30,7 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Vec<usize>
 /// `f(a, b)` elementwise with numpy broadcasting (a panic naming `op` on a mismatch).
 /// When both are contiguous and one is the other's shape or repeats whole over it (a
 /// scalar, a bias over rows) this is a slice loop over rows of the smaller one
-/// ([`kernels::par_rows_new`]: it vectorises, and large outputs are split over threads);
+/// ([`kernels::par_rows_overwrite`]: it vectorises, and large outputs are split over threads);
 /// otherwise ndarray's broadcasting `Zip` (slow on dynamic-rank arrays) does it. Same
 /// arithmetic, element for element, either way.
 fn zip_with<F: Float>(
@@ -52,7 +52,7 @@ fn zip_with<F: Float>(
         };
         if let Some((full, rep, a_is_full)) = parts {
             let m = rep.len();
-            let out = kernels::par_rows_new(
+            let out = kernels::par_rows_overwrite(
                 n,
                 m,
                 #[inline(always)]
@@ -68,9 +68,14 @@ fn zip_with<F: Float>(
             return Tensor::from_vec(&shape, out).expect("broadcast size");
         }
     }
-    let shape = IxDyn(&shape);
-    let (a, b) = (broadcast_view(a, &shape), broadcast_view(b, &shape));
-    Tensor::from_array(Zip::from(&a).and(&b).map_collect(|&a, &b| f(a, b)))
+    let dims = IxDyn(&shape);
+    let (a, b) = (broadcast_view(a, &dims), broadcast_view(b, &dims));
+    Tensor::overwritten(&shape, |out| {
+        Zip::from(out)
+            .and(&a)
+            .and(&b)
+            .for_each(|o, &a, &b| *o = f(a, b))
+    })
 }
 
 /// Whether an operand of shape `s` broadcast to `out` is its data repeated whole: `s`
@@ -183,21 +188,31 @@ impl<F: Float> Op<F> for Mul {
         xs: &[&Tensor<F>],
         dxs: &[Option<&Tensor<F>>],
     ) -> Option<(Tensor<F>, Tensor<F>)> {
-        let shape = IxDyn(&broadcast_shape("mul", xs[0].shape(), xs[1].shape()));
+        let dims = broadcast_shape("mul", xs[0].shape(), xs[1].shape());
+        let shape = IxDyn(&dims);
         let view = |t| broadcast_view(t, &shape);
         let (a, b) = (view(xs[0]), view(xs[1]));
-        let y = Zip::from(&a).and(&b).map_collect(|&a, &b| a * b);
-        let t = match (dxs[0].map(view), dxs[1].map(view)) {
-            (Some(da), Some(db)) => Zip::from(&a)
+        let y = Tensor::overwritten(&dims, |y| {
+            Zip::from(y)
+                .and(&a)
                 .and(&b)
-                .and(&da)
-                .and(&db)
-                .map_collect(|&a, &b, &da, &db| da * b + a * db),
-            (Some(da), None) => Zip::from(&da).and(&b).map_collect(|&da, &b| da * b),
-            (None, Some(db)) => Zip::from(&a).and(&db).map_collect(|&a, &db| a * db),
-            (None, None) => unreachable!("jvp called without tangents"),
-        };
-        Some((Tensor::from_array(y), Tensor::from_array(t)))
+                .for_each(|y, &a, &b| *y = a * b)
+        });
+        let t = Tensor::overwritten(&dims, |t| {
+            let t = Zip::from(t);
+            match (dxs[0].map(view), dxs[1].map(view)) {
+                (Some(da), Some(db)) => t
+                    .and(&a)
+                    .and(&b)
+                    .and(&da)
+                    .and(&db)
+                    .for_each(|t, &a, &b, &da, &db| *t = da * b + a * db),
+                (Some(da), None) => t.and(&da).and(&b).for_each(|t, &da, &b| *t = da * b),
+                (None, Some(db)) => t.and(&a).and(&db).for_each(|t, &a, &db| *t = a * db),
+                (None, None) => unreachable!("jvp called without tangents"),
+            }
+        });
+        Some((y, t))
     }
 }
 

@@ -2,6 +2,7 @@
 //! indexing op is paired with its transpose, which is its VJP.
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
@@ -187,7 +188,9 @@ impl<F: Float> Op<F> for ScatterRows {
             .view()
             .into_shape_with_order((self.idx.data.len(), d))
             .expect("contiguous");
-        let mut out = ndarray::Array2::<F>::zeros((self.rows, d));
+        let mut out =
+            ndarray::Array2::from_shape_vec((self.rows, d), kernels::zeros(self.rows * d))
+                .expect("rows * d elements");
         for (&i, row) in self.idx.data.iter().zip(src.outer_iter()) {
             let mut o = out.row_mut(i);
             o += &row;
@@ -289,7 +292,10 @@ impl<F: Float> Op<F> for PlaceLast {
         if xs[0].shape() != &self.idx.shape[..] {
             shape_panic("place_last", xs[0].shape(), &self.idx.shape);
         }
-        let mut out = ndarray::Array2::<F>::zeros((self.idx.data.len(), self.classes));
+        let (rows, classes) = (self.idx.data.len(), self.classes);
+        let mut out =
+            ndarray::Array2::from_shape_vec((rows, classes), kernels::zeros(rows * classes))
+                .expect("rows * classes elements");
         for ((&i, &v), mut row) in self
             .idx
             .data

@@ -63,7 +63,7 @@ impl<F: Float, E: Elementwise> Op<F> for Pointwise<E> {
             x.as_slice().expect("standard"),
             dx.as_slice().expect("standard"),
         );
-        let (mut y, mut t) = (vec![F::zero(); x.len()], vec![F::zero(); x.len()]);
+        let (mut y, mut t) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
         kernels::with_avx2(
             #[inline(always)]
             || {

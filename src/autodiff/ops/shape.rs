@@ -76,7 +76,7 @@ impl<F: Float> Op<F> for Permute {
 /// in standard layout: one run along the output's last axis at a time (a slice copy
 /// when that axis is also the input's last; ndarray's copy of a permuted dynamic-rank
 /// view steps element by element), the runs split over threads when there are many
-/// ([`kernels::par_rows_new`]).
+/// ([`kernels::par_rows_overwrite`]).
 fn permuted<F: Float>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
     let n = shape.len();
     if n == 0 || src.is_empty() {
@@ -90,7 +90,7 @@ fn permuted<F: Float>(src: &[F], shape: &[usize], perm: &[usize]) -> Vec<F> {
     let ext: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let step: Vec<usize> = perm.iter().map(|&p| stride[p]).collect();
     let (len, inner) = (ext[n - 1], step[n - 1]);
-    kernels::par_rows_new(src.len(), len, |first, rows| {
+    kernels::par_rows_overwrite(src.len(), len, |first, rows| {
         // The source offset of output run `first`, from its index over the outer axes.
         let (mut idx, mut at, mut r) = (vec![0; n - 1], 0, first);
         for ax in (0..n - 1).rev() {

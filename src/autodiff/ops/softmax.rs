@@ -95,11 +95,11 @@ fn normalise<F: Float>(lane: &mut [F]) {
 }
 
 /// Softmax of each `n`-element row of `x`, row `r` keeping `keep[r mod keep.len()]`,
-/// into a new vector through [`kernels::par_rows_new`] (each chunk of rows copied in
+/// into a new vector through [`kernels::par_rows_overwrite`] (each chunk of rows copied in
 /// and normalised in place by one thread): attention's scores are most of a
 /// transformer's elementwise work.
 fn softmax_rows<F: Float>(x: &[F], n: usize, keep: &[Keep<'_>]) -> Vec<F> {
-    kernels::par_rows_new(
+    kernels::par_rows_overwrite(
         x.len(),
         n,
         #[inline(always)]
@@ -170,7 +170,7 @@ fn lanes_jvp<F: Float>(
         dx.as_slice().expect("standard"),
     );
     let ys = y.array().as_slice().expect("standard layout output");
-    let mut t = vec![F::zero(); ys.len()];
+    let mut t = kernels::zeros(ys.len());
     let lanes = xs.chunks_exact(n).zip(dxs.chunks_exact(n));
     let outs = ys.chunks_exact(out_lane).zip(t.chunks_exact_mut(out_lane));
     kernels::with_avx2(
@@ -333,7 +333,7 @@ impl<F: Float> Op<F> for SoftmaxJvp {
                 y.as_slice().expect("standard"),
                 v.as_slice().expect("standard"),
             );
-            let mut out = vec![F::zero(); ys.len()];
+            let mut out = kernels::zeros(ys.len());
             let lanes = ys.chunks_exact(n).zip(vs.chunks_exact(n));
             kernels::with_avx2(
                 #[inline(always)]
@@ -393,7 +393,7 @@ impl<F: Float> Op<F> for SoftmaxJvp {
         );
         let dys = dya.as_ref().map(|a| a.as_slice().expect("standard"));
         let dvs = dva.as_ref().map(|a| a.as_slice().expect("standard"));
-        let (mut out, mut tan) = (vec![F::zero(); ys.len()], vec![F::zero(); ys.len()]);
+        let (mut out, mut tan) = (kernels::zeros(ys.len()), kernels::zeros(ys.len()));
         kernels::with_avx2(
             #[inline(always)]
             || {
