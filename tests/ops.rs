@@ -15,6 +15,7 @@
 use datarater::autodiff::Op as _;
 use datarater::autodiff::check::{self, Report, ScalarFn, compare, compare_tensors};
 use datarater::autodiff::ops::attention::{HeadMix, HeadScores};
+use datarater::autodiff::ops::linalg::MatMulBias;
 use datarater::transforms::{grad, hvp, hvp_rev_fwd, hvp_rev_rev, jvp, value_and_grad, vjp};
 use datarater::{Dual, Indices, Mask, Params, Rng, Tensor, Value, Var};
 use proptest::prelude::*;
@@ -57,6 +58,8 @@ enum Op {
     MatMul,
     /// `a.matmul_t(b, ta, tb)`.
     MatMulT(bool, bool),
+    /// `MatMulBias` on `(x, w, b)`.
+    MatMulBias,
     /// `HeadScores { heads }` on `(a, c)`.
     HeadScores(usize),
     /// `HeadMix { heads, tp }` on `(p, v)`.
@@ -106,6 +109,7 @@ impl Op {
             Op::Relu => x[0].relu(),
             Op::MatMul => x[0].matmul(&x[1]),
             Op::MatMulT(ta, tb) => x[0].matmul_t(&x[1], *ta, *tb),
+            Op::MatMulBias => V::apply(MatMulBias, &[&x[0], &x[1], &x[2]]),
             Op::HeadScores(heads) => V::apply(HeadScores { heads: *heads }, &[&x[0], &x[1]]),
             Op::HeadMix(heads, tp) => V::apply(
                 HeadMix {
@@ -319,6 +323,7 @@ enum Kind {
         tb: bool,
         batched: bool,
     },
+    MatMulBias,
     HeadScores,
     HeadMix {
         tp: bool,
@@ -432,6 +437,18 @@ fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
                 _ => Op::MatMulT(ta, tb),
             };
             (op, binary_args(rng, a, b))
+        }
+        Kind::MatMulBias => {
+            let (m, k, n) = (pick(rng, 1, 4), pick(rng, 1, 4), pick(rng, 1, 4));
+            let (x, w) = (normal(rng, &[m, k]), normal(rng, &[k, n]));
+            let mut args = binary_args(rng, x, w);
+            let b = normal(rng, &[n]);
+            args.push(if coin(rng) {
+                Arg::Var(b)
+            } else {
+                Arg::Const(b)
+            });
+            (Op::MatMulBias, args)
         }
         Kind::HeadScores | Kind::HeadMix { .. } => {
             let (b, heads, dh) = (pick(rng, 1, 3), pick(rng, 1, 3), pick(rng, 1, 3));
@@ -820,6 +837,7 @@ op_tests! {
     matmul_t_nt_batched => Kind::MatMulT { ta: false, tb: true, batched: true },
     matmul_t_tn_batched => Kind::MatMulT { ta: true, tb: false, batched: true },
     matmul_t_tt_batched => Kind::MatMulT { ta: true, tb: true, batched: true },
+    matmul_bias => Kind::MatMulBias,
     head_scores => Kind::HeadScores,
     head_mix => Kind::HeadMix { tp: false },
     head_mix_tp => Kind::HeadMix { tp: true },
@@ -1326,6 +1344,23 @@ fn random_tensors_follow_the_generator_and_their_distribution() {
             .to_vec(),
         vec![1.0; 3]
     );
+}
+
+/// The fused linear map against the product plus the broadcast bias it replaces, on a
+/// product large enough to be cut into bands.
+#[test]
+fn matmul_bias_matches_matmul_plus_bias() {
+    let mut rng = Rng::new(9);
+    for (m, k, n) in [(3, 2, 5), (1100, 256, 300)] {
+        let (x, w, b) = (
+            normal(&mut rng, &[m, k]),
+            normal(&mut rng, &[k, n]),
+            normal(&mut rng, &[n]),
+        );
+        let got = MatMulBias.forward(&[&x, &w, &b]);
+        let r = compare_tensors(&got, &x.matmul(&w).add(&b)).unwrap();
+        assert!(r.ok(1e-13), "{m}x{k}x{n}: {r:?}");
+    }
 }
 
 /// The head-layout products against the same products through reshape, permute and

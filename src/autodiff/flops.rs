@@ -25,6 +25,7 @@
 //! with the calling thread pool: the roof a model's passes are measured against.
 
 use super::float::Float;
+use super::ops::attention::{HeadMix, HeadScores};
 pub use super::ops::linalg::GemmKernel;
 use super::ops::linalg::MatMul;
 use super::tensor::Tensor;
@@ -79,6 +80,10 @@ impl GemmShape {
         2 * (self.batch * self.m * self.n * self.k) as u64
     }
 }
+
+/// The ops whose work is all matrix products: they count FLOPs in the gemm routine and
+/// write no "other" elements.
+pub(crate) const GEMM_OPS: [&str; 3] = [MatMul::NAME, HeadScores::NAME, HeadMix::NAME];
 
 pub(crate) fn add_gemm(shape: GemmShape) {
     MATMUL.fetch_add(shape.flops(), Ordering::Relaxed);

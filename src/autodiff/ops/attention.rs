@@ -120,6 +120,9 @@ pub struct HeadScores {
 }
 
 impl HeadScores {
+    /// The op's name.
+    pub const NAME: &'static str = "head_scores";
+
     /// The output shape, or a shape panic.
     fn out_shape(&self, a: &[usize], c: &[usize]) -> [usize; 4] {
         let b = a.first().copied().unwrap_or(0);
@@ -149,7 +152,7 @@ impl HeadScores {
 
 impl<F: Float> Op<F> for HeadScores {
     fn name(&self) -> &'static str {
-        "head_scores"
+        Self::NAME
     }
     fn saves(&self) -> Saves {
         Saves::INPUTS
@@ -210,6 +213,9 @@ pub struct HeadMix {
 }
 
 impl HeadMix {
+    /// The op's name.
+    pub const NAME: &'static str = "head_mix";
+
     /// The output shape, or a shape panic.
     fn out_shape(&self, p: &[usize], v: &[usize]) -> [usize; 3] {
         if p.len() != 4 || p[1] != self.heads {
@@ -242,7 +248,7 @@ impl HeadMix {
 
 impl<F: Float> Op<F> for HeadMix {
     fn name(&self) -> &'static str {
-        "head_mix"
+        Self::NAME
     }
     fn saves(&self) -> Saves {
         Saves::INPUTS

@@ -314,6 +314,103 @@ impl<F: Float> Op<F> for MatMul {
     }
 }
 
+/// `x w + b` for `x [m, k]`, `w [k, n]` and a bias `b [n]` added to every row: the
+/// bias is written into the output first and the product accumulated onto it, one pass
+/// over the output instead of a product and then a broadcast sum (a linear layer).
+#[derive(Clone, Copy, Debug)]
+pub struct MatMulBias;
+
+impl MatMulBias {
+    /// `[m, n]` rows each filled with `b`, or a shape panic.
+    fn rows_of<F: Float>(x: &Tensor<F>, w: &Tensor<F>, b: &Tensor<F>) -> Array3<F> {
+        let (sx, sw, sb) = (x.shape(), w.shape(), b.shape());
+        if sx.len() != 2 || sw.len() != 2 || sx[1] != sw[0] {
+            shape_panic("matmul_bias", sx, sw);
+        }
+        if sb != [sw[1]] {
+            shape_panic("matmul_bias", sb, sw);
+        }
+        let (m, n) = (sx[0], sw[1]);
+        let b = b.array().as_standard_layout();
+        let b = b.as_slice().expect("standard layout");
+        let data = kernels::par_rows_new(m * n, n.max(1), |_, rows| {
+            if n > 0 {
+                for row in rows.chunks_exact_mut(n) {
+                    row.copy_from_slice(b);
+                }
+            }
+        });
+        Array3::from_shape_vec((1, m, n), data).expect("m * n elements")
+    }
+}
+
+const PLAIN: MatMul = MatMul {
+    ta: false,
+    tb: false,
+};
+
+impl<F: Float> Op<F> for MatMulBias {
+    fn name(&self) -> &'static str {
+        "matmul_bias"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let mut c = Self::rows_of(xs[0], xs[1], xs[2]);
+        PLAIN.gemm_into(&mut c, xs[0], xs[1], F::one());
+        let shape = [c.dim().1, c.dim().2];
+        to_tensor(c, &shape)
+    }
+    /// Fused: the tangent `dx w + x dw + db` is `db`'s rows (or zeros) with both
+    /// products accumulated onto them.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let (x, w) = (xs[0], xs[1]);
+        let y = self.forward(xs);
+        let (m, n) = (y.shape()[0], y.shape()[1]);
+        let (mut t, mut beta) = match dxs[2] {
+            Some(db) => (Self::rows_of(x, w, db), F::one()),
+            None => (zeros(1, m, n), F::zero()),
+        };
+        if let Some(dx) = dxs[0] {
+            PLAIN.gemm_into(&mut t, dx, w, beta);
+            beta = F::one();
+        }
+        if let Some(dw) = dxs[1] {
+            PLAIN.gemm_into(&mut t, x, dw, beta);
+        }
+        Some((y, to_tensor(t, &[m, n])))
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (x, w) = (ctx.x(0), ctx.x(1));
+        let with_bias = match (d[0], d[2]) {
+            (Some(dx), Some(db)) => Some(V::apply(MatMulBias, &[dx, w, db])),
+            (Some(dx), None) => Some(dx.matmul(w)),
+            (None, Some(db)) => Some(db.broadcast_to(ctx.out_shape())),
+            (None, None) => None,
+        };
+        let via_w = d[1].map(|dw| x.matmul(dw));
+        match (with_bias, via_w) {
+            (Some(l), Some(r)) => l.add(&r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => unreachable!("jvp called without tangents"),
+        }
+    }
+    /// `dx = g w^T`, `dw = x^T g`, `db` = the column sums of `g`.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (x, w) = (ctx.x(0), ctx.x(1));
+        vec![
+            ctx.needs(0).then(|| g.matmul_t(w, false, true)),
+            ctx.needs(1).then(|| x.matmul_t(g, true, false)),
+            ctx.needs(2).then(|| g.sum_axis(0, false)),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
