@@ -36,7 +36,8 @@ Run JAX alone, or alternating with the crate's own (the same meta-gradient throu
     /work/venv-jax/bin/python benches/jax_meta.py --workload scale --reps 3 \
         --ours target/release/examples/memory_vs_bptt
 
-It prints each run's seconds and the medians. f32; JAX uses all the cores it sees
+It prints each run's seconds and the medians. `--check` only checks the JAX side's
+meta-gradient against `jax.grad` of the unrolled window (a tiny workload, f64). f32; JAX uses all the cores it sees
 (XLA's CPU thread pool), ours rayon's default (all cores).
 """
 
@@ -178,6 +179,15 @@ def make_steps(lm_heads, rater_heads):
         _, d = jax.jvp(lambda th: pel(th, x), (theta,), (g_bar,))
         return jax.tree.map(jnp.add, eta_bar, jax.grad(lambda e: jnp.sum(weights(e, x) * d))(eta))
 
+    def unrolled(theta0, eta, batches, held):
+        """J(eta) through the whole window, for `jax.grad` (the --check reference)."""
+        theta, state = theta0, jax.tree.map(jnp.zeros_like, (theta0, theta0))
+        for t, x in enumerate(batches):
+            w = weights(eta, x)
+            g = jax.grad(lambda th: jnp.sum(w * pel(th, x)))(theta)
+            theta, state = adam(theta, state, g, float(t + 1))
+        return pel(theta, held).mean()
+
     def meta_gradient(theta0, eta, batches, held):
         state = jax.tree.map(jnp.zeros_like, (theta0, theta0))
         thetas, states, gs, ws = [theta0], [state], [], []
@@ -198,7 +208,28 @@ def make_steps(lm_heads, rater_heads):
         eta_bar = first_step(thetas[0], states[0], gs[0], eta, batches[0], theta_bar, state_bar, eta_bar)
         return jax.block_until_ready((j, eta_bar))
 
+    meta_gradient.unrolled = unrolled
     return meta_gradient
+
+
+def check():
+    """The adjoint recursion above against `jax.grad` of the unrolled window, on a tiny
+    workload in f64."""
+    jax.config.update("jax_enable_x64", True)
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    cast = lambda p: jax.tree.map(lambda a: a.astype(jnp.float64), p)
+    theta = cast(init_transformer(k1, 16, 1, 8, 256))
+    eta = cast(init_transformer(k2, 8, 1, 8, 1))
+    data = jax.random.randint(k3, (4, 4, 8), 0, 256)
+    batches, held = list(data[:-1]), data[-1]
+    meta_gradient = make_steps(2, 2)
+    _, mixed = meta_gradient(theta, eta, batches, held)
+    ref = jax.grad(lambda e: meta_gradient.unrolled(theta, e, batches, held))(eta)
+    num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(mixed), jax.tree.leaves(ref)))
+    den = sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(ref))
+    rel = (num / den) ** 0.5
+    print(f"check: mixed-mode vs jax.grad of the unrolled window, relative error {rel:.2e}")
+    assert rel < 1e-8, rel
 
 
 def ours_seconds(binary, w, steps):
@@ -220,7 +251,10 @@ def main():
     ap.add_argument("--steps", type=int, default=16, help="window length T")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ours", help="path of the crate's memory_vs_bptt binary, run alternately")
+    ap.add_argument("--check", action="store_true", help="only check the meta-gradient (tiny, f64)")
     args = ap.parse_args()
+    if args.check:
+        return check()
     w = WORKLOADS[args.workload]
     key = jax.random.PRNGKey(0)
     k1, k2, k3 = jax.random.split(key, 3)
