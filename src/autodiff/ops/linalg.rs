@@ -1,7 +1,7 @@
 //! Matrix products: 2-D, or batched with equal batch axes. Transposed operands are
 //! passed as strided views, never copied.
 //!
-//! Every product runs through one routine, [`gemm_batch`], on the process's fastest
+//! Every product runs through one routine, `gemm_batch`, on the process's fastest
 //! [`GemmKernel`]: the `gemm` crate's AVX-512 kernels when the CPU has AVX-512F
 //! (detected at run time), otherwise ndarray's gemm (matrixmultiply, which picks its
 //! own AVX2/FMA, SSE2 or scalar kernels at run time). Both are deterministic, and a
