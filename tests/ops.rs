@@ -12,7 +12,10 @@
 //! Some inputs are random constants (zero tangent, no cotangent needed) and some
 //! binary cases feed the same variable twice, to reach the `None` and fan-out paths.
 
+use datarater::autodiff::Op as _;
 use datarater::autodiff::check::{self, Report, ScalarFn, compare, compare_tensors};
+use datarater::autodiff::ops::attention::{HeadMix, HeadScores};
+use datarater::autodiff::ops::linalg::MatMulBias;
 use datarater::transforms::{grad, hvp, hvp_rev_fwd, hvp_rev_rev, jvp, value_and_grad, vjp};
 use datarater::{Dual, Indices, Mask, Params, Rng, Tensor, Value, Var};
 use proptest::prelude::*;
@@ -55,6 +58,12 @@ enum Op {
     MatMul,
     /// `a.matmul_t(b, ta, tb)`.
     MatMulT(bool, bool),
+    /// `MatMulBias` on `(x, w, b)`.
+    MatMulBias,
+    /// `HeadScores { heads }` on `(a, c)`.
+    HeadScores(usize),
+    /// `HeadMix { heads, tp }` on `(p, v)`.
+    HeadMix(usize, bool),
     Permute(Vec<usize>),
     T,
     Reshape(Vec<usize>),
@@ -100,6 +109,15 @@ impl Op {
             Op::Relu => x[0].relu(),
             Op::MatMul => x[0].matmul(&x[1]),
             Op::MatMulT(ta, tb) => x[0].matmul_t(&x[1], *ta, *tb),
+            Op::MatMulBias => V::apply(MatMulBias, &[&x[0], &x[1], &x[2]]),
+            Op::HeadScores(heads) => V::apply(HeadScores { heads: *heads }, &[&x[0], &x[1]]),
+            Op::HeadMix(heads, tp) => V::apply(
+                HeadMix {
+                    heads: *heads,
+                    tp: *tp,
+                },
+                &[&x[0], &x[1]],
+            ),
             Op::Permute(p) => x[0].permute(p),
             Op::T => x[0].t(),
             Op::Reshape(s) => x[0].reshape(s),
@@ -305,6 +323,11 @@ enum Kind {
         tb: bool,
         batched: bool,
     },
+    MatMulBias,
+    HeadScores,
+    HeadMix {
+        tp: bool,
+    },
     Permute,
     T,
     Reshape,
@@ -414,6 +437,41 @@ fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
                 _ => Op::MatMulT(ta, tb),
             };
             (op, binary_args(rng, a, b))
+        }
+        Kind::MatMulBias => {
+            let (m, k, n) = (pick(rng, 1, 4), pick(rng, 1, 4), pick(rng, 1, 4));
+            let (x, w) = (normal(rng, &[m, k]), normal(rng, &[k, n]));
+            let mut args = binary_args(rng, x, w);
+            let b = normal(rng, &[n]);
+            args.push(if coin(rng) {
+                Arg::Var(b)
+            } else {
+                Arg::Const(b)
+            });
+            (Op::MatMulBias, args)
+        }
+        Kind::HeadScores | Kind::HeadMix { .. } => {
+            let (b, heads, dh) = (pick(rng, 1, 3), pick(rng, 1, 3), pick(rng, 1, 3));
+            let (t, s) = (pick(rng, 1, 4), pick(rng, 1, 4));
+            match kind {
+                Kind::HeadMix { tp } => {
+                    let p = normal(
+                        rng,
+                        &if tp {
+                            [b, heads, s, t]
+                        } else {
+                            [b, heads, t, s]
+                        },
+                    );
+                    let v = normal(rng, &[b, s, heads * dh]);
+                    (Op::HeadMix(heads, tp), binary_args(rng, p, v))
+                }
+                _ => {
+                    let a = normal(rng, &[b, t, heads * dh]);
+                    let c = normal(rng, &[b, s, heads * dh]);
+                    (Op::HeadScores(heads), binary_args(rng, a, c))
+                }
+            }
         }
         Kind::Permute => {
             let s = rand_shape(rng, (1, 4), (1, 4));
@@ -779,6 +837,10 @@ op_tests! {
     matmul_t_nt_batched => Kind::MatMulT { ta: false, tb: true, batched: true },
     matmul_t_tn_batched => Kind::MatMulT { ta: true, tb: false, batched: true },
     matmul_t_tt_batched => Kind::MatMulT { ta: true, tb: true, batched: true },
+    matmul_bias => Kind::MatMulBias,
+    head_scores => Kind::HeadScores,
+    head_mix => Kind::HeadMix { tp: false },
+    head_mix_tp => Kind::HeadMix { tp: true },
     permute => Kind::Permute,
     t => Kind::T,
     reshape => Kind::Reshape,
@@ -1282,4 +1344,49 @@ fn random_tensors_follow_the_generator_and_their_distribution() {
             .to_vec(),
         vec![1.0; 3]
     );
+}
+
+/// The fused linear map against the product plus the broadcast bias it replaces, on a
+/// product large enough to be cut into bands.
+#[test]
+fn matmul_bias_matches_matmul_plus_bias() {
+    let mut rng = Rng::new(9);
+    for (m, k, n) in [(3, 2, 5), (1100, 256, 300)] {
+        let (x, w, b) = (
+            normal(&mut rng, &[m, k]),
+            normal(&mut rng, &[k, n]),
+            normal(&mut rng, &[n]),
+        );
+        let got = MatMulBias.forward(&[&x, &w, &b]);
+        let r = compare_tensors(&got, &x.matmul(&w).add(&b)).unwrap();
+        assert!(r.ok(1e-13), "{m}x{k}x{n}: {r:?}");
+    }
+}
+
+/// The head-layout products against the same products through reshape, permute and
+/// matmul (what attention did before them), on shapes large enough for the gemm's
+/// blocked paths and the parallel batch.
+#[test]
+fn head_products_match_permuted_matmuls() {
+    let mut rng = Rng::new(7);
+    let (b, heads, dh, t, s) = (3, 4, 24, 70, 65);
+    let d = heads * dh;
+    let split =
+        |x: &Tensor<f64>, rows: usize| x.reshape(&[b, rows, heads, dh]).permute(&[0, 2, 1, 3]);
+    let merge = |x: Tensor<f64>, rows: usize| x.permute(&[0, 2, 1, 3]).reshape(&[b, rows, d]);
+    let (a, c) = (normal(&mut rng, &[b, t, d]), normal(&mut rng, &[b, s, d]));
+    let want = split(&a, t).matmul_t(&split(&c, s), false, true);
+    let got = HeadScores { heads }.forward(&[&a, &c]);
+    assert!(compare_tensors(&got, &want).unwrap().ok(1e-13));
+    let (p, v) = (
+        normal(&mut rng, &[b, heads, t, s]),
+        normal(&mut rng, &[b, s, d]),
+    );
+    let want = merge(p.matmul(&split(&v, s)), t);
+    let got = HeadMix { heads, tp: false }.forward(&[&p, &v]);
+    assert!(compare_tensors(&got, &want).unwrap().ok(1e-13));
+    let pt = normal(&mut rng, &[b, heads, s, t]);
+    let want = merge(pt.matmul_t(&split(&v, s), true, false), t);
+    let got = HeadMix { heads, tp: true }.forward(&[&pt, &v]);
+    assert!(compare_tensors(&got, &want).unwrap().ok(1e-13));
 }

@@ -25,9 +25,10 @@
 //! with the calling thread pool: the roof a model's passes are measured against.
 
 use super::float::Float;
+use super::ops::attention::{HeadMix, HeadScores};
+pub use super::ops::linalg::GemmKernel;
 use super::ops::linalg::MatMul;
 use super::tensor::Tensor;
-use super::value::Op;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +80,10 @@ impl GemmShape {
         2 * (self.batch * self.m * self.n * self.k) as u64
     }
 }
+
+/// The ops whose work is all matrix products: they count FLOPs in the gemm routine and
+/// write no "other" elements.
+pub(crate) const GEMM_OPS: [&str; 3] = [MatMul::NAME, HeadScores::NAME, HeadMix::NAME];
 
 pub(crate) fn add_gemm(shape: GemmShape) {
     MATMUL.fetch_add(shape.flops(), Ordering::Relaxed);
@@ -141,12 +146,32 @@ impl GemmPeak {
     }
 }
 
-/// Times the crate's own gemm on `shapes` (each run as often as its count says, on
+/// Times the crate's own gemm ([`GemmKernel::best`]) on `shapes`; see [`gemm_peak_on`].
+pub fn gemm_peak<F: Float>(shapes: &[(GemmShape, u64)], min_secs: f64) -> GemmPeak {
+    gemm_peak_on::<F>(GemmKernel::best(), shapes, min_secs)
+}
+
+/// The fastest of [`gemm_peak_on`] over every kernel the process can run
+/// ([`GemmKernel::available`]), each replaying all of `shapes`: the best gemm this
+/// machine offers the process, with the engine's own splitting over threads.
+pub fn gemm_roof<F: Float>(shapes: &[(GemmShape, u64)], min_secs: f64) -> GemmPeak {
+    GemmKernel::available()
+        .into_iter()
+        .map(|k| gemm_peak_on::<F>(k, shapes, min_secs))
+        .min_by(|a, b| a.secs.total_cmp(&b.secs))
+        .expect("at least the portable kernel")
+}
+
+/// Times a gemm kernel on `shapes` (each run as often as its count says, on
 /// fresh operands, output allocation included), repeating the whole replay until
 /// `min_secs` have passed (at least twice), and returns the fastest replay. Run it in
 /// the thread pool the measured work used. The replay's own work is counted by the
 /// counters like any other.
-pub fn gemm_peak<F: Float>(shapes: &[(GemmShape, u64)], min_secs: f64) -> GemmPeak {
+pub fn gemm_peak_on<F: Float>(
+    kernel: GemmKernel,
+    shapes: &[(GemmShape, u64)],
+    min_secs: f64,
+) -> GemmPeak {
     let operands: Vec<(MatMul, Tensor<F>, Tensor<F>, u64)> = shapes
         .iter()
         .map(|&(s, c)| {
@@ -175,7 +200,7 @@ pub fn gemm_peak<F: Float>(shapes: &[(GemmShape, u64)], min_secs: f64) -> GemmPe
         let t = Instant::now();
         for (op, a, b, c) in &operands {
             for _ in 0..*c {
-                std::hint::black_box(op.forward(&[a, b]));
+                std::hint::black_box(op.forward_on(kernel, &[a, b]));
             }
         }
         best = best.min(t.elapsed().as_secs_f64());

@@ -1,7 +1,6 @@
 //! `Tensor`: the concrete algebra, an n-d array of `f32`/`f64` with shared storage.
 
 use super::float::Float;
-use super::ops::linalg::MatMul;
 use super::value::{Op, Value};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -446,7 +445,7 @@ impl<F: Float> Tensor<F> {
 /// Counts a primitive's written elements as "other" work; matrix products count their
 /// FLOPs themselves, inside the gemm routine.
 fn count_other<F: Float, O: Op<F>>(op: &O, elements: usize) {
-    if op.name() != MatMul::NAME {
+    if !super::flops::GEMM_OPS.contains(&op.name()) {
         super::flops::add_other(elements);
     }
 }

@@ -8,15 +8,23 @@ pub mod transformer;
 pub use mlp::{Activation, Mlp};
 pub use transformer::{CausalLm, SequenceScorer, TransformerConfig};
 
+use crate::autodiff::ops::linalg::MatMulBias;
 use crate::autodiff::{Float, Params, Tensor, Value};
 use crate::rng::Rng;
 
-/// `x @ w + b` over the last axis of `x` (any leading shape).
+/// `x @ w + b` over the last axis of `x` (any leading shape). A bias of shape
+/// `[d_out]` is added as the product is written ([`MatMulBias`]); any other shape
+/// broadcasts as in [`Value::add`].
 pub fn linear<V: Value>(x: &V, w: &V, b: &V) -> V {
     let s = x.shape();
     let (d_in, d_out) = (s[s.len() - 1], w.shape()[1]);
     let lead: usize = s[..s.len() - 1].iter().product();
-    let y = x.reshape(&[lead, d_in]).matmul(w).add(b);
+    let x = x.reshape(&[lead, d_in]);
+    let y = if b.shape() == [d_out] {
+        V::apply(MatMulBias, &[&x, w, b])
+    } else {
+        x.matmul(w).add(b)
+    };
     let mut out = s[..s.len() - 1].to_vec();
     out.push(d_out);
     y.reshape(&out)

@@ -4,6 +4,7 @@
 //! activations.
 
 use super::{insert_layer_norm, insert_linear, layer_norm, linear, normal};
+use crate::autodiff::ops::attention::{HeadMix, HeadScores};
 use crate::autodiff::{Block, Float, Indices, Mask, Params, Tensor, Value};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -225,7 +226,9 @@ impl<F: Float> Block<F> for Layer {
 /// Multi-head self-attention on `[batch, seq, d]`; `qkv` holds the (weight, bias) of
 /// the query, key and value projections. They are three separate linear maps rather
 /// than one fused `[d, 3d]` one: slicing the fused output would copy it (and its
-/// tangent, and their cotangents, whose VJP pads with zeros) for nothing.
+/// tangent, and their cotangents, whose VJP pads with zeros) for nothing. The heads are
+/// column blocks of the projections, read in place by [`HeadScores`] and [`HeadMix`]
+/// (no permute copies).
 fn attention<V: Value>(
     h: &V,
     qkv: [(&V, &V); 3],
@@ -234,25 +237,25 @@ fn attention<V: Value>(
     n_heads: usize,
     causal: bool,
 ) -> V {
-    let s = h.shape();
-    let (b, t, d) = (s[0], s[1], s[2]);
-    let dh = d / n_heads;
-    let heads = |i: usize| {
-        let (w, bias) = qkv[i];
-        linear(h, w, bias)
-            .reshape(&[b, t, n_heads, dh])
-            .permute(&[0, 2, 1, 3])
-    };
+    let t = h.shape()[1];
+    let dh = h.shape()[2] / n_heads;
+    let proj = |i: usize| linear(h, qkv[i].0, qkv[i].1);
     // Scaling q (b t d values) is cheaper than scaling the scores (b h t t).
-    let q = heads(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
-    let (k, v) = (heads(1), heads(2));
-    let scores = q.matmul_t(&k, false, true);
+    let q = proj(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
+    let (k, v) = (proj(1), proj(2));
+    let scores = V::apply(HeadScores { heads: n_heads }, &[&q, &k]);
     let p = if causal {
         scores.masked_softmax(3, &Mask::causal(t))
     } else {
         scores.softmax(3)
     };
-    let o = p.matmul(&v).permute(&[0, 2, 1, 3]).reshape(&[b, t, d]);
+    let o = V::apply(
+        HeadMix {
+            heads: n_heads,
+            tp: false,
+        },
+        &[&p, &v],
+    );
     linear(&o, wo, bo)
 }
 

@@ -1,5 +1,12 @@
-//! Matrix products through ndarray's gemm (matrixmultiply): 2-D, or batched with equal
-//! batch axes. Transposed operands are passed as strided views, never copied.
+//! Matrix products: 2-D, or batched with equal batch axes. Transposed operands are
+//! passed as strided views, never copied.
+//!
+//! Every product runs through one routine, `gemm_batch`, on the process's fastest
+//! [`GemmKernel`]: the `gemm` crate's AVX-512 kernels when the CPU has AVX-512F
+//! (detected at run time), otherwise ndarray's gemm (matrixmultiply, which picks its
+//! own AVX2/FMA, SSE2 or scalar kernels at run time). Both are deterministic, and a
+//! large product is cut into bands of a fixed number of rows, so results never depend
+//! on the thread count.
 
 use super::super::float::Float;
 use super::super::flops::{self, GemmShape};
@@ -9,7 +16,128 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::shape_panic;
 use ndarray::linalg::general_mat_mul;
 use ndarray::parallel::prelude::*;
-use ndarray::{Array3, ArrayView2, Axis, IxDyn};
+use ndarray::{Array3, ArrayView2, ArrayViewMut2, Axis, IxDyn};
+use std::sync::OnceLock;
+
+/// A gemm kernel the process can run (see [`GemmKernel::available`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GemmKernel {
+    /// ndarray's gemm (matrixmultiply): AVX2/FMA, SSE2 or scalar microkernels chosen at
+    /// run time. Runs everywhere.
+    Matrixmultiply,
+    /// The `gemm` crate's AVX-512 microkernels (single-threaded calls; the engine
+    /// spreads products over threads itself). Only on x86-64 CPUs with AVX-512F.
+    Avx512,
+}
+
+impl GemmKernel {
+    /// The kernels this CPU can run, the portable one first.
+    pub fn available() -> Vec<GemmKernel> {
+        let mut k = vec![GemmKernel::Matrixmultiply];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            k.push(GemmKernel::Avx512);
+        }
+        k
+    }
+
+    /// The kernel every product uses: the last of [`available`](Self::available)
+    /// (AVX-512 when the CPU has it). Detected once per process.
+    pub fn best() -> GemmKernel {
+        static BEST: OnceLock<GemmKernel> = OnceLock::new();
+        *BEST.get_or_init(|| *Self::available().last().expect("matrixmultiply"))
+    }
+
+    /// `c = beta c + a b` on one product (strided views; `c` must not overlap `a`, `b`).
+    fn run<F: Float>(
+        self,
+        mut c: ArrayViewMut2<'_, F>,
+        a: ArrayView2<'_, F>,
+        b: ArrayView2<'_, F>,
+        beta: F,
+    ) {
+        match self {
+            GemmKernel::Matrixmultiply => general_mat_mul(F::one(), &a, &b, beta, &mut c),
+            GemmKernel::Avx512 => {
+                let ((m, k), n) = (a.dim(), b.dim().1);
+                let (sc, sa, sb) = ([c.strides()[0], c.strides()[1]], a.strides(), b.strides());
+                // SAFETY: the views are valid for their shapes and strides (m x k, k x n,
+                // m x n, checked by the caller), and `c` is borrowed mutably, so it
+                // overlaps neither operand. `F` is f32 or f64, which the crate supports.
+                // The crate computes `dst = alpha dst + beta lhs rhs`, reading `dst`
+                // only when asked to.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        sc[1],
+                        sc[0],
+                        beta != F::zero(),
+                        a.as_ptr(),
+                        sa[1],
+                        sa[0],
+                        b.as_ptr(),
+                        sb[1],
+                        sb[0],
+                        beta,
+                        F::one(),
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Work (multiply-adds) above which a batch of products is spread over rayon's threads.
+const PAR_WORK: usize = 1 << 18;
+
+/// Work (multiply-adds) above which ONE product is cut into bands of [`BAND_ROWS`]
+/// output rows, computed in parallel. Below it a band finishes before another thread
+/// picks up its share (the reference workload's largest products, `[2032, 64] x [64,
+/// 256]`, are 2^25 and got slower split); the scale workload's (`[2048, 256] x [256,
+/// 1024]` and the like, from 2^27) run close to twice as fast on two threads.
+const SPLIT_WORK: usize = 1 << 26;
+
+/// Rows per band of a split product. A fixed number, never derived from the thread
+/// count, so every output row is computed by the same call on any pool (the `gemm`
+/// crate's blocking depends on the product's shape).
+const BAND_ROWS: usize = 256;
+
+/// `c_i = beta c_i + a_i b_i` for each `(c_i, a_i, b_i)` (all of the same shape), on
+/// `kernel`. Large batches run over rayon's threads, large products in bands of
+/// [`BAND_ROWS`] rows; each output element is computed the same way on any pool.
+pub(crate) fn gemm_batch<F: Float>(
+    kernel: GemmKernel,
+    items: Vec<(ArrayViewMut2<'_, F>, ArrayView2<'_, F>, ArrayView2<'_, F>)>,
+    beta: F,
+) {
+    let Some((c, a, _)) = items.first() else {
+        return;
+    };
+    let ((m, n), k) = (c.dim(), a.dim().1);
+    let one = |(mut c, a, b): (ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
+        if m * n * k >= SPLIT_WORK && m >= 2 * BAND_ROWS {
+            c.axis_chunks_iter_mut(Axis(0), BAND_ROWS)
+                .into_par_iter()
+                .zip(a.axis_chunks_iter(Axis(0), BAND_ROWS).into_par_iter())
+                .for_each(|(c, a)| kernel.run(c, a, b.view(), beta));
+        } else {
+            kernel.run(c, a, b, beta)
+        }
+    };
+    if items.len() > 1 && items.len() * m * n * k >= PAR_WORK {
+        items.into_par_iter().for_each(one);
+    } else {
+        items.into_iter().for_each(one);
+    }
+}
 
 /// `op_a(a) x op_b(b)`, where `op` transposes the last two axes when its flag is set.
 #[derive(Clone, Copy, Debug)]
@@ -19,16 +147,6 @@ pub struct MatMul {
     /// Transpose the right operand.
     pub tb: bool,
 }
-
-/// Work (multiply-adds) above which a batched product is spread over rayon's threads.
-const PAR_WORK: usize = 1 << 18;
-
-/// Work (multiply-adds) above which ONE product is split by output rows over rayon's
-/// threads. Below it a band finishes before another thread picks up its half (the
-/// reference workload's largest products, `[2032, 64] x [64, 256]`, are 2^25 and got
-/// slower split); the scale workload's (`[2048, 256] x [256, 1024]` and the like, from
-/// 2^27) run close to twice as fast.
-const SPLIT_WORK: usize = 1 << 26;
 
 fn op2<F>(v: ArrayView2<'_, F>, t: bool) -> ArrayView2<'_, F> {
     if t { v.reversed_axes() } else { v }
@@ -66,6 +184,18 @@ impl MatMul {
     /// `c = beta c + op_a(a) op_b(b)` for `c` of shape `[batch, m, n]` (shapes checked by
     /// [`dims`](Self::dims)); `beta = 1` accumulates a second product in place.
     fn gemm_into<F: Float>(&self, c: &mut Array3<F>, a: &Tensor<F>, b: &Tensor<F>, beta: F) {
+        self.gemm_into_on(GemmKernel::best(), c, a, b, beta)
+    }
+
+    /// [`gemm_into`](Self::gemm_into) on a given kernel.
+    fn gemm_into_on<F: Float>(
+        &self,
+        kernel: GemmKernel,
+        c: &mut Array3<F>,
+        a: &Tensor<F>,
+        b: &Tensor<F>,
+        beta: F,
+    ) {
         let (sa, sb) = (a.shape(), b.shape());
         let nd = sa.len();
         let (batch, m, n) = c.dim();
@@ -88,33 +218,13 @@ impl MatMul {
             .view()
             .into_shape_with_order((batch, sb[nd - 2], sb[nd - 1]))
             .expect("contiguous");
-        let one = |(mut c, a, b): (ndarray::ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
-            let (a, b) = (op2(a, self.ta), op2(b, self.tb));
-            let threads = rayon::current_num_threads();
-            if threads > 1 && m * n * k >= SPLIT_WORK && m >= 2 * threads {
-                // One large product: its output rows in one band per thread (each band
-                // repacks `b`, a small cost at this size).
-                let rows = m.div_ceil(threads);
-                c.axis_chunks_iter_mut(Axis(0), rows)
-                    .into_par_iter()
-                    .zip(a.axis_chunks_iter(Axis(0), rows).into_par_iter())
-                    .for_each(|(mut c, a)| general_mat_mul(F::one(), &a, &b, beta, &mut c));
-            } else {
-                general_mat_mul(F::one(), &a, &b, beta, &mut c)
-            }
-        };
-        if batch > 1 && batch * m * n * k >= PAR_WORK {
-            c.axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .zip(a3.axis_iter(Axis(0)).into_par_iter())
-                .zip(b3.axis_iter(Axis(0)).into_par_iter())
-                .for_each(|((c, a), b)| one((c, a, b)));
-        } else {
-            c.axis_iter_mut(Axis(0))
-                .zip(a3.axis_iter(Axis(0)))
-                .zip(b3.axis_iter(Axis(0)))
-                .for_each(|((c, a), b)| one((c, a, b)));
-        }
+        let items = c
+            .axis_iter_mut(Axis(0))
+            .zip(a3.axis_iter(Axis(0)))
+            .zip(b3.axis_iter(Axis(0)))
+            .map(|((c, a), b)| (c, op2(a, self.ta), op2(b, self.tb)))
+            .collect();
+        gemm_batch(kernel, items, beta);
     }
 }
 
@@ -130,6 +240,16 @@ fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
     Tensor::from_array(c.into_shape_with_order(IxDyn(shape)).expect("same size"))
 }
 
+impl MatMul {
+    /// The product on a given kernel (what [`flops::gemm_peak_on`] replays).
+    pub(crate) fn forward_on<F: Float>(&self, kernel: GemmKernel, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
+        let mut c = zeros(batch, m, n);
+        self.gemm_into_on(kernel, &mut c, xs[0], xs[1], F::zero());
+        to_tensor(c, &out)
+    }
+}
+
 impl<F: Float> Op<F> for MatMul {
     fn name(&self) -> &'static str {
         Self::NAME
@@ -138,10 +258,7 @@ impl<F: Float> Op<F> for MatMul {
         Saves::INPUTS
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
-        let mut c = zeros(batch, m, n);
-        self.gemm_into(&mut c, xs[0], xs[1], F::zero());
-        to_tensor(c, &out)
+        self.forward_on(GemmKernel::best(), xs)
     }
     /// Fused: the tangent `dA B + A dB` is accumulated by the second gemm into the
     /// first one's output (no separate sum, one buffer).
@@ -194,5 +311,221 @@ impl<F: Float> Op<F> for MatMul {
             }
         });
         vec![da, db]
+    }
+}
+
+/// `x w + b` for `x [m, k]`, `w [k, n]` and a bias `b [n]` added to every row: the
+/// bias is written into the output first and the product accumulated onto it, one pass
+/// over the output instead of a product and then a broadcast sum (a linear layer).
+#[derive(Clone, Copy, Debug)]
+pub struct MatMulBias;
+
+impl MatMulBias {
+    /// `[m, n]` rows each filled with `b`, or a shape panic.
+    fn rows_of<F: Float>(x: &Tensor<F>, w: &Tensor<F>, b: &Tensor<F>) -> Array3<F> {
+        let (sx, sw, sb) = (x.shape(), w.shape(), b.shape());
+        if sx.len() != 2 || sw.len() != 2 || sx[1] != sw[0] {
+            shape_panic("matmul_bias", sx, sw);
+        }
+        if sb != [sw[1]] {
+            shape_panic("matmul_bias", sb, sw);
+        }
+        let (m, n) = (sx[0], sw[1]);
+        let b = b.array().as_standard_layout();
+        let b = b.as_slice().expect("standard layout");
+        let data = kernels::par_rows_new(m * n, n.max(1), |_, rows| {
+            if n > 0 {
+                for row in rows.chunks_exact_mut(n) {
+                    row.copy_from_slice(b);
+                }
+            }
+        });
+        Array3::from_shape_vec((1, m, n), data).expect("m * n elements")
+    }
+}
+
+const PLAIN: MatMul = MatMul {
+    ta: false,
+    tb: false,
+};
+
+impl<F: Float> Op<F> for MatMulBias {
+    fn name(&self) -> &'static str {
+        "matmul_bias"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let mut c = Self::rows_of(xs[0], xs[1], xs[2]);
+        PLAIN.gemm_into(&mut c, xs[0], xs[1], F::one());
+        let shape = [c.dim().1, c.dim().2];
+        to_tensor(c, &shape)
+    }
+    /// Fused: the tangent `dx w + x dw + db` is `db`'s rows (or zeros) with both
+    /// products accumulated onto them.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let (x, w) = (xs[0], xs[1]);
+        let y = self.forward(xs);
+        let (m, n) = (y.shape()[0], y.shape()[1]);
+        let (mut t, mut beta) = match dxs[2] {
+            Some(db) => (Self::rows_of(x, w, db), F::one()),
+            None => (zeros(1, m, n), F::zero()),
+        };
+        if let Some(dx) = dxs[0] {
+            PLAIN.gemm_into(&mut t, dx, w, beta);
+            beta = F::one();
+        }
+        if let Some(dw) = dxs[1] {
+            PLAIN.gemm_into(&mut t, x, dw, beta);
+        }
+        Some((y, to_tensor(t, &[m, n])))
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (x, w) = (ctx.x(0), ctx.x(1));
+        let with_bias = match (d[0], d[2]) {
+            (Some(dx), Some(db)) => Some(V::apply(MatMulBias, &[dx, w, db])),
+            (Some(dx), None) => Some(dx.matmul(w)),
+            (None, Some(db)) => Some(db.broadcast_to(ctx.out_shape())),
+            (None, None) => None,
+        };
+        let via_w = d[1].map(|dw| x.matmul(dw));
+        match (with_bias, via_w) {
+            (Some(l), Some(r)) => l.add(&r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => unreachable!("jvp called without tangents"),
+        }
+    }
+    /// `dx = g w^T`, `dw = x^T g`, `db` = the column sums of `g`.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (x, w) = (ctx.x(0), ctx.x(1));
+        vec![
+            ctx.needs(0).then(|| g.matmul_t(w, false, true)),
+            ctx.needs(1).then(|| x.matmul_t(g, true, false)),
+            ctx.needs(2).then(|| g.sum_axis(0, false)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, s};
+
+    /// Deterministic test numbers in [-1, 1).
+    fn fill<F: Float>(rows: usize, cols: usize, seed: u64) -> Array2<F> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        Array2::from_shape_fn((rows, cols), |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            F::c((x >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
+        })
+    }
+
+    /// `beta c + op(a) op(b)` in f64, one dot product at a time.
+    fn naive<F: Float>(
+        c: &Array2<F>,
+        a: ArrayView2<F>,
+        b: ArrayView2<F>,
+        beta: f64,
+    ) -> Array2<f64> {
+        Array2::from_shape_fn(c.dim(), |(i, j)| {
+            let dot: f64 = (0..a.ncols())
+                .map(|p| a[(i, p)].f64() * b[(p, j)].f64())
+                .sum();
+            beta * c[(i, j)].f64() + dot
+        })
+    }
+
+    /// Every kernel this CPU has (the portable one always), transposed or not, with and
+    /// without accumulation, on shapes across the crate's small- and large-matrix paths.
+    fn kernels_match_reference<F: Float>(tol: f64) {
+        let shapes = [
+            (1, 1, 1),
+            (3, 2, 5),
+            (7, 1, 70),
+            (64, 64, 64),
+            (65, 300, 3),
+            (130, 33, 97),
+        ];
+        for kernel in GemmKernel::available() {
+            for &(m, k, n) in &shapes {
+                for (ta, tb, beta) in [
+                    (false, false, 0.0),
+                    (true, false, 1.0),
+                    (false, true, 1.0),
+                    (true, true, 0.0),
+                ] {
+                    let a = fill::<F>(if ta { k } else { m }, if ta { m } else { k }, 1);
+                    let b = fill::<F>(if tb { n } else { k }, if tb { k } else { n }, 2);
+                    let c0 = fill::<F>(m, n, 3);
+                    let (av, bv) = (op2(a.view(), ta), op2(b.view(), tb));
+                    let want = naive(&c0, av, bv, beta);
+                    let mut c = c0.clone();
+                    gemm_batch(kernel, vec![(c.view_mut(), av, bv)], F::c(beta));
+                    let err = c
+                        .iter()
+                        .zip(&want)
+                        .map(|(&x, &y)| (x.f64() - y).abs() / (1.0 + y.abs()))
+                        .fold(0.0, f64::max);
+                    assert!(
+                        err < tol,
+                        "{kernel:?} {m}x{k}x{n} ta {ta} tb {tb} beta {beta}: {err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_match_reference_f32() {
+        kernels_match_reference::<f32>(1e-5);
+    }
+
+    #[test]
+    fn kernels_match_reference_f64() {
+        kernels_match_reference::<f64>(1e-13);
+    }
+
+    /// A product large enough to be cut into bands gives the same bits on 1, 2 and 3
+    /// threads, on every kernel, and (within rounding) what one unsplit call gives.
+    #[test]
+    fn split_products_are_bitwise_independent_of_threads() {
+        let (m, k, n) = (4 * BAND_ROWS + 3, 256, 256);
+        assert!(m * k * n >= SPLIT_WORK);
+        let a = fill::<f32>(m, k, 4);
+        let b = fill::<f32>(k, n, 5);
+        for kernel in GemmKernel::available() {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = Array2::<f32>::zeros((m, n));
+                pool.install(|| gemm_batch(kernel, vec![(c.view_mut(), a.view(), b.view())], 0.0));
+                c
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                assert!(
+                    one.iter()
+                        .zip(&run(threads))
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} on {threads} threads"
+                );
+            }
+            let mut whole = Array2::<f32>::zeros((m, n));
+            kernel.run(whole.view_mut(), a.view(), b.view(), 0.0);
+            let band = s![BAND_ROWS..2 * BAND_ROWS, ..];
+            let err = (&one.slice(band) - &whole.slice(band))
+                .iter()
+                .fold(0f32, |e, d| e.max(d.abs()));
+            assert!(err < 1e-4, "{kernel:?}: banded vs whole {err}");
+        }
     }
 }

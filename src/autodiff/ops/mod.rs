@@ -1,5 +1,6 @@
 //! Primitive ops. Each op's forward, JVP and VJP rules sit together in one `impl Op`.
 
+pub mod attention;
 pub mod binary;
 pub mod index;
 pub mod linalg;

@@ -1,0 +1,321 @@
+//! The two products of multi-head attention, read and written in the `[batch, seq,
+//! heads * head_dim]` layout the projections produce: head `h` of `x` is the column
+//! block `x[.., .., h dh .. (h + 1) dh]`, a strided view that goes straight to gemm. So
+//! attention needs no permute copies (of the queries, keys, values and output, nor of
+//! their tangents and cotangents), where `reshape` + `permute` + `matmul` made four.
+//!
+//! - [`HeadScores`]: `(a [b, t, d], c [b, s, d]) -> [b, heads, t, s]`, head by head
+//!   `a_h c_h^T` (attention scores from queries and keys).
+//! - [`HeadMix`]: `(p [b, heads, t, s], v [b, s, d]) -> [b, t, d]`, head by head
+//!   `p_h v_h` (the attention-weighted sum of values), or `p_h^T v_h` with `tp` (`p`
+//!   then `[b, heads, s, t]`).
+//!
+//! They are each other's derivatives: the rules of each are written with the two
+//! ops, so every mode and nesting of modes stays in this layout.
+
+use super::super::float::Float;
+use super::super::flops::{self, GemmShape};
+use super::super::kernels;
+use super::super::tensor::Tensor;
+use super::super::value::{Ctx, Op, Saves, Value};
+use super::linalg::{GemmKernel, gemm_batch};
+use super::shape_panic;
+use ndarray::{
+    ArrayD, ArrayView, ArrayView2, ArrayViewD, ArrayViewMut, ArrayViewMut2, ArrayViewMutD, Axis,
+    Ix4, IxDyn, RemoveAxis,
+};
+
+/// The subviews along the first axis, each borrowing what `x` borrowed.
+fn outer<F: Float, D: RemoveAxis>(x: ArrayView<'_, F, D>) -> Vec<ArrayView<'_, F, D::Smaller>> {
+    (0..x.len_of(Axis(0)))
+        .map(|i| x.clone().index_axis_move(Axis(0), i))
+        .collect()
+}
+
+/// As [`outer`], writable.
+fn outer_mut<F: Float, D: RemoveAxis>(
+    mut x: ArrayViewMut<'_, F, D>,
+) -> Vec<ArrayViewMut<'_, F, D::Smaller>> {
+    let mut out = Vec::with_capacity(x.len_of(Axis(0)));
+    while x.len_of(Axis(0)) > 0 {
+        let (first, rest) = x.split_at(Axis(0), 1);
+        out.push(first.index_axis_move(Axis(0), 0));
+        x = rest;
+    }
+    out
+}
+
+/// Head `h`'s `[rows, dh]` block of each item of a `[b, rows, heads * dh]` array, in
+/// `(batch, head)` order.
+fn heads_of<'a, F: Float>(x: ArrayViewD<'a, F>, heads: usize) -> Vec<ArrayView2<'a, F>> {
+    let (b, rows, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let x = x
+        .into_shape_with_order((b, rows, heads, d / heads))
+        .expect("standard layout")
+        .permuted_axes([0, 2, 1, 3]);
+    outer(x).into_iter().flat_map(outer).collect()
+}
+
+/// As [`heads_of`], writable.
+fn heads_of_mut<'a, F: Float>(x: ArrayViewMutD<'a, F>, heads: usize) -> Vec<ArrayViewMut2<'a, F>> {
+    let (b, rows, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let x = x
+        .into_shape_with_order((b, rows, heads, d / heads))
+        .expect("standard layout")
+        .permuted_axes([0, 2, 1, 3]);
+    outer_mut(x).into_iter().flat_map(outer_mut).collect()
+}
+
+/// The `[t, s]` matrices of a `[b, heads, t, s]` array, in `(batch, head)` order.
+fn mats_of<F: Float>(x: ArrayViewD<'_, F>) -> Vec<ArrayView2<'_, F>> {
+    let x = x.into_dimensionality::<Ix4>().expect("4 axes");
+    outer(x).into_iter().flat_map(outer).collect()
+}
+
+/// As [`mats_of`], writable.
+fn mats_of_mut<F: Float>(x: ArrayViewMutD<'_, F>) -> Vec<ArrayViewMut2<'_, F>> {
+    let x = x.into_dimensionality::<Ix4>().expect("4 axes");
+    outer_mut(x).into_iter().flat_map(outer_mut).collect()
+}
+
+/// Checks `x` is `[b, rows, heads * dh]` with the given batch, returning `(rows, d)`.
+fn check_headed(
+    op: &'static str,
+    x: &[usize],
+    other: &[usize],
+    b: usize,
+    heads: usize,
+) -> (usize, usize) {
+    if x.len() != 3 || x[0] != b || heads == 0 || x[2] % heads != 0 {
+        shape_panic(op, x, other);
+    }
+    (x[1], x[2])
+}
+
+/// Runs `c = beta c + a b` over the `(batch, head)` items and counts the work.
+fn products<F: Float>(
+    items: Vec<(ArrayViewMut2<'_, F>, ArrayView2<'_, F>, ArrayView2<'_, F>)>,
+    (ta, tb): (bool, bool),
+    beta: F,
+) {
+    if let Some((c, a, _)) = items.first() {
+        flops::add_gemm(GemmShape {
+            batch: items.len(),
+            m: c.nrows(),
+            k: a.ncols(),
+            n: c.ncols(),
+            ta,
+            tb,
+        });
+    }
+    gemm_batch(GemmKernel::best(), items, beta);
+}
+
+/// Attention scores head by head: `(a [b, t, d], c [b, s, d]) -> [b, heads, t, s]`,
+/// `out[b, h] = a_h c_h^T` with `a_h` the `h`-th block of `d / heads` columns.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadScores {
+    /// Number of heads (divides `d`).
+    pub heads: usize,
+}
+
+impl HeadScores {
+    /// The op's name.
+    pub const NAME: &'static str = "head_scores";
+
+    /// The output shape, or a shape panic.
+    fn out_shape(&self, a: &[usize], c: &[usize]) -> [usize; 4] {
+        let b = a.first().copied().unwrap_or(0);
+        let (t, d) = check_headed("head_scores", a, c, b, self.heads);
+        let (s, d2) = check_headed("head_scores", c, a, b, self.heads);
+        if d != d2 {
+            shape_panic("head_scores", a, c);
+        }
+        [b, self.heads, t, s]
+    }
+
+    /// `out = beta out + a_h c_h^T` for each head.
+    fn run<F: Float>(&self, out: &mut ArrayD<F>, a: &Tensor<F>, c: &Tensor<F>, beta: F) {
+        let (a, c) = (
+            a.array().as_standard_layout(),
+            c.array().as_standard_layout(),
+        );
+        let items = mats_of_mut(out.view_mut())
+            .into_iter()
+            .zip(heads_of(a.view(), self.heads))
+            .zip(heads_of(c.view(), self.heads))
+            .map(|((o, a), c)| (o, a, c.reversed_axes()))
+            .collect();
+        products(items, (false, true), beta);
+    }
+}
+
+impl<F: Float> Op<F> for HeadScores {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let mut out = zeros(&self.out_shape(xs[0].shape(), xs[1].shape()));
+        self.run(&mut out, xs[0], xs[1], F::zero());
+        Tensor::from_array(out)
+    }
+    /// Bilinear: `da c^T + a dc^T`, the second product accumulated into the first.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let shape = self.out_shape(xs[0].shape(), xs[1].shape());
+        let y = self.forward(xs);
+        let mut t = zeros(&shape);
+        let mut beta = F::zero();
+        if let Some(da) = dxs[0] {
+            self.run(&mut t, da, xs[1], beta);
+            beta = F::one();
+        }
+        if let Some(dc) = dxs[1] {
+            self.run(&mut t, xs[0], dc, beta);
+        }
+        Some((y, Tensor::from_array(t)))
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (a, c) = (ctx.x(0), ctx.x(1));
+        let left = d[0].map(|da| V::apply(*self, &[da, c]));
+        let right = d[1].map(|dc| V::apply(*self, &[a, dc]));
+        sum_of(left, right)
+    }
+    /// `da_h = g_h c_h`, `dc_h = g_h^T a_h`.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (a, c) = (ctx.x(0), ctx.x(1));
+        let heads = self.heads;
+        let da = ctx
+            .needs(0)
+            .then(|| V::apply(HeadMix { heads, tp: false }, &[g, c]));
+        let dc = ctx
+            .needs(1)
+            .then(|| V::apply(HeadMix { heads, tp: true }, &[g, a]));
+        vec![da, dc]
+    }
+}
+
+/// The attention-weighted sum head by head: `(p [b, heads, t, s], v [b, s, d]) -> [b, t,
+/// d]`, block `h` of the output `p[b, h] v_h`; with `tp`, `p` is `[b, heads, s, t]` and
+/// block `h` is `p[b, h]^T v_h`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadMix {
+    /// Number of heads (`p`'s second axis; divides `d`).
+    pub heads: usize,
+    /// Transpose each of `p`'s matrices.
+    pub tp: bool,
+}
+
+impl HeadMix {
+    /// The op's name.
+    pub const NAME: &'static str = "head_mix";
+
+    /// The output shape, or a shape panic.
+    fn out_shape(&self, p: &[usize], v: &[usize]) -> [usize; 3] {
+        if p.len() != 4 || p[1] != self.heads {
+            shape_panic("head_mix", p, v);
+        }
+        let (s, d) = check_headed("head_mix", v, p, p[0], self.heads);
+        let (t, s2) = if self.tp { (p[3], p[2]) } else { (p[2], p[3]) };
+        if s != s2 {
+            shape_panic("head_mix", p, v);
+        }
+        [p[0], t, d]
+    }
+
+    /// `out = beta out + op(p_h) v_h` for each head.
+    fn run<F: Float>(&self, out: &mut ArrayD<F>, p: &Tensor<F>, v: &Tensor<F>, beta: F) {
+        let (p, v) = (
+            p.array().as_standard_layout(),
+            v.array().as_standard_layout(),
+        );
+        let tp = self.tp;
+        let items = heads_of_mut(out.view_mut(), self.heads)
+            .into_iter()
+            .zip(mats_of(p.view()))
+            .zip(heads_of(v.view(), self.heads))
+            .map(|((o, p), v)| (o, if tp { p.reversed_axes() } else { p }, v))
+            .collect();
+        products(items, (tp, false), beta);
+    }
+}
+
+impl<F: Float> Op<F> for HeadMix {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let mut out = zeros(&self.out_shape(xs[0].shape(), xs[1].shape()));
+        self.run(&mut out, xs[0], xs[1], F::zero());
+        Tensor::from_array(out)
+    }
+    /// Bilinear: `dp v + p dv`, the second product accumulated into the first.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let shape = self.out_shape(xs[0].shape(), xs[1].shape());
+        let y = self.forward(xs);
+        let mut t = zeros(&shape);
+        let mut beta = F::zero();
+        if let Some(dp) = dxs[0] {
+            self.run(&mut t, dp, xs[1], beta);
+            beta = F::one();
+        }
+        if let Some(dv) = dxs[1] {
+            self.run(&mut t, xs[0], dv, beta);
+        }
+        Some((y, Tensor::from_array(t)))
+    }
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (p, v) = (ctx.x(0), ctx.x(1));
+        let left = d[0].map(|dp| V::apply(*self, &[dp, v]));
+        let right = d[1].map(|dv| V::apply(*self, &[p, dv]));
+        sum_of(left, right)
+    }
+    /// Without `tp`: `dp_h = g_h v_h^T`, `dv_h = p_h^T g_h`; with it, `dp_h = v_h g_h^T`,
+    /// `dv_h = p_h g_h`.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (p, v) = (ctx.x(0), ctx.x(1));
+        let heads = self.heads;
+        let dp = ctx.needs(0).then(|| {
+            let (l, r) = if self.tp { (v, g) } else { (g, v) };
+            V::apply(HeadScores { heads }, &[l, r])
+        });
+        let dv = ctx.needs(1).then(|| {
+            V::apply(
+                HeadMix {
+                    heads,
+                    tp: !self.tp,
+                },
+                &[p, g],
+            )
+        });
+        vec![dp, dv]
+    }
+}
+
+/// The sum of a bilinear op's two tangent terms, either of which may be absent.
+fn sum_of<V: Value>(left: Option<V>, right: Option<V>) -> V {
+    match (left, right) {
+        (Some(l), Some(r)) => l.add(&r),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => unreachable!("jvp called without tangents"),
+    }
+}
+
+/// A zeroed output, zeroed in parallel when large (as the matmul's).
+fn zeros<F: Float>(shape: &[usize]) -> ArrayD<F> {
+    let data = kernels::par_rows_new(shape.iter().product(), 1, |_, _| {});
+    ArrayD::from_shape_vec(IxDyn(shape), data).expect("as many elements as the shape")
+}
