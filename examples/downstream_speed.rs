@@ -21,9 +21,8 @@ use datarater::data::Corpus;
 use datarater::meta::{DataRaterProblem, InnerLoop, MeanLoss, MetaRequest, Mode, Rater, Sampler};
 use datarater::nn::{CausalLm, SequenceScorer, TransformerConfig};
 use datarater::optim::{Adam, Optimizer};
-use datarater::trainer::{TextBatch, TextLm, TextPool, TextRater};
+use datarater::trainer::{Sequences, TextBatch, TextLm, TextPool, TextRater};
 use datarater::{Error, Params, Result, Rng, Tensor};
-use std::sync::Arc;
 use std::time::Instant;
 
 fn flag(args: &[String], name: &'static str, default: usize) -> Result<usize> {
@@ -92,7 +91,10 @@ fn run(args: &[String]) -> Result<()> {
         rater: &rater,
         outer: &MeanLoss,
     };
-    let pool = TextPool::new(Arc::new(Corpus::embedded().sequences(seq)?), batch)?;
+    let pool = TextPool::new(
+        Sequences::from_rows(&Corpus::embedded().sequences(seq)?)?,
+        batch,
+    )?;
     let mut rng = Rng::new(0);
     let theta: Params<Tensor<f32>> = inner.init(&mut rng);
     let eta: Params<Tensor<f32>> = rater.init(&mut rng);
