@@ -36,7 +36,6 @@ use datarater::{Error, Params, Result, Rng, Value};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 type Inner = TextLm<Adam<f64>>;
