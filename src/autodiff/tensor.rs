@@ -451,7 +451,8 @@ fn count_other<F: Float, O: Op<F>>(op: &O, elements: usize) {
 }
 
 /// The last owner of a large buffer hands it to the pass's buffer pool (see
-/// [`pool`](super::pool)) instead of freeing it, when a pass is running.
+/// [`alloc::reuse_buffers`](crate::alloc::reuse_buffers)) instead of freeing it, when a
+/// pass is running.
 impl<F: Float> Drop for Tensor<F> {
     fn drop(&mut self) {
         if super::pool::wants::<F>(self.0.len()) {
