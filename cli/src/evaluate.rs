@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::fail;
 use crate::output::write_atomic;
 use crate::progress::{Progress, Unit};
-use crate::train::sample;
+use crate::train::{f32s, mul, refuse_oversized, sample, transformer_params};
 use datarater::Rng;
 use datarater::nn::CausalLm;
 use datarater::optim::{Adam, Optimizer};
@@ -56,18 +56,34 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     if args.seq_len < 2 {
         fail!("--seq-len must be at least 2 (an input byte and the byte that follows it)");
     }
+    let lm_config = args.lm_config()?;
+    let n = |x: usize| Some(x as u128);
+    let lm_params = transformer_params(&lm_config, lm_config.vocab);
+    refuse_oversized(&[
+        (
+            "the language model and its Adam state (--lm-width, --lm-layers, --seq-len)",
+            f32s(mul(lm_params, n(3))),
+        ),
+        (
+            "a batch (--batch-size, --seq-len)",
+            mul(n(args.batch_size), n(args.seq_len)),
+        ),
+        (
+            "the held-out sequences (--eval-sequences, --seq-len)",
+            mul(n(args.eval_sequences), n(args.seq_len)),
+        ),
+    ])?;
     let opts = args.input_args.options();
     let held = sample(
         &args.held_out,
         &opts,
         args.seq_len,
-        (args.eval_sequences * args.seq_len) as u64,
+        (args.eval_sequences * args.seq_len) as u64, // checked above
         args.seed ^ HELD_STREAM,
     )?;
     if held.seqs.is_empty() {
         fail!("{}: no held-out sequences", args.held_out.display());
     }
-    let lm_config = args.lm_config()?;
     let lm = TextLm::new(CausalLm::new(lm_config.clone())?, Adam::new(args.lr as f32))?;
     let init = lm.lm.init::<f32>(&mut Rng::new(args.seed));
     let mut curves = Vec::new();

@@ -555,31 +555,17 @@ pub fn train_with(
 }
 
 /// Refuses settings whose models or inner windows need more bytes than one allocation
-/// may have (`isize::MAX`): they could never run, and would otherwise stop deep in the
-/// library on an arithmetic or capacity overflow. (Smaller ones that do not fit in
-/// this machine's memory fail when allocated, as in any program.)
+/// may have ([`refuse_oversized`]).
 fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig) -> Result<()> {
     let n = |x: usize| Some(x as u128);
-    let mul = |x: Option<u128>, y: Option<u128>| x?.checked_mul(y?);
-    let add = |x: Option<u128>, y: Option<u128>| x?.checked_add(y?);
-    // Parameters of a transformer with a `head`-wide output (its weights and biases).
-    let params = |c: &TransformerConfig, head: usize| {
-        let (d, f) = (n(c.d_model), n(c.d_ff));
-        let layer = [mul(mul(n(4), d), d), mul(mul(n(2), d), f), f, mul(n(9), d)]
-            .into_iter()
-            .try_fold(0u128, |acc, x| acc.checked_add(x?));
-        let embeddings = mul(add(n(c.vocab), n(c.max_len)), d);
-        add(
-            add(embeddings, mul(n(c.n_layers), layer)),
-            mul(add(d, n(1)), n(head)),
-        )
-    };
-    let (lm_p, rater_p) = (params(lm, lm.vocab), params(rater, 1));
-    let f32s = |x: Option<u128>| mul(x, n(4));
+    let (lm_p, rater_p) = (
+        transformer_params(lm, lm.vocab),
+        transformer_params(rater, 1),
+    );
     // Each member: its language model and Adam's two moments, and the rater's meta-Adam
     // state; the mixed-mode meta-gradient keeps every inner step's gradient.
     let member = add(mul(lm_p, n(3)), mul(rater_p, n(3)));
-    let parts = [
+    refuse_oversized(&[
         (
             "the language model (--lm-width, --lm-layers, --seq-len)",
             f32s(lm_p),
@@ -600,7 +586,45 @@ fn check_sizes(a: &TrainArgs, lm: &TransformerConfig, rater: &TransformerConfig)
             "one window's batches (--inner-steps, --batch-size, --seq-len)",
             mul(mul(n(a.inner_steps), n(a.batch_size)), n(a.seq_len)),
         ),
-    ];
+    ])
+}
+
+/// Byte counts in `u128`; `None` is one past any count (an overflow).
+pub(crate) type Bytes = Option<u128>;
+
+pub(crate) fn mul(x: Bytes, y: Bytes) -> Bytes {
+    x?.checked_mul(y?)
+}
+
+fn add(x: Bytes, y: Bytes) -> Bytes {
+    x?.checked_add(y?)
+}
+
+/// The bytes of `x` f32 numbers.
+pub(crate) fn f32s(x: Bytes) -> Bytes {
+    mul(x, Some(4))
+}
+
+/// Parameters of a transformer with a `head`-wide output (its weights and biases).
+pub(crate) fn transformer_params(c: &TransformerConfig, head: usize) -> Bytes {
+    let n = |x: usize| Some(x as u128);
+    let (d, f) = (n(c.d_model), n(c.d_ff));
+    let layer = [mul(mul(n(4), d), d), mul(mul(n(2), d), f), f, mul(n(9), d)]
+        .into_iter()
+        .try_fold(0u128, |acc, x| acc.checked_add(x?));
+    let embeddings = mul(add(n(c.vocab), n(c.max_len)), d);
+    add(
+        add(embeddings, mul(n(c.n_layers), layer)),
+        mul(add(d, n(1)), n(head)),
+    )
+}
+
+/// Refuses settings with a part (what it is, named by its flags; its bytes) larger
+/// than one allocation may be (`isize::MAX`): they could never run, and would
+/// otherwise stop deep in the library on an arithmetic or capacity overflow. (Smaller
+/// ones that do not fit in this machine's memory fail when allocated, as in any
+/// program.)
+pub(crate) fn refuse_oversized(parts: &[(&str, Bytes)]) -> Result<()> {
     for (what, bytes) in parts {
         if bytes.is_none_or(|b| b > isize::MAX as u128) {
             fail!(

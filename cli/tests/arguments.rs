@@ -78,7 +78,7 @@ fn path_pool(long: &str) -> (&'static [&'static str], &'static [&'static str]) {
         "",
     ];
     match long {
-        "train" | "held-out" | "input" => {
+        "train" | "held-out" | "input" | "corpora" => {
             (&["train.jsonl", "held.jsonl", "docs.txt", "data"], READ)
         }
         "rater" => (&["rater.safetensors", "run/rater.safetensors"], READ),
@@ -93,7 +93,7 @@ fn path_pool(long: &str) -> (&'static [&'static str], &'static [&'static str]) {
 /// 12), others that parse (3) and words that cannot parse (1); only fitting ones in
 /// a `clean` case.
 fn values(arg: &clap::Arg, clean: bool) -> BoxedStrategy<Word> {
-    let long = arg.get_long().unwrap_or_default().to_string();
+    let long = name(arg).to_string();
     let words = |ws: &[&str], junk: bool| ws.iter().map(|w| word(w, junk)).collect::<Vec<_>>();
     let (fit, other, junk) = {
         let choices: Vec<String> = arg
@@ -113,8 +113,10 @@ fn values(arg: &clap::Arg, clean: bool) -> BoxedStrategy<Word> {
             // Small values keep every case fast (at most 4 layers, members, inner and
             // outer steps); u64::MAX reaches the size and overflow checks.
             let mut other = words(&["0", "3", "18446744073709551615"], false);
-            if long == "outer-steps" {
-                other.pop(); // valid, but a run that would not end
+            if long == "outer-steps" || long == "target-steps" {
+                // Valid, but a run that would not end (the warm start alone of a
+                // `--target-steps` member is that many steps times its index / population).
+                other.pop();
             }
             let junk = words(&["-1", "1.5", "x", "", "18446744073709551616"], true);
             (words(&["1", "2", "4"], false), other, junk)
@@ -139,13 +141,18 @@ fn values(arg: &clap::Arg, clean: bool) -> BoxedStrategy<Word> {
     }
 }
 
+/// A flag's long name, or a positional argument's id.
+fn name(arg: &clap::Arg) -> &str {
+    arg.get_long().unwrap_or(arg.get_id().as_str())
+}
+
 /// How often (in tenths) a case gives an argument: inputs and outputs almost always
 /// (always in a `clean` case), `--scores` (used instead of `--rater`) sometimes,
 /// `--resume` (which excludes `--train`, `--held-out` and `--out`) seldom (never in a
 /// clean case), the rest half the time.
 fn presence(arg: &clap::Arg, clean: bool) -> u32 {
     let path = arg.get_value_parser().type_id() == TypeId::of::<PathBuf>();
-    match arg.get_long().unwrap_or_default() {
+    match name(arg) {
         "resume" => u32::from(!clean),
         "scores" => 2,
         _ if (arg.is_required_set() || path) && clean => 10,
@@ -166,11 +173,17 @@ fn lines(clean: bool) -> BoxedStrategy<Vec<Word>> {
     let subcommands: Vec<BoxedStrategy<Vec<Word>>> = cli
         .get_subcommands()
         .map(|sub| {
-            let name = sub.get_name().to_string();
+            let command = sub.get_name().to_string();
             let args: Vec<BoxedStrategy<Vec<Word>>> = sub
                 .get_arguments()
-                .filter_map(|arg| {
-                    let flag = word(&format!("--{}", arg.get_long()?), false);
+                .map(|arg| {
+                    let p = presence(arg, clean);
+                    if arg.is_positional() {
+                        // One or two values, in place of the flag and its value.
+                        let given = proptest::collection::vec(values(arg, clean), 1..=2);
+                        return prop_oneof![10 - p => Just(vec![]), p => given].boxed();
+                    }
+                    let flag = word(&format!("--{}", name(arg)), false);
                     let given = if arg.get_action().takes_values() {
                         // `--flag value` or `--flag=value` (which can start with `-`).
                         (values(arg, clean), any::<bool>())
@@ -182,18 +195,20 @@ fn lines(clean: bool) -> BoxedStrategy<Vec<Word>> {
                     } else {
                         Just(vec![flag]).boxed()
                     };
-                    let p = presence(arg, clean);
-                    Some(prop_oneof![10 - p => Just(vec![]), p => given].boxed())
+                    prop_oneof![10 - p => Just(vec![]), p => given].boxed()
                 })
                 .collect();
+            // A stray word is a usage error only where no positional argument takes it
+            // (for `evaluate` it is one more corpus, and missing).
+            let positional = sub.get_positionals().next().is_some();
             let extra = prop_oneof![
                 18 => Just(vec![]),
                 u32::from(!clean) => Just(vec![word("--bogus", true)]),
-                u32::from(!clean) => Just(vec![word("stray", true)]),
+                u32::from(!clean) => Just(vec![word("stray", !positional)]),
             ];
             (args, extra)
                 .prop_map(move |(args, extra)| {
-                    let mut line = vec![word(&name, false)];
+                    let mut line = vec![word(&command, false)];
                     line.extend(args.into_iter().flatten());
                     line.extend(extra);
                     line

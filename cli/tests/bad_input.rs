@@ -359,6 +359,33 @@ fn train_settings_too_large_to_hold_are_refused_up_front() {
     assert!(!t.p("run").exists());
 }
 
+#[test]
+fn evaluate_settings_too_large_to_hold_are_refused_up_front() {
+    let t = Setup::new();
+    let data = t.write("data.txt", documents(40, 1).join("\n").as_bytes());
+    let args = |flag: &'static str, value: &'static str| {
+        let a = ["evaluate", "--held-out", s(&data), s(&data), flag, value];
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let max = "18446744073709551615";
+    fails(
+        &strs(&args("--seq-len", max)),
+        &["the language model", "--seq-len", "no process can hold it"],
+    );
+    fails(
+        &strs(&args("--batch-size", max)),
+        &["a batch (--batch-size", "no process can hold it"],
+    );
+    fails(
+        &strs(&args("--eval-sequences", max)),
+        &["the held-out sequences", "no process can hold it"],
+    );
+    fails(
+        &strs(&args("--lm-width", max)),
+        &["--lm-width", "too large"],
+    );
+}
+
 /// A build without MPI started by a launcher as one of several ranks refuses (each
 /// rank would run the whole job alone, writing the same files); one rank is fine.
 #[cfg(not(feature = "mpi"))]
