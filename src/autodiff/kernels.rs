@@ -1,29 +1,107 @@
-//! Slice kernels the ops share: a switch that compiles a loop for AVX2 when the CPU
-//! has it, and reductions with eight independent accumulators, so that they vectorise.
+//! Slice kernels the ops share: a switch that compiles a loop for the widest vector
+//! unit the CPU has (AVX-512, else AVX2), and reductions with eight independent
+//! accumulators, so that they vectorise.
 //!
 //! A sequential `fold` of floats cannot vectorise (each add waits for the previous one
 //! and reordering would change the result); eight running sums, combined at the end,
-//! are a fixed, deterministic order that does. AVX2 without FMA gives the same bits as
-//! SSE2 for the same operations, so [`with_avx2`] never changes a result.
+//! are a fixed, deterministic order that does. The vector units are used without FMA
+//! (Rust never contracts `a * b + c` on its own), and every IEEE operation gives the
+//! same bits in any register width, so [`with_simd`] never changes a result: the
+//! AVX-512, AVX2 and scalar paths agree bit for bit (tested below).
 
 use super::float::Float;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Independent accumulators in the reductions: one AVX2 register of `f32`, two of `f64`.
 const LANES: usize = 8;
 
-/// Runs `f` compiled for AVX2 when the CPU has it (detected once; std caches it). FMA
-/// stays off, so every result bit is the same either way. Only code that inlines into
-/// `f` (closures, `#[inline(always)]` helpers) is compiled for AVX2.
-#[inline(always)]
-pub(crate) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+/// The vector instruction sets [`with_simd`] may compile for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Simd {
+    /// Baseline x86-64 (SSE2) or any other architecture.
+    Scalar = 1,
+    /// AVX2 (256-bit).
+    Avx2 = 2,
+    /// AVX-512 F, BW, DQ and VL (512-bit registers, mask registers).
+    Avx512 = 3,
+}
+
+/// The level in use (0: not chosen yet).
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+/// The widest level this CPU has, capped by `DATARATER_SIMD` (`avx512`, `avx2` or
+/// `scalar`) when set, so one binary can time its paths against each other.
+fn detect() -> Simd {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
+    let found = if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+    {
+        Simd::Avx512
+    } else if std::is_x86_feature_detected!("avx2") {
+        Simd::Avx2
+    } else {
+        Simd::Scalar
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let found = Simd::Scalar;
+    let cap = match std::env::var("DATARATER_SIMD").as_deref() {
+        Ok("scalar") => Simd::Scalar,
+        Ok("avx2") => Simd::Avx2,
+        _ => Simd::Avx512,
+    };
+    found.min(cap)
+}
+
+/// The level [`with_simd`] compiles for in this process.
+pub(crate) fn simd() -> Simd {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Simd::Scalar,
+        2 => Simd::Avx2,
+        3 => Simd::Avx512,
+        _ => {
+            let level = detect();
+            LEVEL.store(level as u8, Ordering::Relaxed);
+            level
         }
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2(f) };
+    }
+}
+
+/// Caps the level at `level` (never above what the CPU has) and returns the level that
+/// was in use: for the tests that hold the paths to each other.
+#[cfg(test)]
+pub(crate) fn cap_simd(level: Simd) -> Simd {
+    let was = simd();
+    LEVEL.store(detect().min(level) as u8, Ordering::Relaxed);
+    was
+}
+
+/// Runs `f` compiled for the widest vector unit the CPU has ([`simd`]). Every result
+/// bit is the same on every path. Only code that inlines into `f` (closures,
+/// `#[inline(always)]` helpers) is compiled for it.
+#[inline(always)]
+pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match simd() {
+        Simd::Avx512 => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2")]
+            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has these features (`detect`).
+            return unsafe { avx512(f) };
+        }
+        Simd::Avx2 => {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has AVX2 (`detect`).
+            return unsafe { avx2(f) };
+        }
+        Simd::Scalar => {}
     }
     f()
 }
@@ -32,10 +110,10 @@ pub(crate) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 const PAR_MIN: usize = 1 << 16;
 
 /// Runs `f(first_row, rows)` over `out` cut into chunks of whole `n`-element rows, each
-/// chunk compiled for AVX2 ([`with_avx2`]), spread over rayon's threads when `out` is
+/// chunk compiled for the CPU's vector unit ([`with_simd`]), spread over rayon's threads when `out` is
 /// large (one chunk on the calling thread otherwise). Every row is computed the same
 /// way whatever the split, so results do not depend on the thread count. `f` should be
-/// `#[inline(always)]` so that it is compiled for AVX2 too. Nothing runs when `out` is
+/// `#[inline(always)]` so that it is compiled for it too. Nothing runs when `out` is
 /// empty; otherwise `n` must divide its length.
 pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     use rayon::prelude::*;
@@ -45,7 +123,7 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut 
     }
     debug_assert!(n > 0 && len % n == 0, "rows of {n} in {len} elements");
     if len < PAR_MIN || threads == 1 {
-        return with_avx2(
+        return with_simd(
             #[inline(always)]
             || f(0, out),
         );
@@ -57,7 +135,7 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut 
     out.par_chunks_mut(rows * n)
         .enumerate()
         .for_each(|(i, chunk)| {
-            with_avx2(
+            with_simd(
                 #[inline(always)]
                 || f(i * rows, chunk),
             )
@@ -246,14 +324,49 @@ mod tests {
         assert_eq!(max(&with_nan), 7.0);
     }
 
+    /// Value, gradient and forward-over-reverse `H v` of a function through every op
+    /// that runs in [`with_simd`] (softmax, causal softmax, log-softmax, logsumexp,
+    /// layer norm, GELU, tanh, sigmoid, exp, ln), each lane 37 long (vector bodies and
+    /// remainders).
+    fn every_simd_op<F: Float>() -> Vec<Vec<F>> {
+        use crate::autodiff::{Mask, Params, Tensor, Value, transforms::hvp};
+        let mut rng = crate::Rng::new(7);
+        let mut p = Params::new();
+        p.insert("x", Tensor::<F>::randn(&[3, 37, 37], &mut rng).unwrap());
+        let mut v = Params::new();
+        v.insert("x", Tensor::<F>::randn(&[3, 37, 37], &mut rng).unwrap());
+        let causal = Mask::causal(37);
+        let (y, g, hv) = hvp(
+            |p| {
+                let x = &p["x"];
+                let a = x.masked_softmax(2, &causal).mul(&x.gelu());
+                let b = x.softmax(1).mul(&x.layer_norm(F::c(1e-5)).tanh());
+                let c = x.log_softmax(2).scale(F::c(0.1)).add(&x.sigmoid());
+                let d = x
+                    .logsumexp(2, true)
+                    .mul(&x.scale(F::c(0.5)).exp().add_scalar(F::one()).ln());
+                a.add(&b).add(&c).add(&d).sum_all()
+            },
+            &p,
+            &v,
+        )
+        .unwrap();
+        vec![y.to_vec(), g["x"].to_vec(), hv["x"].to_vec()]
+    }
+
     #[test]
-    fn with_avx2_runs_the_closure_unchanged() {
-        let x: Vec<f32> = (0..100).map(|i| i as f32 * 0.25).collect();
-        let plain: Vec<f32> = x.iter().map(|v| v.vexp()).collect();
-        assert_eq!(
-            with_avx2(|| x.iter().map(|v| v.vexp()).collect::<Vec<_>>()),
-            plain
-        );
+    fn every_simd_level_gives_the_same_bits() {
+        let was = simd();
+        let run = |level| {
+            cap_simd(level);
+            (every_simd_op::<f32>(), every_simd_op::<f64>())
+        };
+        let scalar = run(Simd::Scalar);
+        let (avx2, avx512) = (run(Simd::Avx2), run(Simd::Avx512));
+        cap_simd(was);
+        assert!(scalar.0[0][0].is_finite() && scalar.1[0][0].is_finite());
+        assert_eq!(avx2, scalar, "AVX2 against scalar");
+        assert_eq!(avx512, scalar, "AVX-512 against scalar");
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         if n > 0 {
             let chunks = x.chunks_exact(n).zip(dx.chunks_exact(n));
             let outs = out.chunks_exact_mut(n).zip(tan.chunks_exact_mut(n));
-            kernels::with_avx2(
+            kernels::with_simd(
                 #[inline(always)]
                 || {
                     for ((xl, dl), (ol, tl)) in chunks.zip(outs) {
@@ -203,7 +203,7 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         let (mut h, mut out) = (vec![F::zero(); n], kernels::zeros(x.len()));
         if n > 0 {
             let lanes = x.chunks_exact(n).zip(v.chunks_exact(n));
-            kernels::with_avx2(
+            kernels::with_simd(
                 #[inline(always)]
                 || {
                     for ((xl, vl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
@@ -253,7 +253,7 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         let (dx, dv) = (dxa.as_ref().map(flat), dva.as_ref().map(flat));
         let (mut out, mut tan) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
         let (mut h, mut dh, mut jdv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
-        kernels::with_avx2(
+        kernels::with_simd(
             #[inline(always)]
             || {
                 for (i, (xl, vl)) in x.chunks(n.max(1)).zip(v.chunks(n.max(1))).enumerate() {
@@ -309,7 +309,7 @@ impl<F: Float> Op<F> for LayerNormJvpVjpX<F> {
                 .chunks_exact(n)
                 .zip(v.chunks_exact(n))
                 .zip(g.chunks_exact(n));
-            kernels::with_avx2(
+            kernels::with_simd(
                 #[inline(always)]
                 || {
                     for (((xl, vl), gl), ol) in lanes.zip(out.chunks_exact_mut(n)) {

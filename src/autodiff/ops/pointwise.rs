@@ -64,7 +64,7 @@ impl<F: Float, E: Elementwise> Op<F> for Pointwise<E> {
             dx.as_slice().expect("standard"),
         );
         let (mut y, mut t) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
-        kernels::with_avx2(
+        kernels::with_simd(
             #[inline(always)]
             || {
                 for (((y, t), &x), &dx) in y.iter_mut().zip(&mut t).zip(x).zip(dx) {

@@ -122,7 +122,7 @@ fn for_each_lane<F: Float>(out: &mut ArrayD<F>, axis: usize, mut f: impl FnMut(u
     }
     if axis + 1 == out.ndim() {
         let data = out.as_slice_mut().expect("standard layout");
-        kernels::with_avx2(
+        kernels::with_simd(
             #[inline(always)]
             || {
                 for (r, lane) in data.chunks_exact_mut(n).enumerate() {
@@ -173,7 +173,7 @@ fn lanes_jvp<F: Float>(
     let mut t = kernels::zeros(ys.len());
     let lanes = xs.chunks_exact(n).zip(dxs.chunks_exact(n));
     let outs = ys.chunks_exact(out_lane).zip(t.chunks_exact_mut(out_lane));
-    kernels::with_avx2(
+    kernels::with_simd(
         #[inline(always)]
         || {
             for ((xl, dl), (yl, tl)) in lanes.zip(outs) {
@@ -335,7 +335,7 @@ impl<F: Float> Op<F> for SoftmaxJvp {
             );
             let mut out = kernels::zeros(ys.len());
             let lanes = ys.chunks_exact(n).zip(vs.chunks_exact(n));
-            kernels::with_avx2(
+            kernels::with_simd(
                 #[inline(always)]
                 || {
                     for ((yl, vl), ol) in lanes.zip(out.chunks_exact_mut(n)) {
@@ -394,7 +394,7 @@ impl<F: Float> Op<F> for SoftmaxJvp {
         let dys = dya.as_ref().map(|a| a.as_slice().expect("standard"));
         let dvs = dva.as_ref().map(|a| a.as_slice().expect("standard"));
         let (mut out, mut tan) = (kernels::zeros(ys.len()), kernels::zeros(ys.len()));
-        kernels::with_avx2(
+        kernels::with_simd(
             #[inline(always)]
             || {
                 for (i, (yl, vl)) in ys.chunks_exact(n).zip(vs.chunks_exact(n)).enumerate() {
