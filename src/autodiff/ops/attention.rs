@@ -122,16 +122,17 @@ pub struct HeadScores {
 impl HeadScores {
     /// The op's name.
     pub const NAME: &'static str = "head_scores";
+}
 
-    /// The output shape, or a shape panic.
-    fn out_shape(&self, a: &[usize], c: &[usize]) -> [usize; 4] {
+impl Bilinear for HeadScores {
+    fn out_shape(&self, a: &[usize], c: &[usize]) -> Vec<usize> {
         let b = a.first().copied().unwrap_or(0);
         let (t, d) = check_headed("head_scores", a, c, b, self.heads);
         let (s, d2) = check_headed("head_scores", c, a, b, self.heads);
         if d != d2 {
             shape_panic("head_scores", a, c);
         }
-        [b, self.heads, t, s]
+        vec![b, self.heads, t, s]
     }
 
     /// `out = beta out + a_h c_h^T` for each head.
@@ -158,34 +159,17 @@ impl<F: Float> Op<F> for HeadScores {
         Saves::INPUTS
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        let mut out = zeros(&self.out_shape(xs[0].shape(), xs[1].shape()));
-        self.run(&mut out, xs[0], xs[1], F::zero());
-        Tensor::from_array(out)
+        bilinear_forward(self, xs)
     }
-    /// Bilinear: `da c^T + a dc^T`, the second product accumulated into the first.
     fn forward_jvp(
         &self,
         xs: &[&Tensor<F>],
         dxs: &[Option<&Tensor<F>>],
     ) -> Option<(Tensor<F>, Tensor<F>)> {
-        let shape = self.out_shape(xs[0].shape(), xs[1].shape());
-        let y = self.forward(xs);
-        let mut t = zeros(&shape);
-        let mut beta = F::zero();
-        if let Some(da) = dxs[0] {
-            self.run(&mut t, da, xs[1], beta);
-            beta = F::one();
-        }
-        if let Some(dc) = dxs[1] {
-            self.run(&mut t, xs[0], dc, beta);
-        }
-        Some((y, Tensor::from_array(t)))
+        Some(bilinear_forward_jvp(self, xs, dxs))
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
-        let (a, c) = (ctx.x(0), ctx.x(1));
-        let left = d[0].map(|da| V::apply(*self, &[da, c]));
-        let right = d[1].map(|dc| V::apply(*self, &[a, dc]));
-        sum_of(left, right)
+        bilinear_jvp(*self, ctx, d)
     }
     /// `da_h = g_h c_h`, `dc_h = g_h^T a_h`.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
@@ -215,9 +199,10 @@ pub struct HeadMix {
 impl HeadMix {
     /// The op's name.
     pub const NAME: &'static str = "head_mix";
+}
 
-    /// The output shape, or a shape panic.
-    fn out_shape(&self, p: &[usize], v: &[usize]) -> [usize; 3] {
+impl Bilinear for HeadMix {
+    fn out_shape(&self, p: &[usize], v: &[usize]) -> Vec<usize> {
         if p.len() != 4 || p[1] != self.heads {
             shape_panic("head_mix", p, v);
         }
@@ -226,7 +211,7 @@ impl HeadMix {
         if s != s2 {
             shape_panic("head_mix", p, v);
         }
-        [p[0], t, d]
+        vec![p[0], t, d]
     }
 
     /// `out = beta out + op(p_h) v_h` for each head.
@@ -254,34 +239,17 @@ impl<F: Float> Op<F> for HeadMix {
         Saves::INPUTS
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
-        let mut out = zeros(&self.out_shape(xs[0].shape(), xs[1].shape()));
-        self.run(&mut out, xs[0], xs[1], F::zero());
-        Tensor::from_array(out)
+        bilinear_forward(self, xs)
     }
-    /// Bilinear: `dp v + p dv`, the second product accumulated into the first.
     fn forward_jvp(
         &self,
         xs: &[&Tensor<F>],
         dxs: &[Option<&Tensor<F>>],
     ) -> Option<(Tensor<F>, Tensor<F>)> {
-        let shape = self.out_shape(xs[0].shape(), xs[1].shape());
-        let y = self.forward(xs);
-        let mut t = zeros(&shape);
-        let mut beta = F::zero();
-        if let Some(dp) = dxs[0] {
-            self.run(&mut t, dp, xs[1], beta);
-            beta = F::one();
-        }
-        if let Some(dv) = dxs[1] {
-            self.run(&mut t, xs[0], dv, beta);
-        }
-        Some((y, Tensor::from_array(t)))
+        Some(bilinear_forward_jvp(self, xs, dxs))
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
-        let (p, v) = (ctx.x(0), ctx.x(1));
-        let left = d[0].map(|dp| V::apply(*self, &[dp, v]));
-        let right = d[1].map(|dv| V::apply(*self, &[p, dv]));
-        sum_of(left, right)
+        bilinear_jvp(*self, ctx, d)
     }
     /// Without `tp`: `dp_h = g_h v_h^T`, `dv_h = p_h^T g_h`; with it, `dp_h = v_h g_h^T`,
     /// `dv_h = p_h g_h`.
@@ -305,8 +273,49 @@ impl<F: Float> Op<F> for HeadMix {
     }
 }
 
-/// The sum of a bilinear op's two tangent terms, either of which may be absent.
-fn sum_of<V: Value>(left: Option<V>, right: Option<V>) -> V {
+/// What the two products share: each is bilinear in its two inputs, so its forward,
+/// fused forward JVP and JVP rules follow from its shape and its product.
+trait Bilinear: Copy {
+    /// The output shape, or a shape panic.
+    fn out_shape(&self, x: &[usize], y: &[usize]) -> Vec<usize>;
+    /// `out = beta out + product(x, y)`.
+    fn run<F: Float>(&self, out: &mut ArrayD<F>, x: &Tensor<F>, y: &Tensor<F>, beta: F);
+}
+
+fn bilinear_forward<F: Float>(op: &impl Bilinear, xs: &[&Tensor<F>]) -> Tensor<F> {
+    let mut out = zeros(&op.out_shape(xs[0].shape(), xs[1].shape()));
+    op.run(&mut out, xs[0], xs[1], F::zero());
+    Tensor::from_array(out)
+}
+
+/// `(x y, dx y + x dy)`, the second tangent term accumulated into the first.
+fn bilinear_forward_jvp<F: Float>(
+    op: &impl Bilinear,
+    xs: &[&Tensor<F>],
+    dxs: &[Option<&Tensor<F>>],
+) -> (Tensor<F>, Tensor<F>) {
+    let y = bilinear_forward(op, xs);
+    let mut t = zeros(y.shape());
+    let mut beta = F::zero();
+    if let Some(dx) = dxs[0] {
+        op.run(&mut t, dx, xs[1], beta);
+        beta = F::one();
+    }
+    if let Some(dy) = dxs[1] {
+        op.run(&mut t, xs[0], dy, beta);
+    }
+    (y, Tensor::from_array(t))
+}
+
+/// `dx y + x dy` in any value type; either term may be absent.
+fn bilinear_jvp<F: Float, V: Value<F = F>, O: Bilinear + Op<F>>(
+    op: O,
+    ctx: &Ctx<V>,
+    d: &[Option<&V>],
+) -> V {
+    let (x, y) = (ctx.x(0), ctx.x(1));
+    let left = d[0].map(|dx| V::apply(op, &[dx, y]));
+    let right = d[1].map(|dy| V::apply(op, &[x, dy]));
     match (left, right) {
         (Some(l), Some(r)) => l.add(&r),
         (Some(t), None) | (None, Some(t)) => t,
