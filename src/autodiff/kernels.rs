@@ -166,6 +166,13 @@ pub(crate) fn par_rows_overwrite<F: Float>(
     new_rows(len, n, false, f)
 }
 
+/// A vector of `len` elements that its user overwrites without reading (a product
+/// with `beta = 0`): a pooled buffer keeps its old values, a new one is zeroed
+/// ([`par_rows_overwrite`]).
+pub(crate) fn overwritten<F: Float>(len: usize) -> Vec<F> {
+    par_rows_overwrite(len, 1, |_, _| {})
+}
+
 /// A vector of `len` zeros, pooled when a pass has one free ([`par_rows_new`]).
 pub(crate) fn zeros<F: Float>(len: usize) -> Vec<F> {
     par_rows_new(len, 1, |_, _| {})

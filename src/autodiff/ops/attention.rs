@@ -283,7 +283,16 @@ trait Bilinear: Copy {
 }
 
 fn bilinear_forward<F: Float>(op: &impl Bilinear, xs: &[&Tensor<F>]) -> Tensor<F> {
-    let mut out = zeros(&op.out_shape(xs[0].shape(), xs[1].shape()));
+    let shape = op.out_shape(xs[0].shape(), xs[1].shape());
+    // Written by products with `beta = 0`, which never read it: not zeroed first unless
+    // the products are empty (an input has no elements).
+    let mut out = match xs.iter().any(|x| x.is_empty()) {
+        true => zeros(&shape),
+        false => {
+            ArrayD::from_shape_vec(IxDyn(&shape), kernels::overwritten(shape.iter().product()))
+                .expect("as many elements as the shape")
+        }
+    };
     op.run(&mut out, xs[0], xs[1], F::zero());
     Tensor::from_array(out)
 }

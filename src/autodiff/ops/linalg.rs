@@ -236,6 +236,18 @@ fn zeros<F: Float>(batch: usize, m: usize, n: usize) -> Array3<F> {
     Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
 }
 
+/// The `[batch, m, n]` output of one product with `beta = 0`, which both kernels
+/// write without reading: not zeroed first unless the product is empty (`k = 0`, when
+/// an input has no elements).
+fn product_out<F: Float>(batch: usize, m: usize, n: usize, xs: &[&Tensor<F>]) -> Array3<F> {
+    let len = batch * m * n;
+    let data = match xs.iter().any(|x| x.is_empty()) {
+        true => kernels::zeros(len),
+        false => kernels::overwritten(len),
+    };
+    Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
+}
+
 fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
     Tensor::from_array(c.into_shape_with_order(IxDyn(shape)).expect("same size"))
 }
@@ -244,7 +256,7 @@ impl MatMul {
     /// The product on a given kernel (what [`flops::gemm_peak_on`] replays).
     pub(crate) fn forward_on<F: Float>(&self, kernel: GemmKernel, xs: &[&Tensor<F>]) -> Tensor<F> {
         let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
-        let mut c = zeros(batch, m, n);
+        let mut c = product_out(batch, m, n, xs);
         self.gemm_into_on(kernel, &mut c, xs[0], xs[1], F::zero());
         to_tensor(c, &out)
     }
@@ -269,7 +281,7 @@ impl<F: Float> Op<F> for MatMul {
     ) -> Option<(Tensor<F>, Tensor<F>)> {
         let (a, b) = (xs[0], xs[1]);
         let ((batch, m, _, n), out) = self.dims(a.shape(), b.shape());
-        let mut c = zeros(batch, m, n);
+        let mut c = product_out(batch, m, n, xs);
         self.gemm_into(&mut c, a, b, F::zero());
         let mut t = zeros(batch, m, n);
         let mut beta = F::zero();
@@ -333,7 +345,7 @@ impl MatMulBias {
         let (m, n) = (sx[0], sw[1]);
         let b = b.array().as_standard_layout();
         let b = b.as_slice().expect("standard layout");
-        let data = kernels::par_rows_new(m * n, n.max(1), |_, rows| {
+        let data = kernels::par_rows_overwrite(m * n, n.max(1), |_, rows| {
             if n > 0 {
                 for row in rows.chunks_exact_mut(n) {
                     row.copy_from_slice(b);

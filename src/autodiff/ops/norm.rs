@@ -133,7 +133,7 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let n = lane_len("layer_norm", xs[0]);
         let xa = lanes(xs[0]);
         let x = flat(&xa);
-        let out = kernels::par_rows_new(
+        let out = kernels::par_rows_overwrite(
             x.len(),
             n,
             #[inline(always)]

@@ -56,28 +56,28 @@ impl<'a> Keep<'a> {
     }
 }
 
-/// Softmax of one contiguous lane in place: one `exp` per kept element; a lane with
-/// nothing kept is all 0.
+/// Softmax of one contiguous lane `x` into `out` (of its length; overwritten): one
+/// `exp` per kept element; a lane with nothing kept is all 0.
 #[inline(always)]
-fn softmax_lane<F: Float>(lane: &mut [F], keep: Keep<'_>) {
-    let kept = match keep {
-        Keep::All => lane,
+fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
+    let (x, kept) = match keep {
+        Keep::All => (x, out),
         Keep::Prefix(k) => {
-            let (kept, masked) = lane.split_at_mut(k);
+            let (kept, masked) = out.split_at_mut(k);
             masked.fill(F::zero());
-            kept
+            (&x[..k], kept)
         }
         Keep::Mask(mask) => {
-            let m = kernels::max_zip(lane, mask, |v, k| if k { F::neg_infinity() } else { v });
-            for (v, &k) in lane.iter_mut().zip(mask) {
-                *v = if k { F::zero() } else { (*v - m).vexp() };
+            let m = kernels::max_zip(x, mask, |v, k| if k { F::neg_infinity() } else { v });
+            for ((o, &v), &k) in out.iter_mut().zip(x).zip(mask) {
+                *o = if k { F::zero() } else { (v - m).vexp() };
             }
-            return normalise(lane);
+            return normalise(out);
         }
     };
-    let m = kernels::max(kept);
-    for v in kept.iter_mut() {
-        *v = (*v - m).vexp();
+    let m = kernels::max(x);
+    for (o, &v) in kept.iter_mut().zip(x) {
+        *o = (v - m).vexp();
     }
     normalise(kept)
 }
@@ -95,18 +95,18 @@ fn normalise<F: Float>(lane: &mut [F]) {
 }
 
 /// Softmax of each `n`-element row of `x`, row `r` keeping `keep[r mod keep.len()]`,
-/// into a new vector through [`kernels::par_rows_overwrite`] (each chunk of rows copied in
-/// and normalised in place by one thread): attention's scores are most of a
-/// transformer's elementwise work.
+/// into a new vector through [`kernels::par_rows_overwrite`] (each row written once, from
+/// `x`, then normalised in place): attention's scores are most of a transformer's
+/// elementwise work.
 fn softmax_rows<F: Float>(x: &[F], n: usize, keep: &[Keep<'_>]) -> Vec<F> {
     kernels::par_rows_overwrite(
         x.len(),
         n,
         #[inline(always)]
         |first, rows| {
-            rows.copy_from_slice(&x[first * n..first * n + rows.len()]);
-            for (r, lane) in rows.chunks_exact_mut(n).enumerate() {
-                softmax_lane(lane, keep[(first + r) % keep.len()]);
+            let x = &x[first * n..first * n + rows.len()];
+            for (r, (x, lane)) in x.chunks_exact(n).zip(rows.chunks_exact_mut(n)).enumerate() {
+                softmax_lane(x, lane, keep[(first + r) % keep.len()]);
             }
         },
     )
@@ -260,8 +260,11 @@ impl<F: Float> Op<F> for Softmax {
             return Tensor::from_vec(&shape, out).expect("same size");
         }
         let mut out = x.into_owned();
+        let mut x = Vec::with_capacity(n);
         for_each_lane(&mut out, self.axis, |r, lane| {
-            softmax_lane(lane, keep[r % keep.len()])
+            x.clear();
+            x.extend_from_slice(lane);
+            softmax_lane(&x, lane, keep[r % keep.len()])
         });
         Tensor::from_array(out)
     }
