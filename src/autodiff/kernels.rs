@@ -110,8 +110,8 @@ pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
 const PAR_MIN: usize = 1 << 16;
 
 /// Runs `f(first_row, rows)` over `out` cut into chunks of whole `n`-element rows, each
-/// chunk compiled for the CPU's vector unit ([`with_simd`]), spread over rayon's threads when `out` is
-/// large (one chunk on the calling thread otherwise). Every row is computed the same
+/// chunk compiled for the CPU's vector unit ([`with_simd`]), spread over rayon's
+/// threads when `out` is large (one chunk on the calling thread otherwise). Every row is computed the same
 /// way whatever the split, so results do not depend on the thread count. `f` should be
 /// `#[inline(always)]` so that it is compiled for it too. Nothing runs when `out` is
 /// empty; otherwise `n` must divide its length.
