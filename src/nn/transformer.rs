@@ -4,8 +4,8 @@
 //! activations.
 
 use super::{insert_layer_norm, insert_linear, layer_norm, linear, normal};
-use crate::autodiff::ops::attention::{HeadMix, HeadScores};
-use crate::autodiff::{Block, Float, Indices, Mask, Params, Tensor, Value};
+use crate::autodiff::ops::attention::Attention;
+use crate::autodiff::{Block, Float, Indices, Params, Tensor, Value};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -237,24 +237,17 @@ fn attention<V: Value>(
     n_heads: usize,
     causal: bool,
 ) -> V {
-    let t = h.shape()[1];
     let dh = h.shape()[2] / n_heads;
     let proj = |i: usize| linear(h, qkv[i].0, qkv[i].1);
     // Scaling q (b t d values) is cheaper than scaling the scores (b h t t).
     let q = proj(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
     let (k, v) = (proj(1), proj(2));
-    let scores = V::apply(HeadScores { heads: n_heads }, &[&q, &k]);
-    let p = if causal {
-        scores.masked_softmax(3, &Mask::causal(t))
-    } else {
-        scores.softmax(3)
-    };
     let o = V::apply(
-        HeadMix {
+        Attention {
             heads: n_heads,
-            tp: false,
+            causal,
         },
-        &[&p, &v],
+        &[&q, &k, &v],
     );
     linear(&o, wo, bo)
 }

@@ -21,7 +21,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::index::Mask;
 use super::linalg::{GemmKernel, gemm_batch};
 use super::shape_panic;
-use super::softmax::{SoftmaxJvp, softmax_prefix_in_place};
+use super::softmax::{Softmax, SoftmaxJvp, softmax_prefix_in_place};
 use ndarray::{
     ArrayD, ArrayView, ArrayView2, ArrayViewD, ArrayViewMut, ArrayViewMut2, ArrayViewMutD, Axis,
     Ix4, IxDyn, RemoveAxis,
@@ -473,6 +473,30 @@ impl<F: Float> Op<F> for Attention {
             items.into_iter().for_each(|item| one(&mut scratch, item));
         }
         Tensor::from_array(out)
+    }
+    /// Forward mode on numbers: the unfused ops' own fused forward JVPs in turn (the
+    /// tangent needs `P` and `dP` whole, so nothing is saved by fusing here; this keeps
+    /// forward mode as fast as the unfused composition instead of a forward plus a JVP
+    /// that recomputes `P`).
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        self.dims(xs[0].shape(), xs[1].shape(), xs[2].shape());
+        let heads = self.heads;
+        let (q, k, v) = (xs[0], xs[1], xs[2]);
+        let mix = HeadMix { heads, tp: false };
+        if dxs[0].is_none() && dxs[1].is_none() {
+            let p = self.probs(q, k);
+            let o = Tensor::apply(mix, &[&p, v]);
+            let t = Tensor::apply(mix, &[&p, dxs[2]?]);
+            return Some((o, t));
+        }
+        let (s, ds) = Tensor::apply_jvp(HeadScores { heads }, &[q, k], &dxs[..2]);
+        let mask = self.causal.then(|| Mask::causal(q.shape()[1]));
+        let (p, dp) = Tensor::apply_jvp(Softmax { axis: 3, mask }, &[&s], &[Some(&ds)]);
+        Some(Tensor::apply_jvp(mix, &[&p, v], &[Some(&dp), dxs[2]]))
     }
     /// The composition's JVP: `dS = HeadScores(dq, k) + HeadScores(q, dk)`, `dP` the
     /// softmax Jacobian (symmetric, masked entries 0) applied to `dS`, then `dO =
