@@ -227,8 +227,12 @@ impl<F: Float> Block<F> for Layer {
 /// the query, key and value projections. They are three separate linear maps rather
 /// than one fused `[d, 3d]` one: slicing the fused output would copy it (and its
 /// tangent, and their cotangents, whose VJP pads with zeros) for nothing. The heads are
-/// column blocks of the projections, read in place by [`HeadScores`] and [`HeadMix`]
-/// (no permute copies).
+/// column blocks of the projections, read in place by the fused [`Attention`] op (no
+/// permute copies, and no `[batch, heads, seq, seq]` scores in its forward; it saves
+/// only q, k and v and recomputes the probabilities in its derivative rules). Measured
+/// against the unfused HeadScores, softmax and HeadMix: scoring 10 MB with a width-32
+/// rater 3.01-3.11 s vs 3.39-3.41 s; the reference meta-gradient as fast, with peak
+/// memory 50.8 vs 58.3 MiB (339 vs 370 MiB at the scale flags).
 fn attention<V: Value>(
     h: &V,
     qkv: [(&V, &V); 3],

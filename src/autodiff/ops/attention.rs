@@ -12,6 +12,10 @@
 //!
 //! They are each other's derivatives: the rules of each are written with the two
 //! ops, so every mode and nesting of modes stays in this layout.
+//!
+//! - [`Attention`]: `(q [b, t, d], k, v [b, s, d]) -> [b, t, d]`, the two products and
+//!   the (causal) softmax between them, fused in its forward (no `[b, heads, t, s]`
+//!   tensor); its derivative rules are the composition's, written with the ops above.
 
 use super::super::float::Float;
 use super::super::flops::{self, GemmShape};
