@@ -86,8 +86,11 @@ fn small_transformer_forward_and_gradient() {
     assert_eq!(w.matmul, forward);
     assert!(w.other > 0);
     // Every product's operands depend on the parameters, so the gradient adds both
-    // VJP products of each: three times the forward pass.
+    // VJP products of each: three times the forward pass. Attention is one fused op that
+    // saves only q, k and v, so its VJP also recomputes the scores `q k^T` (one product
+    // per (example, head) and layer) before the four products of its rule.
     let (_, w) =
         counted(|| value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p).unwrap());
-    assert_eq!(w.matmul, 3 * forward);
+    let scores = b * h * 2 * t * t * (d / h);
+    assert_eq!(w.matmul, 3 * forward + 2 * scores);
 }

@@ -14,7 +14,7 @@
 
 use datarater::autodiff::Op as _;
 use datarater::autodiff::check::{self, Report, ScalarFn, compare, compare_tensors};
-use datarater::autodiff::ops::attention::{HeadMix, HeadScores};
+use datarater::autodiff::ops::attention::{Attention, HeadMix, HeadScores};
 use datarater::autodiff::ops::linalg::MatMulBias;
 use datarater::transforms::{grad, hvp, hvp_rev_fwd, hvp_rev_rev, jvp, value_and_grad, vjp};
 use datarater::{Dual, Indices, Mask, Params, Rng, Tensor, Value, Var};
@@ -64,6 +64,8 @@ enum Op {
     HeadScores(usize),
     /// `HeadMix { heads, tp }` on `(p, v)`.
     HeadMix(usize, bool),
+    /// `Attention { heads, causal }` on `(q, k, v)`.
+    Attention(usize, bool),
     Permute(Vec<usize>),
     T,
     Reshape(Vec<usize>),
@@ -117,6 +119,13 @@ impl Op {
                     tp: *tp,
                 },
                 &[&x[0], &x[1]],
+            ),
+            Op::Attention(heads, causal) => V::apply(
+                Attention {
+                    heads: *heads,
+                    causal: *causal,
+                },
+                &[&x[0], &x[1], &x[2]],
             ),
             Op::Permute(p) => x[0].permute(p),
             Op::T => x[0].t(),
@@ -328,6 +337,9 @@ enum Kind {
     HeadMix {
         tp: bool,
     },
+    Attention {
+        causal: bool,
+    },
     Permute,
     T,
     Reshape,
@@ -472,6 +484,31 @@ fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
                     (Op::HeadScores(heads), binary_args(rng, a, c))
                 }
             }
+        }
+        Kind::Attention { causal } => {
+            let (b, heads, dh) = (pick(rng, 1, 3), pick(rng, 1, 3), pick(rng, 1, 3));
+            let t = pick(rng, 1, 5);
+            let s = if causal { t } else { pick(rng, 1, 5) };
+            let d = heads * dh;
+            // Scores of order 1 or more, so the softmax is far from uniform.
+            let q = normal(rng, &[b, t, d]).scale(1.5);
+            let (k, v) = (normal(rng, &[b, s, d]), normal(rng, &[b, s, d]));
+            // Each input a variable, a constant, or (self-attention) the same as q.
+            let mut args = vec![Arg::Var(q)];
+            for x in [k, v] {
+                args.push(match pick(rng, 0, 4) {
+                    0 => Arg::Const(x),
+                    1 if s == t => Arg::Same(0),
+                    _ => Arg::Var(x),
+                });
+            }
+            if coin(rng) && args.iter().skip(1).any(|a| matches!(a, Arg::Var(_))) {
+                let Arg::Var(q) = std::mem::replace(&mut args[0], Arg::Same(0)) else {
+                    unreachable!()
+                };
+                args[0] = Arg::Const(q);
+            }
+            (Op::Attention(heads, causal), args)
         }
         Kind::Permute => {
             let s = rand_shape(rng, (1, 4), (1, 4));
@@ -841,6 +878,8 @@ op_tests! {
     head_scores => Kind::HeadScores,
     head_mix => Kind::HeadMix { tp: false },
     head_mix_tp => Kind::HeadMix { tp: true },
+    attention => Kind::Attention { causal: false },
+    attention_causal => Kind::Attention { causal: true },
     permute => Kind::Permute,
     t => Kind::T,
     reshape => Kind::Reshape,
@@ -1389,4 +1428,92 @@ fn head_products_match_permuted_matmuls() {
     let want = merge(pt.matmul_t(&split(&v, s), true, false), t);
     let got = HeadMix { heads, tp: true }.forward(&[&pt, &v]);
     assert!(compare_tensors(&got, &want).unwrap().ok(1e-13));
+}
+
+/// The attention op's definition: head scores, (causal) softmax along the last axis,
+/// head mix.
+fn unfused_attention<V: Value>(q: &V, k: &V, v: &V, heads: usize, causal: bool) -> V {
+    let scores = V::apply(HeadScores { heads }, &[q, k]);
+    let p = if causal {
+        scores.masked_softmax(3, &Mask::causal(q.shape()[1]))
+    } else {
+        scores.softmax(3)
+    };
+    V::apply(HeadMix { heads, tp: false }, &[&p, v])
+}
+
+fn fused_attention<V: Value>(q: &V, k: &V, v: &V, heads: usize, causal: bool) -> V {
+    V::apply(Attention { heads, causal }, &[q, k, v])
+}
+
+fn qkv(rng: &mut Rng, b: usize, t: usize, s: usize, d: usize) -> Params<Tensor<f64>> {
+    let mut p = Params::new();
+    p.insert("q", normal(rng, &[b, t, d]).scale(2.0));
+    p.insert("k", normal(rng, &[b, s, d]));
+    p.insert("v", normal(rng, &[b, s, d]));
+    p
+}
+
+/// The fused forward equals the composition it fuses, on the serial and the parallel
+/// paths (the last shape has more than 2^18 multiply-adds), causal or not, with `t`
+/// not a multiple of 8.
+#[test]
+fn attention_forward_matches_the_unfused_ops() {
+    let mut rng = Rng::new(21);
+    for (b, heads, dh, t, s) in [
+        (1, 1, 1, 1, 1),
+        (2, 3, 5, 13, 13),
+        (3, 2, 4, 7, 11),
+        (2, 4, 16, 101, 101),
+    ] {
+        for causal in [false, true] {
+            if causal && s != t {
+                continue;
+            }
+            let p = qkv(&mut rng, b, t, s, heads * dh);
+            let (q, k, v) = (&p["q"], &p["k"], &p["v"]);
+            let want = unfused_attention(q, k, v, heads, causal);
+            let got = fused_attention(q, k, v, heads, causal);
+            assert_eq!(got.shape(), want.shape());
+            let r = compare_tensors(&got, &want).unwrap();
+            assert!(
+                r.max_abs <= 1e-12,
+                "b {b} heads {heads} dh {dh} t {t} s {s} causal {causal}: {r:?}"
+            );
+        }
+    }
+}
+
+/// Gradient and forward-over-reverse H v of a loss through the fused op against the
+/// same through the unfused composition (both exact modes: rounding apart, equal).
+#[test]
+fn attention_gradient_and_hvp_match_the_unfused_ops() {
+    let mut rng = Rng::new(22);
+    for (b, heads, dh, t, causal) in [(2, 2, 3, 9, false), (2, 3, 2, 9, true), (1, 4, 4, 70, true)]
+    {
+        let p = qkv(&mut rng, b, t, t, heads * dh);
+        let w = normal(&mut rng, &[b, t, heads * dh]);
+        let dir = p.map(|x| normal(&mut rng, x.shape()));
+        macro_rules! eval {
+            ($f:ident) => {
+                |q: &Params<_>| {
+                    let o = $f(&q["q"], &q["k"], &q["v"], heads, causal);
+                    let w = Value::constant(w.clone());
+                    o.mul(&w).add(&o.square().scale(0.5)).sum_all()
+                }
+            };
+        }
+        let (_, g_un, h_un) = hvp(eval!(unfused_attention), &p, &dir).unwrap();
+        let (_, g_fu, h_fu) = hvp(eval!(fused_attention), &p, &dir).unwrap();
+        let r = compare(&g_fu, &g_un).unwrap();
+        assert!(r.ok(1e-10), "gradient: {r:?}");
+        let r = compare(&h_fu, &h_un).unwrap();
+        assert!(r.ok(1e-10), "hvp: {r:?}");
+        let h_rr = hvp_rev_rev(eval!(fused_attention), &p, &dir).unwrap();
+        let r = compare(&h_rr, &h_un).unwrap();
+        assert!(r.ok(1e-10), "rev-rev hvp: {r:?}");
+        let h_rf = hvp_rev_fwd(eval!(fused_attention), &p, &dir).unwrap();
+        let r = compare(&h_rf, &h_un).unwrap();
+        assert!(r.ok(1e-10), "rev-fwd hvp: {r:?}");
+    }
 }

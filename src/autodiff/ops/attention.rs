@@ -12,14 +12,20 @@
 //!
 //! They are each other's derivatives: the rules of each are written with the two
 //! ops, so every mode and nesting of modes stays in this layout.
+//!
+//! - [`Attention`]: `(q [b, t, d], k, v [b, s, d]) -> [b, t, d]`, the two products and
+//!   the (causal) softmax between them, fused in its forward (no `[b, heads, t, s]`
+//!   tensor); its derivative rules are the composition's, written with the ops above.
 
 use super::super::float::Float;
 use super::super::flops::{self, GemmShape};
 use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
+use super::index::Mask;
 use super::linalg::{GemmKernel, gemm_batch};
 use super::shape_panic;
+use super::softmax::{Softmax, SoftmaxJvp, softmax_prefix_in_place};
 use ndarray::{
     ArrayD, ArrayView, ArrayView2, ArrayViewD, ArrayViewMut, ArrayViewMut2, ArrayViewMutD, Axis,
     Ix4, IxDyn, RemoveAxis,
@@ -336,4 +342,214 @@ fn bilinear_jvp<F: Float, V: Value<F = F>, O: Bilinear + Op<F>>(
 fn zeros<F: Float>(shape: &[usize]) -> ArrayD<F> {
     let data = kernels::par_rows_new(shape.iter().product(), 1, |_, _| {});
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("as many elements as the shape")
+}
+
+/// Multi-head attention in one op: `(q [b, t, d], k [b, s, d], v [b, s, d]) -> o [b, t,
+/// d]`, block `h` of `o` being `softmax(q_h k_h^T) v_h` (rows of the softmax along `s`;
+/// with `causal`, `s = t` and row `i` keeps only its first `i + 1` scores). The same
+/// function as [`HeadScores`], softmax (or the causal masked softmax) along axis 3 and
+/// [`HeadMix`], but its forward never builds the `[b, heads, t, s]` scores: each
+/// `(batch, head)` item computes its `t x s` block in a per-thread scratch buffer,
+/// softmaxes it in place and writes `P v_h` straight into the output.
+///
+/// Only the inputs are saved; the derivative rules recompute `P` from them and are the
+/// composition's own, written with the unfused ops (so every mode and nesting works).
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    /// Number of heads (divides `d`).
+    pub heads: usize,
+    /// Row `i` attends to positions `..= i` only.
+    pub causal: bool,
+}
+
+impl Attention {
+    /// The op's name.
+    pub const NAME: &'static str = "attention";
+
+    /// `(b, t, s, d)`, or a shape panic.
+    fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> (usize, usize, usize, usize) {
+        let b = q.first().copied().unwrap_or(0);
+        let (t, d) = check_headed(Self::NAME, q, k, b, self.heads);
+        let (s, dk) = check_headed(Self::NAME, k, q, b, self.heads);
+        if d != dk || k != v || (self.causal && s != t) {
+            shape_panic(Self::NAME, k, v);
+        }
+        (b, t, s, d)
+    }
+
+    /// The probabilities `P = softmax(q_h k_h^T)` (masked when causal), `[b, heads, t,
+    /// s]`, in any value type: what the derivative rules differentiate through.
+    fn probs<V: Value>(&self, q: &V, k: &V) -> V {
+        let scores = V::apply(HeadScores { heads: self.heads }, &[q, k]);
+        if self.causal {
+            scores.masked_softmax(3, &Mask::causal(q.shape()[1]))
+        } else {
+            scores.softmax(3)
+        }
+    }
+}
+
+/// Work (multiply-adds) above which the `(batch, head)` items run over rayon's threads
+/// (as [`gemm_batch`]'s batches).
+const ATTN_PAR_WORK: usize = 1 << 18;
+
+impl<F: Float> Op<F> for Attention {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        use rayon::prelude::*;
+        let (b, t, s, d) = self.dims(xs[0].shape(), xs[1].shape(), xs[2].shape());
+        let (heads, dh) = (self.heads, d / self.heads);
+        if b * t * d == 0 || s == 0 {
+            return Tensor::from_array(zeros(&[b, t, d]));
+        }
+        let (q, k, v) = (
+            xs[0].array().as_standard_layout(),
+            xs[1].array().as_standard_layout(),
+            xs[2].array().as_standard_layout(),
+        );
+        let mut out = ArrayD::from_shape_vec(IxDyn(&[b, t, d]), kernels::overwritten(b * t * d))
+            .expect("as many elements as the shape");
+        // The two products of every item, counted as HeadScores and HeadMix count them.
+        let batch = b * heads;
+        flops::add_gemm(GemmShape {
+            batch,
+            m: t,
+            k: dh,
+            n: s,
+            ta: false,
+            tb: true,
+        });
+        flops::add_gemm(GemmShape {
+            batch,
+            m: t,
+            k: s,
+            n: dh,
+            ta: false,
+            tb: false,
+        });
+        flops::add_other(batch * t * s);
+        let kernel = GemmKernel::best();
+        let causal = self.causal;
+        let items: Vec<_> = heads_of_mut(out.view_mut(), heads)
+            .into_iter()
+            .zip(heads_of(q.view(), heads))
+            .zip(heads_of(k.view(), heads))
+            .zip(heads_of(v.view(), heads))
+            .map(|(((o, q), k), v)| (o, q, k, v))
+            .collect();
+        // One item, start to end, on one thread with its scratch: the same operations
+        // whatever the thread count.
+        let one = |scratch: &mut Vec<F>,
+                   (o, q, k, v): (
+            ArrayViewMut2<'_, F>,
+            ArrayView2<'_, F>,
+            ArrayView2<'_, F>,
+            ArrayView2<'_, F>,
+        )| {
+            scratch.resize(t * s, F::zero());
+            let mut p = ArrayViewMut2::from_shape((t, s), &mut scratch[..]).expect("t * s");
+            gemm_batch(
+                kernel,
+                vec![(p.view_mut(), q, k.reversed_axes())],
+                F::zero(),
+            );
+            let rows = p.as_slice_mut().expect("contiguous scratch");
+            kernels::with_simd(
+                #[inline(always)]
+                || {
+                    for (i, row) in rows.chunks_exact_mut(s).enumerate() {
+                        let keep = if causal { i + 1 } else { s };
+                        softmax_prefix_in_place(row, keep);
+                    }
+                },
+            );
+            gemm_batch(kernel, vec![(o, p.view(), v)], F::zero());
+        };
+        if items.len() > 1 && batch * t * s * dh >= ATTN_PAR_WORK {
+            items.into_par_iter().for_each_init(Vec::new, one);
+        } else {
+            let mut scratch = Vec::new();
+            items.into_iter().for_each(|item| one(&mut scratch, item));
+        }
+        Tensor::from_array(out)
+    }
+    /// Forward mode on numbers: the unfused ops' own fused forward JVPs in turn (the
+    /// tangent needs `P` and `dP` whole, so nothing is saved by fusing here; this keeps
+    /// forward mode as fast as the unfused composition instead of a forward plus a JVP
+    /// that recomputes `P`).
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        self.dims(xs[0].shape(), xs[1].shape(), xs[2].shape());
+        let heads = self.heads;
+        let (q, k, v) = (xs[0], xs[1], xs[2]);
+        let mix = HeadMix { heads, tp: false };
+        if dxs[0].is_none() && dxs[1].is_none() {
+            let p = self.probs(q, k);
+            let o = Tensor::apply(mix, &[&p, v]);
+            let t = Tensor::apply(mix, &[&p, dxs[2]?]);
+            return Some((o, t));
+        }
+        let (s, ds) = Tensor::apply_jvp(HeadScores { heads }, &[q, k], &dxs[..2]);
+        let mask = self.causal.then(|| Mask::causal(q.shape()[1]));
+        let (p, dp) = Tensor::apply_jvp(Softmax { axis: 3, mask }, &[&s], &[Some(&ds)]);
+        Some(Tensor::apply_jvp(mix, &[&p, v], &[Some(&dp), dxs[2]]))
+    }
+    /// The composition's JVP: `dS = HeadScores(dq, k) + HeadScores(q, dk)`, `dP` the
+    /// softmax Jacobian (symmetric, masked entries 0) applied to `dS`, then `dO =
+    /// HeadMix(dP, v) + HeadMix(P, dv)`.
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (q, k, v) = (ctx.x(0), ctx.x(1), ctx.x(2));
+        let heads = self.heads;
+        let p = self.probs(q, k);
+        let scores = HeadScores { heads };
+        let ds = match (d[0], d[1]) {
+            (Some(dq), Some(dk)) => {
+                Some(V::apply(scores, &[dq, k]).add(&V::apply(scores, &[q, dk])))
+            }
+            (Some(dq), None) => Some(V::apply(scores, &[dq, k])),
+            (None, Some(dk)) => Some(V::apply(scores, &[q, dk])),
+            (None, None) => None,
+        };
+        let mix = HeadMix { heads, tp: false };
+        let from_p = ds.map(|ds| {
+            let dp = V::apply(SoftmaxJvp(3), &[&p, &ds]);
+            V::apply(mix, &[&dp, v])
+        });
+        let from_v = d[2].map(|dv| V::apply(mix, &[&p, dv]));
+        match (from_p, from_v) {
+            (Some(a), Some(b)) => a.add(&b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => unreachable!("jvp called without tangents"),
+        }
+    }
+    /// The composition's VJP, each step the VJP of the unfused op: through HeadMix,
+    /// `dP = HeadScores(g, v)` and `dv = HeadMix{tp}(P, g)`; through softmax, `dS =
+    /// P (dP - sum(P dP))` (its Jacobian is symmetric); through HeadScores, `dq =
+    /// HeadMix(dS, k)` and `dk = HeadMix{tp}(dS, q)`.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
+        let (q, k, v) = (ctx.x(0), ctx.x(1), ctx.x(2));
+        let heads = self.heads;
+        let p = self.probs(q, k);
+        let ds = (ctx.needs(0) || ctx.needs(1)).then(|| {
+            let dp = V::apply(HeadScores { heads }, &[g, v]);
+            V::apply(SoftmaxJvp(3), &[&p, &dp])
+        });
+        let (mix, mix_t) = (HeadMix { heads, tp: false }, HeadMix { heads, tp: true });
+        let dq = ctx
+            .needs(0)
+            .then(|| V::apply(mix, &[ds.as_ref().expect("needed"), k]));
+        let dk = ctx
+            .needs(1)
+            .then(|| V::apply(mix_t, &[ds.as_ref().expect("needed"), q]));
+        let dv = ctx.needs(2).then(|| V::apply(mix_t, &[&p, g]));
+        vec![dq, dk, dv]
+    }
 }

@@ -82,6 +82,20 @@ fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
     normalise(kept)
 }
 
+/// Softmax of one contiguous lane in place, keeping its first `keep` entries (the rest
+/// get 0 and are not exponentiated, as [`Keep::Prefix`]): the same operations as
+/// [`softmax_lane`], for the fused attention op's score rows.
+#[inline(always)]
+pub(crate) fn softmax_prefix_in_place<F: Float>(lane: &mut [F], keep: usize) {
+    let (kept, masked) = lane.split_at_mut(keep);
+    masked.fill(F::zero());
+    let m = kernels::max(kept);
+    for v in kept.iter_mut() {
+        *v = (*v - m).vexp();
+    }
+    normalise(kept)
+}
+
 /// Divides a lane of non-negative numbers by its sum (left as is when the sum is 0).
 #[inline(always)]
 fn normalise<F: Float>(lane: &mut [F]) {
