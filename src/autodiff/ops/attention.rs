@@ -25,7 +25,7 @@ use super::super::value::{Ctx, Op, Saves, Value};
 use super::index::Mask;
 use super::linalg::{GemmKernel, gemm_batch};
 use super::shape_panic;
-use super::softmax::{Softmax, SoftmaxJvp, softmax_prefix_in_place};
+use super::softmax::{Keep, Softmax, SoftmaxJvp, softmax_lane};
 use ndarray::{
     ArrayD, ArrayView, ArrayView2, ArrayViewD, ArrayViewMut, ArrayViewMut2, ArrayViewMutD, Axis,
     Ix4, IxDyn, RemoveAxis,
@@ -451,24 +451,31 @@ impl<F: Float> Op<F> for Attention {
             ArrayView2<'_, F>,
             ArrayView2<'_, F>,
         )| {
-            scratch.resize(t * s, F::zero());
-            let mut p = ArrayViewMut2::from_shape((t, s), &mut scratch[..]).expect("t * s");
+            // The scores, then the probabilities: `t x s` each.
+            scratch.resize(2 * t * s, F::zero());
+            let (scores, p) = scratch.split_at_mut(t * s);
+            let mut sv = ArrayViewMut2::from_shape((t, s), &mut scores[..]).expect("t * s");
             gemm_batch(
                 kernel,
-                vec![(p.view_mut(), q, k.reversed_axes())],
+                vec![(sv.view_mut(), q, k.reversed_axes())],
                 F::zero(),
             );
-            let rows = p.as_slice_mut().expect("contiguous scratch");
             kernels::with_simd(
                 #[inline(always)]
                 || {
-                    for (i, row) in rows.chunks_exact_mut(s).enumerate() {
-                        let keep = if causal { i + 1 } else { s };
-                        softmax_prefix_in_place(row, keep);
+                    let rows = scores.chunks_exact(s).zip(p.chunks_exact_mut(s));
+                    for (i, (x, row)) in rows.enumerate() {
+                        let keep = if causal {
+                            Keep::Prefix(i + 1)
+                        } else {
+                            Keep::All
+                        };
+                        softmax_lane(x, row, keep);
                     }
                 },
             );
-            gemm_batch(kernel, vec![(o, p.view(), v)], F::zero());
+            let p = ArrayView2::from_shape((t, s), &p[..]).expect("t * s");
+            gemm_batch(kernel, vec![(o, p, v)], F::zero());
         };
         if items.len() > 1 && batch * t * s * dh >= ATTN_PAR_WORK {
             items.into_par_iter().for_each_init(Vec::new, one);

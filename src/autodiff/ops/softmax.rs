@@ -35,7 +35,7 @@ fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
 
 /// Which entries of a lane softmax keeps (the others get probability 0).
 #[derive(Clone, Copy, Debug)]
-enum Keep<'a> {
+pub(crate) enum Keep<'a> {
     /// All of them.
     All,
     /// The first `k`, as in a causal mask's row: the rest are not even exponentiated.
@@ -59,7 +59,7 @@ impl<'a> Keep<'a> {
 /// Softmax of one contiguous lane `x` into `out` (of its length; overwritten): one
 /// `exp` per kept element; a lane with nothing kept is all 0.
 #[inline(always)]
-fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
+pub(crate) fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
     let (x, kept) = match keep {
         Keep::All => (x, out),
         Keep::Prefix(k) => {
@@ -78,20 +78,6 @@ fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
     let m = kernels::max(x);
     for (o, &v) in kept.iter_mut().zip(x) {
         *o = (v - m).vexp();
-    }
-    normalise(kept)
-}
-
-/// Softmax of one contiguous lane in place, keeping its first `keep` entries (the rest
-/// get 0 and are not exponentiated, as [`Keep::Prefix`]): the same operations as
-/// [`softmax_lane`], for the fused attention op's score rows.
-#[inline(always)]
-pub(crate) fn softmax_prefix_in_place<F: Float>(lane: &mut [F], keep: usize) {
-    let (kept, masked) = lane.split_at_mut(keep);
-    masked.fill(F::zero());
-    let m = kernels::max(kept);
-    for v in kept.iter_mut() {
-        *v = (*v - m).vexp();
     }
     normalise(kept)
 }
