@@ -127,15 +127,19 @@ fn the_sample_is_held_in_one_buffer_of_its_own_size() {
     let held = dir.path().join("held.txt");
     common::write_lines(&held, &common::documents(400, 99));
     let big = corpus(dir.path(), 12);
+    // A first run in the process also makes what the process keeps for good (the gemm
+    // crate's per-thread packing workspaces, made by each thread's first product: 4-5
+    // MB here): measure warm runs only.
+    train(&big, &held, &dir.path().join("run-warm"), "1", "65536");
     let (small_peak, _) = train(&big, &held, &dir.path().join("run-64k"), "1", "65536");
     let (peak, data) = train(&big, &held, &dir.path().join("run-4m"), "1", "4194304");
     assert_eq!(data["train_sequences"], 4 << 20 >> 5);
-    // The run holds the 4 MiB sample, and 4 MiB more of sample costs no more than about
-    // 4 MiB more heap (the smaller run's peak may come later, from training); one
-    // allocation per 32-byte sequence (a Vec per row: 24 bytes of header in the outer
-    // vector and the allocator's own) would cost over 7 MiB.
+    // The run holds the 4 MiB sample, and 4 MiB more of sample costs about 4 MiB more
+    // heap (measured 3.9-4.9 MB: the training part of either peak moves by some 0.5 MB
+    // with the threads' timing); one allocation per 32-byte sequence (a Vec per row: 24
+    // bytes of header in the outer vector and the allocator's own) would cost over 7 MiB.
     let extra = peak - small_peak;
     eprintln!("peak heap: {small_peak} bytes (64 KiB sample), {peak} bytes (4 MiB sample)");
     assert!(peak >= 4 << 20, "peak {peak} bytes");
-    assert!(extra < 5 << 20, "a 4 MiB sample added {extra} bytes");
+    assert!(extra < 6 << 20, "a 4 MiB sample added {extra} bytes");
 }
