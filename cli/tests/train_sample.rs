@@ -127,9 +127,9 @@ fn the_sample_is_held_in_one_buffer_of_its_own_size() {
     let held = dir.path().join("held.txt");
     common::write_lines(&held, &common::documents(400, 99));
     let big = corpus(dir.path(), 12);
-    // A first run in the process also makes what the process keeps for good (the gemm
-    // crate's per-thread packing workspaces, made by each thread's first product: 4-5
-    // MB here): measure warm runs only.
+    // A first run in the process also makes what the process keeps for good (4-5 MB
+    // here: per-thread workspaces such as the gemm crate's packing buffers, made by each
+    // thread's first product): measure warm runs only.
     train(&big, &held, &dir.path().join("run-warm"), "1", "65536");
     let (small_peak, _) = train(&big, &held, &dir.path().join("run-64k"), "1", "65536");
     let (peak, data) = train(&big, &held, &dir.path().join("run-4m"), "1", "4194304");
