@@ -80,7 +80,13 @@ fn train(
         seed,
     ];
     let cli = Cli::parse_from(args);
-    let ((), peak) = measure_peak(|| datarater_cli::run(&cli).unwrap());
+    // On one thread: with two, the training part of the peak moves by some 0.5 MB with
+    // the threads' timing (which buffers are alive at once).
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let ((), peak) = one.install(|| measure_peak(|| datarater_cli::run(&cli).unwrap()));
     let rater = RaterFile::<f32>::load(out.join("rater.safetensors")).unwrap();
     (peak, rater.training["data"].clone())
 }
@@ -135,9 +141,8 @@ fn the_sample_is_held_in_one_buffer_of_its_own_size() {
     let (peak, data) = train(&big, &held, &dir.path().join("run-4m"), "1", "4194304");
     assert_eq!(data["train_sequences"], 4 << 20 >> 5);
     // The run holds the 4 MiB sample, and 4 MiB more of sample costs about 4 MiB more
-    // heap (measured 3.9-4.9 MB: the training part of either peak moves by some 0.5 MB
-    // with the threads' timing); one allocation per 32-byte sequence (a Vec per row: 24
-    // bytes of header in the outer vector and the allocator's own) would cost over 7 MiB.
+    // heap; one allocation per 32-byte sequence (a Vec per row: 24 bytes of header in
+    // the outer vector and the allocator's own) would cost over 7 MiB.
     let extra = peak - small_peak;
     eprintln!("peak heap: {small_peak} bytes (64 KiB sample), {peak} bytes (4 MiB sample)");
     assert!(peak >= 4 << 20, "peak {peak} bytes");
