@@ -331,6 +331,11 @@ fn bilinear_jvp<F: Float, V: Value<F = F>, O: Bilinear + Op<F>>(
     let (x, y) = (ctx.x(0), ctx.x(1));
     let left = d[0].map(|dx| V::apply(op, &[dx, y]));
     let right = d[1].map(|dy| V::apply(op, &[x, dy]));
+    sum_of(left, right)
+}
+
+/// The sum of a tangent's two terms, either of which may be absent.
+fn sum_of<V: Value>(left: Option<V>, right: Option<V>) -> V {
     match (left, right) {
         (Some(l), Some(r)) => l.add(&r),
         (Some(t), None) | (None, Some(t)) => t,
@@ -516,26 +521,16 @@ impl<F: Float> Op<F> for Attention {
         let (q, k, v) = (ctx.x(0), ctx.x(1), ctx.x(2));
         let heads = self.heads;
         let p = self.probs(q, k);
-        let scores = HeadScores { heads };
-        let ds = match (d[0], d[1]) {
-            (Some(dq), Some(dk)) => {
-                Some(V::apply(scores, &[dq, k]).add(&V::apply(scores, &[q, dk])))
-            }
-            (Some(dq), None) => Some(V::apply(scores, &[dq, k])),
-            (None, Some(dk)) => Some(V::apply(scores, &[q, dk])),
-            (None, None) => None,
-        };
+        // `dS`, HeadScores' own JVP (q and k are inputs 0 and 1 here too).
+        let ds =
+            (d[0].is_some() || d[1].is_some()).then(|| bilinear_jvp(HeadScores { heads }, ctx, d));
         let mix = HeadMix { heads, tp: false };
         let from_p = ds.map(|ds| {
             let dp = V::apply(SoftmaxJvp(3), &[&p, &ds]);
             V::apply(mix, &[&dp, v])
         });
         let from_v = d[2].map(|dv| V::apply(mix, &[&p, dv]));
-        match (from_p, from_v) {
-            (Some(a), Some(b)) => a.add(&b),
-            (Some(t), None) | (None, Some(t)) => t,
-            (None, None) => unreachable!("jvp called without tangents"),
-        }
+        sum_of(from_p, from_v)
     }
     /// The composition's VJP, each step the VJP of the unfused op: through HeadMix,
     /// `dP = HeadScores(g, v)` and `dv = HeadMix{tp}(P, g)`; through softmax, `dS =
