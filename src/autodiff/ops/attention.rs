@@ -23,7 +23,7 @@ use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::index::Mask;
-use super::linalg::{GemmKernel, gemm_batch};
+use super::linalg::{GemmKernel, any, gemm_batch, product_buffer};
 use super::shape_panic;
 use super::softmax::{Keep, Softmax, SoftmaxJvp, softmax_lane};
 use ndarray::{
@@ -292,15 +292,15 @@ fn bilinear_forward<F: Float>(op: &impl Bilinear, xs: &[&Tensor<F>]) -> Tensor<F
     let shape = op.out_shape(xs[0].shape(), xs[1].shape());
     // Written by products with `beta = 0`, which never read it: not zeroed first unless
     // the products are empty (an input has no elements).
-    let mut out = match xs.iter().any(|x| x.is_empty()) {
-        true => zeros(&shape),
-        false => {
-            ArrayD::from_shape_vec(IxDyn(&shape), kernels::overwritten(shape.iter().product()))
-                .expect("as many elements as the shape")
-        }
-    };
+    let mut out = product_array(&shape, xs, true);
     op.run(&mut out, xs[0], xs[1], F::zero());
     Tensor::from_array(out)
+}
+
+/// An output of `shape` for products of `xs` ([`product_buffer`]).
+fn product_array<F: Float>(shape: &[usize], xs: &[&Tensor<F>], written: bool) -> ArrayD<F> {
+    let data = product_buffer(shape.iter().product(), xs, written);
+    ArrayD::from_shape_vec(IxDyn(shape), data).expect("as many elements as the shape")
 }
 
 /// `(x y, dx y + x dy)`, the second tangent term accumulated into the first.
@@ -310,7 +310,7 @@ fn bilinear_forward_jvp<F: Float>(
     dxs: &[Option<&Tensor<F>>],
 ) -> (Tensor<F>, Tensor<F>) {
     let y = bilinear_forward(op, xs);
-    let mut t = zeros(y.shape());
+    let mut t = product_array(y.shape(), xs, any(dxs));
     let mut beta = F::zero();
     if let Some(dx) = dxs[0] {
         op.run(&mut t, dx, xs[1], beta);

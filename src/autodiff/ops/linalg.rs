@@ -228,24 +228,30 @@ impl MatMul {
     }
 }
 
-/// A zeroed `[batch, m, n]` output, zeroed by several threads when it is large (a
-/// serial `memset` of the scale workload's outputs was a visible slice of a 2-thread
-/// forward pass).
-fn zeros<F: Float>(batch: usize, m: usize, n: usize) -> Array3<F> {
-    let data = kernels::zeros(batch * m * n);
+/// A buffer of `len` elements for the output of products of `xs` (or of their
+/// tangents, `written` telling whether any is present) whose first product has
+/// `beta = 0`, which every kernel writes without reading: not zeroed first unless no
+/// product runs or they are empty (`k = 0`, when an input has no elements).
+pub(super) fn product_buffer<F: Float>(len: usize, xs: &[&Tensor<F>], written: bool) -> Vec<F> {
+    match written && !xs.iter().any(|x| x.is_empty()) {
+        true => kernels::overwritten(len),
+        false => kernels::zeros(len),
+    }
+}
+
+/// The `[batch, m, n]` output of products of `xs` ([`product_buffer`]).
+fn product_out<F: Float>(
+    (batch, m, n): (usize, usize, usize),
+    xs: &[&Tensor<F>],
+    written: bool,
+) -> Array3<F> {
+    let data = product_buffer(batch * m * n, xs, written);
     Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
 }
 
-/// The `[batch, m, n]` output of one product with `beta = 0`, which both kernels
-/// write without reading: not zeroed first unless the product is empty (`k = 0`, when
-/// an input has no elements).
-fn product_out<F: Float>(batch: usize, m: usize, n: usize, xs: &[&Tensor<F>]) -> Array3<F> {
-    let len = batch * m * n;
-    let data = match xs.iter().any(|x| x.is_empty()) {
-        true => kernels::zeros(len),
-        false => kernels::overwritten(len),
-    };
-    Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
+/// Whether any tangent is present.
+pub(super) fn any<T>(dxs: &[Option<T>]) -> bool {
+    dxs.iter().any(Option::is_some)
 }
 
 fn to_tensor<F: Float>(c: Array3<F>, shape: &[usize]) -> Tensor<F> {
@@ -256,7 +262,7 @@ impl MatMul {
     /// The product on a given kernel (what [`flops::gemm_peak_on`] replays).
     pub(crate) fn forward_on<F: Float>(&self, kernel: GemmKernel, xs: &[&Tensor<F>]) -> Tensor<F> {
         let ((batch, m, _, n), out) = self.dims(xs[0].shape(), xs[1].shape());
-        let mut c = product_out(batch, m, n, xs);
+        let mut c = product_out((batch, m, n), xs, true);
         self.gemm_into_on(kernel, &mut c, xs[0], xs[1], F::zero());
         to_tensor(c, &out)
     }
@@ -281,9 +287,9 @@ impl<F: Float> Op<F> for MatMul {
     ) -> Option<(Tensor<F>, Tensor<F>)> {
         let (a, b) = (xs[0], xs[1]);
         let ((batch, m, _, n), out) = self.dims(a.shape(), b.shape());
-        let mut c = product_out(batch, m, n, xs);
+        let mut c = product_out((batch, m, n), xs, true);
         self.gemm_into(&mut c, a, b, F::zero());
-        let mut t = zeros(batch, m, n);
+        let mut t = product_out((batch, m, n), xs, any(dxs));
         let mut beta = F::zero();
         if let Some(da) = dxs[0] {
             self.gemm_into(&mut t, da, b, beta);
@@ -386,7 +392,7 @@ impl<F: Float> Op<F> for MatMulBias {
         let (m, n) = (y.shape()[0], y.shape()[1]);
         let (mut t, mut beta) = match dxs[2] {
             Some(db) => (Self::rows_of(x, w, db), F::one()),
-            None => (zeros(1, m, n), F::zero()),
+            None => (product_out((1, m, n), xs, any(&dxs[..2])), F::zero()),
         };
         if let Some(dx) = dxs[0] {
             PLAIN.gemm_into(&mut t, dx, w, beta);

@@ -164,7 +164,7 @@ impl<F: Float> Op<F> for LayerNorm<F> {
         let n = lane_len("layer_norm", xs[0]);
         let (xa, dxa) = (lanes(xs[0]), lanes(dxs[0]?));
         let (x, dx) = (flat(&xa), flat(&dxa));
-        let (mut out, mut tan) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
+        let (mut out, mut tan) = (kernels::overwritten(x.len()), kernels::overwritten(x.len()));
         if n > 0 {
             let chunks = x.chunks_exact(n).zip(dx.chunks_exact(n));
             let outs = out.chunks_exact_mut(n).zip(tan.chunks_exact_mut(n));
@@ -200,7 +200,7 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         }
         let (xa, va) = (lanes(xs[0]), lanes(xs[1]));
         let (x, v) = (flat(&xa), flat(&va));
-        let (mut h, mut out) = (vec![F::zero(); n], kernels::zeros(x.len()));
+        let (mut h, mut out) = (vec![F::zero(); n], kernels::overwritten(x.len()));
         if n > 0 {
             let lanes = x.chunks_exact(n).zip(v.chunks_exact(n));
             kernels::with_simd(
@@ -251,8 +251,8 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
         let (x, v) = (flat(&xa), flat(&va));
         let (dxa, dva) = (dxs[0].map(lanes), dxs[1].map(lanes));
         let (dx, dv) = (dxa.as_ref().map(flat), dva.as_ref().map(flat));
-        let (mut out, mut tan) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
-        let (mut h, mut dh, mut jdv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
+        let (mut out, mut tan) = (kernels::overwritten(x.len()), kernels::overwritten(x.len()));
+        let (mut h, mut dh) = (vec![F::zero(); n], vec![F::zero(); n]);
         kernels::with_simd(
             #[inline(always)]
             || {
@@ -262,9 +262,9 @@ impl<F: Float> Op<F> for LayerNormJvp<F> {
                     let ol = &mut out[lane.clone()];
                     lane_jvp(&h, r, vl, ol);
                     let tl = &mut tan[lane.clone()];
-                    if let Some(dv) = dv {
-                        lane_jvp(&h, r, &dv[lane.clone()], &mut jdv);
-                        tl.copy_from_slice(&jdv);
+                    match dv {
+                        Some(dv) => lane_jvp(&h, r, &dv[lane.clone()], tl),
+                        None => tl.fill(F::zero()), // in cache, not a separate pass
                     }
                     if let Some(dx) = dx {
                         let dxl = &dx[lane];
@@ -302,7 +302,7 @@ impl<F: Float> Op<F> for LayerNormJvpVjpX<F> {
         }
         let (xa, va, ga) = (lanes(xs[0]), lanes(xs[1]), lanes(xs[2]));
         let (x, v, g) = (flat(&xa), flat(&va), flat(&ga));
-        let mut out = kernels::zeros(x.len());
+        let mut out = kernels::overwritten(x.len());
         let (mut h, mut jv, mut jg) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
         if n > 0 {
             let lanes = x

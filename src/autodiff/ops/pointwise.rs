@@ -13,7 +13,9 @@ pub trait Elementwise: Clone + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether the derivative reads the input, the output, or both.
     const SAVES: Saves;
-    /// The function on one number.
+    /// The function on one number. Implementations should be `#[inline(always)]`
+    /// (as should [`f_df`](Self::f_df)): the kernels call them in loops compiled for
+    /// the CPU's vector unit, and a call that is not inlined runs one number at a time.
     fn f<F: Float>(&self, x: F) -> F;
     /// `f'(x)` elementwise, given the input and/or output as declared in `SAVES`.
     fn df<V: Value>(&self, x: Option<&V>, y: Option<&V>) -> V;
@@ -63,7 +65,7 @@ impl<F: Float, E: Elementwise> Op<F> for Pointwise<E> {
             x.as_slice().expect("standard"),
             dx.as_slice().expect("standard"),
         );
-        let (mut y, mut t) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
+        let (mut y, mut t) = (kernels::overwritten(x.len()), kernels::overwritten(x.len()));
         kernels::with_simd(
             #[inline(always)]
             || {
@@ -89,12 +91,14 @@ pub struct Exp;
 impl Elementwise for Exp {
     const NAME: &'static str = "exp";
     const SAVES: Saves = Saves::OUTPUT;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x.vexp()
     }
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         y.expect("saved output").clone()
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let y = x.vexp();
         Some((y, y))
@@ -107,12 +111,14 @@ pub struct Ln;
 impl Elementwise for Ln {
     const NAME: &'static str = "ln";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x.ln()
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         x.expect("saved input").recip()
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         Some((x.ln(), x.recip()))
     }
@@ -124,6 +130,7 @@ pub struct Tanh;
 impl Elementwise for Tanh {
     const NAME: &'static str = "tanh";
     const SAVES: Saves = Saves::OUTPUT;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x.tanh()
     }
@@ -133,6 +140,7 @@ impl Elementwise for Tanh {
             .neg()
             .add_scalar(c::<V>(1.0))
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let y = x.tanh();
         Some((y, F::one() - y * y))
@@ -145,6 +153,7 @@ pub struct Sigmoid;
 impl Elementwise for Sigmoid {
     const NAME: &'static str = "sigmoid";
     const SAVES: Saves = Saves::OUTPUT;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         F::one() / (F::one() + (-x).vexp())
     }
@@ -152,6 +161,7 @@ impl Elementwise for Sigmoid {
         let y = y.expect("saved output");
         y.mul(&y.neg().add_scalar(c::<V>(1.0)))
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let y = self.f(x);
         Some((y, y * (F::one() - y)))
@@ -164,12 +174,14 @@ pub struct Sqrt;
 impl Elementwise for Sqrt {
     const NAME: &'static str = "sqrt";
     const SAVES: Saves = Saves::OUTPUT;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x.sqrt()
     }
     fn df<V: Value>(&self, _: Option<&V>, y: Option<&V>) -> V {
         y.expect("saved output").recip().scale(c::<V>(0.5))
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let y = x.sqrt();
         Some((y, y.recip() * F::c(0.5)))
@@ -182,6 +194,7 @@ pub struct Powi(pub i32);
 impl Elementwise for Powi {
     const NAME: &'static str = "powi";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x.powi(self.0)
     }
@@ -196,6 +209,7 @@ impl Elementwise for Powi {
             n => x.powi(n - 1).scale(c::<V>(n as f64)),
         }
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let df = match self.0 {
             0 => F::zero(),
@@ -212,12 +226,14 @@ pub struct Square;
 impl Elementwise for Square {
     const NAME: &'static str = "square";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x * x
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         x.expect("saved input").scale(c::<V>(2.0))
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         Some((x * x, x * F::c(2.0)))
     }
@@ -247,12 +263,14 @@ pub struct Gelu;
 impl Elementwise for Gelu {
     const NAME: &'static str = "gelu";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         x * gelu_parts(x).1
     }
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         V::apply(Pointwise(GeluD1), &[x.expect("saved input")])
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let (du, s, p, _) = gelu_parts(x);
         Some((x * s, s + F::c(2.0) * x * p * du))
@@ -265,6 +283,7 @@ pub struct GeluD1;
 impl Elementwise for GeluD1 {
     const NAME: &'static str = "gelu_d1";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         let (du, s, p, _) = gelu_parts(x);
         s + F::c(2.0) * x * p * du
@@ -272,6 +291,7 @@ impl Elementwise for GeluD1 {
     fn df<V: Value>(&self, x: Option<&V>, _: Option<&V>) -> V {
         V::apply(Pointwise(GeluD2), &[x.expect("saved input")])
     }
+    #[inline(always)]
     fn f_df<F: Float>(&self, x: F) -> Option<(F, F)> {
         let (du, s, p, q) = gelu_parts(x);
         let ak = F::c(GELU_A * GELU_K);
@@ -286,6 +306,7 @@ pub struct GeluD2;
 impl Elementwise for GeluD2 {
     const NAME: &'static str = "gelu_d2";
     const SAVES: Saves = Saves::INPUTS;
+    #[inline(always)]
     fn f<F: Float>(&self, x: F) -> F {
         let (du, _, p, q) = gelu_parts(x);
         let ak = F::c(GELU_A * GELU_K);

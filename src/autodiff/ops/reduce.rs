@@ -2,6 +2,7 @@
 //! axes, over everything, mean) is built on `SumTo`.
 
 use super::super::float::Float;
+use super::super::kernels;
 use super::super::tensor::Tensor;
 use super::super::value::{Ctx, Op, Saves, Value};
 use super::binary::broadcast_shape;
@@ -62,6 +63,13 @@ impl<F: Float> Op<F> for SumTo {
             .enumerate()
             .filter(|&(i, &d)| d == 1 && src[i + lead] != 1);
         let axes: Vec<usize> = (0..lead).chain(stretched.map(|(i, _)| i + lead)).collect();
+        let n: usize = dst.iter().product();
+        let leading = axes.iter().enumerate().all(|(i, &a)| i == a) && axes.len() < src.len();
+        if let (true, Some(data), true) = (leading, x.array().as_slice(), n > 0) {
+            // Summing leading axes of a standard-layout array, keeping the last: a sum
+            // of rows (a sum over the last axis keeps ndarray's unrolled lane sums).
+            return Tensor::from_vec(dst, kernels::sum_rows(data, n)).expect("n elements");
+        }
         let mut out: Option<ndarray::ArrayD<F>> = None;
         for &ax in axes.iter().rev() {
             out = Some(match out {
@@ -80,5 +88,46 @@ impl<F: Float> Op<F> for SumTo {
     }
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
         vec![Some(dy.broadcast_to(ctx.shape(0)))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::tensor::Tensor;
+    use super::super::super::value::Value;
+    use ndarray::Axis;
+
+    /// The leading-axes fast path and the general one against ndarray's own sums.
+    #[test]
+    fn sum_to_matches_summing_the_axes_one_by_one() {
+        let x: Vec<f64> = (0..24).map(|i| (i * i % 7) as f64 - 2.5).collect();
+        let x = Tensor::from_vec(&[2, 3, 4], x).unwrap();
+        let a = x.array();
+        let cases = [
+            (vec![4], a.sum_axis(Axis(0)).sum_axis(Axis(0))),
+            (vec![3, 4], a.sum_axis(Axis(0))),
+            (vec![1, 4], a.sum_axis(Axis(0)).sum_axis(Axis(0))),
+            (vec![2, 1, 4], a.sum_axis(Axis(1))),
+            (vec![2, 3, 1], a.sum_axis(Axis(2))),
+            (vec![2, 3, 4], a.to_owned()),
+        ];
+        for (shape, want) in cases {
+            assert_eq!(
+                x.sum_to(&shape).to_vec(),
+                want.iter().copied().collect::<Vec<_>>()
+            );
+        }
+        // A non-standard layout takes the general path.
+        let t = x.permute(&[1, 0, 2]);
+        let want: Vec<f64> = t
+            .array()
+            .sum_axis(Axis(0))
+            .sum_axis(Axis(0))
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(t.sum_to(&[4]).to_vec(), want);
+        let empty = Tensor::<f64>::from_vec(&[0, 3], vec![]).unwrap();
+        assert_eq!(empty.sum_to(&[3]).to_vec(), vec![0.0; 3]);
     }
 }

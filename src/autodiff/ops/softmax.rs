@@ -170,7 +170,7 @@ fn lanes_jvp<F: Float>(
         dx.as_slice().expect("standard"),
     );
     let ys = y.array().as_slice().expect("standard layout output");
-    let mut t = kernels::zeros(ys.len());
+    let mut t = kernels::overwritten(ys.len());
     let lanes = xs.chunks_exact(n).zip(dxs.chunks_exact(n));
     let outs = ys.chunks_exact(out_lane).zip(t.chunks_exact_mut(out_lane));
     kernels::with_simd(
@@ -336,7 +336,7 @@ impl<F: Float> Op<F> for SoftmaxJvp {
                 y.as_slice().expect("standard"),
                 v.as_slice().expect("standard"),
             );
-            let mut out = kernels::zeros(ys.len());
+            let mut out = kernels::overwritten(ys.len());
             let lanes = ys.chunks_exact(n).zip(vs.chunks_exact(n));
             kernels::with_simd(
                 #[inline(always)]
@@ -396,7 +396,10 @@ impl<F: Float> Op<F> for SoftmaxJvp {
         );
         let dys = dya.as_ref().map(|a| a.as_slice().expect("standard"));
         let dvs = dva.as_ref().map(|a| a.as_slice().expect("standard"));
-        let (mut out, mut tan) = (kernels::zeros(ys.len()), kernels::zeros(ys.len()));
+        let (mut out, mut tan) = (
+            kernels::overwritten(ys.len()),
+            kernels::overwritten(ys.len()),
+        );
         kernels::with_simd(
             #[inline(always)]
             || {
@@ -407,12 +410,15 @@ impl<F: Float> Op<F> for SoftmaxJvp {
                         *o = y * (v - s);
                     }
                     let tl = &mut tan[lane.clone()];
-                    if let Some(dv) = dvs {
-                        let dv = &dv[lane.clone()];
-                        let sd = kernels::dot(yl, dv);
-                        for ((t, &y), &dv) in tl.iter_mut().zip(yl).zip(dv) {
-                            *t = y * (dv - sd);
+                    match dvs {
+                        Some(dv) => {
+                            let dv = &dv[lane.clone()];
+                            let sd = kernels::dot(yl, dv);
+                            for ((t, &y), &dv) in tl.iter_mut().zip(yl).zip(dv) {
+                                *t = y * (dv - sd);
+                            }
                         }
+                        None => tl.fill(F::zero()), // in cache, not a separate pass
                     }
                     if let Some(dy) = dys {
                         let dy = &dy[lane];
