@@ -147,7 +147,12 @@ fn for_each_lane<F: Float>(out: &mut ArrayD<F>, axis: usize, mut f: impl FnMut(u
 /// Rewrites each lane of `x` along `axis` as `x - max - log(sum(exp(x - max)))`.
 fn log_softmax_lanes<F: Float>(x: &Tensor<F>, axis: usize) -> ArrayD<F> {
     let mut out = x.array().as_standard_layout().into_owned();
-    for_each_lane(&mut out, axis, |_, lane| log_softmax_lane(lane));
+    for_each_lane(
+        &mut out,
+        axis,
+        #[inline(always)]
+        |_, lane| log_softmax_lane(lane),
+    );
     out
 }
 
@@ -261,11 +266,16 @@ impl<F: Float> Op<F> for Softmax {
         }
         let mut out = x.into_owned();
         let mut x = Vec::with_capacity(n);
-        for_each_lane(&mut out, self.axis, |r, lane| {
-            x.clear();
-            x.extend_from_slice(lane);
-            softmax_lane(&x, lane, keep[r % keep.len()])
-        });
+        for_each_lane(
+            &mut out,
+            self.axis,
+            #[inline(always)]
+            |r, lane| {
+                x.clear();
+                x.extend_from_slice(lane);
+                softmax_lane(&x, lane, keep[r % keep.len()])
+            },
+        );
         Tensor::from_array(out)
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
@@ -285,12 +295,20 @@ impl<F: Float> Op<F> for Softmax {
         }
         let y = self.forward(xs);
         let n = xs[0].shape()[self.axis];
-        Some(lanes_jvp(self.axis, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
-            let s = kernels::dot(y, dx);
-            for ((t, &y), &dx) in t.iter_mut().zip(y).zip(dx) {
-                *t = y * (dx - s);
-            }
-        }))
+        Some(lanes_jvp(
+            self.axis,
+            xs[0],
+            y,
+            dxs[0]?,
+            n,
+            #[inline(always)]
+            |_, y, dx, t| {
+                let s = kernels::dot(y, dx);
+                for ((t, &y), &dx) in t.iter_mut().zip(y).zip(dx) {
+                    *t = y * (dx - s);
+                }
+            },
+        ))
     }
 }
 
@@ -471,12 +489,20 @@ impl<F: Float> Op<F> for LogSoftmax {
         }
         let y = self.forward(xs);
         let n = xs[0].shape()[self.0];
-        Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, n, |_, y, dx, t| {
-            let s = kernels::sum_zip(y, dx, |y, dx| y.vexp() * dx);
-            for (t, &dx) in t.iter_mut().zip(dx) {
-                *t = dx - s;
-            }
-        }))
+        Some(lanes_jvp(
+            self.0,
+            xs[0],
+            y,
+            dxs[0]?,
+            n,
+            #[inline(always)]
+            |_, y, dx, t| {
+                let s = kernels::sum_zip(y, dx, |y, dx| y.vexp() * dx);
+                for (t, &dx) in t.iter_mut().zip(dx) {
+                    *t = dx - s;
+                }
+            },
+        ))
     }
 }
 
@@ -498,7 +524,16 @@ impl<F: Float> Op<F> for LogSumExp {
         if self.0 + 1 == shape.len() && n > 0 {
             let x = x.as_standard_layout();
             let data = x.as_slice().expect("standard layout");
-            let out: Vec<F> = data.chunks_exact(n).map(logsumexp_lane).collect();
+            let out = kernels::par_rows_overwrite(
+                data.len() / n,
+                1,
+                #[inline(always)]
+                |first, out| {
+                    for (o, lane) in out.iter_mut().zip(data[first * n..].chunks_exact(n)) {
+                        *o = logsumexp_lane(lane);
+                    }
+                },
+            );
             return Tensor::from_vec(&shape, out).expect("one per lane");
         }
         shape.remove(self.0);
@@ -528,9 +563,17 @@ impl<F: Float> Op<F> for LogSumExp {
             return None;
         }
         let y = self.forward(xs);
-        Some(lanes_jvp(self.0, xs[0], y, dxs[0]?, 1, |x, y, dx, t| {
-            let l = y[0];
-            t[0] = kernels::sum_zip(x, dx, |x, dx| (x - l).vexp() * dx);
-        }))
+        Some(lanes_jvp(
+            self.0,
+            xs[0],
+            y,
+            dxs[0]?,
+            1,
+            #[inline(always)]
+            |x, y, dx, t| {
+                let l = y[0];
+                t[0] = kernels::sum_zip(x, dx, |x, dx| (x - l).vexp() * dx);
+            },
+        ))
     }
 }
