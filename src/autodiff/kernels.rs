@@ -143,10 +143,12 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut 
 }
 
 /// A new vector of `len` elements whose rows of `n` are computed by `f` as in
-/// [`par_rows`], starting from zeros. Each chunk is zeroed by the thread that computes
-/// it, just before: in cache and in parallel, where a zeroed allocation would be one
-/// serial `memset`. The buffer is a pooled one when a pass has one of that length free
-/// (see [`pool`](super::pool)).
+/// [`par_rows`], starting from zeros. The buffer is a pooled one when a pass has one
+/// of that length free (see [`pool`](super::pool)), each chunk zeroed by the thread
+/// that computes it, just before (in cache and in parallel); otherwise a zeroed
+/// allocation (`calloc`, which clears only memory it reuses: pages fresh from the
+/// system are zero already; measured 3-5% faster on the meta-gradient than zeroing
+/// fresh memory ourselves).
 pub(crate) fn par_rows_new<F: Float>(
     len: usize,
     n: usize,
@@ -199,24 +201,10 @@ fn new_rows<F: Float>(
         );
         return out;
     }
-    let mut out: Vec<F> = Vec::with_capacity(len);
-    par_rows(
-        &mut out.spare_capacity_mut()[..len],
-        n,
-        #[inline(always)]
-        |first, rows| {
-            for v in rows.iter_mut() {
-                v.write(F::zero());
-            }
-            // SAFETY: every element of `rows` was initialised just above.
-            let rows =
-                unsafe { std::slice::from_raw_parts_mut(rows.as_mut_ptr().cast(), rows.len()) };
-            f(first, rows)
-        },
-    );
-    // SAFETY: `par_rows` ran the closure above, which initialises its rows, over all
-    // `len` elements.
-    unsafe { out.set_len(len) };
+    // A new buffer comes zeroed from the allocator (`calloc`: pages fresh from the
+    // system are zero already, so only reused memory is cleared).
+    let mut out = vec![F::zero(); len];
+    par_rows(&mut out, n, f);
     super::pool::adopt(&out);
     out
 }
@@ -235,20 +223,30 @@ pub(crate) fn map<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
     )
 }
 
-/// The sum of the `n`-element rows of `x` (in row order, so the same bits on any
-/// thread count), through [`par_rows_new`] over the `n` columns: the bias gradient
-/// of a linear layer, where summing row views one by one cost a dozen array
-/// operations per row.
-pub(crate) fn sum_rows<F: Float>(x: &[F], n: usize) -> Vec<F> {
+/// Sums over the middle axis of `x`, of shape `[outer, rows, n]`, into `[outer, n]`
+/// (`n > 0`): each output element adds its `rows` inputs in row order, so the same
+/// bits on any thread count; the output is split over threads through
+/// [`par_rows_new`]. The bias gradient of a linear layer (`outer = 1`) and the mean
+/// over a sequence, where summing row views one by one cost a dozen array operations
+/// per row.
+pub(crate) fn sum_rows<F: Float>(x: &[F], (outer, rows, n): (usize, usize, usize)) -> Vec<F> {
+    let block = rows * n;
+    debug_assert_eq!(x.len(), outer * block);
     par_rows_new(
-        n,
+        outer * n,
         1,
         #[inline(always)]
         |first, out| {
-            for row in x.chunks_exact(n) {
-                for (o, &v) in out.iter_mut().zip(&row[first..]) {
-                    *o += v;
+            let (mut i, mut out) = (first, out);
+            while !out.is_empty() {
+                let (o, j) = (i / n, i % n);
+                let (seg, rest) = out.split_at_mut((n - j).min(out.len()));
+                for row in x[o * block..][..block].chunks_exact(n) {
+                    for (s, &v) in seg.iter_mut().zip(&row[j..]) {
+                        *s += v;
+                    }
                 }
+                (i, out) = (i + seg.len(), rest);
             }
         },
     )

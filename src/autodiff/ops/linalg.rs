@@ -352,10 +352,16 @@ impl MatMulBias {
         let b = b.array().as_standard_layout();
         let b = b.as_slice().expect("standard layout");
         let data = kernels::par_rows_overwrite(m * n, n.max(1), |_, rows| {
-            if n > 0 {
-                for row in rows.chunks_exact_mut(n) {
-                    row.copy_from_slice(b);
-                }
+            // The first row, then the rows so far copied after themselves: a few large
+            // copies (a `memcpy` call per short row cost more than the product's pass).
+            if let Some(first) = rows.get_mut(..n) {
+                first.copy_from_slice(b);
+            }
+            let mut filled = n;
+            while filled < rows.len() {
+                let k = filled.min(rows.len() - filled);
+                rows.copy_within(..k, filled);
+                filled += k;
             }
         });
         Array3::from_shape_vec((1, m, n), data).expect("m * n elements")

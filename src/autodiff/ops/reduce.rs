@@ -63,12 +63,17 @@ impl<F: Float> Op<F> for SumTo {
             .enumerate()
             .filter(|&(i, &d)| d == 1 && src[i + lead] != 1);
         let axes: Vec<usize> = (0..lead).chain(stretched.map(|(i, _)| i + lead)).collect();
-        let n: usize = dst.iter().product();
-        let leading = axes.iter().enumerate().all(|(i, &a)| i == a) && axes.len() < src.len();
-        if let (true, Some(data), true) = (leading, x.array().as_slice(), n > 0) {
-            // Summing leading axes of a standard-layout array, keeping the last: a sum
-            // of rows (a sum over the last axis keeps ndarray's unrolled lane sums).
-            return Tensor::from_vec(dst, kernels::sum_rows(data, n)).expect("n elements");
+        // Summing a run of axes before the last of a standard-layout array: sums of
+        // rows (a sum over the last axis keeps ndarray's unrolled lane sums).
+        let run = axes.windows(2).all(|w| w[1] == w[0] + 1);
+        if let (true, Some(&a0), Some(data)) = (run, axes.first(), x.array().as_slice()) {
+            let a1 = a0 + axes.len();
+            let size = |axes: &[usize]| axes.iter().product::<usize>();
+            let dims = (size(&src[..a0]), size(&src[a0..a1]), size(&src[a1..]));
+            if a1 < src.len() && dims.2 > 0 {
+                let out = kernels::sum_rows(data, dims);
+                return Tensor::from_vec(dst, out).expect("the kept elements");
+            }
         }
         let mut out: Option<ndarray::ArrayD<F>> = None;
         for &ax in axes.iter().rev() {
@@ -97,7 +102,7 @@ mod tests {
     use super::super::super::value::Value;
     use ndarray::Axis;
 
-    /// The leading-axes fast path and the general one against ndarray's own sums.
+    /// The sums-of-rows path and the general one against ndarray's own sums.
     #[test]
     fn sum_to_matches_summing_the_axes_one_by_one() {
         let x: Vec<f64> = (0..24).map(|i| (i * i % 7) as f64 - 2.5).collect();
@@ -129,5 +134,16 @@ mod tests {
         assert_eq!(t.sum_to(&[4]).to_vec(), want);
         let empty = Tensor::<f64>::from_vec(&[0, 3], vec![]).unwrap();
         assert_eq!(empty.sum_to(&[3]).to_vec(), vec![0.0; 3]);
+        let empty = Tensor::<f64>::from_vec(&[2, 0, 3], vec![]).unwrap();
+        assert_eq!(empty.sum_to(&[2, 1, 3]).to_vec(), vec![0.0; 6]);
+        // Big enough to be split over threads: by columns of one sum, and by blocks.
+        let big: Vec<f64> = (0..3 * 70_000).map(|i| (i % 13) as f64).collect();
+        let big = Tensor::from_vec(&[3, 70_000], big).unwrap();
+        let want: Vec<f64> = big.array().sum_axis(Axis(0)).iter().copied().collect();
+        assert_eq!(big.sum_to(&[70_000]).to_vec(), want);
+        let big: Vec<f64> = (0..3 * 7 * 30_000).map(|i| (i % 11) as f64).collect();
+        let big = Tensor::from_vec(&[3, 7, 30_000], big).unwrap();
+        let want: Vec<f64> = big.array().sum_axis(Axis(1)).iter().copied().collect();
+        assert_eq!(big.sum_to(&[3, 1, 30_000]).to_vec(), want);
     }
 }
