@@ -58,7 +58,7 @@ def test_keyboard_interrupt_leaves_a_resumable_checkpoint(corpus, tmp_path, unin
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C: Python's handler raises
             # The main thread looks for signals every 100 ms, and a step of this tiny
             # run takes ~10 ms: without a pause the run could end before it looks.
-            time.sleep(0.3)
+            time.sleep(0.5)
 
     with pytest.raises(KeyboardInterrupt) as e:
         datarater.train(out=run, callback=ctrl_c_at_step_3, **train_settings(corpus))
