@@ -113,9 +113,10 @@ fn values(arg: &clap::Arg, clean: bool) -> BoxedStrategy<Word> {
             // Small values keep every case fast (at most 4 layers, members, inner and
             // outer steps); u64::MAX reaches the size and overflow checks.
             let mut other = words(&["0", "3", "18446744073709551615"], false);
-            if long == "outer-steps" || long == "target-steps" {
-                // Valid, but a run that would not end (the warm start alone of a
-                // `--target-steps` member is that many steps times its index / population).
+            if ["outer-steps", "target-steps", "steps"].contains(&long.as_str()) {
+                // Valid, but a run that would not end (`evaluate --steps` trains that
+                // many steps; the warm start alone of a `--target-steps` member is that
+                // many steps times its index / population).
                 other.pop();
             }
             let junk = words(&["-1", "1.5", "x", "", "18446744073709551616"], true);
