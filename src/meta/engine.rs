@@ -358,6 +358,10 @@ impl<'a, F: Float, P: MetaProblem<F>> MetaRequest<'a, F, P> {
     /// - [`Error::MemoryBudget`] when the budget would be passed;
     /// - the problem's own errors.
     pub fn run(&self) -> Result<MetaGradient<F>> {
+        crate::autodiff::kernels::on_worker(|| self.run_on_worker())
+    }
+
+    fn run_on_worker(&self) -> Result<MetaGradient<F>> {
         let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
         let opt = self.problem.optimizer();
         opt.validate()?;

@@ -386,26 +386,28 @@ impl<F: Float> Rater<F, TextBatch> for TextRater {
 
 /// Scores sequences with a rater in chunks of `chunk` (no gradients); sequences must all
 /// have the same length.
-pub fn score_sequences<F: Float, P: Rows + ?Sized>(
+pub fn score_sequences<F: Float, P: Rows + Sync + ?Sized>(
     rater: &TextRater,
     eta: &Params<Tensor<F>>,
     seqs: &P,
     chunk: usize,
 ) -> Result<Vec<f64>> {
-    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
-    let mut out = Vec::with_capacity(seqs.count());
-    for start in (0..seqs.count()).step_by(chunk.max(1)) {
-        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
-        let b = TextBatch::from_pool(seqs, rows)?;
-        out.extend(
-            rater
-                .scores(eta, &b)?
-                .to_vec()
-                .into_iter()
-                .map(|s: F| s.f64()),
-        );
-    }
-    Ok(out)
+    crate::autodiff::kernels::on_worker(|| {
+        let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
+        let mut out = Vec::with_capacity(seqs.count());
+        for start in (0..seqs.count()).step_by(chunk.max(1)) {
+            let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
+            let b = TextBatch::from_pool(seqs, rows)?;
+            out.extend(
+                rater
+                    .scores(eta, &b)?
+                    .to_vec()
+                    .into_iter()
+                    .map(|s: F| s.f64()),
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// One plain (uniformly weighted) training step: `theta, state <- U(theta, state,
@@ -416,19 +418,21 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
     state: &mut crate::optim::OptState<Tensor<F>>,
     batch: &I::Batch,
 ) -> Result<f64> {
-    let (loss, g) = crate::transforms::value_and_grad(
-        |th| inner.per_example_loss(th, batch).map(|l| l.mean_all()),
-        theta,
-    )?;
-    if let Some(name) = g.first_non_finite() {
-        return Err(Error::NonFinite {
-            step: state.step,
-            quantity: format!("gradient `{name}`"),
-        });
-    }
-    let (th, st) = inner.optimizer().update(theta, state, &g);
-    (*theta, *state) = (th, st);
-    Ok(loss.item().f64())
+    crate::autodiff::kernels::on_worker(|| {
+        let (loss, g) = crate::transforms::value_and_grad(
+            |th| inner.per_example_loss(th, batch).map(|l| l.mean_all()),
+            theta,
+        )?;
+        if let Some(name) = g.first_non_finite() {
+            return Err(Error::NonFinite {
+                step: state.step,
+                quantity: format!("gradient `{name}`"),
+            });
+        }
+        let (th, st) = inner.optimizer().update(theta, state, &g);
+        (*theta, *state) = (th, st);
+        Ok(loss.item().f64())
+    })
 }
 
 /// Mean per-example loss of `theta` over `seqs`, in chunks of `chunk` sequences.
@@ -436,26 +440,28 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
 /// # Errors
 /// [`Error::Config`] when `seqs` is empty (there is no mean to report); the model's
 /// errors otherwise.
-pub fn evaluate<F: Float, O, P: Rows + ?Sized>(
+pub fn evaluate<F: Float, O: Sync, P: Rows + Sync + ?Sized>(
     lm: &TextLm<O>,
     theta: &Params<Tensor<F>>,
     seqs: &P,
     chunk: usize,
 ) -> Result<f64> {
-    let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
-    if seqs.count() == 0 {
-        return Err(Error::Config {
-            field: "seqs",
-            reason: "cannot evaluate on an empty set".into(),
-        });
-    }
-    let (mut total, mut n) = (0.0, 0usize);
-    for start in (0..seqs.count()).step_by(chunk.max(1)) {
-        let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
-        let b = TextBatch::from_pool(seqs, rows)?;
-        let l = lm.lm.per_example_loss(theta, &b.inputs, &b.targets)?;
-        total += l.to_vec().into_iter().map(|x: F| x.f64()).sum::<f64>();
-        n += b.len();
-    }
-    Ok(total / n as f64)
+    crate::autodiff::kernels::on_worker(|| {
+        let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
+        if seqs.count() == 0 {
+            return Err(Error::Config {
+                field: "seqs",
+                reason: "cannot evaluate on an empty set".into(),
+            });
+        }
+        let (mut total, mut n) = (0.0, 0usize);
+        for start in (0..seqs.count()).step_by(chunk.max(1)) {
+            let rows: Vec<usize> = (start..(start + chunk.max(1)).min(seqs.count())).collect();
+            let b = TextBatch::from_pool(seqs, rows)?;
+            let l = lm.lm.per_example_loss(theta, &b.inputs, &b.targets)?;
+            total += l.to_vec().into_iter().map(|x: F| x.f64()).sum::<f64>();
+            n += b.len();
+        }
+        Ok(total / n as f64)
+    })
 }
