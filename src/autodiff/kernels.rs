@@ -280,6 +280,36 @@ pub(crate) fn sum_zip<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F) -> F {
     s
 }
 
+/// [`sum_zip`] for an `f` too costly to vectorise inside the accumulators' loop (one
+/// with an `exp`: that loop then ran one element at a time, 5x slower on rows of 64).
+/// `f` is evaluated a block at a time by a plain loop into a buffer, which vectorises,
+/// and the block is then added into the accumulators in [`sum_zip`]'s order: the same
+/// bits. Slower than [`sum_zip`] for a cheap `f` (the round trip through the buffer).
+#[inline(always)]
+pub(crate) fn sum_zip_blocked<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F) -> F {
+    const BLOCK: usize = 8 * LANES;
+    debug_assert_eq!(a.len(), b.len());
+    let full = a.len() - a.len() % LANES;
+    let mut acc = [F::zero(); LANES];
+    let mut buf = [F::zero(); BLOCK];
+    for (x, y) in a[..full].chunks(BLOCK).zip(b[..full].chunks(BLOCK)) {
+        let buf = &mut buf[..x.len()];
+        for ((o, &x), &y) in buf.iter_mut().zip(x).zip(y) {
+            *o = f(x, y);
+        }
+        for c in buf.chunks_exact(LANES) {
+            for i in 0..LANES {
+                acc[i] += c[i];
+            }
+        }
+    }
+    let mut s = acc.iter().fold(F::zero(), |s, &a| s + a);
+    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
+        s += f(x, y);
+    }
+    s
+}
+
 /// `sum(f(a_i))`, eight accumulators wide.
 #[inline(always)]
 pub(crate) fn sum_map<F: Float>(a: &[F], f: impl Fn(F) -> F) -> F {
@@ -355,6 +385,25 @@ mod tests {
         }
         let with_nan = [1.0, f64::NAN, 3.0, 2.0, 0.5, -1.0, 7.0, 4.0, f64::NAN, 6.5];
         assert_eq!(max(&with_nan), 7.0);
+    }
+
+    /// The blocked sum adds in the plain one's order: the same bits, for lengths around
+    /// the lane width and the block (64 and more), in f32 and f64.
+    #[test]
+    fn blocked_sums_are_bitwise_the_plain_ones() {
+        fn check<F: Float>() {
+            for n in (0..=3 * LANES).chain([63, 64, 65, 127, 128, 129, 200, 1000]) {
+                let a: Vec<F> = (0..n)
+                    .map(|i| F::c(((i * 37 % 101) as f64 - 50.0) / 7.0))
+                    .collect();
+                let b: Vec<F> = (0..n).map(|i| F::c((i as f64 * 0.3).sin())).collect();
+                let f = |x: F, y: F| x.vexp() * y;
+                let (plain, blocked) = (sum_zip(&a, &b, f), sum_zip_blocked(&a, &b, f));
+                assert_eq!(plain.f64().to_bits(), blocked.f64().to_bits(), "n = {n}");
+            }
+        }
+        check::<f32>();
+        check::<f64>();
     }
 
     /// Value, gradient and forward-over-reverse `H v` of a function through every op

@@ -30,7 +30,7 @@ fn log_softmax_lane<F: Float>(lane: &mut [F]) {
 fn logsumexp_lane<F: Float>(lane: &[F]) -> F {
     let m = kernels::max(lane);
     let m = if m.is_finite() { m } else { F::zero() };
-    m + kernels::sum_map(lane, |v| (v - m).vexp()).ln()
+    m + kernels::sum_zip_blocked(lane, lane, |v, _| (v - m).vexp()).ln()
 }
 
 /// Which entries of a lane softmax keeps (the others get probability 0).
@@ -72,20 +72,21 @@ pub(crate) fn softmax_lane<F: Float>(x: &[F], out: &mut [F], keep: Keep<'_>) {
             for ((o, &v), &k) in out.iter_mut().zip(x).zip(mask) {
                 *o = if k { F::zero() } else { (v - m).vexp() };
             }
-            return normalise(out);
+            let sum = kernels::sum(out);
+            return scale_by_sum(out, sum);
         }
     };
     let m = kernels::max(x);
     for (o, &v) in kept.iter_mut().zip(x) {
         *o = (v - m).vexp();
     }
-    normalise(kept)
+    let sum = kernels::sum(kept);
+    scale_by_sum(kept, sum)
 }
 
-/// Divides a lane of non-negative numbers by its sum (left as is when the sum is 0).
+/// Divides a lane of non-negative numbers by their `sum` (left as is when it is 0).
 #[inline(always)]
-fn normalise<F: Float>(lane: &mut [F]) {
-    let sum = kernels::sum(lane);
+fn scale_by_sum<F: Float>(lane: &mut [F], sum: F) {
     if sum > F::zero() {
         let inv = sum.recip();
         for v in lane {
@@ -497,7 +498,7 @@ impl<F: Float> Op<F> for LogSoftmax {
             n,
             #[inline(always)]
             |_, y, dx, t| {
-                let s = kernels::sum_zip(y, dx, |y, dx| y.vexp() * dx);
+                let s = kernels::sum_zip_blocked(y, dx, |y, dx| y.vexp() * dx);
                 for (t, &dx) in t.iter_mut().zip(dx) {
                     *t = dx - s;
                 }
@@ -572,7 +573,7 @@ impl<F: Float> Op<F> for LogSumExp {
             #[inline(always)]
             |x, y, dx, t| {
                 let l = y[0];
-                t[0] = kernels::sum_zip(x, dx, |x, dx| (x - l).vexp() * dx);
+                t[0] = kernels::sum_zip_blocked(x, dx, |x, dx| (x - l).vexp() * dx);
             },
         ))
     }
