@@ -41,32 +41,25 @@ fn zip_with<F: Float>(
     let (a, b) = (xs[0], xs[1]);
     let shape = broadcast_shape(op, a.shape(), b.shape());
     let n: usize = shape.iter().product();
-    if let (Some(x), Some(y), true) = (a.array().as_slice(), b.array().as_slice(), n > 0) {
-        // The full-size operand, the one repeated over it, and which of them is `a`.
-        let parts = if x.len() == n && repeats_whole(b.shape(), &shape) {
-            Some((x, y, true))
-        } else if y.len() == n && repeats_whole(a.shape(), &shape) {
-            Some((y, x, false))
-        } else {
-            None
-        };
-        if let Some((full, rep, a_is_full)) = parts {
-            let m = rep.len();
-            let out = kernels::par_rows_overwrite(
-                n,
-                m,
-                #[inline(always)]
-                |first, rows| {
-                    let fulls = full[first * m..].chunks_exact(m);
-                    for (o, p) in rows.chunks_exact_mut(m).zip(fulls) {
-                        for ((o, &p), &q) in o.iter_mut().zip(p).zip(rep) {
-                            *o = if a_is_full { f(p, q) } else { f(q, p) };
-                        }
+    if let Some(a_is_full) = full_and_repeated(a, b, &shape) {
+        let (x, y) = (contiguous(a), contiguous(b));
+        // The full-size operand and the one repeated over it.
+        let (full, rep) = if a_is_full { (x, y) } else { (y, x) };
+        let m = rep.len();
+        let out = kernels::par_rows_overwrite(
+            n,
+            m,
+            #[inline(always)]
+            |first, rows| {
+                let fulls = full[first * m..].chunks_exact(m);
+                for (o, p) in rows.chunks_exact_mut(m).zip(fulls) {
+                    for ((o, &p), &q) in o.iter_mut().zip(p).zip(rep) {
+                        *o = if a_is_full { f(p, q) } else { f(q, p) };
                     }
-                },
-            );
-            return Tensor::from_vec(&shape, out).expect("broadcast size");
-        }
+                }
+            },
+        );
+        return Tensor::from_vec(&shape, out).expect("broadcast size");
     }
     let dims = IxDyn(&shape);
     let (a, b) = (broadcast_view(a, &dims), broadcast_view(b, &dims));
@@ -76,6 +69,26 @@ fn zip_with<F: Float>(
             .and(&b)
             .for_each(|o, &a, &b| *o = f(a, b))
     })
+}
+
+/// When both operands are contiguous and one of them has the broadcast `shape` while
+/// the other repeats whole over it (a scalar, a bias over rows): whether `a` is the
+/// full-size one. `None` otherwise, or when `shape` is empty.
+fn full_and_repeated<F: Float>(a: &Tensor<F>, b: &Tensor<F>, shape: &[usize]) -> Option<bool> {
+    let (x, y) = (a.array().as_slice()?, b.array().as_slice()?);
+    let n: usize = shape.iter().product();
+    if n > 0 && x.len() == n && repeats_whole(b.shape(), shape) {
+        Some(true)
+    } else if n > 0 && y.len() == n && repeats_whole(a.shape(), shape) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The data of a tensor in standard layout.
+fn contiguous<F: Float>(t: &Tensor<F>) -> &[F] {
+    t.array().as_slice().expect("standard layout")
 }
 
 /// Whether an operand of shape `s` broadcast to `out` is its data repeated whole: `s`
@@ -188,16 +201,19 @@ impl<F: Float> Op<F> for Mul {
         xs: &[&Tensor<F>],
         dxs: &[Option<&Tensor<F>>],
     ) -> Option<(Tensor<F>, Tensor<F>)> {
-        let dims = broadcast_shape("mul", xs[0].shape(), xs[1].shape());
+        let y = zip_with("mul", xs, |a, b| a * b);
+        let dims = y.shape().to_vec();
+        let standard = |t: Option<&Tensor<F>>| t.is_none_or(|t| t.array().as_slice().is_some());
+        if let (Some(a_is_full), true, true) = (
+            full_and_repeated(xs[0], xs[1], &dims),
+            standard(dxs[0]),
+            standard(dxs[1]),
+        ) {
+            return Some((y, product_tangent_rows(xs, dxs, a_is_full, &dims)));
+        }
         let shape = IxDyn(&dims);
         let view = |t| broadcast_view(t, &shape);
         let (a, b) = (view(xs[0]), view(xs[1]));
-        let y = Tensor::overwritten(&dims, |y| {
-            Zip::from(y)
-                .and(&a)
-                .and(&b)
-                .for_each(|y, &a, &b| *y = a * b)
-        });
         let t = Tensor::overwritten(&dims, |t| {
             let t = Zip::from(t);
             match (dxs[0].map(view), dxs[1].map(view)) {
@@ -214,6 +230,55 @@ impl<F: Float> Op<F> for Mul {
         });
         Some((y, t))
     }
+}
+
+/// [`Mul`]'s tangent `da b + a db`, of the broadcast `shape`, row by row as
+/// [`zip_with`]'s fast path computes its value (every operand and tangent contiguous,
+/// `a` full-size when `a_is_full`, else `b`). Written `dp q + p dq`, `p` being the full-size operand and `q` the repeated
+/// one: the same bits, as IEEE products and sums commute.
+fn product_tangent_rows<F: Float>(
+    xs: &[&Tensor<F>],
+    dxs: &[Option<&Tensor<F>>],
+    a_is_full: bool,
+    shape: &[usize],
+) -> Tensor<F> {
+    let (full, rep) = if a_is_full { (0, 1) } else { (1, 0) };
+    let (p, q) = (contiguous(xs[full]), contiguous(xs[rep]));
+    let (dp, dq) = (dxs[full].map(contiguous), dxs[rep].map(contiguous));
+    let m = q.len();
+    let t = kernels::par_rows_overwrite(
+        p.len(),
+        m,
+        #[inline(always)]
+        |first, rows| {
+            for (r, t) in rows.chunks_exact_mut(m).enumerate() {
+                let i = (first + r) * m;
+                let p = &p[i..i + m];
+                match (dp, dq) {
+                    (Some(dp), Some(dq)) => {
+                        let dp = &dp[i..i + m];
+                        for (((t, &p), &dp), (&q, &dq)) in
+                            t.iter_mut().zip(p).zip(dp).zip(q.iter().zip(dq))
+                        {
+                            *t = dp * q + p * dq;
+                        }
+                    }
+                    (Some(dp), None) => {
+                        for ((t, &dp), &q) in t.iter_mut().zip(&dp[i..i + m]).zip(q) {
+                            *t = dp * q;
+                        }
+                    }
+                    (None, Some(dq)) => {
+                        for ((t, &p), &dq) in t.iter_mut().zip(p).zip(dq) {
+                            *t = p * dq;
+                        }
+                    }
+                    (None, None) => unreachable!("jvp called without tangents"),
+                }
+            }
+        },
+    );
+    Tensor::from_vec(shape, t).expect("the broadcast size")
 }
 
 /// `a / b`.
@@ -242,5 +307,57 @@ impl<F: Float> Op<F> for Div {
             unbroadcast(ctx, 0, || dy.div(b)),
             unbroadcast(ctx, 1, || dy.mul(y).div(b).neg()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// The fused tangent of a product (row by row when one operand repeats over the
+    /// other, else ndarray's broadcasting) is bitwise `da b + a db` computed op by op,
+    /// for either operand repeated, leading 1s, a scalar, no broadcast at all, a
+    /// non-repeating broadcast, and one tangent or both.
+    #[test]
+    fn fused_product_tangent_is_bitwise_the_product_rule() {
+        let mut rng = Rng::new(5);
+        let shapes: [(&[usize], &[usize]); 7] = [
+            (&[3, 4, 5], &[5]),
+            (&[5], &[3, 4, 5]),
+            (&[4, 5], &[1, 1, 5]),
+            (&[1, 4, 5], &[4, 5]),
+            (&[3, 4, 5], &[]),
+            (&[3, 4, 5], &[3, 4, 5]),
+            (&[3, 1, 5], &[4, 1]),
+        ];
+        for (sa, sb) in shapes {
+            let r = |s: &[usize], rng: &mut Rng| Tensor::<f64>::randn(s, rng).unwrap();
+            let (a, b, da, db) = (
+                r(sa, &mut rng),
+                r(sb, &mut rng),
+                r(sa, &mut rng),
+                r(sb, &mut rng),
+            );
+            for (ta, tb) in [(Some(&da), Some(&db)), (Some(&da), None), (None, Some(&db))] {
+                let (y, t) = Mul.forward_jvp(&[&a, &b], &[ta, tb]).unwrap();
+                let want = match (ta, tb) {
+                    (Some(da), Some(db)) => da.mul(&b).add(&a.mul(db)),
+                    (Some(da), None) => da.mul(&b),
+                    (None, Some(db)) => a.mul(db),
+                    (None, None) => unreachable!(),
+                };
+                assert_eq!(y.to_vec(), a.mul(&b).to_vec(), "{sa:?} {sb:?}");
+                assert_eq!(t.shape(), want.shape(), "{sa:?} {sb:?}");
+                let bits =
+                    |t: &Tensor<f64>| t.to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&t),
+                    bits(&want),
+                    "{sa:?} {sb:?} {:?}",
+                    (ta.is_some(), tb.is_some())
+                );
+            }
+        }
     }
 }
