@@ -234,8 +234,9 @@ impl<F: Float> Op<F> for Mul {
 
 /// [`Mul`]'s tangent `da b + a db`, of the broadcast `shape`, row by row as
 /// [`zip_with`]'s fast path computes its value (every operand and tangent contiguous,
-/// `a` full-size when `a_is_full`, else `b`). Written `dp q + p dq`, `p` being the full-size operand and `q` the repeated
-/// one: the same bits, as IEEE products and sums commute.
+/// `a` full-size when `a_is_full`, else `b`). Written `dp q + p dq`, `p` being the
+/// full-size operand and `q` the repeated one: the same bits, as IEEE products and sums
+/// commute.
 fn product_tangent_rows<F: Float>(
     xs: &[&Tensor<F>],
     dxs: &[Option<&Tensor<F>>],
