@@ -503,7 +503,7 @@ impl<F: Float> Op<F> for Attention {
         let heads = self.heads;
         let (q, k, v) = (xs[0], xs[1], xs[2]);
         let mix = HeadMix { heads, tp: false };
-        if dxs[0].is_none() && dxs[1].is_none() {
+        if !any(&dxs[..2]) {
             let p = self.probs(q, k);
             let o = Tensor::apply(mix, &[&p, v]);
             let t = Tensor::apply(mix, &[&p, dxs[2]?]);
@@ -522,8 +522,7 @@ impl<F: Float> Op<F> for Attention {
         let heads = self.heads;
         let p = self.probs(q, k);
         // `dS`, HeadScores' own JVP (q and k are inputs 0 and 1 here too).
-        let ds =
-            (d[0].is_some() || d[1].is_some()).then(|| bilinear_jvp(HeadScores { heads }, ctx, d));
+        let ds = any(&d[..2]).then(|| bilinear_jvp(HeadScores { heads }, ctx, d));
         let mix = HeadMix { heads, tp: false };
         let from_p = ds.map(|ds| {
             let dp = V::apply(SoftmaxJvp(3), &[&p, &ds]);
