@@ -16,6 +16,7 @@ use datarater::autodiff::Op as _;
 use datarater::autodiff::check::{self, Report, ScalarFn, compare, compare_tensors};
 use datarater::autodiff::ops::attention::{Attention, HeadMix, HeadScores};
 use datarater::autodiff::ops::linalg::MatMulBias;
+use datarater::autodiff::ops::norm::AffineLayerNorm;
 use datarater::transforms::{grad, hvp, hvp_rev_fwd, hvp_rev_rev, jvp, value_and_grad, vjp};
 use datarater::{Dual, Indices, Mask, Params, Rng, Tensor, Value, Var};
 use proptest::prelude::*;
@@ -87,6 +88,8 @@ enum Op {
     MaskedFill(Mask, f64),
     Select(Mask),
     LayerNorm(f64),
+    /// `AffineLayerNorm { eps }` on `(x, g, b)`.
+    AffineLayerNorm(f64),
 }
 
 impl Op {
@@ -148,6 +151,9 @@ impl Op {
             Op::MaskedFill(mask, value) => x[0].masked_fill(mask, *value),
             Op::Select(cond) => V::select(cond, &x[0], &x[1]),
             Op::LayerNorm(eps) => x[0].layer_norm(*eps),
+            Op::AffineLayerNorm(eps) => {
+                V::apply(AffineLayerNorm { eps: *eps }, &[&x[0], &x[1], &x[2]])
+            }
         }
     }
 }
@@ -363,6 +369,7 @@ enum Kind {
     MaskedFill,
     Select,
     LayerNorm,
+    AffineLayerNorm,
 }
 
 fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
@@ -666,6 +673,29 @@ fn build(kind: Kind, rng: &mut Rng) -> (Case, Params<Tensor<f64>>) {
             s.push(pick(rng, 2, 5));
             (Op::LayerNorm(1e-2), vec![Arg::Var(normal(rng, &s))])
         }
+        Kind::AffineLayerNorm => {
+            let mut s = rand_shape(rng, (0, 2), (1, 4));
+            let n = pick(rng, 2, 5);
+            s.push(n);
+            // Each input a variable or a constant, so every subset of tangents occurs.
+            let mut args: Vec<Arg> = [normal(rng, &s), normal(rng, &[n]), normal(rng, &[n])]
+                .into_iter()
+                .map(|t| {
+                    if coin(rng) {
+                        Arg::Var(t)
+                    } else {
+                        Arg::Const(t)
+                    }
+                })
+                .collect();
+            if !args.iter().any(|a| matches!(a, Arg::Var(_))) {
+                let Arg::Const(x) = args.remove(0) else {
+                    unreachable!("all constants")
+                };
+                args.insert(0, Arg::Var(x));
+            }
+            (Op::AffineLayerNorm(1e-2), args)
+        }
     };
     finish(op, args, rng)
 }
@@ -902,6 +932,7 @@ op_tests! {
     masked_fill => Kind::MaskedFill,
     select => Kind::Select,
     layer_norm => Kind::LayerNorm,
+    affine_layer_norm => Kind::AffineLayerNorm,
 }
 
 // ---- fixed cases ------------------------------------------------------------------
@@ -1519,5 +1550,80 @@ fn attention_gradient_and_hvp_match_the_unfused_ops() {
         let h_rf = hvp_rev_fwd(eval!(fused_attention), &p, &dir).unwrap();
         let r = compare(&h_rf, &h_un).unwrap();
         assert!(r.ok(1e-10), "rev-fwd hvp: {r:?}");
+    }
+}
+
+/// `AffineLayerNorm` is bitwise the composition it replaces (`layer_norm`, then the
+/// broadcast product with the gain and sum with the bias), in f32 and f64, on lanes with
+/// vector bodies and remainders: the value, the forward-mode tangent for every subset of
+/// inputs with a tangent, the gradient, and the forward-over-reverse H v.
+#[test]
+fn affine_layer_norm_is_bitwise_the_composition() {
+    use datarater::Float;
+    fn bits<F: Float>(t: &Tensor<F>) -> Vec<u64> {
+        t.to_vec()
+            .into_iter()
+            .map(|v: F| v.f64().to_bits())
+            .collect()
+    }
+    /// `sum(w y + y^2)`, `y` the layer norm of `x` with gain `g` and bias `b`, fused or
+    /// composed; the inputs outside `vars` constants (no tangent, no cotangent).
+    fn loss<V: Value>(
+        q: &Params<V>,
+        base: &Params<Tensor<V::F>>,
+        w: &Tensor<V::F>,
+        vars: [bool; 3],
+        fused: bool,
+    ) -> V {
+        let [x, g, b] = [0, 1, 2].map(|i| {
+            let k = ["x", "g", "b"][i];
+            if vars[i] {
+                q[k].clone()
+            } else {
+                V::constant(base[k].clone())
+            }
+        });
+        let eps = V::F::c(1e-5);
+        let y = if fused {
+            V::apply(AffineLayerNorm { eps }, &[&x, &g, &b])
+        } else {
+            x.layer_norm(eps).mul(&g).add(&b)
+        };
+        y.mul(&V::constant(w.clone())).add(&y.square()).sum_all()
+    }
+    fn check<F: Float>(shape: &[usize], rng: &mut Rng) {
+        let n = *shape.last().unwrap();
+        let mut p = Params::new();
+        p.insert("x", Tensor::<F>::randn(shape, rng).unwrap());
+        p.insert("g", Tensor::<F>::randn(&[n], rng).unwrap());
+        p.insert("b", Tensor::<F>::randn(&[n], rng).unwrap());
+        let dir = p.map(|t| Tensor::<F>::randn(t.shape(), rng).unwrap());
+        let w = Tensor::<F>::randn(shape, rng).unwrap();
+        let eps = F::c(1e-5);
+        let fused = AffineLayerNorm { eps }.forward(&[&p["x"], &p["g"], &p["b"]]);
+        let composed = p["x"].layer_norm(eps).mul(&p["g"]).add(&p["b"]);
+        assert_eq!(bits(&fused), bits(&composed), "value {shape:?}");
+        for mask in 1..8 {
+            let vars = [mask & 1 != 0, mask & 2 != 0, mask & 4 != 0];
+            let (yf, tf) = jvp(|q| loss(q, &p, &w, vars, true), &p, &dir).unwrap();
+            let (yc, tc) = jvp(|q| loss(q, &p, &w, vars, false), &p, &dir).unwrap();
+            assert_eq!(
+                (bits(&yf), bits(&tf)),
+                (bits(&yc), bits(&tc)),
+                "jvp {vars:?}"
+            );
+        }
+        let all = [true; 3];
+        let (_, gf, hf) = hvp(|q| loss(q, &p, &w, all, true), &p, &dir).unwrap();
+        let (_, gc, hc) = hvp(|q| loss(q, &p, &w, all, false), &p, &dir).unwrap();
+        for k in ["x", "g", "b"] {
+            assert_eq!(bits(&gf[k]), bits(&gc[k]), "gradient {k} {shape:?}");
+            assert_eq!(bits(&hf[k]), bits(&hc[k]), "hvp {k} {shape:?}");
+        }
+    }
+    let mut rng = Rng::new(31);
+    for shape in [&[3, 37][..], &[2, 5, 64], &[4, 2]] {
+        check::<f32>(shape, &mut rng);
+        check::<f64>(shape, &mut rng);
     }
 }

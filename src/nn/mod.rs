@@ -9,6 +9,7 @@ pub use mlp::{Activation, Mlp};
 pub use transformer::{CausalLm, SequenceScorer, TransformerConfig};
 
 use crate::autodiff::ops::linalg::MatMulBias;
+use crate::autodiff::ops::norm::AffineLayerNorm;
 use crate::autodiff::{Float, Params, Tensor, Value};
 use crate::rng::Rng;
 
@@ -30,9 +31,17 @@ pub fn linear<V: Value>(x: &V, w: &V, b: &V) -> V {
     y.reshape(&out)
 }
 
-/// Layer norm over the last axis with gain and bias.
+/// Layer norm over the last axis with gain and bias: `x.layer_norm(eps).mul(g).add(b)`.
+/// A gain and bias of the lane's length (a model's) go through one fused op
+/// ([`AffineLayerNorm`], the same bits); any other shapes broadcast as in
+/// [`Value::mul`] and [`Value::add`].
 pub fn layer_norm<V: Value>(x: &V, g: &V, b: &V, eps: V::F) -> V {
-    x.layer_norm(eps).mul(g).add(b)
+    let lane = x.shape().last().map(|&n| vec![n]);
+    if lane.is_some_and(|n| g.shape() == n && b.shape() == n) {
+        V::apply(AffineLayerNorm { eps }, &[x, g, b])
+    } else {
+        x.layer_norm(eps).mul(g).add(b)
+    }
 }
 
 /// A tensor of independent normal draws with standard deviation `std` (for a

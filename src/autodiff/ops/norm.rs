@@ -10,6 +10,9 @@
 //! kernel (the hot path of forward-over-reverse) and its VJP are written out; its JVP
 //! rule for other algebras differentiates the composed definition ([`ln_jvp_composed`])
 //! in forward mode on the spot.
+//!
+//! [`AffineLayerNorm`] is `LN(x) g + b`, the gain and bias of a model's layer norm, as
+//! one primitive: its rules are the composition's, written with the two above.
 
 use super::super::dual::Dual;
 use super::super::float::Float;
@@ -23,6 +26,19 @@ use ndarray::{CowArray, IxDyn};
 /// `(x - m(x)) / sqrt(m((x - m(x))^2) + eps)` over the last axis.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNorm<F> {
+    /// Added to the variance.
+    pub eps: F,
+}
+
+/// `(x [.., n], g [n], b [n]) -> LN(x) g + b`: [`LayerNorm`] with its gain and bias, in
+/// one pass over `x` where the composition `x.layer_norm(eps).mul(g).add(b)` made three,
+/// and the same bits (each element is rounded as there: `h g`, then `+ b`). The tape
+/// keeps `x`, `g` and `b`; the composition also kept the normalised `h` for the
+/// product's rule, which this op's rules recompute. Its rules are the composition's
+/// rules in the same order, so values, gradients and Hessian-vector products are
+/// bitwise those of the composition.
+#[derive(Clone, Copy, Debug)]
+pub struct AffineLayerNorm<F> {
     /// Added to the variance.
     pub eps: F,
 }
@@ -174,6 +190,138 @@ impl<F: Float> Op<F> for LayerNorm<F> {
                     for ((xl, dl), (ol, tl)) in chunks.zip(outs) {
                         let r = lane_stats(xl, self.eps, ol);
                         lane_jvp(ol, r, dl, tl);
+                    }
+                },
+            );
+        }
+        let shape = xs[0].shape();
+        Some((
+            Tensor::from_vec(shape, out).expect("same size"),
+            Tensor::from_vec(shape, tan).expect("same size"),
+        ))
+    }
+}
+
+/// The lane length of `x`, after checking that the gain and the bias are `[n]`.
+fn affine_lane_len<F: Float>(xs: &[&Tensor<F>]) -> usize {
+    let n = lane_len("affine_layer_norm", xs[0]);
+    for p in &xs[1..] {
+        if p.shape() != [n] {
+            shape_panic("affine_layer_norm", xs[0].shape(), p.shape());
+        }
+    }
+    n
+}
+
+impl<F: Float> Op<F> for AffineLayerNorm<F> {
+    fn name(&self) -> &'static str {
+        "affine_layer_norm"
+    }
+    fn saves(&self) -> Saves {
+        Saves::INPUTS
+    }
+    fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
+        let n = affine_lane_len(xs);
+        let (xa, ga, ba) = (lanes(xs[0]), lanes(xs[1]), lanes(xs[2]));
+        let (x, g, b) = (flat(&xa), flat(&ga), flat(&ba));
+        let out = kernels::par_rows_overwrite(
+            x.len(),
+            n,
+            #[inline(always)]
+            |first, rows| {
+                for (xl, ol) in x[first * n..].chunks_exact(n).zip(rows.chunks_exact_mut(n)) {
+                    lane_stats(xl, self.eps, ol);
+                    for ((o, &g), &b) in ol.iter_mut().zip(g).zip(b) {
+                        *o = *o * g + b;
+                    }
+                }
+            },
+        );
+        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+    }
+    /// `(J dx) g + h dg + db`, as the composition's product and sum rules add them.
+    fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
+        let (x, g) = (ctx.x(0), ctx.x(1));
+        let dh = d[0].map(|dx| V::apply(LayerNormJvp { eps: self.eps }, &[x, dx]));
+        let h = || V::apply(LayerNorm { eps: self.eps }, &[x]);
+        let scaled = match (dh, d[1]) {
+            (Some(dh), Some(dg)) => Some(dh.mul(g).add(&h().mul(dg))),
+            (Some(dh), None) => Some(dh.mul(g)),
+            (None, Some(dg)) => Some(h().mul(dg)),
+            (None, None) => None,
+        };
+        match (scaled, d[2]) {
+            (Some(t), Some(db)) => t.add(db),
+            (Some(t), None) => t,
+            (None, Some(db)) => db.broadcast_to(ctx.out_shape()),
+            (None, None) => unreachable!("jvp called without tangents"),
+        }
+    }
+    /// `x`: `J (dy g)` (`J` is symmetric); `g`: `sum(dy h)`; `b`: `sum(dy)`, the sums
+    /// over every lane.
+    fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dy: &V) -> Vec<Option<V>> {
+        let (x, g) = (ctx.x(0), ctx.x(1));
+        let eps = self.eps;
+        let dx = ctx
+            .needs(0)
+            .then(|| V::apply(LayerNormJvp { eps }, &[x, &dy.mul(g)]));
+        let dg = ctx.needs(1).then(|| {
+            let h = V::apply(LayerNorm { eps }, &[x]);
+            dy.mul(&h).sum_to(ctx.shape(1))
+        });
+        let db = ctx.needs(2).then(|| dy.sum_to(ctx.shape(2)));
+        vec![dx, dg, db]
+    }
+    /// Fused: the output and its tangent lane by lane, each element rounded as by
+    /// [`LayerNorm`]'s and the product's fused kernels and the sum.
+    fn forward_jvp(
+        &self,
+        xs: &[&Tensor<F>],
+        dxs: &[Option<&Tensor<F>>],
+    ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let n = affine_lane_len(xs);
+        let (xa, ga, ba) = (lanes(xs[0]), lanes(xs[1]), lanes(xs[2]));
+        let (x, g, b) = (flat(&xa), flat(&ga), flat(&ba));
+        let tangents: Vec<_> = dxs.iter().map(|d| d.map(lanes)).collect();
+        let [dx, dg, db] = [0, 1, 2].map(|i| tangents[i].as_ref().map(flat));
+        let (mut out, mut tan) = (kernels::overwritten(x.len()), kernels::overwritten(x.len()));
+        let mut h = vec![F::zero(); n];
+        if n > 0 {
+            let lanes = x.chunks_exact(n).zip(out.chunks_exact_mut(n));
+            kernels::with_simd(
+                #[inline(always)]
+                || {
+                    for (i, ((xl, ol), tl)) in lanes.zip(tan.chunks_exact_mut(n)).enumerate() {
+                        let r = lane_stats(xl, self.eps, &mut h);
+                        for (((o, &h), &g), &b) in ol.iter_mut().zip(&h).zip(g).zip(b) {
+                            *o = h * g + b;
+                        }
+                        match dx {
+                            Some(dx) => {
+                                lane_jvp(&h, r, &dx[i * n..][..n], tl);
+                                match dg {
+                                    Some(dg) => {
+                                        for (((t, &h), &g), &dg) in
+                                            tl.iter_mut().zip(&h).zip(g).zip(dg)
+                                        {
+                                            *t = *t * g + h * dg;
+                                        }
+                                    }
+                                    None => tl.iter_mut().zip(g).for_each(|(t, &g)| *t *= g),
+                                }
+                            }
+                            None => match dg {
+                                Some(dg) => {
+                                    for ((t, &h), &dg) in tl.iter_mut().zip(&h).zip(dg) {
+                                        *t = h * dg;
+                                    }
+                                }
+                                None => tl.copy_from_slice(db.expect("a tangent")),
+                            },
+                        }
+                        if let (Some(db), true) = (db, dx.is_some() || dg.is_some()) {
+                            tl.iter_mut().zip(db).for_each(|(t, &db)| *t += db);
+                        }
                     }
                 },
             );
