@@ -258,6 +258,7 @@ impl<F: Float> Optimizer<F> for Adam<F> {
             let [m_bar, v_bar, g_bar] = elementwise(
                 OP,
                 [Some(gk), Some(m), Some(v), Some(tb), mb2, vb2],
+                #[inline(always)]
                 |[g, m, v, tb, mb2, vb2]| {
                     // Recompute the forward quantities of this element.
                     let m2 = b1 * m + (one - b1) * g;
@@ -278,7 +279,12 @@ impl<F: Float> Optimizer<F> for Adam<F> {
             let theta_bar = if lr_wd == F::zero() {
                 tb.clone()
             } else {
-                let [x] = elementwise(OP, [Some(tb)], |[tb]| [tb - lr_wd * tb]);
+                let [x] = elementwise(
+                    OP,
+                    [Some(tb)],
+                    #[inline(always)]
+                    |[tb]| [tb - lr_wd * tb],
+                );
                 x
             };
             th.push((k.to_string(), theta_bar));

@@ -131,11 +131,16 @@ impl<F: Float> Optimizer<F> for Momentum<F> {
             let tb = entry(OP, theta_bar, k);
             check_shapes(OP, &[t, entry(OP, g, k), entry(OP, &state.slots[0], k), tb]);
             let buf_bar2 = state_bar.first().map(|s| entry(OP, s, k));
-            let [buf_bar, g_bar] = elementwise(OP, [Some(tb), buf_bar2], |[tb, bb2]| {
-                let b = bb2 - lr_c * tb;
-                let g_bar = if nesterov { b - lr * tb } else { b };
-                [beta * b, g_bar]
-            });
+            let [buf_bar, g_bar] = elementwise(
+                OP,
+                [Some(tb), buf_bar2],
+                #[inline(always)]
+                |[tb, bb2]| {
+                    let b = bb2 - lr_c * tb;
+                    let g_bar = if nesterov { b - lr * tb } else { b };
+                    [beta * b, g_bar]
+                },
+            );
             th.push((k.to_string(), tb.clone()));
             bb.push((k.to_string(), buf_bar));
             gb.push((k.to_string(), g_bar));

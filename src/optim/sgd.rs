@@ -88,7 +88,12 @@ impl<F: Float> Optimizer<F> for Sgd<F> {
         for (k, t) in theta.iter() {
             let tb = entry(OP, theta_bar, k);
             check_shapes(OP, &[t, entry(OP, g, k), tb]);
-            let [g_bar] = elementwise(OP, [Some(tb)], |[tb]| [-lr * tb]);
+            let [g_bar] = elementwise(
+                OP,
+                [Some(tb)],
+                #[inline(always)]
+                |[tb]| [-lr * tb],
+            );
             th.push((k.to_string(), tb.clone()));
             gb.push((k.to_string(), g_bar));
         }
