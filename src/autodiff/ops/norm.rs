@@ -296,8 +296,9 @@ impl<F: Float> Op<F> for AffineLayerNorm<F> {
                         for (((o, &h), &g), &b) in ol.iter_mut().zip(&h).zip(g).zip(b) {
                             *o = h * g + b;
                         }
-                        match dx {
-                            Some(dx) => {
+                        // `(J dx) g + h dg`, then `+ db`, as in `jvp`.
+                        let scaled = match (dx, dg) {
+                            (Some(dx), dg) => {
                                 lane_jvp(&h, r, &dx[i * n..][..n], tl);
                                 match dg {
                                     Some(dg) => {
@@ -309,18 +310,21 @@ impl<F: Float> Op<F> for AffineLayerNorm<F> {
                                     }
                                     None => tl.iter_mut().zip(g).for_each(|(t, &g)| *t *= g),
                                 }
+                                true
                             }
-                            None => match dg {
-                                Some(dg) => {
-                                    for ((t, &h), &dg) in tl.iter_mut().zip(&h).zip(dg) {
-                                        *t = h * dg;
-                                    }
+                            (None, Some(dg)) => {
+                                for ((t, &h), &dg) in tl.iter_mut().zip(&h).zip(dg) {
+                                    *t = h * dg;
                                 }
-                                None => tl.copy_from_slice(db.expect("a tangent")),
-                            },
-                        }
-                        if let (Some(db), true) = (db, dx.is_some() || dg.is_some()) {
-                            tl.iter_mut().zip(db).for_each(|(t, &db)| *t += db);
+                                true
+                            }
+                            (None, None) => false,
+                        };
+                        match (scaled, db) {
+                            (true, Some(db)) => tl.iter_mut().zip(db).for_each(|(t, &db)| *t += db),
+                            (false, Some(db)) => tl.copy_from_slice(db),
+                            (true, None) => {}
+                            (false, None) => unreachable!("forward_jvp called without tangents"),
                         }
                     }
                 },
