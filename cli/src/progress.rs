@@ -76,7 +76,7 @@ impl Progress {
             None => {
                 if self.last_line.elapsed() >= PLAIN_EVERY {
                     self.last_line = Instant::now();
-                    eprintln!("{}", self.line(msg));
+                    eprint_line(&self.line(msg));
                 }
             }
         }
@@ -116,9 +116,19 @@ impl Progress {
     pub fn finish(&mut self, msg: &str) {
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
-            None => eprintln!("{}", self.line(msg)),
+            None => eprint_line(&self.line(msg)),
         }
     }
+}
+
+/// Writes `line` and its newline to stderr in one call. `eprintln!` writes them
+/// separately (stderr is unbuffered), and under `mpirun`, which forwards a rank's stdout
+/// and stderr through separate pipes, a stdout line could land between the two: a
+/// summary line then no longer starts a line of the combined log.
+fn eprint_line(line: &str) {
+    use std::io::Write;
+    // Progress is best effort: a closed stderr must not stop the work.
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// `n` and `noun`, plural unless `n` is 1 (`1 shard`, `2 shards`).
