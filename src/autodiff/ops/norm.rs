@@ -104,6 +104,34 @@ fn flat<'a, F: Float>(a: &'a CowArray<'_, F, IxDyn>) -> &'a [F] {
     a.as_slice().expect("standard layout")
 }
 
+/// The layer norm of each `n`-lane of `x`, each lane then finished in place by `then`
+/// (`#[inline(always)]`, so that it is compiled for the vector unit too), in a new
+/// tensor of `x`'s shape.
+fn normalised<F: Float>(
+    x: &Tensor<F>,
+    n: usize,
+    eps: F,
+    then: impl Fn(&mut [F]) + Sync,
+) -> Tensor<F> {
+    let xa = lanes(x);
+    let xs = flat(&xa);
+    let out = kernels::par_rows_overwrite(
+        xs.len(),
+        n,
+        #[inline(always)]
+        |first, rows| {
+            for (xl, ol) in xs[first * n..]
+                .chunks_exact(n)
+                .zip(rows.chunks_exact_mut(n))
+            {
+                lane_stats(xl, eps, ol);
+                then(ol);
+            }
+        },
+    );
+    Tensor::from_vec(x.shape(), out).expect("same size")
+}
+
 /// The composed definition of `J(x) v` in the algebra's own ops (what
 /// [`LayerNormJvp`]'s derivative rules differentiate).
 pub fn ln_jvp_composed<V: Value>(x: &V, v: &V, eps: V::F) -> V {
@@ -147,19 +175,7 @@ impl<F: Float> Op<F> for LayerNorm<F> {
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
         let n = lane_len("layer_norm", xs[0]);
-        let xa = lanes(xs[0]);
-        let x = flat(&xa);
-        let out = kernels::par_rows_overwrite(
-            x.len(),
-            n,
-            #[inline(always)]
-            |first, rows| {
-                for (xl, ol) in x[first * n..].chunks_exact(n).zip(rows.chunks_exact_mut(n)) {
-                    lane_stats(xl, self.eps, ol);
-                }
-            },
-        );
-        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+        normalised(xs[0], n, self.eps, |_| {})
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         let jvp = LayerNormJvp { eps: self.eps };
@@ -222,22 +238,19 @@ impl<F: Float> Op<F> for AffineLayerNorm<F> {
     }
     fn forward(&self, xs: &[&Tensor<F>]) -> Tensor<F> {
         let n = affine_lane_len(xs);
-        let (xa, ga, ba) = (lanes(xs[0]), lanes(xs[1]), lanes(xs[2]));
-        let (x, g, b) = (flat(&xa), flat(&ga), flat(&ba));
-        let out = kernels::par_rows_overwrite(
-            x.len(),
+        let (ga, ba) = (lanes(xs[1]), lanes(xs[2]));
+        let (g, b) = (flat(&ga), flat(&ba));
+        normalised(
+            xs[0],
             n,
+            self.eps,
             #[inline(always)]
-            |first, rows| {
-                for (xl, ol) in x[first * n..].chunks_exact(n).zip(rows.chunks_exact_mut(n)) {
-                    lane_stats(xl, self.eps, ol);
-                    for ((o, &g), &b) in ol.iter_mut().zip(g).zip(b) {
-                        *o = *o * g + b;
-                    }
+            |h| {
+                for ((o, &g), &b) in h.iter_mut().zip(g).zip(b) {
+                    *o = *o * g + b;
                 }
             },
-        );
-        Tensor::from_vec(xs[0].shape(), out).expect("same size")
+        )
     }
     /// `(J dx) g + h dg + db`, as the composition's product and sum rules add them.
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
