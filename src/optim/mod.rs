@@ -211,9 +211,9 @@ pub(crate) fn check_shapes<F: Float>(op: &'static str, ts: &[&Tensor<F>]) {
 /// Runs `f` elementwise over same-shaped tensors into `O` new tensors, in one pass over
 /// contiguous data (non-standard layouts are copied first). `None` inputs read as zero.
 /// The shape is taken from the first input, which must be `Some`. The pass is compiled
-/// for the CPU's vector unit ([`kernels::with_simd`](crate::autodiff::kernels)), and
-/// nothing in it branches per element (a `None` input reads a zeroed buffer), so it
-/// vectorises; `f` should be `#[inline(always)]` so that it is compiled for it too.
+/// for the CPU's vector unit ([`kernels::with_simd`](crate::autodiff::kernels)), and a
+/// `None` input reads a zeroed buffer rather than being tested per element; `f` should
+/// be `#[inline(always)]` so that it is compiled for it too.
 ///
 /// # Panics
 /// If the first input is `None` or the shapes differ.
