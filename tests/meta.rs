@@ -643,6 +643,79 @@ fn non_finite_values_name_the_step_and_leave_inputs_intact() {
     assert_eq!(eta, eta_before);
 }
 
+/// The weighted form with `w = sqrt(eta x)`, `x = 0` on the batches marked `true`: the
+/// weights are finite there (0), their gradient is `0 / 0`. `l_i = theta_i^2`.
+struct NanWeights(Sgd<f64>);
+
+impl MetaProblem<f64> for NanWeights {
+    type Batch = bool;
+    type Opt = Sgd<f64>;
+    fn optimizer(&self) -> &Sgd<f64> {
+        &self.0
+    }
+    fn inner_loss<V: Value<F = f64>>(
+        &self,
+        theta: &Params<V>,
+        eta: &Params<V>,
+        zero: &bool,
+    ) -> Result<V> {
+        let w = self.example_weights(eta, zero).expect("weighted form")?;
+        let l = self.example_losses(theta, zero).expect("weighted form")?;
+        Ok(w.mul(&l).sum_all())
+    }
+    fn outer_loss<V: Value<F = f64>>(&self, theta: &Params<V>, _: &bool) -> Result<V> {
+        Ok(theta["w"].square().sum_all())
+    }
+    fn example_weights<V: Value<F = f64>>(
+        &self,
+        eta: &Params<V>,
+        zero: &bool,
+    ) -> Option<Result<V>> {
+        let x = if *zero {
+            vec![0.0, 0.0]
+        } else {
+            vec![1.0, 2.0]
+        };
+        let x = V::constant(Tensor::from_vec(&[2], x).unwrap());
+        Some(Ok(eta["w"].mul(&x).sqrt()))
+    }
+    fn example_losses<V: Value<F = f64>>(&self, theta: &Params<V>, _: &bool) -> Option<Result<V>> {
+        Some(Ok(theta["w"].square()))
+    }
+}
+
+/// The mixed modes run the weighted form's rater passes (`M_t g`) after the backward
+/// sweep, together: a non-finite one still names its step (the last such step, as the
+/// sweep meets them last first), and a window without one is unaffected.
+#[test]
+fn a_non_finite_rater_contribution_names_its_step() {
+    let w =
+        |v: Vec<f64>| Params::from_iter([("w".to_string(), Tensor::from_vec(&[2], v).unwrap())]);
+    let (theta, eta) = (w(vec![1.5, -0.5]), w(vec![1.0, 0.5]));
+    let problem = NanWeights(Sgd::new(0.1));
+    let state = problem.0.init(&theta);
+    for mode in [Mode::Mixed, ck(2)] {
+        for (bad, expect) in [(&[2][..], 2), (&[0], 0), (&[1, 3], 3)] {
+            let batches: Vec<bool> = (0..5).map(|t| bad.contains(&t)).collect();
+            let err = meta_grad(mode, &problem, &eta, &theta, &state, &batches, &false);
+            match err {
+                Err(Error::NonFinite { step, quantity }) => {
+                    assert_eq!(step, expect, "{mode:?}, bad steps {bad:?}: {quantity}");
+                    assert!(quantity.contains("mixed product"), "{mode:?}: {quantity}");
+                }
+                other => panic!("{mode:?}, bad steps {bad:?}: expected NonFinite, got {other:?}"),
+            }
+        }
+        let fine = meta_grad(mode, &problem, &eta, &theta, &state, &[false; 5], &false).unwrap();
+        assert!(
+            fine.grad["w"]
+                .to_vec()
+                .iter()
+                .all(|g| g.is_finite() && *g != 0.0)
+        );
+    }
+}
+
 #[test]
 fn empty_window_is_a_config_error() {
     let w = Params::from_iter([("w".to_string(), Tensor::from_vec(&[1], vec![1.0]).unwrap())]);

@@ -421,7 +421,7 @@ struct Ledger {
     mode: Mode,
     held: usize,
     /// The largest working set seen per [`Kind`].
-    seen: [Option<usize>; 4],
+    seen: [Option<usize>; 5],
     peak: usize,
     peak_step: usize,
 }
@@ -438,6 +438,9 @@ enum Kind {
     Back = 2,
     /// The outer loss and its gradient.
     Outer = 3,
+    /// One wave of the rater passes the backward sweep left to the end
+    /// ([`Adjoint::finish`]).
+    Rater = 4,
 }
 
 impl Ledger {
@@ -446,7 +449,7 @@ impl Ledger {
             budget,
             mode,
             held: 0,
-            seen: [None; 4],
+            seen: [None; 5],
             peak: 0,
             peak_step: 0,
         }
@@ -550,6 +553,35 @@ struct Adjoint<F: Float> {
     theta: Params<Tensor<F>>,
     state: Vec<Params<Tensor<F>>>,
     eta: Params<Tensor<F>>,
+    /// The steps' contributions to `eta_bar` not added yet, last step first (see
+    /// [`Contribution`]).
+    pending: Vec<(usize, Contribution<F>)>,
+}
+
+/// A step's meta-gradient contribution `M_t g`.
+///
+/// With the weighted form it is `grad_eta <w_t(eta), d_t>`: one first-order pass through
+/// the rater, which needs only `eta`, the step's batch and the losses' tangents `d_t`,
+/// never the backward sweep's later steps. Those passes are small (the rater's ops
+/// rarely fill both threads) and ran between the steps' forward-over-reverse passes on
+/// one thread while the others waited: 10% of the reference meta-gradient. So the sweep
+/// keeps `d_t` (one number per example) and [`Adjoint::finish`] runs the passes
+/// together at the end, one per thread, adding them to `eta_bar` in step order as
+/// before: the same sum, bitwise.
+enum Contribution<F: Float> {
+    /// Computed with the step's pass (the generic form).
+    Ready(Params<Tensor<F>>),
+    /// The weighted form's rater pass, still to run on the losses' tangents `d_t`.
+    Rater(Tensor<F>),
+}
+
+impl<F: Float> Contribution<F> {
+    fn nbytes(&self) -> usize {
+        match self {
+            Contribution::Ready(m) => m.nbytes(),
+            Contribution::Rater(d) => d.nbytes(),
+        }
+    }
 }
 
 impl<F: Float> Adjoint<F> {
@@ -563,6 +595,7 @@ impl<F: Float> Adjoint<F> {
             theta: theta_bar,
             state: state.slots.iter().map(Params::zeros_like).collect(),
             eta: eta.zeros_like(),
+            pending: Vec::new(),
         }
     }
 
@@ -619,11 +652,73 @@ impl<F: Float> Adjoint<F> {
             finite(h, t, "Hessian-vector product")?;
             self.theta = self.theta.add_scaled(h, F::one())?;
         }
-        finite(&pass.m, t, "mixed product (meta-gradient contribution)")?;
-        self.eta = self.eta.add_scaled(&pass.m, F::one())?;
+        match pass.m {
+            // Added at once while nothing before it waits (eta_bar sums in step order).
+            Contribution::Ready(m) if self.pending.is_empty() => {
+                finite(&m, t, MIXED)?;
+                self.eta = self.eta.add_scaled(&m, F::one())?;
+            }
+            m => {
+                ledger.hold(m.nbytes());
+                self.pending.push((t, m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the pending contributions to `eta_bar` in step order, running the rater
+    /// passes among them in waves of one per rayon thread (so at most that many rater
+    /// tapes are alive at once; which thread runs which never changes a result).
+    fn finish<P: MetaProblem<F>>(
+        &mut self,
+        req: &MetaRequest<'_, F, P>,
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let wave = rayon::current_num_threads().max(1);
+        let pending = std::mem::take(&mut self.pending);
+        for chunk in pending.chunks(wave) {
+            let first = chunk[0].0;
+            let base = ledger.before(Kind::Rater, first)?;
+            let done: Vec<(Params<Tensor<F>>, usize)> = chunk
+                .par_iter()
+                .map(|(t, c)| match c {
+                    Contribution::Ready(m) => Ok((m.clone(), 0)),
+                    Contribution::Rater(d) => {
+                        let batch = &req.batches[*t];
+                        let (_, m, tape) = vjp_measured(
+                            |e| {
+                                req.problem
+                                    .example_weights(e, batch)
+                                    .unwrap_or_else(|| Err(partial_weighted_form()))
+                            },
+                            req.eta,
+                            d,
+                        )?;
+                        Ok((m, tape))
+                    }
+                })
+                .collect::<Result<_>>()?;
+            // The wave's tapes, its results and the new eta_bar as they are summed.
+            let tapes = chunk.len() * done.iter().map(|r| r.1).max().unwrap_or(0);
+            let results: usize = done.iter().map(|r| r.0.nbytes()).sum();
+            ledger.after(
+                Kind::Rater,
+                base,
+                tapes + results + self.eta.nbytes(),
+                first,
+            )?;
+            for ((t, c), (m, _)) in chunk.iter().zip(done) {
+                finite(&m, *t, MIXED)?;
+                self.eta = self.eta.add_scaled(&m, F::one())?;
+                ledger.release(c.nbytes());
+            }
+        }
         Ok(())
     }
 }
+
+/// What a non-finite `M_t g` is reported as.
+const MIXED: &str = "mixed product (meta-gradient contribution)";
 
 /// An inner state `(theta_t, s_t)`.
 type State<F> = (Params<Tensor<F>>, OptState<Tensor<F>>);
@@ -758,7 +853,8 @@ fn binomial_observed<F: Float, P: MetaProblem<F>>(
             }
         }
     }
-    let (outer_loss, adjoint, theta, state) = sweep.end.expect("every step was reversed");
+    let (outer_loss, mut adjoint, theta, state) = sweep.end.expect("every step was reversed");
+    adjoint.finish(req, &mut sweep.ledger)?;
     let mut stats = sweep.stats;
     stats.peak_bytes = sweep.ledger.peak;
     stats.peak_step_bytes = sweep.ledger.peak_step;
@@ -964,8 +1060,8 @@ fn outer_start<F: Float, P: MetaProblem<F>>(
 struct Products<F: Float> {
     /// `H_t g` (absent for step 0).
     h: Option<Params<Tensor<F>>>,
-    /// `M_t g`.
-    m: Params<Tensor<F>>,
+    /// `M_t g`, or what computes it.
+    m: Contribution<F>,
     /// The forward-over-reverse tapes' bytes (all shards).
     tape_bytes: usize,
     /// The pass's working set: tapes, cotangents, the shards' results and their sums.
@@ -978,9 +1074,8 @@ struct Products<F: Float> {
 /// (`sum_i w_i(eta) l_i(theta)`, see [`MetaProblem::example_weights`]) the weights stay
 /// out of that pass: it runs over `theta` only with `w` constant (on the batch's shards,
 /// [`for_shards`]), which gives `H_t g` and the losses' tangents `d_i`; then
-/// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w` (on its
-/// own tape, after the forward-over-reverse tapes are freed, so they are never alive
-/// together). Without `need_h` (step 0, whose `theta` does not depend on `eta`) only
+/// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w`, left to
+/// [`Adjoint::finish`] ([`Contribution::Rater`]). Without `need_h` (step 0, whose `theta` does not depend on `eta`) only
 /// `M_t g` is computed: the weighted form needs only `d`, a forward-mode pass; the
 /// generic form records only the ops that depend on `eta`. `remat`: rematerialise
 /// checkpointed blocks in the forward-over-reverse pass.
@@ -1026,7 +1121,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         let results = h.as_ref().map_or(0, Params::nbytes) + m.nbytes();
         return Ok(Products {
             h,
-            m,
+            m: Contribution::Ready(m),
             tape_bytes,
             working_bytes: tape_bytes + cotangent_bytes + results,
         });
@@ -1066,19 +1161,10 @@ fn products<F: Float, P: MetaProblem<F>>(
         true => Some(sum(parts.into_iter().map(|p| p.0.expect("need_h")))?),
         false => None,
     };
-    let (_, m, vjp_bytes) = vjp_measured(
-        |e| {
-            problem
-                .example_weights(e, batch)
-                .unwrap_or_else(|| Err(partial_weighted_form()))
-        },
-        eta,
-        &d,
-    )?;
-    working_bytes += h.as_ref().map_or(0, Params::nbytes) + d.nbytes() + vjp_bytes + m.nbytes();
+    working_bytes += h.as_ref().map_or(0, Params::nbytes) + d.nbytes();
     Ok(Products {
         h,
-        m,
+        m: Contribution::Rater(d),
         tape_bytes,
         working_bytes,
     })
