@@ -18,7 +18,7 @@
 //!
 //! With the DataRater's weighted form ([`MetaProblem::example_weights`]) the two mixed
 //! modes run each inner step's passes over `theta` on one slice of the batch per rayon
-//! thread when the problem can cut batches ([`MetaProblem::sub_batch`]), and step 0's
+//! thread when the problem can cut batches ([`MetaProblem::split_batch`]), and step 0's
 //! pass is forward mode only (`theta_0` does not depend on `eta`).
 
 use super::revolve;
