@@ -508,9 +508,9 @@ type StepOut<F> = (
     Option<Tensor<F>>,
 );
 
-/// One first-order inner step, and its working set in bytes. With the weighted form the
-/// weights are computed once on numbers (and returned for the backward sweep);
-/// otherwise `inner_loss` runs with `eta` as constants.
+/// One first-order inner step, and its working set in bytes. `weights` is the step's
+/// [`MetaProblem::example_weights`] on numbers (returned for the backward sweep); without
+/// them `inner_loss` runs with `eta` as constants.
 #[allow(clippy::too_many_arguments)]
 fn inner_step<F: Float, P: MetaProblem<F>>(
     req: &MetaRequest<'_, F, P>,
@@ -518,9 +518,10 @@ fn inner_step<F: Float, P: MetaProblem<F>>(
     theta: &Params<Tensor<F>>,
     state: &OptState<Tensor<F>>,
     t: usize,
+    weights: Option<Result<Tensor<F>>>,
 ) -> Result<(StepOut<F>, usize)> {
     let (problem, batch) = (req.problem, &req.batches[t]);
-    let (loss, g, w, tapes) = match problem.example_weights(req.eta, batch) {
+    let (loss, g, w, tapes) = match weights {
         Some(w) => {
             let w = w?;
             let (parts, alive) = for_shards(req, batch, &w, |w, b| {
@@ -776,12 +777,29 @@ fn binomial_observed<F: Float, P: MetaProblem<F>>(
     observe: Observer<'_, F>,
 ) -> Result<MetaGradient<F>> {
     let n = req.batches.len();
+    // The weighted form's w_t depend only on eta and the batches: all computed here, one
+    // step per rayon thread, rather than each on one thread before its step's shards
+    // while the other threads waited (like the rater passes of `Adjoint::finish`).
+    let weights: Vec<_> = req
+        .batches
+        .par_iter()
+        .map(|b| req.problem.example_weights(req.eta, b))
+        .collect();
+    let weight_bytes = weights
+        .iter()
+        .map(|w| {
+            w.as_ref()
+                .and_then(|w| w.as_ref().ok())
+                .map_or(0, Tensor::nbytes)
+        })
+        .sum();
     let mut sweep = Sweep {
         req,
         eta_c: req.eta.map(|e| Var::constant_of(e.clone())),
         inner_losses: Vec::with_capacity(n),
         grads: keep_grads.then(|| Vec::with_capacity(n)),
         end: None,
+        weights,
         ledger: Ledger::new(req.memory_budget, req.mode),
         trajectory: 0,
         stats: MetaStats {
@@ -790,6 +808,7 @@ fn binomial_observed<F: Float, P: MetaProblem<F>>(
         },
         observe,
     };
+    sweep.ledger.hold(weight_bytes);
     // The window's start is borrowed from the caller: not counted.
     let mut stack = vec![Snapshot {
         t: 0,
@@ -903,6 +922,8 @@ struct Sweep<'r, 'a, 'o, F: Float, P: MetaProblem<F>> {
     grads: Option<Vec<Kept<F>>>,
     /// Set by the first step reversed, the last one.
     end: Option<WindowEnd<F>>,
+    /// Every step's [`MetaProblem::example_weights`] on numbers, computed up front.
+    weights: Vec<Option<Result<Tensor<F>>>>,
     ledger: Ledger,
     /// Bytes of stored and working states and kept gradients held now.
     trajectory: usize,
@@ -933,7 +954,12 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, '_, F, P> {
         state: &OptState<Tensor<F>>,
     ) -> Result<StepOut<F>> {
         let base = self.ledger.before(Kind::Inner, t)?;
-        let (out, ws) = inner_step(self.req, &self.eta_c, theta, state, t)?;
+        let weights = match &mut self.weights[t] {
+            Some(Ok(w)) => Some(Ok(w.clone())),
+            // An error is given once: the run stops with it.
+            slot => slot.take(),
+        };
+        let (out, ws) = inner_step(self.req, &self.eta_c, theta, state, t, weights)?;
         self.ledger.after(Kind::Inner, base, ws, t)?;
         if t == self.inner_losses.len() {
             self.inner_losses.push(out.0);
@@ -1374,7 +1400,8 @@ mod tests {
         for t in 0..n {
             assert!(mixed[t] == all[t], "step {t}: replayed vs stored state");
             assert!(mixed[t] == x, "step {t}: replayed vs forward rollout");
-            let ((_, _, th, st, _), _) = inner_step(&req, &eta_c, &x.0, &x.1, t).unwrap();
+            let w = req.problem.example_weights(req.eta, &req.batches[t]);
+            let ((_, _, th, st, _), _) = inner_step(&req, &eta_c, &x.0, &x.1, t, w).unwrap();
             x = (th, st);
         }
     }
