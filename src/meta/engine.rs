@@ -26,7 +26,7 @@ use super::{MetaProblem, check_weighted, weighted_sum};
 use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad_measured, vjp_measured};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
-use crate::optim::{OptState, Optimizer};
+use crate::optim::{OptState, Optimizer, adjoint_by_tensor, update_by_tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -543,7 +543,7 @@ fn inner_step<F: Float, P: MetaProblem<F>>(
     };
     finite_scalar(loss, t, "inner loss")?;
     finite(&g, t, "inner gradient")?;
-    let (th, st) = problem.optimizer().update(theta, state, &g);
+    let (th, st) = update_by_tensor(problem.optimizer(), theta, state, &g);
     let ws = tapes + g.nbytes() + w.as_ref().map_or(0, Tensor::nbytes) + state_bytes(&th, &st);
     Ok(((loss, g, th, st, w), ws))
 }
@@ -621,10 +621,8 @@ impl<F: Float> Adjoint<F> {
         stats: &mut MetaStats,
     ) -> Result<()> {
         let base = ledger.before(Kind::Back, t)?;
-        let adj = req
-            .problem
-            .optimizer()
-            .adjoint(theta, &state, &kept.0, &self.theta, &self.state);
+        let opt = req.problem.optimizer();
+        let adj = adjoint_by_tensor(opt, theta, &state, &kept.0, &self.theta, &self.state);
         finite(&adj.grad, t, "optimiser adjoint")?;
         // The old and the new adjoints and g_bar are alive together here.
         let new_adjoint = adj.theta.nbytes() + slot_bytes(&adj.state);
@@ -982,7 +980,7 @@ impl<F: Float, P: MetaProblem<F>> Sweep<'_, '_, '_, F, P> {
                 let base = self.ledger.before(Kind::Replay, t)?;
                 self.stats.replayed_updates += 1;
                 let opt = self.req.problem.optimizer();
-                let (th, st) = opt.update(theta, state, &grads[t].0);
+                let (th, st) = update_by_tensor(opt, theta, state, &grads[t].0);
                 self.ledger
                     .after(Kind::Replay, base, state_bytes(&th, &st), t)?;
                 (th, st)

@@ -164,6 +164,9 @@ impl<F: Float> Adam<F> {
 }
 
 impl<F: Float> Optimizer<F> for Adam<F> {
+    fn per_tensor(&self) -> bool {
+        true
+    }
     fn init(&self, params: &Params<Tensor<F>>) -> OptState<Tensor<F>> {
         OptState {
             step: 0,

@@ -131,6 +131,123 @@ pub trait Optimizer<F: Float>: Clone + Send + Sync {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether each parameter tensor's update reads only that tensor's parameter,
+    /// gradient, state slots and cotangents (true for [`Sgd`], [`Momentum`] and
+    /// [`Adam`]). The default, `false`, suits an update that couples tensors (clipping
+    /// by the global norm, for example). When it is true the meta-gradient engines run
+    /// [`update`](Self::update) and [`adjoint`](Self::adjoint) on numbers one tensor per
+    /// call, the calls spread over rayon's threads: each tensor gets the numbers it gets
+    /// in one call on all of them, so the result is bitwise the same.
+    fn per_tensor(&self) -> bool {
+        false
+    }
+}
+
+/// [`Optimizer::update`] on numbers, one call per tensor over rayon's threads when the
+/// optimiser allows it ([`Optimizer::per_tensor`]): bitwise one call's result. Small
+/// elementwise updates of many tensors otherwise run on one thread while the others
+/// wait.
+pub(crate) fn update_by_tensor<F: Float, O: Optimizer<F>>(
+    opt: &O,
+    theta: &Params<Tensor<F>>,
+    state: &OptState<Tensor<F>>,
+    g: &Params<Tensor<F>>,
+) -> (Params<Tensor<F>>, OptState<Tensor<F>>) {
+    let groups: Vec<_> = [theta, g].into_iter().chain(&state.slots).collect();
+    let Some(parts) = by_tensor(opt.per_tensor(), &groups, |one| {
+        let slots = one[2..].to_vec();
+        opt.update(
+            &one[0],
+            &OptState {
+                step: state.step,
+                slots,
+            },
+            &one[1],
+        )
+    }) else {
+        return opt.update(theta, state, g);
+    };
+    let step = parts[0].1.1.step;
+    let slots = (0..parts[0].1.1.slots.len())
+        .map(|i| gather(&parts, |(_, s)| &s.slots[i]))
+        .collect();
+    (gather(&parts, |(th, _)| th), OptState { step, slots })
+}
+
+/// [`Optimizer::adjoint`], one call per tensor as in [`update_by_tensor`].
+pub(crate) fn adjoint_by_tensor<F: Float, O: Optimizer<F>>(
+    opt: &O,
+    theta: &Params<Tensor<F>>,
+    state: &OptState<Tensor<F>>,
+    g: &Params<Tensor<F>>,
+    theta_bar: &Params<Tensor<F>>,
+    state_bar: &[Params<Tensor<F>>],
+) -> Adjoint<F> {
+    let n = state.slots.len();
+    let groups: Vec<_> = [theta, g, theta_bar]
+        .into_iter()
+        .chain(&state.slots)
+        .chain(state_bar)
+        .collect();
+    let Some(parts) = by_tensor(opt.per_tensor(), &groups, |one| {
+        let st = OptState {
+            step: state.step,
+            slots: one[3..3 + n].to_vec(),
+        };
+        opt.adjoint(&one[0], &st, &one[1], &one[2], &one[3 + n..])
+    }) else {
+        return opt.adjoint(theta, state, g, theta_bar, state_bar);
+    };
+    Adjoint {
+        theta: gather(&parts, |a| &a.theta),
+        state: (0..parts[0].1.state.len())
+            .map(|i| gather(&parts, |a| &a.state[i]))
+            .collect(),
+        grad: gather(&parts, |a| &a.grad),
+    }
+}
+
+/// `f` of each tensor's one-tensor groups (the tensor of that name in each of `groups`),
+/// in parallel, with the tensor's name; `None` (run one call instead) unless `per_tensor`,
+/// there are two tensors or more, and every group has the first one's names (else the
+/// one call reports the mismatch).
+fn by_tensor<F: Float, R: Send>(
+    per_tensor: bool,
+    groups: &[&Params<Tensor<F>>],
+    f: impl Fn(Vec<Params<Tensor<F>>>) -> R + Sync,
+) -> Option<Vec<(String, R)>> {
+    use rayon::prelude::*;
+    let first = groups[0];
+    let same = |p: &&Params<Tensor<F>>| {
+        p.len() == first.len() && first.names().all(|k| p.get(k).is_some())
+    };
+    if !per_tensor || first.len() < 2 || !groups.iter().all(same) {
+        return None;
+    }
+    let names: Vec<&str> = first.names().collect();
+    Some(
+        names
+            .par_iter()
+            .map(|&k| {
+                let one = groups
+                    .iter()
+                    .map(|p| Params::from_iter([(k.to_string(), p[k].clone())]))
+                    .collect();
+                (k.to_string(), f(one))
+            })
+            .collect(),
+    )
+}
+
+/// One group from the per-tensor results: tensor `k` of `part(result_k)` for each `k`.
+fn gather<F: Float, R>(
+    parts: &[(String, R)],
+    part: impl Fn(&R) -> &Params<Tensor<F>>,
+) -> Params<Tensor<F>> {
+    parts
+        .iter()
+        .map(|(k, r)| (k.clone(), part(r)[k.as_str()].clone()))
+        .collect()
 }
 
 // ---- helpers shared by the optimisers ----------------------------------------------
@@ -266,6 +383,60 @@ pub use sgd::Sgd;
 mod tests {
     use super::*;
     use crate::autodiff::kernels::{Simd, cap_simd};
+
+    /// One call per tensor, over threads, gives one call's bits, for every optimiser
+    /// here, with and without state cotangents; an optimiser that is not per-tensor, or
+    /// groups whose names differ, get the one call.
+    #[test]
+    fn by_tensor_calls_give_one_calls_bits() {
+        fn bits(groups: &[&Params<Tensor<f32>>]) -> Vec<u32> {
+            let values = groups.iter().flat_map(|p| p.values());
+            values.flat_map(|t| t.to_vec()).map(f32::to_bits).collect()
+        }
+        fn check<O: Optimizer<f32>>(opt: &O, label: &str) {
+            let mut rng = crate::Rng::new(5);
+            let mut p = Params::new();
+            for (name, shape) in [
+                ("a", &[3, 4][..]),
+                ("b", &[7]),
+                ("c", &[2, 2, 2]),
+                ("d", &[1]),
+            ] {
+                p.insert(name, Tensor::<f32>::randn(shape, &mut rng).unwrap());
+            }
+            let draw = |rng: &mut crate::Rng| p.map(|t| Tensor::randn(t.shape(), rng).unwrap());
+            let (g0, g1, bar) = (draw(&mut rng), draw(&mut rng), draw(&mut rng));
+            let (_, state) = opt.update(&p, &opt.init(&p), &g0);
+            let whole = opt.update(&p, &state, &g1);
+            let split = update_by_tensor(opt, &p, &state, &g1);
+            let of = |(th, st): &(Params<_>, OptState<_>)| {
+                let groups: Vec<_> = std::iter::once(th).chain(&st.slots).collect();
+                (bits(&groups), st.step, st.slots.len())
+            };
+            assert_eq!(of(&split), of(&whole), "{label}");
+            let slot_bars: Vec<_> = state.slots.iter().map(|_| draw(&mut rng)).collect();
+            for state_bar in [&[][..], &slot_bars] {
+                let one = opt.adjoint(&p, &state, &g1, &bar, state_bar);
+                let split = adjoint_by_tensor(opt, &p, &state, &g1, &bar, state_bar);
+                let of = |a: &Adjoint<f32>| {
+                    let groups: Vec<_> = [&a.theta, &a.grad].into_iter().chain(&a.state).collect();
+                    (bits(&groups), a.state.len())
+                };
+                assert_eq!(of(&split), of(&one), "{label}");
+            }
+        }
+        check(&Adam::adamw(1e-2, 0.1), "adamw");
+        check(&Momentum::nesterov(0.1, 0.9), "nesterov");
+        check(&Sgd::new(0.1), "sgd");
+        let mut p = Params::new();
+        p.insert("a", Tensor::<f32>::filled(&[2], 0.0));
+        p.insert("b", Tensor::<f32>::filled(&[2], 0.0));
+        assert!(by_tensor(false, &[&p], |_| ()).is_none());
+        assert!(by_tensor(true, &[&p], |_| ()).is_some());
+        let mut q = p.clone();
+        q.insert("c", Tensor::<f32>::filled(&[2], 0.0));
+        assert!(by_tensor(true, &[&p, &q], |_| ()).is_none());
+    }
 
     /// The optimisers' fused adjoint passes run in `with_simd`: every vector level gives
     /// the same bits, with and without the state cotangents (a `None` input reads zeros).

@@ -70,6 +70,9 @@ impl<F: Float> Momentum<F> {
 }
 
 impl<F: Float> Optimizer<F> for Momentum<F> {
+    fn per_tensor(&self) -> bool {
+        true
+    }
     fn init(&self, params: &Params<Tensor<F>>) -> OptState<Tensor<F>> {
         OptState {
             step: 0,

@@ -42,6 +42,9 @@ impl<F: Float> Sgd<F> {
 }
 
 impl<F: Float> Optimizer<F> for Sgd<F> {
+    fn per_tensor(&self) -> bool {
+        true
+    }
     fn init(&self, _params: &Params<Tensor<F>>) -> OptState<Tensor<F>> {
         OptState {
             step: 0,

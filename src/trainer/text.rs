@@ -429,7 +429,7 @@ pub fn train_step<F: Float, I: InnerLoop<F>>(
                 quantity: format!("gradient `{name}`"),
             });
         }
-        let (th, st) = inner.optimizer().update(theta, state, &g);
+        let (th, st) = crate::optim::update_by_tensor(inner.optimizer(), theta, state, &g);
         (*theta, *state) = (th, st);
         Ok(loss.item().f64())
     })
