@@ -1099,10 +1099,10 @@ struct Products<F: Float> {
 /// out of that pass: it runs over `theta` only with `w` constant (on the batch's shards,
 /// [`for_shards`]), which gives `H_t g` and the losses' tangents `d_i`; then
 /// `M_t g = grad_eta <w(eta), d>` is one first-order backward pass through `w`, left to
-/// [`Adjoint::finish`] ([`Contribution::Rater`]). Without `need_h` (step 0, whose `theta` does not depend on `eta`) only
-/// `M_t g` is computed: the weighted form needs only `d`, a forward-mode pass; the
-/// generic form records only the ops that depend on `eta`. `remat`: rematerialise
-/// checkpointed blocks in the forward-over-reverse pass.
+/// [`Adjoint::finish`] ([`Contribution::Rater`]). Without `need_h` (step 0, whose
+/// `theta` does not depend on `eta`) only `M_t g` is computed: the weighted form needs
+/// only `d`, a forward-mode pass; the generic form records only the ops that depend on
+/// `eta`. `remat`: rematerialise checkpointed blocks in the forward-over-reverse pass.
 fn products<F: Float, P: MetaProblem<F>>(
     req: &MetaRequest<'_, F, P>,
     theta: &Params<Tensor<F>>,
