@@ -209,8 +209,8 @@ pub(crate) fn adjoint_by_tensor<F: Float, O: Optimizer<F>>(
 
 /// `f` of each tensor's one-tensor groups (the tensor of that name in each of `groups`),
 /// in parallel, with the tensor's name; `None` (run one call instead) unless `per_tensor`,
-/// there are two tensors or more, and every group has the first one's names (else the
-/// one call reports the mismatch).
+/// there are two tensors or more, and every group has the first one's names and shapes
+/// ([`Params::check_like`]; else the one call reports the mismatch).
 fn by_tensor<F: Float, R: Send>(
     per_tensor: bool,
     groups: &[&Params<Tensor<F>>],
@@ -218,10 +218,8 @@ fn by_tensor<F: Float, R: Send>(
 ) -> Option<Vec<(String, R)>> {
     use rayon::prelude::*;
     let first = groups[0];
-    let same = |p: &&Params<Tensor<F>>| {
-        p.len() == first.len() && first.names().all(|k| p.get(k).is_some())
-    };
-    if !per_tensor || first.len() < 2 || !groups.iter().all(same) {
+    let like = |p: &&Params<Tensor<F>>| first.check_like(*p).is_ok();
+    if !per_tensor || first.len() < 2 || !groups.iter().all(like) {
         return None;
     }
     let names: Vec<&str> = first.names().collect();
