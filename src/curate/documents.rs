@@ -25,8 +25,10 @@ use crate::autodiff::{Float, Indices, Params, Tensor};
 use crate::distributed::{Communicator, SingleProcess, share};
 use crate::error::{Error, Result};
 use crate::nn::SequenceScorer;
+use crate::nn::transformer::FirstLayerTable;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 /// How a document's chunk scores become one score.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,7 +104,14 @@ pub struct DocumentScorer<'a, F: Float> {
     seq_len: usize,
     aggregate: Aggregate,
     batch_size: usize,
+    /// The first layer's attention inputs for every (token, position), built by the
+    /// first call that scores enough sequences to repay it (`None` when too large).
+    table: OnceLock<Option<FirstLayerTable<F>>>,
 }
+
+/// Bytes above which a [`FirstLayerTable`] is not built (the default rater's is 6 MiB in
+/// `f32`).
+const TABLE_MAX_BYTES: usize = 32 << 20;
 
 impl<'a, F: Float> DocumentScorer<'a, F> {
     /// A scorer cutting documents into `seq_len`-byte sequences and running the rater on
@@ -140,6 +149,7 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
             seq_len,
             aggregate,
             batch_size,
+            table: OnceLock::new(),
         })
     }
 
@@ -154,6 +164,7 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
     /// [`Error::Shape`] if a sequence is not `seq_len` bytes long.
     pub fn score_sequences(&self, seqs: &[&[u8]]) -> Result<Vec<f64>> {
         let _reuse = crate::autodiff::pool::Scope::enter(); // freed buffers reused within the pass
+        let table = self.table_for(seqs.len())?;
         let batches: Vec<Vec<f64>> = seqs
             .par_chunks(self.batch_size)
             .map(|batch| {
@@ -169,11 +180,35 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
                     tokens.extend(s.iter().map(|&b| b as usize));
                 }
                 let tokens = Indices::new(&[batch.len(), self.seq_len], tokens)?;
-                let s: Tensor<F> = self.scorer.scores(self.eta, &tokens)?;
+                let s: Tensor<F> = match table {
+                    Some(table) => self.scorer.scores_with_table(self.eta, table, &tokens)?,
+                    None => self.scorer.scores(self.eta, &tokens)?,
+                };
                 Ok(s.to_vec().into_iter().map(Float::f64).collect())
             })
             .collect::<Result<_>>()?;
         Ok(batches.into_iter().flatten().collect())
+    }
+
+    /// The first-layer table when scoring `n` sequences: built once, by the first call
+    /// with at least four per (token, position) pair it holds a row for (so that building
+    /// it costs at most about a tenth of that call), and only if it fits in
+    /// [`TABLE_MAX_BYTES`]. Either way the scores are the same bits.
+    fn table_for(&self, n: usize) -> Result<Option<&FirstLayerTable<F>>> {
+        let cfg = &self.scorer.cfg;
+        let rows = cfg.vocab * self.seq_len;
+        if let Some(table) = self.table.get() {
+            return Ok(table.as_ref());
+        }
+        if n < 4 * cfg.vocab {
+            return Ok(None);
+        }
+        let fits = 3 * rows * cfg.d_model * std::mem::size_of::<F>() <= TABLE_MAX_BYTES;
+        let table = match fits {
+            true => Some(self.scorer.first_layer_table(self.eta, self.seq_len)?),
+            false => None,
+        };
+        Ok(self.table.get_or_init(|| table).as_ref())
     }
 
     /// Scores documents: cuts each into sequences by the chunking rule, scores all the
@@ -288,5 +323,61 @@ mod tests {
         assert_eq!(Aggregate::Mean.apply(&[1.0, 2.0, 6.0]), Some(3.0));
         assert_eq!(Aggregate::Min.apply(&[1.0, -2.0, 6.0]), Some(-2.0));
         assert_eq!(Aggregate::Min.apply(&[]), None);
+    }
+
+    /// Scores through the first-layer table (a call of 4 x 256 sequences or more) are
+    /// bitwise those of the plain forward pass (calls below that, on a scorer that has
+    /// not built it), in f32 and f64, for one and two layers and sequence lengths from
+    /// 1 (one-row products) to the rater's `max_len`; and a table too large for
+    /// `TABLE_MAX_BYTES` is not built.
+    #[test]
+    fn first_layer_table_gives_the_plain_passs_bits() {
+        fn check<F: Float>(layers: usize, seq_len: usize, batch: usize) {
+            let cfg = crate::nn::TransformerConfig::new(8, layers, 2, 12).with_d_ff(16);
+            let scorer = SequenceScorer::new(cfg).unwrap();
+            let eta = scorer.init::<F>(&mut crate::Rng::new(layers as u64));
+            let mut rng = crate::Rng::new(seq_len as u64);
+            let n = 4 * 256 + 37;
+            let data: Vec<Vec<u8>> = (0..n)
+                .map(|_| (0..seq_len).map(|_| (rng.next_u64() >> 56) as u8).collect())
+                .collect();
+            let seqs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            let new = || DocumentScorer::new(&scorer, &eta, seq_len, Aggregate::Mean, batch);
+            let plain = new().unwrap();
+            let want: Vec<f64> = seqs
+                .chunks(300)
+                .flat_map(|c| plain.score_sequences(c).unwrap())
+                .collect();
+            assert!(plain.table.get().is_none(), "no call was large enough");
+            let tabled = new().unwrap();
+            let got = tabled.score_sequences(&seqs).unwrap();
+            assert!(
+                matches!(tabled.table.get(), Some(Some(_))),
+                "the table was built"
+            );
+            let same = |a: &[f64], b: &[f64]| {
+                let bad = a
+                    .iter()
+                    .zip(b)
+                    .position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(
+                    a.len() == b.len() && bad.is_none(),
+                    "{layers} layers, seq_len {seq_len}: sequence {bad:?} differs"
+                );
+            };
+            same(&got, &want);
+            // Later calls of any size use it, with the same bits.
+            same(&tabled.score_sequences(&seqs[..5]).unwrap(), &want[..5]);
+        }
+        for (layers, seq_len, batch) in [(1, 12, 16), (2, 5, 3), (1, 1, 1), (2, 1, 7)] {
+            check::<f32>(layers, seq_len, batch);
+            check::<f64>(layers, seq_len, batch);
+        }
+        // Too large: 256 x 512 rows of 4 x 64 f32 is 128 MiB.
+        let cfg = crate::nn::TransformerConfig::new(64, 1, 2, 512).with_d_ff(16);
+        let scorer = SequenceScorer::new(cfg).unwrap();
+        let eta = scorer.init::<f32>(&mut crate::Rng::new(0));
+        let ds = DocumentScorer::new(&scorer, &eta, 512, Aggregate::Mean, 16).unwrap();
+        assert!(ds.table_for(4 * 256).unwrap().is_none());
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{insert_layer_norm, insert_linear, layer_norm, linear, normal};
 use crate::autodiff::ops::attention::Attention;
-use crate::autodiff::{Block, Float, Indices, Params, Tensor, Value};
+use crate::autodiff::{Block, Float, Indices, Params, Tensor, Value, kernels};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -136,6 +136,12 @@ impl TransformerConfig {
 
     /// Token ids `[batch, seq]` to final-normed hidden states `[batch, seq, d_model]`.
     pub fn trunk<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
+        let x = self.embed(p, tokens)?;
+        Ok(self.layers_from(0, p, x))
+    }
+
+    /// The token and position embeddings' sum, `[batch, seq, d_model]`.
+    fn embed<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
         let s = tokens.shape();
         if s.len() != 2 || s[1] == 0 || s[1] > self.max_len {
             return Err(Error::Shape {
@@ -144,24 +150,37 @@ impl TransformerConfig {
                 rhs: vec![self.max_len],
             });
         }
-        let mut x = p["tok_emb"]
+        Ok(p["tok_emb"]
             .gather_rows(tokens)?
-            .add(&p["pos_emb"].slice(0, 0, s[1]));
-        let layer = Layer {
+            .add(&p["pos_emb"].slice(0, 0, s[1])))
+    }
+
+    fn layer(&self) -> Layer {
+        Layer {
             n_heads: self.n_heads,
             causal: self.causal,
-        };
-        for i in 0..self.n_layers {
-            let names = LAYER_PARAMS.map(|n| format!("h{i}.{n}"));
+        }
+    }
+
+    /// Layers `first..` from their input `x`, then the final layer norm.
+    fn layers_from<V: Value>(&self, first: usize, p: &Params<V>, mut x: V) -> V {
+        let layer = self.layer();
+        for i in first..self.n_layers {
+            let names = layer_params(i);
             let mut xs: Vec<&V> = vec![&x];
             xs.extend(names.iter().map(|n| &p[n]));
             x = V::checkpoint(&layer, &xs);
         }
-        Ok(layer_norm(&x, &p["ln_f.g"], &p["ln_f.b"], V::F::c(LN_EPS)))
+        layer_norm(&x, &p["ln_f.g"], &p["ln_f.b"], V::F::c(LN_EPS))
     }
 }
 
 const LN_EPS: f64 = 1e-5;
+
+/// Layer `i`'s parameter names, in [`Layer`]'s input order.
+fn layer_params(i: usize) -> [String; 16] {
+    LAYER_PARAMS.map(|n| format!("h{i}.{n}"))
+}
 
 const LAYER_PARAMS: [&str; 16] = [
     "ln1.g",
@@ -192,68 +211,58 @@ struct Layer {
 
 impl<F: Float> Block<F> for Layer {
     fn apply<V: Value<F = F>>(&self, xs: &[&V]) -> V {
-        let [
-            x,
-            g1,
-            b1,
-            wq,
-            bq,
-            wk,
-            bk,
-            wv,
-            bv,
-            wo,
-            bo,
-            g2,
-            b2,
-            w1,
-            c1,
-            w2,
-            c2,
-        ] = xs
-        else {
-            panic!("transformer layer: expected 17 inputs, got {}", xs.len())
-        };
-        let eps = F::c(LN_EPS);
-        let h = layer_norm(*x, g1, b1, eps);
-        let qkv = [(*wq, *bq), (*wk, *bk), (*wv, *bv)];
-        let x = x.add(&attention(&h, qkv, wo, bo, self.n_heads, self.causal));
-        let h = layer_norm(&x, g2, b2, eps);
-        x.add(&linear(&linear(&h, w1, c1).gelu(), w2, c2))
+        assert!(
+            xs.len() == 17,
+            "transformer layer: expected 17 inputs, got {}",
+            xs.len()
+        );
+        self.finish(xs[0], self.attention_inputs(xs[0], &xs[1..9]), &xs[9..])
     }
 }
 
-/// Multi-head self-attention on `[batch, seq, d]`; `qkv` holds the (weight, bias) of
-/// the query, key and value projections. They are three separate linear maps rather
-/// than one fused `[d, 3d]` one: slicing the fused output would copy it (and its
-/// tangent, and their cotangents, whose VJP pads with zeros) for nothing. The heads are
-/// column blocks of the projections, read in place by the fused [`Attention`] op (no
-/// permute copies, and no `[batch, heads, seq, seq]` scores in its forward; it saves
-/// only q, k and v and recomputes the probabilities in its derivative rules). Measured
-/// against the unfused HeadScores, softmax and HeadMix: scoring 10 MB with a width-32
-/// rater 3.01-3.11 s vs 3.39-3.41 s; the reference meta-gradient as fast, with peak
-/// memory 50.8 vs 58.3 MiB (339 vs 370 MiB at the scale flags).
-fn attention<V: Value>(
-    h: &V,
-    qkv: [(&V, &V); 3],
-    wo: &V,
-    bo: &V,
-    n_heads: usize,
-    causal: bool,
-) -> V {
-    let dh = h.shape()[2] / n_heads;
-    let proj = |i: usize| linear(h, qkv[i].0, qkv[i].1);
-    // Scaling q (b t d values) is cheaper than scaling the scores (b h t t).
-    let q = proj(0).scale(V::F::c(1.0 / (dh as f64).sqrt()));
-    let (k, v) = (proj(1), proj(2));
-    let o = V::apply(
-        Attention {
-            heads: n_heads,
-            causal,
-        },
-        &[&q, &k, &v],
-    );
-    linear(&o, wo, bo)
+impl Layer {
+    /// The attention's inputs `[q / sqrt(head_dim), k, v]`, projections of the layer
+    /// norm of `x` (`p`: the first eight of `LAYER_PARAMS`). Each position's rows
+    /// depend on that position's row of `x` alone.
+    ///
+    /// They are three separate linear maps rather than one fused `[d, 3d]` one: slicing
+    /// the fused output would copy it (and its tangent, and their cotangents, whose VJP
+    /// pads with zeros) for nothing. The heads are column blocks of the projections,
+    /// read in place by the fused [`Attention`] op (no permute copies, and no `[batch,
+    /// heads, seq, seq]` scores in its forward; it saves only q, k and v and recomputes
+    /// the probabilities in its derivative rules). Measured against the unfused
+    /// HeadScores, softmax and HeadMix: scoring 10 MB with a width-32 rater 3.01-3.11 s
+    /// vs 3.39-3.41 s; the reference meta-gradient as fast, with peak memory 50.8 vs
+    /// 58.3 MiB (339 vs 370 MiB at the scale flags).
+    fn attention_inputs<V: Value>(&self, x: &V, p: &[&V]) -> [V; 3] {
+        let [g1, b1, wq, bq, wk, bk, wv, bv] = p else {
+            panic!("transformer layer: expected 8 attention parameters")
+        };
+        let h = layer_norm(x, g1, b1, V::F::c(LN_EPS));
+        let dh = h.shape()[2] / self.n_heads;
+        // Scaling q (b t d values) is cheaper than scaling the scores (b h t t).
+        [
+            linear(&h, wq, bq).scale(V::F::c(1.0 / (dh as f64).sqrt())),
+            linear(&h, wk, bk),
+            linear(&h, wv, bv),
+        ]
+    }
+
+    /// The rest of the layer from its input `x` and its attention's inputs (`p`: the
+    /// last eight of `LAYER_PARAMS`).
+    fn finish<V: Value>(&self, x: &V, [q, k, v]: [V; 3], p: &[&V]) -> V {
+        let [wo, bo, g2, b2, w1, c1, w2, c2] = p else {
+            panic!("transformer layer: expected 8 output parameters")
+        };
+        let attention = Attention {
+            heads: self.n_heads,
+            causal: self.causal,
+        };
+        let o = V::apply(attention, &[&q, &k, &v]);
+        let x = x.add(&linear(&o, wo, bo));
+        let h = layer_norm(&x, g2, b2, V::F::c(LN_EPS));
+        x.add(&linear(&linear(&h, w1, c1).gelu(), w2, c2))
+    }
 }
 
 /// A byte-level causal language model: transformer trunk plus a linear head to the
@@ -326,7 +335,116 @@ impl SequenceScorer {
     }
     /// One raw score per sequence, `[batch]`.
     pub fn scores<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
-        let h = self.cfg.trunk(p, tokens)?.mean_axis(1, false);
-        Ok(linear(&h, &p["head.w"], &p["head.b"]).reshape(&[tokens.shape()[0]]))
+        self.head(p, &self.cfg.trunk(p, tokens)?)
+    }
+
+    /// Mean over positions, then the linear head: `[batch]`.
+    fn head<V: Value>(&self, p: &Params<V>, trunk: &V) -> Result<V> {
+        let h = trunk.mean_axis(1, false);
+        Ok(linear(&h, &p["head.w"], &p["head.b"]).reshape(&[trunk.shape()[0]]))
+    }
+
+    /// The first layer's attention inputs for every token at every position of a
+    /// `seq_len` sequence (see [`FirstLayerTable`]).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `seq_len` is 0 or above `max_len`.
+    pub(crate) fn first_layer_table<F: Float>(
+        &self,
+        p: &Params<Tensor<F>>,
+        seq_len: usize,
+    ) -> Result<FirstLayerTable<F>> {
+        let vocab = self.cfg.vocab;
+        let every = (0..vocab).flat_map(|t| std::iter::repeat_n(t, seq_len));
+        let tokens = Indices::new(&[vocab, seq_len], every.collect())?;
+        let x = self.cfg.embed(p, &tokens)?;
+        let names = layer_params(0);
+        let params: Vec<&Tensor<F>> = names[..8].iter().map(|n| &p[n]).collect();
+        let [q, k, v] = self.cfg.layer().attention_inputs(&x, &params);
+        let rows = Tensor::concat(&[&x, &q, &k, &v], 2);
+        Ok(FirstLayerTable {
+            seq_len,
+            rows: rows.reshape(&[vocab * seq_len, 4 * self.cfg.d_model]),
+        })
+    }
+
+    /// [`scores`](Self::scores) of sequences of `table.seq_len` tokens, the first
+    /// layer's input and attention inputs looked up in `table` (built from the same
+    /// `p`): the same bits, without the embeddings' sum, the first layer norm and three
+    /// of the first layer's six products.
+    ///
+    /// # Errors
+    /// As [`scores`](Self::scores); [`Error::Shape`] if the sequences are not
+    /// `table.seq_len` long.
+    pub(crate) fn scores_with_table<F: Float>(
+        &self,
+        p: &Params<Tensor<F>>,
+        table: &FirstLayerTable<F>,
+        tokens: &Indices,
+    ) -> Result<Tensor<F>> {
+        let l = table.seq_len;
+        if tokens.shape().get(1) != Some(&l) {
+            return Err(Error::Shape {
+                op: "scores_with_table tokens [batch, table's seq_len]",
+                lhs: tokens.shape().to_vec(),
+                rhs: vec![l],
+            });
+        }
+        let vocab = self.cfg.vocab;
+        let at = tokens.data().iter().enumerate();
+        let rows = at.map(|(i, &t)| if t < vocab { Ok(t * l + i % l) } else { Err(t) });
+        let rows = rows.collect::<std::result::Result<Vec<_>, _>>();
+        // The error the embedding's lookup gives in `scores`.
+        let rows = rows.map_err(|index| Error::Index {
+            op: "gather_rows",
+            index,
+            size: vocab,
+        })?;
+        let [x, q, k, v] = table.lookup(&rows, tokens.shape());
+        let names = layer_params(0);
+        let params: Vec<&Tensor<F>> = names[8..].iter().map(|n| &p[n]).collect();
+        let x = self.cfg.layer().finish(&x, [q, k, v], &params);
+        self.head(p, &self.cfg.layers_from(1, p, x))
+    }
+}
+
+/// A rater's first-layer input `x` (the embeddings' sum) and attention inputs
+/// `[q / sqrt(head_dim), k, v]` for every token `t` at every position `i` of a
+/// `seq_len` sequence: row `t seq_len + i` of each `[vocab seq_len, d_model]` tensor.
+/// They depend on the token and its position alone (a sum, a layer norm and three
+/// linear maps, each row computed on its own), so when scoring many sequences of one
+/// length a lookup replaces them: bitwise the same numbers, computed once.
+///
+/// Row `r` of the table holds the four rows side by side, `[vocab seq_len, 4 d_model]`:
+/// a lookup reads one stretch of memory instead of four far apart.
+#[derive(Clone, Debug)]
+pub(crate) struct FirstLayerTable<F: Float> {
+    seq_len: usize,
+    rows: Tensor<F>,
+}
+
+impl<F: Float> FirstLayerTable<F> {
+    /// `[x, q, k, v]` at table rows `rows`, each of `shape` plus `d_model`.
+    fn lookup(&self, rows: &[usize], shape: &[usize]) -> [Tensor<F>; 4] {
+        let table = self.rows.array().as_standard_layout();
+        let table = table.as_slice().expect("standard layout");
+        let d = self.rows.shape()[1] / 4;
+        let mut out: [Vec<F>; 4] = std::array::from_fn(|_| kernels::overwritten(rows.len() * d));
+        kernels::with_simd(
+            #[inline(always)]
+            || {
+                for (r, &i) in rows.iter().enumerate() {
+                    let src = table[i * 4 * d..(i + 1) * 4 * d].chunks_exact(d.max(1));
+                    for (o, src) in out.iter_mut().zip(src) {
+                        for (o, &v) in o[r * d..(r + 1) * d].iter_mut().zip(src) {
+                            *o = v;
+                        }
+                    }
+                }
+            },
+        );
+        let mut shape = shape.to_vec();
+        shape.push(d);
+        out.map(|o| Tensor::from_vec(&shape, o).expect("a row per index"))
     }
 }

@@ -148,13 +148,24 @@ impl<F: Float> Op<F> for GatherRows {
         let d = t.shape()[1];
         let mut shape = self.idx.shape.clone();
         shape.push(d);
-        // Row by row (ndarray's `select` grows its output one row at a time).
+        // Row by row (ndarray's `select` grows its output one row at a time), each
+        // copied by a plain loop: rows are short, and a `memcpy` call each cost more
+        // than the copy.
         let table = t.array().as_standard_layout();
         let table = table.as_slice().expect("standard layout");
-        let mut out = Vec::with_capacity(self.idx.data.len() * d);
-        for &i in self.idx.data.iter() {
-            out.extend_from_slice(&table[i * d..(i + 1) * d]);
-        }
+        let idx = &self.idx.data;
+        let out = kernels::par_rows_overwrite(
+            idx.len() * d,
+            d.max(1),
+            #[inline(always)]
+            |first, rows| {
+                for (&i, row) in idx[first..].iter().zip(rows.chunks_exact_mut(d)) {
+                    for (o, &v) in row.iter_mut().zip(&table[i * d..(i + 1) * d]) {
+                        *o = v;
+                    }
+                }
+            },
+        );
         Tensor::from_vec(&shape, out).expect("one row per index")
     }
     fn jvp<V: Value<F = F>>(&self, _: &Ctx<V>, d: &[Option<&V>]) -> V {
