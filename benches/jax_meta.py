@@ -21,7 +21,10 @@ problem of `examples/memory_vs_bptt.rs`, on the same shapes:
   `grad_eta sum_i w_i(eta) d_i`; step 0 needs only the forward-mode `d_i`.
 
 Every step function is `jax.jit`-compiled; the timed runs come after a warm-up run that
-compiles them. Random data (the shapes are what matters for time).
+compiles them (and leaves XLA's buffers allocated). The crate's side gets a warm-up too
+(`--warmup`: one untimed meta-gradient in the same process before the timed one), so
+neither side's time includes a first touch of its memory. Random data (the shapes are
+what matters for time).
 
 Setup (once):
 
@@ -238,7 +241,7 @@ def ours_seconds(binary, w, steps):
         binary, "--d", str(w["d"]), "--layers", str(w["layers"]), "--heads", str(w["heads"]),
         "--seq", str(w["seq"]), "--batch", str(w["batch"]), "--rater-d", str(w["rd"]),
         "--rater-layers", str(w["rl"]), "--rater-heads", str(w["rh"]), "--steps", str(steps),
-        "--modes", "mixed", "--reps", "1", "--no-check",
+        "--modes", "mixed", "--reps", "1", "--no-check", "--warmup",
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     row = next(l for l in out.splitlines() if re.match(rf"\s*{steps} \|", l))

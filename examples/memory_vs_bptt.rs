@@ -14,6 +14,7 @@
 //! --snapshots N    states ckpt stores at once (default 0: chosen from T, see Mode)
 //! --budget-mib N   memory budget per meta-gradient (default: 90% of MemAvailable)
 //! --no-check       skip the f64 reference (the error column)
+//! --warmup         one untimed run per mode first (as a JIT's first call)
 //! --json FILE      one object per T and mode: peak bytes, seconds, FLOPs, ...
 //! --plot FILE.svg  peak memory and time against T, log-log, one line per mode
 //! ```
@@ -69,6 +70,7 @@ struct Args {
     steps: Vec<usize>,
     modes: Vec<(&'static str, Mode)>,
     reps: usize,
+    warmup: bool,
     f64: bool,
     budget: Option<usize>,
     check: bool,
@@ -113,7 +115,7 @@ fn parse_args() -> Result<Args> {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "--f64" | "--no-check" => i += 1,
+            "--f64" | "--no-check" | "--warmup" => i += 1,
             a if known.contains(&a) => {
                 if i + 1 >= args.len() {
                     let flag = known[known.iter().position(|k| *k == a).unwrap_or(0)];
@@ -190,6 +192,7 @@ fn parse_args() -> Result<Args> {
         steps,
         modes,
         reps: count("--reps", 3)?,
+        warmup: args.iter().any(|a| a == "--warmup"),
         f64: args.iter().any(|a| a == "--f64"),
         budget,
         check: !args.iter().any(|a| a == "--no-check"),
@@ -319,6 +322,15 @@ fn run<F: Float>(a: &Args) -> Result<Vec<Row>> {
             let (mut peak, mut secs, mut work, mut grad) = (0, Vec::new(), None, None);
             let mut stats = None;
             let mut over = None;
+            if a.warmup {
+                // Untimed, as a JIT's first call: the process's heap, its pages and
+                // rayon's threads are then warm for the timed runs (which report an
+                // over-budget window themselves).
+                match request.run() {
+                    Ok(_) | Err(Error::MemoryBudget { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             for _ in 0..a.reps {
                 let start = Instant::now();
                 let ((r, w), p) = measure_peak(|| flops::count(|| request.run()));
