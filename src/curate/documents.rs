@@ -109,7 +109,7 @@ pub struct DocumentScorer<'a, F: Float> {
     table: OnceLock<Option<FirstLayerTable<F>>>,
 }
 
-/// Bytes above which a [`FirstLayerTable`] is not built (the default rater's is 6 MiB in
+/// Bytes above which a [`FirstLayerTable`] is not built (the default rater's is 8 MiB in
 /// `f32`).
 const TABLE_MAX_BYTES: usize = 32 << 20;
 
@@ -203,7 +203,7 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
         if n < 4 * cfg.vocab {
             return Ok(None);
         }
-        let fits = 3 * rows * cfg.d_model * std::mem::size_of::<F>() <= TABLE_MAX_BYTES;
+        let fits = 4 * rows * cfg.d_model * std::mem::size_of::<F>() <= TABLE_MAX_BYTES;
         let table = match fits {
             true => Some(self.scorer.first_layer_table(self.eta, self.seq_len)?),
             false => None,
