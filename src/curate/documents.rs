@@ -104,7 +104,7 @@ pub struct DocumentScorer<'a, F: Float> {
     seq_len: usize,
     aggregate: Aggregate,
     batch_size: usize,
-    /// The first layer's attention inputs for every (token, position), built by the
+    /// The first layer's input and attention inputs for every (token, position), built by the
     /// first call that scores enough sequences to repay it (`None` when too large).
     table: OnceLock<Option<FirstLayerTable<F>>>,
 }
@@ -196,13 +196,13 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
     /// [`TABLE_MAX_BYTES`]. Either way the scores are the same bits.
     fn table_for(&self, n: usize) -> Result<Option<&FirstLayerTable<F>>> {
         let cfg = &self.scorer.cfg;
-        let rows = cfg.vocab * self.seq_len;
         if let Some(table) = self.table.get() {
             return Ok(table.as_ref());
         }
         if n < 4 * cfg.vocab {
             return Ok(None);
         }
+        let rows = cfg.vocab * self.seq_len;
         let fits = 4 * rows * cfg.d_model * std::mem::size_of::<F>() <= TABLE_MAX_BYTES;
         let table = match fits {
             true => Some(self.scorer.first_layer_table(self.eta, self.seq_len)?),

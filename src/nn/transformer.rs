@@ -335,17 +335,17 @@ impl SequenceScorer {
     }
     /// One raw score per sequence, `[batch]`.
     pub fn scores<V: Value>(&self, p: &Params<V>, tokens: &Indices) -> Result<V> {
-        self.head(p, &self.cfg.trunk(p, tokens)?)
+        Ok(self.head(p, &self.cfg.trunk(p, tokens)?))
     }
 
     /// Mean over positions, then the linear head: `[batch]`.
-    fn head<V: Value>(&self, p: &Params<V>, trunk: &V) -> Result<V> {
+    fn head<V: Value>(&self, p: &Params<V>, trunk: &V) -> V {
         let h = trunk.mean_axis(1, false);
-        Ok(linear(&h, &p["head.w"], &p["head.b"]).reshape(&[trunk.shape()[0]]))
+        linear(&h, &p["head.w"], &p["head.b"]).reshape(&[trunk.shape()[0]])
     }
 
-    /// The first layer's attention inputs for every token at every position of a
-    /// `seq_len` sequence (see [`FirstLayerTable`]).
+    /// The first layer's input and attention inputs for every token at every position
+    /// of a `seq_len` sequence (see [`FirstLayerTable`]).
     ///
     /// # Errors
     /// [`Error::Shape`] if `seq_len` is 0 or above `max_len`.
@@ -383,28 +383,22 @@ impl SequenceScorer {
         tokens: &Indices,
     ) -> Result<Tensor<F>> {
         let l = table.seq_len;
-        if tokens.shape().get(1) != Some(&l) {
+        if tokens.shape().len() != 2 || tokens.shape()[1] != l {
             return Err(Error::Shape {
                 op: "scores_with_table tokens [batch, table's seq_len]",
                 lhs: tokens.shape().to_vec(),
                 rhs: vec![l],
             });
         }
-        let vocab = self.cfg.vocab;
-        let at = tokens.data().iter().enumerate();
-        let rows = at.map(|(i, &t)| if t < vocab { Ok(t * l + i % l) } else { Err(t) });
-        let rows = rows.collect::<std::result::Result<Vec<_>, _>>();
         // The error the embedding's lookup gives in `scores`.
-        let rows = rows.map_err(|index| Error::Index {
-            op: "gather_rows",
-            index,
-            size: vocab,
-        })?;
+        tokens.check("gather_rows", self.cfg.vocab)?;
+        let at = tokens.data().iter().enumerate();
+        let rows: Vec<usize> = at.map(|(i, &t)| t * l + i % l).collect();
         let [x, q, k, v] = table.lookup(&rows, tokens.shape());
         let names = layer_params(0);
         let params: Vec<&Tensor<F>> = names[8..].iter().map(|n| &p[n]).collect();
         let x = self.cfg.layer().finish(&x, [q, k, v], &params);
-        self.head(p, &self.cfg.layers_from(1, p, x))
+        Ok(self.head(p, &self.cfg.layers_from(1, p, x)))
     }
 }
 

@@ -59,7 +59,7 @@ impl Indices {
             data: Arc::new(self.data[range.start * row..range.end * row].to_vec()),
         })
     }
-    fn check(&self, op: &'static str, size: usize) -> Result<()> {
+    pub(crate) fn check(&self, op: &'static str, size: usize) -> Result<()> {
         match self.data.iter().find(|&&i| i >= size) {
             Some(&index) => Err(Error::Index { op, index, size }),
             None => Ok(()),
