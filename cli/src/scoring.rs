@@ -52,7 +52,7 @@ pub fn pads_short(training: &serde_json::Value) -> bool {
 /// # Errors
 /// As [`DocumentScorer::score_on`].
 pub fn score_texts<D: AsRef<[u8]> + Sync>(
-    scorer: &DocumentScorer<'_, f32>,
+    scorer: &DocumentScorer<f32>,
     pad: bool,
     texts: &[D],
     comm: &dyn Communicator,
@@ -73,7 +73,7 @@ pub fn score_texts<D: AsRef<[u8]> + Sync>(
 /// Where the scores of a shard come from.
 pub enum ScoreSource<'a> {
     /// Computed by a rater; with `true`, short documents are padded ([`SHORT_RULE`]).
-    Rater(&'a DocumentScorer<'a, f32>, bool),
+    Rater(&'a DocumentScorer<f32>, bool),
     /// Read from an attribute shard written by `datarater score`.
     File(PathBuf),
 }
@@ -227,8 +227,8 @@ pub fn for_each_scored(
     let bytes_read = Arc::new(AtomicU64::new(0));
     let mut docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
     // The source, opened.
-    enum Open<'s, 'a> {
-        Rater(&'s DocumentScorer<'a, f32>, bool),
+    enum Open<'s> {
+        Rater(&'s DocumentScorer<f32>, bool),
         File(ScoreFile),
     }
     let mut open = match source {

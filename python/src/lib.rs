@@ -440,6 +440,8 @@ fn document_bytes(item: &Bound<'_, PyAny>, index: usize) -> PyResult<Vec<u8>> {
 #[pyclass(frozen, module = "datarater", name = "Rater")]
 struct Rater {
     file: RaterFile<f32>,
+    /// Built once, so the first-layer table it builds serves every later call.
+    scorer: DocumentScorer<f32>,
     path: String,
     aggregate: AggregateArg,
     forward_batch: usize,
@@ -475,19 +477,16 @@ impl Rater {
         let Command::Score(s) = parse(args)?.command else {
             return Err(PyValueError::new_err("not a score command"));
         };
-        let rater = Rater {
+        let scorer = file
+            .document_scorer(s.aggregate.into(), s.batch_size)
+            .map_err(library_error)?;
+        Ok(Rater {
             file,
+            scorer,
             path,
             aggregate: s.aggregate,
             forward_batch: s.batch_size,
-        };
-        rater.scorer().map_err(library_error)?;
-        Ok(rater)
-    }
-
-    fn scorer(&self) -> datarater::Result<DocumentScorer<'_, f32>> {
-        self.file
-            .document_scorer(self.aggregate.into(), self.forward_batch)
+        })
     }
 
     fn aggregate_name(&self) -> String {
@@ -508,7 +507,7 @@ impl Rater {
         limit: usize,
         first: usize,
     ) -> PyResult<Vec<f64>> {
-        let scorer = self.scorer().map_err(library_error)?;
+        let scorer = &self.scorer;
         let pad = pads_short(&self.file.training);
         let seq_len = self.file.seq_len;
         let mut out: Vec<f64> = Vec::new();
@@ -534,7 +533,7 @@ impl Rater {
             let scores = py
                 .detach(|| {
                     guarded(|| {
-                        score_texts(&scorer, pad, &block, &SingleProcess, |i| {
+                        score_texts(scorer, pad, &block, &SingleProcess, |i| {
                             format!("document {}", at + i)
                         })
                     })

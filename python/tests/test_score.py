@@ -57,6 +57,17 @@ def test_scores_equal_the_command_lines_bitwise(cli, rater_path, tmp_path, setti
     assert np.concatenate(batches).tobytes() == f64.tobytes()
 
 
+def test_scores_do_not_depend_on_what_the_rater_scored_before(rater_path):
+    # A rater keeps the first-layer table its first large call builds (at least 1024
+    # sequences), and later calls of any size look rows up in it: the same bits as
+    # before it was built.
+    docs = documents()
+    rater = datarater.Rater.load(rater_path)
+    few = rater.score(docs[:50], dtype="float64")
+    rater.score(docs)
+    assert rater.score(docs[:50], dtype="float64").tobytes() == few.tobytes()
+
+
 def test_short_documents_follow_the_rule(rater_path):
     rater = datarater.Rater.load(rater_path)
     assert rater.pads_short and rater.seq_len == 16

@@ -98,9 +98,9 @@ pub struct DocumentScore {
 /// # Ok::<(), datarater::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct DocumentScorer<'a, F: Float> {
-    scorer: &'a SequenceScorer,
-    eta: &'a Params<Tensor<F>>,
+pub struct DocumentScorer<F: Float> {
+    scorer: SequenceScorer,
+    eta: Params<Tensor<F>>,
     seq_len: usize,
     aggregate: Aggregate,
     batch_size: usize,
@@ -113,7 +113,7 @@ pub struct DocumentScorer<'a, F: Float> {
 /// `f32`).
 const TABLE_MAX_BYTES: usize = 32 << 20;
 
-impl<'a, F: Float> DocumentScorer<'a, F> {
+impl<F: Float> DocumentScorer<F> {
     /// A scorer cutting documents into `seq_len`-byte sequences and running the rater on
     /// `batch_size` sequences at a time.
     ///
@@ -121,8 +121,8 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
     /// [`Error::Config`]: `seq_len` if 0 or longer than the rater's `max_len`;
     /// `batch_size` if 0. [`Error::Params`] if `eta` does not fit the rater.
     pub fn new(
-        scorer: &'a SequenceScorer,
-        eta: &'a Params<Tensor<F>>,
+        scorer: &SequenceScorer,
+        eta: &Params<Tensor<F>>,
         seq_len: usize,
         aggregate: Aggregate,
         batch_size: usize,
@@ -144,8 +144,8 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
         }
         scorer.init::<F>(&mut crate::Rng::new(0)).check_like(eta)?;
         Ok(DocumentScorer {
-            scorer,
-            eta,
+            scorer: scorer.clone(),
+            eta: eta.clone(),
             seq_len,
             aggregate,
             batch_size,
@@ -181,8 +181,8 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
                 }
                 let tokens = Indices::new(&[batch.len(), self.seq_len], tokens)?;
                 let s: Tensor<F> = match table {
-                    Some(table) => self.scorer.scores_with_table(self.eta, table, &tokens)?,
-                    None => self.scorer.scores(self.eta, &tokens)?,
+                    Some(table) => self.scorer.scores_with_table(&self.eta, table, &tokens)?,
+                    None => self.scorer.scores(&self.eta, &tokens)?,
                 };
                 Ok(s.to_vec().into_iter().map(Float::f64).collect())
             })
@@ -205,7 +205,7 @@ impl<'a, F: Float> DocumentScorer<'a, F> {
         let rows = cfg.vocab * self.seq_len;
         let fits = 4 * rows * cfg.d_model * std::mem::size_of::<F>() <= TABLE_MAX_BYTES;
         let table = match fits {
-            true => Some(self.scorer.first_layer_table(self.eta, self.seq_len)?),
+            true => Some(self.scorer.first_layer_table(&self.eta, self.seq_len)?),
             false => None,
         };
         Ok(self.table.get_or_init(|| table).as_ref())

@@ -264,7 +264,7 @@ impl<F: Float> RaterFile<F> {
         &self,
         aggregate: Aggregate,
         batch_size: usize,
-    ) -> Result<DocumentScorer<'_, F>> {
+    ) -> Result<DocumentScorer<F>> {
         DocumentScorer::new(&self.scorer, &self.eta, self.seq_len, aggregate, batch_size)
     }
 }
