@@ -115,7 +115,9 @@ const TABLE_MAX_BYTES: usize = 32 << 20;
 
 impl<F: Float> DocumentScorer<F> {
     /// A scorer cutting documents into `seq_len`-byte sequences and running the rater on
-    /// `batch_size` sequences at a time.
+    /// `batch_size` sequences at a time. It keeps its own copy of `scorer` and `eta` (the
+    /// tensors are reference-counted, so this copies no parameters), so one scorer can
+    /// live as long as its owner needs, and with it the table it builds.
     ///
     /// # Errors
     /// [`Error::Config`]: `seq_len` if 0 or longer than the rater's `max_len`;
