@@ -28,10 +28,7 @@ pub trait Float:
     fn f64(self) -> f64;
     /// `e^self`, the engine's exponential: branch-free (Cody-Waite reduction, a Taylor
     /// polynomial, the exponent written into the bits), so loops over slices vectorise
-    /// where a call into libm would not. Its multiply-adds are fused (`mul_add`: one
-    /// rounding each, so the same bits on every path: one instruction where the code is
-    /// compiled for FMA, as the engine's loops are on AVX2 and AVX-512 CPUs, a correctly
-    /// rounded libm call elsewhere). Within 2 ulp of the correctly rounded result
+    /// where a call into libm would not. Within 2 ulp of the correctly rounded result
     /// for normal outputs; `+inf` above the largest finite result, `0` below `2^-125.5`
     /// in `f32` and `2^-1021.5` in `f64` (just above the smallest normal numbers: no
     /// subnormals), NaN for NaN.
@@ -67,12 +64,12 @@ impl Float for f32 {
         const LN2_LO: f32 = f32::from_bits(0x3717_f7d1); // ln 2 - LN2_HI
         const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
         let x = self.clamp(LO, HI);
-        let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER); // its low bits hold n
+        let t = x * std::f32::consts::LOG2_E + SHIFTER; // its low bits hold n
         let nf = t - SHIFTER;
-        let r = (-nf).mul_add(LN2_LO, (-nf).mul_add(LN2_HI, x)); // |r| <= ln2 / 2
+        let r = x - nf * LN2_HI - nf * LN2_LO; // |r| <= ln2 / 2
         // 2 e^r, Taylor to r^7 with the coefficients doubled (exactly): the remainder is
         // below 3e-9 relative.
-        let mut p: f32 = 2.0 / 5040.0;
+        let mut p = 2.0 / 5040.0;
         for c in [
             2.0 / 720.0,
             2.0 / 120.0,
@@ -82,7 +79,7 @@ impl Float for f32 {
             2.0,
             2.0,
         ] {
-            p = p.mul_add(r, c);
+            p = p * r + c;
         }
         let y = p * f32::from_bits(pow2_bits!(t.to_bits(), 23, 127));
         if self > HI {
@@ -112,14 +109,14 @@ impl Float for f64 {
         const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76); // ln 2 - LN2_HI
         const SHIFTER: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
         let x = self.clamp(LO, HI);
-        let t = x.mul_add(std::f64::consts::LOG2_E, SHIFTER); // its low bits hold n
+        let t = x * std::f64::consts::LOG2_E + SHIFTER; // its low bits hold n
         let nf = t - SHIFTER;
-        let r = (-nf).mul_add(LN2_LO, (-nf).mul_add(LN2_HI, x)); // |r| <= ln2 / 2
+        let r = x - nf * LN2_HI - nf * LN2_LO; // |r| <= ln2 / 2
         // 2 e^r, Taylor to r^13 with the coefficients doubled (exactly): the remainder
         // is below 5e-18 relative.
-        let mut p: f64 = 2.0 / 6_227_020_800.0;
+        let mut p = 2.0 / 6_227_020_800.0;
         for k in (0..13).rev() {
-            p = p.mul_add(r, 2.0 * INV_FACT[k]);
+            p = p * r + 2.0 * INV_FACT[k];
         }
         let y = p * f64::from_bits(pow2_bits!(t.to_bits(), 52, 1023));
         if self > HI {

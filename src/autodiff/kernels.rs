@@ -4,13 +4,10 @@
 //!
 //! A sequential `fold` of floats cannot vectorise (each add waits for the previous one
 //! and reordering would change the result); eight running sums, combined at the end,
-//! are a fixed, deterministic order that does. Rust never contracts `a * b + c` on its
-//! own: a multiply-add is fused only where the code asks for it (`mul_add`, in the
-//! exponential), and a fused multiply-add rounds once on every path (an FMA
-//! instruction under AVX2 and AVX-512, libm's correctly rounded `fma` on the scalar
-//! path). Every IEEE operation gives the same bits in any register width, so
-//! [`with_simd`] never changes a result: the AVX-512, AVX2 and scalar paths agree bit
-//! for bit (tested below).
+//! are a fixed, deterministic order that does. The vector units are used without FMA
+//! (Rust never contracts `a * b + c` on its own), and every IEEE operation gives the
+//! same bits in any register width, so [`with_simd`] never changes a result: the
+//! AVX-512, AVX2 and scalar paths agree bit for bit (tested below).
 
 use super::float::Float;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -24,7 +21,7 @@ const LANES: usize = 8;
 pub(crate) enum Simd {
     /// Baseline x86-64 (SSE2) or any other architecture.
     Scalar = 1,
-    /// AVX2 (256-bit) with FMA.
+    /// AVX2 (256-bit).
     Avx2 = 2,
     /// AVX-512 F, BW, DQ and VL (512-bit registers, mask registers).
     Avx512 = 3,
@@ -43,7 +40,7 @@ fn detect() -> Simd {
         && std::is_x86_feature_detected!("avx512vl")
     {
         Simd::Avx512
-    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    } else if std::is_x86_feature_detected!("avx2") {
         Simd::Avx2
     } else {
         Simd::Scalar
@@ -89,7 +86,7 @@ pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     match simd() {
         Simd::Avx512 => {
-            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2")]
             unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
@@ -97,11 +94,11 @@ pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
             return unsafe { avx512(f) };
         }
         Simd::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
+            #[target_feature(enable = "avx2")]
             unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            // SAFETY: the CPU has AVX2 and FMA (`detect`).
+            // SAFETY: the CPU has AVX2 (`detect`).
             return unsafe { avx2(f) };
         }
         Simd::Scalar => {}
