@@ -128,10 +128,15 @@ mod narrow {
     /// Output rows computed at once: eight accumulators cover the FMA units' latency.
     pub(super) const ROWS: usize = 8;
 
-    /// Whether `c = beta c + a b` runs here: rows of `c` one vector wide, rows of `b` and
-    /// `c` contiguous.
+    /// Whether `c = beta c + a b` runs here: `F` is `f32` or `f64`, rows of `c` one
+    /// vector wide, rows of `b` and `c` contiguous.
     pub(super) fn fits<F: Float>(c: &ArrayViewMut2<'_, F>, b: &ArrayView2<'_, F>) -> bool {
-        c.ncols() * size_of::<F>() == 64 && c.strides()[1] == 1 && b.strides()[1] == 1
+        let lanes = match size_of::<F>() {
+            4 => 16,
+            8 => 8,
+            _ => return false,
+        };
+        c.ncols() == lanes && c.strides()[1] == 1 && b.strides()[1] == 1
     }
 
     /// `c = beta c + a b`.
@@ -144,11 +149,13 @@ mod narrow {
         b: ArrayView2<'_, F>,
         beta: F,
     ) {
-        // SAFETY: as the caller promises; the width is the one `fits` checked.
+        // SAFETY: as the caller promises; the width is the one `fits` checked (`F` is 4
+        // or 8 bytes).
         unsafe {
-            match size_of::<F>() {
-                4 => product_w::<F, 16>(c, a, b, beta),
-                _ => product_w::<F, 8>(c, a, b, beta),
+            if size_of::<F>() == 4 {
+                product_w::<F, 16>(c, a, b, beta)
+            } else {
+                product_w::<F, 8>(c, a, b, beta)
             }
         }
     }
