@@ -1,6 +1,7 @@
 //! How close the engine runs to the machine's gemm: achieved GFLOP/s of a causal LM's
-//! forward pass, gradient and forward-over-reverse pass (gradient plus HVP, the unit of
-//! work of a mixed-mode meta-gradient step), against two roofs, each replaying exactly
+//! forward pass, gradient and forward-over-reverse pass (gradient plus HVP), and of the
+//! forward-over-reverse pass that gives the HVP alone (`transforms::grad_tangents_with`,
+//! the unit of work of a mixed-mode meta-gradient's backward step), against two roofs, each replaying exactly
 //! the products the pass ran, with the same thread pool, right after each timed pass
 //! (medians over `--reps` rounds): the crate's own gemm (`flops::gemm_peak`), and the
 //! best gemm the machine offers the process (`flops::gemm_roof`: the fastest of every
@@ -15,7 +16,7 @@
 
 use datarater::autodiff::flops::{self, FlopCount};
 use datarater::nn::{CausalLm, TransformerConfig};
-use datarater::transforms::{jvp_grad_with, value_and_grad};
+use datarater::transforms::{grad_tangents_with, jvp_grad_with, value_and_grad};
 use datarater::{Dual, Error, Float, Indices, Params, Result, Rng, Tensor, Value, Var};
 use std::time::Instant;
 
@@ -123,7 +124,10 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
             .build()
             .map_err(|e| Error::Usage(e.to_string()))?;
         pool.install(|| -> Result<()> {
-            let passes: [(&str, Pass); 3] = [
+            let f = |g: &[Params<Var<Dual<Tensor<F>>>>]| {
+                Ok(lm.per_example_loss(&g[0], &x, &y)?.mean_all())
+            };
+            let passes: [(&str, Pass); 4] = [
                 ("forward", Box::new(|| lm.logits(&p, &x).map(drop))),
                 ("gradient", Box::new(|| {
                         value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p)
@@ -131,12 +135,11 @@ fn run<F: Float>(args: &[String]) -> Result<()> {
                     })),
                 (
                     "fwd-over-rev",
-                    Box::new(|| {
-                        let f = |g: &[Params<Var<Dual<Tensor<F>>>>]| {
-                            Ok(lm.per_example_loss(&g[0], &x, &y)?.mean_all())
-                        };
-                        jvp_grad_with(f, &[&p], &[Some(&v)], false).map(drop)
-                    }),
+                    Box::new(|| jvp_grad_with(f, &[&p], &[Some(&v)], false).map(drop)),
+                ),
+                (
+                    "HVP alone",
+                    Box::new(|| grad_tangents_with(f, &[&p], &[Some(&v)], false).map(drop)),
                 ),
             ];
             for (name, f) in passes {

@@ -3,8 +3,8 @@
 
 use datarater::autodiff::flops::{self, FlopCount, GemmShape};
 use datarater::nn::{CausalLm, TransformerConfig};
-use datarater::transforms::{jvp, value_and_grad};
-use datarater::{Indices, Params, Rng, Tensor, Value};
+use datarater::transforms::{grad_tangents_with, jvp, jvp_grad_with, value_and_grad};
+use datarater::{Dual, Indices, Params, Rng, Tensor, Value, Var};
 use std::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -40,6 +40,30 @@ fn one_matmul_forward_gradient_and_jvp() {
     let (_, w) = counted(|| a.matmul_t(&b, false, true).tanh());
     assert_eq!(w.matmul, 5 * 2 * 2 * 3 * 7);
     assert_eq!(w.other, 5 * 2 * 3);
+}
+
+#[test]
+fn forward_over_reverse_without_the_gradient_skips_its_products() {
+    let p = ab();
+    let mm = 2 * 6 * 3 * 4;
+    let f =
+        |q: &[Params<Var<Dual<Tensor<f64>>>>]| Ok(q[0]["a"].matmul(&q[0]["b"]).square().sum_all());
+    // C = A B and its tangent dA B + A dB; then G B^T and A^T G (G = 2 C) with their
+    // tangents, two products each.
+    let (both, w) = counted(|| jvp_grad_with(f, &[&p], &[Some(&p)], false).unwrap());
+    assert_eq!(w.matmul, 9 * mm);
+    // Without the gradient, the leaves' cotangents are their tangents alone.
+    let (only, w) = counted(|| grad_tangents_with(f, &[&p], &[Some(&p)], false).unwrap());
+    assert_eq!(w.matmul, 7 * mm);
+    assert!(only.grads.is_empty());
+    for k in ["a", "b"] {
+        let bits = |t: &Tensor<f64>| t.array().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&only.tangents[0][k]),
+            bits(&both.tangents[0][k]),
+            "{k}"
+        );
+    }
 }
 
 #[test]
@@ -93,4 +117,28 @@ fn small_transformer_forward_and_gradient() {
         counted(|| value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p).unwrap());
     let scores = b * h * 2 * t * t * (d / h);
     assert_eq!(w.matmul, 3 * forward + 2 * scores);
+}
+
+#[test]
+fn small_transformer_hessian_vector_products_skip_the_weight_gradients() {
+    let cfg = TransformerConfig::new(8, 2, 2, 6)
+        .with_vocab(11)
+        .with_d_ff(12);
+    let lm = CausalLm::new(cfg).unwrap();
+    let (b, t, d, ff, v) = (3u64, 5u64, 8u64, 12u64, 11u64);
+    let mut rng = Rng::new(1);
+    let (p, dir): (Params<Tensor<f64>>, Params<Tensor<f64>>) =
+        (lm.init(&mut rng), lm.init(&mut rng));
+    let x = Indices::new(&[3, 5], (0..15).map(|_| rng.below(11)).collect()).unwrap();
+    let f =
+        |q: &[Params<Var<Dual<Tensor<f64>>>>]| Ok(lm.per_example_loss(&q[0], &x, &x)?.mean_all());
+    // Each dense layer's weight gradient `x^T dy` is one product of the forward pass's
+    // size: four projections and the MLP's two per layer, and the head.
+    let rows = b * t;
+    let weight_grads = 2 * (4 * 2 * rows * d * d + 2 * 2 * rows * d * ff) + 2 * rows * d * v;
+    for remat in [false, true] {
+        let (_, both) = counted(|| jvp_grad_with(f, &[&p], &[Some(&dir)], remat).unwrap());
+        let (_, only) = counted(|| grad_tangents_with(f, &[&p], &[Some(&dir)], remat).unwrap());
+        assert_eq!(both.matmul - only.matmul, weight_grads, "remat {remat}");
+    }
 }

@@ -4,8 +4,8 @@
 
 use datarater::autodiff::check::{ScalarFn, check_gradient, check_hvp, check_jvp, compare};
 use datarater::nn::{Activation, CausalLm, Mlp, SequenceScorer, TransformerConfig};
-use datarater::transforms::{hvp, hvp_rev_fwd, hvp_rev_rev};
-use datarater::{Indices, Params, Rng, Tensor, Value};
+use datarater::transforms::{grad_tangents_with, hvp, hvp_rev_fwd, hvp_rev_rev, jvp_grad_with};
+use datarater::{Dual, Indices, Params, Rng, Tensor, Value, Var};
 
 struct MlpLoss {
     mlp: Mlp,
@@ -113,6 +113,17 @@ fn check_all_hvps<S: ScalarFn>(f: &S, p: &Params<Tensor<f64>>, rng: &mut Rng) {
         (a - b).abs() <= 1e-10 * a.abs().max(b.abs()).max(1.0),
         "u.Hv = {a} but v.Hu = {b}"
     );
+    // Without the gradient (the weights' cotangents as tangents alone): the same bits.
+    let bits = |t: &Tensor<f64>| t.array().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let g = |q: &[Params<Var<Dual<Tensor<f64>>>>]| Ok(f.eval(&q[0]));
+    for remat in [true, false] {
+        let both = jvp_grad_with(g, &[p], &[Some(&v)], remat).unwrap();
+        let only = grad_tangents_with(g, &[p], &[Some(&v)], remat).unwrap();
+        assert!(only.grads.is_empty());
+        for (k, t) in both.tangents[0].iter() {
+            assert_eq!(bits(&only.tangents[0][k]), bits(t), "{k}, remat {remat}");
+        }
+    }
 }
 
 #[test]

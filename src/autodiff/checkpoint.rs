@@ -24,18 +24,22 @@ pub(crate) struct Recorded<V: Value> {
 }
 
 impl<V: Value> Recorded<V> {
-    /// Records `block` on a fresh tape; inputs that need no cotangent stay constants.
-    pub(crate) fn run<B: Block<V::F>>(block: &B, xs: &[V], needs: &[bool]) -> Self {
+    /// Records `block` on a fresh tape; inputs that need no cotangent stay constants, and
+    /// those whose cotangent is read for its tangent only are leaves of that kind.
+    pub(crate) fn run<B: Block<V::F>>(
+        block: &B,
+        xs: &[V],
+        needs: &[bool],
+        tangent_only: &[bool],
+    ) -> Self {
         let tape = Tape::with_checkpointing(false);
         let inputs: Vec<Var<V>> = xs
             .iter()
-            .zip(needs)
-            .map(|(x, &n)| {
-                if n {
-                    tape.var(x.clone())
-                } else {
-                    Var::constant_of(x.clone())
-                }
+            .zip(needs.iter().zip(tangent_only))
+            .map(|(x, need)| match need {
+                (false, _) => Var::constant_of(x.clone()),
+                (true, false) => tape.var(x.clone()),
+                (true, true) => tape.var_for_tangent(x.clone()),
             })
             .collect();
         let output = block.apply(&inputs.iter().collect::<Vec<_>>());
@@ -68,5 +72,5 @@ pub(crate) fn recompute_vjp<V: Value, B: Block<V::F>>(
     dy: &V,
 ) -> Vec<Option<V>> {
     let xs: Vec<V> = (0..ctx.shapes.len()).map(|i| ctx.x(i).clone()).collect();
-    Recorded::run(block, &xs, &ctx.needs).backward(dy, &ctx.needs)
+    Recorded::run(block, &xs, &ctx.needs, &ctx.tangent_only).backward(dy, &ctx.needs)
 }

@@ -62,6 +62,17 @@ impl<V: Value> Value for Dual<V> {
         Dual::new(y, t)
     }
 
+    /// The tangent alone, with zeros as the primal (which will not be read).
+    fn apply_for_tangent<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
+        let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
+        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
+        if dxs.iter().all(Option::is_none) {
+            return Dual::constant_of(V::apply(op, &primals));
+        }
+        let t = V::apply_jvp_tangent(op, &primals, &dxs);
+        Dual::new(t.zeros_like(), t)
+    }
+
     /// In place on both parts (through `V::accumulate`), an absent tangent being zero.
     fn accumulate(self, other: &Self) -> Self {
         if self.primal.shape() != other.primal.shape() {

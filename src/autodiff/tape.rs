@@ -24,6 +24,9 @@ struct Inner<V: Value> {
     nodes: Vec<Option<Node<V>>>,
     consumed: bool,
     checkpointing: bool,
+    /// The leaves whose cotangents will be read for their tangents only
+    /// ([`Ctx::tangent_only`]).
+    tangent_only: HashSet<usize>,
     /// The inside of the most recent checkpointed block, while it is still kept.
     live_block: Option<LiveBlock<V>>,
 }
@@ -76,12 +79,22 @@ impl<V: Value> Tape<V> {
             nodes: Vec::new(),
             consumed: false,
             checkpointing,
+            tangent_only: HashSet::new(),
             live_block: None,
         })))
     }
 
     fn checkpointing(&self) -> bool {
         self.0.borrow().checkpointing
+    }
+
+    /// For each parent, whether it is a leaf whose cotangent is read for its tangent only.
+    fn tangent_only(&self, parents: &[Option<usize>]) -> Vec<bool> {
+        let inner = self.0.borrow();
+        parents
+            .iter()
+            .map(|p| p.is_some_and(|id| inner.tangent_only.contains(&id)))
+            .collect()
     }
 
     /// A new input variable (a leaf) holding `value`.
@@ -92,6 +105,17 @@ impl<V: Value> Tape<V> {
             value,
             node: Some((self.clone(), inner.nodes.len() - 1)),
         }
+    }
+
+    /// A leaf whose cotangent will be read for its tangent only (its primal part is left
+    /// unspecified): rules may skip the primal half of its cotangent
+    /// ([`Ctx::tangent_only`]).
+    pub(crate) fn var_for_tangent(&self, value: V) -> Var<V> {
+        let v = self.var(value);
+        if let Some((_, id)) = &v.node {
+            self.0.borrow_mut().tangent_only.insert(*id);
+        }
+        v
     }
 
     /// Number of recorded nodes (leaves included).
@@ -173,7 +197,12 @@ impl<V: Value> Tape<V> {
         }
         let values: Vec<V> = xs.iter().map(|x| x.value.clone()).collect();
         let needs: Vec<bool> = xs.iter().map(|x| x.node.is_some()).collect();
-        let rec = Recorded::run(block, &values, &needs);
+        let parents: Vec<Option<usize>> = xs
+            .iter()
+            .map(|x| x.node.as_ref().map(|(_, id)| *id))
+            .collect();
+        let tangent_only = self.tangent_only(&parents);
+        let rec = Recorded::run(block, &values, &needs, &tangent_only);
         let y = rec.output.value.clone();
         let kept: LiveBlock<V> = Rc::new(RefCell::new(Some(rec)));
         self.0.borrow_mut().live_block = Some(kept.clone());
@@ -183,11 +212,8 @@ impl<V: Value> Tape<V> {
             out_shape: y.shape(),
             y: None,
             needs,
+            tangent_only,
         };
-        let parents = xs
-            .iter()
-            .map(|x| x.node.as_ref().map(|(_, id)| *id))
-            .collect();
         let block = block.clone();
         let vjp = move |c: &Ctx<V>, dy: &V| match kept.borrow_mut().take() {
             Some(rec) => rec.backward(dy, &c.needs),
@@ -401,6 +427,7 @@ impl<V: Value> Value for Var<V> {
             y: saves.output.then(|| y.clone()),
             shapes: values.iter().map(|v| v.shape()).collect(),
             needs: parents.iter().map(Option::is_some).collect(),
+            tangent_only: tape.tangent_only(&parents),
         };
         let id = tape.push(Node {
             parents,

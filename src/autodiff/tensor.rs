@@ -511,6 +511,16 @@ impl<F: Float> Value for Tensor<F> {
         }
     }
 
+    fn apply_jvp_tangent<O: Op<F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> Self {
+        match op.forward_tangent(xs, dxs) {
+            Some(t) => {
+                count_other(&op, t.len());
+                t
+            }
+            None => Self::apply_jvp(op, xs, dxs).1,
+        }
+    }
+
     fn accumulate(mut self, other: &Self) -> Self {
         if self.shape() == other.shape() {
             self.0 += &other.0;

@@ -57,6 +57,7 @@ pub struct Ctx<V: Value> {
     pub(crate) shapes: Vec<Vec<usize>>,
     pub(crate) out_shape: Vec<usize>,
     pub(crate) needs: Vec<bool>,
+    pub(crate) tangent_only: Vec<bool>,
 }
 
 impl<V: Value> Ctx<V> {
@@ -89,6 +90,21 @@ impl<V: Value> Ctx<V> {
     /// Whether input `i` needs a cotangent (it depends on a variable being differentiated).
     pub fn needs(&self, i: usize) -> bool {
         self.needs[i]
+    }
+    /// Whether only the tangent of input `i`'s cotangent will be read: `i` is a leaf of a
+    /// forward-over-reverse pass that wants the gradient's tangents alone
+    /// ([`grad_tangents_with`](crate::transforms::grad_tangents_with)).
+    pub fn tangent_only(&self, i: usize) -> bool {
+        self.tangent_only[i]
+    }
+    /// `op` on `xs`, computing input `i`'s cotangent: [`Value::apply_for_tangent`] when
+    /// only its tangent will be read ([`tangent_only`](Self::tangent_only)), else
+    /// [`Value::apply`]. For the rules of ops whose cotangents are large products.
+    pub fn cotangent<O: Op<V::F>>(&self, i: usize, op: O, xs: &[&V]) -> V {
+        match self.tangent_only(i) {
+            true => V::apply_for_tangent(op, xs),
+            false => V::apply(op, xs),
+        }
     }
 }
 
@@ -123,6 +139,14 @@ pub trait Op<F: Float>: Clone + 'static {
         let _ = (xs, dxs);
         None
     }
+    /// Optional kernel for the tangent alone, when the output itself will not be read
+    /// ([`Value::apply_for_tangent`]): bitwise the tangent of
+    /// [`forward_jvp`](Self::forward_jvp) without computing the output. `None` (the
+    /// default): the output is computed and dropped.
+    fn forward_tangent(&self, xs: &[&Tensor<F>], dxs: &[Option<&Tensor<F>>]) -> Option<Tensor<F>> {
+        let _ = (xs, dxs);
+        None
+    }
 }
 
 /// `op` on values `xs` with tangents `dxs`: the output, then its tangent by the op's JVP
@@ -139,6 +163,7 @@ pub(crate) fn apply_then_jvp<V: Value, O: Op<V::F>>(
         y: Some(y.clone()),
         shapes: xs.iter().map(|p| p.shape()).collect(),
         needs: dxs.iter().map(Option::is_some).collect(),
+        tangent_only: vec![false; xs.len()],
     };
     let t = op.jvp(&ctx, dxs);
     (y, t)
@@ -176,6 +201,19 @@ pub trait Value: Clone + 'static {
     /// [`forward_jvp`](Op::forward_jvp) kernel when it has one.
     fn apply_jvp<O: Op<Self::F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> (Self, Self) {
         apply_then_jvp(op, xs, dxs)
+    }
+    /// The tangent of [`apply_jvp`](Self::apply_jvp) alone (its output is not read). By
+    /// default computed with the output; [`Tensor`] runs the op's
+    /// [`forward_tangent`](Op::forward_tangent) kernel when it has one.
+    fn apply_jvp_tangent<O: Op<Self::F>>(op: O, xs: &[&Self], dxs: &[Option<&Self>]) -> Self {
+        Self::apply_jvp(op, xs, dxs).1
+    }
+    /// [`apply`](Self::apply) when only the result's tangent will be read (see
+    /// [`Ctx::tangent_only`]): a [`Dual`](super::Dual) computes its tangent alone
+    /// ([`apply_jvp_tangent`](Self::apply_jvp_tangent)) and holds zeros as its primal;
+    /// other algebras apply the op.
+    fn apply_for_tangent<O: Op<Self::F>>(op: O, xs: &[&Self]) -> Self {
+        Self::apply(op, xs)
     }
     /// `self + other` for cotangent accumulation (in place where the algebra allows).
     fn accumulate(self, other: &Self) -> Self {

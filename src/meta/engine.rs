@@ -23,7 +23,7 @@
 
 use super::revolve;
 use super::{MetaProblem, check_weighted, weighted_sum};
-use crate::autodiff::transforms::{jvp, jvp_grad_with, value_and_grad_measured, vjp_measured};
+use crate::autodiff::transforms::{grad_tangents_with, jvp, value_and_grad_measured, vjp_measured};
 use crate::autodiff::{Dual, Float, Params, Tape, Tensor, Value, Var};
 use crate::error::{Error, Result};
 use crate::optim::{OptState, Optimizer, adjoint_by_tensor, update_by_tensor};
@@ -1119,7 +1119,7 @@ fn products<F: Float, P: MetaProblem<F>>(
     };
     let Some(w) = w else {
         let (h, m, tape_bytes, cotangent_bytes) = if need_h {
-            let r = jvp_grad_with(
+            let r = grad_tangents_with(
                 |gs| problem.inner_loss(&gs[0], &gs[1], batch),
                 &[theta, eta],
                 &[Some(g), None],
@@ -1132,7 +1132,7 @@ fn products<F: Float, P: MetaProblem<F>>(
             // theta as constants carrying the tangent: only the ops that depend on eta
             // are recorded.
             let th = theta.zip_map(g, |p, t| Var::constant_of(Dual::new(p.clone(), t.clone())))?;
-            let r = jvp_grad_with(
+            let r = grad_tangents_with(
                 |gs| problem.inner_loss(&th, &gs[0], batch),
                 &[eta],
                 &[None],
@@ -1159,7 +1159,7 @@ fn products<F: Float, P: MetaProblem<F>>(
         }
         let w = Var::constant_of(Dual::constant_of(w));
         let mut d = None;
-        let r = jvp_grad_with(
+        let r = grad_tangents_with(
             |gs| -> Result<Var<Dual<Tensor<F>>>> {
                 let l = losses(problem, &gs[0], b)?;
                 d = Some(l.value().tangent_or_zeros());

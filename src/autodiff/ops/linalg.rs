@@ -237,7 +237,7 @@ mod narrow {
 const PAR_WORK: usize = 1 << 18;
 
 /// Work (multiply-adds) above which ONE product is cut into bands of [`BAND_ROWS`]
-/// output rows, computed in parallel. Below it a band finishes before another thread
+/// output rows (or of [`BAND_COLS`] columns), computed in parallel. Below it a band finishes before another thread
 /// picks up its share (the reference workload's largest products, `[2032, 64] x [64,
 /// 256]`, are 2^25 and got slower split); the scale workload's (`[2048, 256] x [256,
 /// 1024]` and the like, from 2^27) run close to twice as fast on two threads.
@@ -248,9 +248,17 @@ const SPLIT_WORK: usize = 1 << 26;
 /// crate's blocking depends on the product's shape).
 const BAND_ROWS: usize = 256;
 
+/// Columns per band of a split product with too few rows to split by rows: weight
+/// gradients `x^T dy`, whose rows are the layer's width and whose `k` is every token.
+/// Unsplit, a whole-batch gradient pass of the scale workload ran its `[256, 2048] x
+/// [2048, 1024]` products on one thread (355 ms on two threads; split, 296). Fixed for
+/// the same reason as [`BAND_ROWS`].
+const BAND_COLS: usize = 128;
+
 /// `c_i = beta c_i + a_i b_i` for each `(c_i, a_i, b_i)` (all of the same shape), on
 /// `kernel`. Large batches run over rayon's threads, large products in bands of
-/// [`BAND_ROWS`] rows; each output element is computed the same way on any pool.
+/// [`BAND_ROWS`] rows or [`BAND_COLS`] columns; each output element is computed the
+/// same way on any pool.
 pub(crate) fn gemm_batch<F: Float>(
     kernel: GemmKernel,
     items: Vec<(ArrayViewMut2<'_, F>, ArrayView2<'_, F>, ArrayView2<'_, F>)>,
@@ -261,11 +269,18 @@ pub(crate) fn gemm_batch<F: Float>(
     };
     let ((m, n), k) = (c.dim(), a.dim().1);
     let one = |(mut c, a, b): (ArrayViewMut2<F>, ArrayView2<F>, ArrayView2<F>)| {
-        if m * n * k >= SPLIT_WORK && m >= 2 * BAND_ROWS {
+        if m * n * k < SPLIT_WORK {
+            kernel.run(c, a, b, beta)
+        } else if m >= 2 * BAND_ROWS {
             c.axis_chunks_iter_mut(Axis(0), BAND_ROWS)
                 .into_par_iter()
                 .zip(a.axis_chunks_iter(Axis(0), BAND_ROWS).into_par_iter())
                 .for_each(|(c, a)| kernel.run(c, a, b.view(), beta));
+        } else if n >= 2 * BAND_COLS {
+            c.axis_chunks_iter_mut(Axis(1), BAND_COLS)
+                .into_par_iter()
+                .zip(b.axis_chunks_iter(Axis(1), BAND_COLS).into_par_iter())
+                .for_each(|(c, b)| kernel.run(c, a.view(), b, beta));
         } else {
             kernel.run(c, a, b, beta)
         }
@@ -423,10 +438,13 @@ impl<F: Float> Op<F> for MatMul {
         xs: &[&Tensor<F>],
         dxs: &[Option<&Tensor<F>>],
     ) -> Option<(Tensor<F>, Tensor<F>)> {
+        let c = self.forward(xs);
+        Some((c, self.forward_tangent(xs, dxs)?))
+    }
+    /// The tangent half of [`forward_jvp`](Op::forward_jvp).
+    fn forward_tangent(&self, xs: &[&Tensor<F>], dxs: &[Option<&Tensor<F>>]) -> Option<Tensor<F>> {
         let (a, b) = (xs[0], xs[1]);
         let ((batch, m, _, n), out) = self.dims(a.shape(), b.shape());
-        let mut c = product_out((batch, m, n), xs, true);
-        self.gemm_into(&mut c, a, b, F::zero());
         let mut t = product_out((batch, m, n), xs, any(dxs));
         let mut beta = F::zero();
         if let Some(da) = dxs[0] {
@@ -436,7 +454,7 @@ impl<F: Float> Op<F> for MatMul {
         if let Some(db) = dxs[1] {
             self.gemm_into(&mut t, a, db, beta);
         }
-        Some((to_tensor(c, &out), to_tensor(t, &out)))
+        Some(to_tensor(t, &out))
     }
     fn jvp<V: Value<F = F>>(&self, ctx: &Ctx<V>, d: &[Option<&V>]) -> V {
         let (a, b) = (ctx.x(0), ctx.x(1));
@@ -452,19 +470,14 @@ impl<F: Float> Op<F> for MatMul {
     /// `dB = op_a(A)^T dC` (transposed back when `tb`), each again a flagged matmul.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dc: &V) -> Vec<Option<V>> {
         let (a, b) = (ctx.x(0), ctx.x(1));
-        let da = ctx.needs(0).then(|| {
-            if self.ta {
-                b.matmul_t(dc, self.tb, true)
-            } else {
-                dc.matmul_t(b, false, !self.tb)
-            }
+        let product = |i, l, r, ta, tb| ctx.cotangent(i, MatMul { ta, tb }, &[l, r]);
+        let da = ctx.needs(0).then(|| match self.ta {
+            true => product(0, b, dc, self.tb, true),
+            false => product(0, dc, b, false, !self.tb),
         });
-        let db = ctx.needs(1).then(|| {
-            if self.tb {
-                dc.matmul_t(a, true, self.ta)
-            } else {
-                a.matmul_t(dc, !self.ta, false)
-            }
+        let db = ctx.needs(1).then(|| match self.tb {
+            true => product(1, dc, a, true, self.ta),
+            false => product(1, a, dc, !self.ta, false),
         });
         vec![da, db]
     }
@@ -565,9 +578,10 @@ impl<F: Float> Op<F> for MatMulBias {
     /// `dx = g w^T`, `dw = x^T g`, `db` = the column sums of `g`.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
         let (x, w) = (ctx.x(0), ctx.x(1));
+        let product = |i, l, r, ta, tb| ctx.cotangent(i, MatMul { ta, tb }, &[l, r]);
         vec![
-            ctx.needs(0).then(|| g.matmul_t(w, false, true)),
-            ctx.needs(1).then(|| x.matmul_t(g, true, false)),
+            ctx.needs(0).then(|| product(0, g, w, false, true)),
+            ctx.needs(1).then(|| product(1, x, g, true, false)),
             ctx.needs(2).then(|| g.sum_axis(0, false)),
         ]
     }
@@ -576,7 +590,7 @@ impl<F: Float> Op<F> for MatMulBias {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{Array2, s};
+    use ndarray::Array2;
 
     /// Deterministic test numbers in [-1, 1).
     fn fill<F: Float>(rows: usize, cols: usize, seed: u64) -> Array2<F> {
@@ -694,36 +708,42 @@ mod tests {
     /// threads, on every kernel, and (within rounding) what one unsplit call gives.
     #[test]
     fn split_products_are_bitwise_independent_of_threads() {
-        let (m, k, n) = (4 * BAND_ROWS + 3, 256, 256);
-        assert!(m * k * n >= SPLIT_WORK);
-        let a = fill::<f32>(m, k, 4);
-        let b = fill::<f32>(k, n, 5);
-        for kernel in GemmKernel::available() {
-            let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut c = Array2::<f32>::zeros((m, n));
-                pool.install(|| gemm_batch(kernel, vec![(c.view_mut(), a.view(), b.view())], 0.0));
-                c
+        // Split by rows; and by columns, `a` transposed as in a weight gradient.
+        let row_bands = (4 * BAND_ROWS + 3, 256, 256, false);
+        let col_bands = (BAND_ROWS + 44, 1024, 3 * BAND_COLS + 5, true);
+        for (m, k, n, ta) in [row_bands, col_bands] {
+            assert!(m * k * n >= SPLIT_WORK);
+            let a_stored = if ta {
+                fill::<f32>(k, m, 4)
+            } else {
+                fill::<f32>(m, k, 4)
             };
-            let one = run(1);
-            for threads in [2, 3] {
-                assert!(
-                    one.iter()
-                        .zip(&run(threads))
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{kernel:?} on {threads} threads"
-                );
+            let a = op2(a_stored.view(), ta);
+            let b = fill::<f32>(k, n, 5);
+            for kernel in GemmKernel::available() {
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut c = Array2::<f32>::zeros((m, n));
+                    pool.install(|| gemm_batch(kernel, vec![(c.view_mut(), a, b.view())], 0.0));
+                    c
+                };
+                let one = run(1);
+                for threads in [2, 3] {
+                    assert!(
+                        one.iter()
+                            .zip(&run(threads))
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{kernel:?} on {threads} threads, m {m}"
+                    );
+                }
+                let mut whole = Array2::<f32>::zeros((m, n));
+                kernel.run(whole.view_mut(), a, b.view(), 0.0);
+                let err = (&one - &whole).iter().fold(0f32, |e, d| e.max(d.abs()));
+                assert!(err < 1e-3, "{kernel:?}: banded vs whole {err}, m {m}");
             }
-            let mut whole = Array2::<f32>::zeros((m, n));
-            kernel.run(whole.view_mut(), a.view(), b.view(), 0.0);
-            let band = s![BAND_ROWS..2 * BAND_ROWS, ..];
-            let err = (&one.slice(band) - &whole.slice(band))
-                .iter()
-                .fold(0f32, |e, d| e.max(d.abs()));
-            assert!(err < 1e-4, "{kernel:?}: banded vs whole {err}");
         }
     }
 }
