@@ -237,10 +237,11 @@ mod narrow {
 const PAR_WORK: usize = 1 << 18;
 
 /// Work (multiply-adds) above which ONE product is cut into bands of [`BAND_ROWS`]
-/// output rows (or of [`BAND_COLS`] columns), computed in parallel. Below it a band finishes before another thread
-/// picks up its share (the reference workload's largest products, `[2032, 64] x [64,
-/// 256]`, are 2^25 and got slower split); the scale workload's (`[2048, 256] x [256,
-/// 1024]` and the like, from 2^27) run close to twice as fast on two threads.
+/// output rows (or of [`BAND_COLS`] columns), computed in parallel. Below it a band
+/// finishes before another thread picks up its share (the reference workload's largest
+/// products, `[2032, 64] x [64, 256]`, are 2^25 and got slower split); the scale
+/// workload's (`[2048, 256] x [256, 1024]` and the like, from 2^27) run close to twice
+/// as fast on two threads.
 const SPLIT_WORK: usize = 1 << 26;
 
 /// Rows per band of a split product. A fixed number, never derived from the thread
