@@ -89,23 +89,43 @@ fn gemm_shapes_are_recorded_and_replayed() {
     assert!(peak.secs > 0.0 && peak.gflops() > 0.0);
 }
 
+/// The small transformer of the tests below: width `D`, 2 layers of `H` heads, MLP `FF`,
+/// vocabulary `VOCAB`, run on batches of `B` sequences of `T` tokens.
+const B: u64 = 3;
+const T: u64 = 5;
+const D: u64 = 8;
+const FF: u64 = 12;
+const H: u64 = 2;
+const VOCAB: u64 = 11;
+
+fn small_lm() -> CausalLm {
+    let cfg = TransformerConfig::new(D as usize, 2, H as usize, 6)
+        .with_vocab(VOCAB as usize)
+        .with_d_ff(FF as usize);
+    CausalLm::new(cfg).unwrap()
+}
+
+fn tokens(rng: &mut Rng) -> Indices {
+    let n = (B * T) as usize;
+    let ids = (0..n).map(|_| rng.below(VOCAB as usize)).collect();
+    Indices::new(&[B as usize, T as usize], ids).unwrap()
+}
+
+/// FLOPs of the dense layers' products in one forward pass, by hand: per layer the q,
+/// k, v and output projections and the MLP's two; then the head.
+fn dense_forward() -> u64 {
+    let rows = B * T;
+    2 * (4 * 2 * rows * D * D + 2 * 2 * rows * D * FF) + 2 * rows * D * VOCAB
+}
+
 #[test]
 fn small_transformer_forward_and_gradient() {
-    let cfg = TransformerConfig::new(8, 2, 2, 6)
-        .with_vocab(11)
-        .with_d_ff(12);
-    let lm = CausalLm::new(cfg).unwrap();
-    let (b, t, d, ff, h, v) = (3u64, 5u64, 8u64, 12u64, 2u64, 11u64);
+    let lm = small_lm();
     let mut rng = Rng::new(1);
     let p: Params<Tensor<f64>> = lm.init(&mut rng);
-    let ids =
-        |rng: &mut Rng| Indices::new(&[3, 5], (0..15).map(|_| rng.below(11)).collect()).unwrap();
-    let (x, y) = (ids(&mut rng), ids(&mut rng));
-    // By hand: per layer the q, k, v and output projections, the MLP's two, and the
-    // two attention products per (example, head); then the head.
-    let rows = b * t;
-    let layer = 4 * 2 * rows * d * d + 2 * 2 * rows * d * ff + 2 * b * h * 2 * t * t * (d / h);
-    let forward = 2 * layer + 2 * rows * d * v;
+    let (x, y) = (tokens(&mut rng), tokens(&mut rng));
+    // The dense layers, and the two attention products per (example, head) and layer.
+    let forward = dense_forward() + 2 * 2 * B * H * 2 * T * T * (D / H);
     let (_, w) = counted(|| lm.logits(&p, &x).unwrap());
     assert_eq!(w.matmul, forward);
     assert!(w.other > 0);
@@ -115,27 +135,21 @@ fn small_transformer_forward_and_gradient() {
     // per (example, head) and layer) before the four products of its rule.
     let (_, w) =
         counted(|| value_and_grad(|q| Ok(lm.per_example_loss(q, &x, &y)?.mean_all()), &p).unwrap());
-    let scores = b * h * 2 * t * t * (d / h);
+    let scores = B * H * 2 * T * T * (D / H);
     assert_eq!(w.matmul, 3 * forward + 2 * scores);
 }
 
 #[test]
 fn small_transformer_hessian_vector_products_skip_the_weight_gradients() {
-    let cfg = TransformerConfig::new(8, 2, 2, 6)
-        .with_vocab(11)
-        .with_d_ff(12);
-    let lm = CausalLm::new(cfg).unwrap();
-    let (b, t, d, ff, v) = (3u64, 5u64, 8u64, 12u64, 11u64);
+    let lm = small_lm();
     let mut rng = Rng::new(1);
     let (p, dir): (Params<Tensor<f64>>, Params<Tensor<f64>>) =
         (lm.init(&mut rng), lm.init(&mut rng));
-    let x = Indices::new(&[3, 5], (0..15).map(|_| rng.below(11)).collect()).unwrap();
+    let x = tokens(&mut rng);
     let f =
         |q: &[Params<Var<Dual<Tensor<f64>>>>]| Ok(lm.per_example_loss(&q[0], &x, &x)?.mean_all());
-    // Each dense layer's weight gradient `x^T dy` is one product of the forward pass's
-    // size: four projections and the MLP's two per layer, and the head.
-    let rows = b * t;
-    let weight_grads = 2 * (4 * 2 * rows * d * d + 2 * 2 * rows * d * ff) + 2 * rows * d * v;
+    // Each dense layer's weight gradient `x^T dy` is one product of its forward size.
+    let weight_grads = dense_forward();
     for remat in [false, true] {
         let (_, both) = counted(|| jvp_grad_with(f, &[&p], &[Some(&dir)], remat).unwrap());
         let (_, only) = counted(|| grad_tangents_with(f, &[&p], &[Some(&dir)], remat).unwrap());

@@ -53,8 +53,7 @@ impl<V: Value> Value for Dual<V> {
     }
 
     fn apply<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
-        let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
-        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
+        let (primals, dxs) = parts(xs);
         if dxs.iter().all(Option::is_none) {
             return Dual::constant_of(V::apply(op, &primals));
         }
@@ -64,8 +63,7 @@ impl<V: Value> Value for Dual<V> {
 
     /// The tangent alone, with zeros as the primal (which will not be read).
     fn apply_for_tangent<O: Op<V::F>>(op: O, xs: &[&Self]) -> Self {
-        let primals: Vec<&V> = xs.iter().map(|x| &x.primal).collect();
-        let dxs: Vec<Option<&V>> = xs.iter().map(|x| x.tangent.as_ref()).collect();
+        let (primals, dxs) = parts(xs);
         if dxs.iter().all(Option::is_none) {
             return Dual::constant_of(V::apply(op, &primals));
         }
@@ -97,4 +95,11 @@ impl<V: Value> Value for Dual<V> {
             t.visit_buffers(f);
         }
     }
+}
+
+/// The primal parts of `xs` and their tangents.
+fn parts<'a, V: Value>(xs: &[&'a Dual<V>]) -> (Vec<&'a V>, Vec<Option<&'a V>>) {
+    let primals = xs.iter().map(|x| &x.primal).collect();
+    let tangents = xs.iter().map(|x| x.tangent.as_ref()).collect();
+    (primals, tangents)
 }

@@ -403,6 +403,12 @@ fn product_out<F: Float>(
     Array3::from_shape_vec((batch, m, n), data).expect("batch * m * n elements")
 }
 
+/// Input `i`'s cotangent `op_a(l) op_b(r)` in a VJP rule ([`Ctx::cotangent`]: its
+/// tangent alone where only that will be read).
+fn cotangent_product<V: Value>(ctx: &Ctx<V>, i: usize, l: &V, r: &V, ta: bool, tb: bool) -> V {
+    ctx.cotangent(i, MatMul { ta, tb }, &[l, r])
+}
+
 /// Whether any tangent is present.
 pub(super) fn any<T>(dxs: &[Option<T>]) -> bool {
     dxs.iter().any(Option::is_some)
@@ -471,14 +477,13 @@ impl<F: Float> Op<F> for MatMul {
     /// `dB = op_a(A)^T dC` (transposed back when `tb`), each again a flagged matmul.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, dc: &V) -> Vec<Option<V>> {
         let (a, b) = (ctx.x(0), ctx.x(1));
-        let product = |i, l, r, ta, tb| ctx.cotangent(i, MatMul { ta, tb }, &[l, r]);
         let da = ctx.needs(0).then(|| match self.ta {
-            true => product(0, b, dc, self.tb, true),
-            false => product(0, dc, b, false, !self.tb),
+            true => cotangent_product(ctx, 0, b, dc, self.tb, true),
+            false => cotangent_product(ctx, 0, dc, b, false, !self.tb),
         });
         let db = ctx.needs(1).then(|| match self.tb {
-            true => product(1, dc, a, true, self.ta),
-            false => product(1, a, dc, !self.ta, false),
+            true => cotangent_product(ctx, 1, dc, a, true, self.ta),
+            false => cotangent_product(ctx, 1, a, dc, !self.ta, false),
         });
         vec![da, db]
     }
@@ -579,10 +584,11 @@ impl<F: Float> Op<F> for MatMulBias {
     /// `dx = g w^T`, `dw = x^T g`, `db` = the column sums of `g`.
     fn vjp<V: Value<F = F>>(&self, ctx: &Ctx<V>, g: &V) -> Vec<Option<V>> {
         let (x, w) = (ctx.x(0), ctx.x(1));
-        let product = |i, l, r, ta, tb| ctx.cotangent(i, MatMul { ta, tb }, &[l, r]);
         vec![
-            ctx.needs(0).then(|| product(0, g, w, false, true)),
-            ctx.needs(1).then(|| product(1, x, g, true, false)),
+            ctx.needs(0)
+                .then(|| cotangent_product(ctx, 0, g, w, false, true)),
+            ctx.needs(1)
+                .then(|| cotangent_product(ctx, 1, x, g, true, false)),
             ctx.needs(2).then(|| g.sum_axis(0, false)),
         ]
     }
