@@ -78,7 +78,8 @@ pub enum ScoreSource<'a> {
     File(PathBuf),
 }
 
-/// Documents per scored block; bounds memory to one block of documents.
+/// Documents per scored block; bounds memory to two blocks of documents (one scored,
+/// one read ahead).
 pub const BLOCK_DOCS: usize = 4096;
 /// Sequences per scored block (enough to keep every core busy).
 pub const BLOCK_SEQS: usize = 2048;
@@ -212,7 +213,9 @@ impl CorpusProgress {
 
 /// Calls `f(index, document, score)` for every document of `shard` in order, until
 /// `f` breaks, on every rank of `comm` (see the module docs), checking for Ctrl-C
-/// between blocks. Collective.
+/// between blocks. A thread reads (and decompresses and parses) the next block while
+/// this one is scored and visited, so the serial reading does not leave the cores idle.
+/// Collective.
 ///
 /// # Errors
 /// The first failure on any rank, on every rank.
@@ -225,7 +228,7 @@ pub fn for_each_scored(
     mut f: impl FnMut(u64, &Document, DocumentScore) -> Result<ControlFlow<()>>,
 ) -> Result<PassStats> {
     let bytes_read = Arc::new(AtomicU64::new(0));
-    let mut docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
+    let docs = agree(comm, shard.documents(opts, bytes_read.clone()))?;
     // The source, opened.
     enum Open<'s> {
         Rater(&'s DocumentScorer<f32>, bool),
@@ -240,51 +243,78 @@ pub fn for_each_scored(
         Open::File(_) => None,
     };
     let mut stats = PassStats::default();
-    let mut index = 0u64;
-    let mut block: Vec<Document> = Vec::new();
     let name = shard.rel.display().to_string();
-    loop {
-        let read =
-            crate::interrupt::check().and_then(|()| read_block(&mut docs, &mut block, seq_len));
-        let ended = agree_on_block(comm, read, &block)?;
-        let scores = match &mut open {
-            Open::Rater(scorer, pad) => {
-                let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
-                score_texts(scorer, *pad, &texts, comm, |i| {
-                    format!("{}:{}", shard.path.display(), block[i].line)
-                })?
-            }
-            Open::File(file) => agree(comm, file.scores_for(&block, index, shard, ended))?,
-        };
-        let visit = || -> Result<bool> {
-            for (doc, s) in block.iter().zip(scores) {
-                if s.score.is_none() {
-                    stats.short += 1;
-                    progress.short += 1;
-                } else if seq_len.is_some_and(|l| doc.text().len() < l) {
-                    stats.padded += 1;
-                }
-                progress.documents += 1;
-                progress.text_bytes += doc.text().len() as u64;
-                stats.text_bytes += doc.text().len() as u64;
-                let flow = f(index, doc, s)?;
-                index += 1;
-                if flow.is_break() {
-                    return Ok(true);
+    std::thread::scope(|s| {
+        // One block ahead: the reader stops after the last block (or a failed read),
+        // or when this side hangs up.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Result<bool>, Vec<Document>)>(1);
+        let reader = s.spawn(move || {
+            let mut docs = docs;
+            loop {
+                let mut block = Vec::new();
+                let read = read_block(&mut docs, &mut block, seq_len);
+                let last = !matches!(read, Ok(false));
+                if tx.send((read, block)).is_err() || last {
+                    return docs.stats;
                 }
             }
-            Ok(ended)
+        });
+        let mut index = 0u64;
+        let mut pass = || -> Result<()> {
+            loop {
+                let (read, block) = match crate::interrupt::check() {
+                    Err(e) => (Err(e), Vec::new()),
+                    // A closed channel means the reader panicked; `join` below says so.
+                    Ok(()) => rx.recv().unwrap_or_else(|_| {
+                        (Err(CliError("the reader stopped".into())), Vec::new())
+                    }),
+                };
+                let ended = agree_on_block(comm, read, &block)?;
+                let scores = match &mut open {
+                    Open::Rater(scorer, pad) => {
+                        let texts: Vec<&[u8]> = block.iter().map(Document::text).collect();
+                        score_texts(scorer, *pad, &texts, comm, |i| {
+                            format!("{}:{}", shard.path.display(), block[i].line)
+                        })?
+                    }
+                    Open::File(file) => agree(comm, file.scores_for(&block, index, shard, ended))?,
+                };
+                let visit = || -> Result<bool> {
+                    for (doc, s) in block.iter().zip(scores) {
+                        if s.score.is_none() {
+                            stats.short += 1;
+                            progress.short += 1;
+                        } else if seq_len.is_some_and(|l| doc.text().len() < l) {
+                            stats.padded += 1;
+                        }
+                        progress.documents += 1;
+                        progress.text_bytes += doc.text().len() as u64;
+                        stats.text_bytes += doc.text().len() as u64;
+                        let flow = f(index, doc, s)?;
+                        index += 1;
+                        if flow.is_break() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(ended)
+                };
+                let stop = agree(comm, visit())?;
+                progress.show(bytes_read.load(Ordering::Relaxed).min(shard.bytes), &name);
+                if stop {
+                    return Ok(());
+                }
+            }
         };
-        let stop = agree(comm, visit())?;
-        block.clear();
-        progress.show(bytes_read.load(Ordering::Relaxed).min(shard.bytes), &name);
-        if stop {
-            break;
+        let result = pass();
+        drop(rx);
+        match reader.join() {
+            Ok(read) => stats.read = read,
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-    }
+        result
+    })?;
     progress.done_bytes += shard.bytes;
     progress.shards_done += 1;
-    stats.read = docs.stats.clone();
     Ok(stats)
 }
 

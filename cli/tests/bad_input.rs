@@ -95,6 +95,30 @@ fn malformed_json_line_names_file_and_line_and_can_be_skipped() {
 }
 
 #[test]
+fn a_bad_record_after_the_first_blocks_is_reported_in_its_turn() {
+    // More than a block of documents before the bad record: the reader thread reaches it
+    // while earlier blocks are scored, and the failure still comes at its place.
+    let t = Setup::new();
+    let mut lines: Vec<String> = documents(5000, 7)
+        .iter()
+        .map(|d| serde_json::json!({ "text": d }).to_string())
+        .collect();
+    lines.push("{\"text\": oops}".into());
+    lines.push(serde_json::json!({"text": "the last document, after the bad record"}).to_string());
+    let f = t.write("late.jsonl", (lines.join("\n") + "\n").as_bytes());
+    fails(
+        &strs(&t.score(&f, &[])),
+        &["late.jsonl:5001", "malformed JSON"],
+    );
+    let stdout = ok(&strs(&t.score(&f, &["--skip-invalid"])));
+    assert!(stdout.contains("skipped 1 invalid records"), "{stdout}");
+    let recs = read_scores(&t.p("out.jsonl"));
+    let lines: Vec<u64> = recs.iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (1..=5000).chain([5002]).collect();
+    assert_eq!(lines, expected);
+}
+
+#[test]
 fn missing_text_field() {
     let t = Setup::new();
     let f = t.write(
